@@ -1,0 +1,202 @@
+/**
+ * Builds the ONNX graph of a Llama-family decoder from its weights, with a JavaScript-managed KV cache and
+ * multi-adapter inputs built in. Read `buildDecoderGraph` top to bottom: it is the Llama forward pass.
+ *
+ * Design (see the engine README for the measurements behind it):
+ * - The KV cache lives in JavaScript and is fed zero-copy as plain inputs: per layer, keys transposed
+ *   `[B, kv_heads, head_dim, S]` and values `[B, kv_heads, S, head_dim]`, where S is the cache bucket width.
+ *   The graph returns only the new keys/values of this step, which the runtime writes into the cache. This
+ *   avoids returning (and so copying) the whole cache each step.
+ * - Attention runs over the whole bucket with an additive mask `[B,1,1,S]` shared by all layers, plus the
+ *   step's own tokens with a causal mask, joined in one softmax.
+ * - RoPE tables come in as inputs (rotate-half order, one row per head of the fused q|k|v projection: value
+ *   heads get cos=1, sin=0 and query heads carry the 1/sqrt(head_dim) attention scale), so the graph is
+ *   independent of context length and RoPE scaling variants.
+ * - LoRA: every projection has per-slot stacked A and B inputs (rank padded with zeros to the slot rank, the
+ *   adapter's scale folded into B) and each batch row picks its slot through `slot_index` (slot 0 holds no
+ *   adapter). Other per-row PEFT inputs (IA3 vectors, bottleneck adapters) join through the same index.
+ */
+import type { BaseModel, LlamaConfig } from '../model/types.ts';
+import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
+
+export const GRAPH_INPUTS = {
+  inputIds: 'input_ids',
+  ropeCos: 'rope_cos',
+  ropeSin: 'rope_sin',
+  pastMask: 'past_mask',
+  selfMask: 'self_mask',
+  attentionSplit: 'attention_split',
+  slotIndex: 'slot_index',
+  loraRankSplit: 'lora_rank_split',
+  pastKey: (layer: number) => `past_key_t.${layer}`,
+  pastValue: (layer: number) => `past_value.${layer}`,
+} as const;
+
+export const GRAPH_OUTPUTS = { logits: 'logits', newKeyValues: 'new_key_values' } as const;
+
+/**
+ * LoRA inputs per layer. Projections that read the same activation share one stacked A (q|k|v and gate|up),
+ * so each group needs one gather and one matmul for A.
+ */
+export const LORA_INPUTS = {
+  aQkv: (layer: number) => `lora_a_qkv.${layer}`,
+  bQ: (layer: number) => `lora_b_q.${layer}`,
+  bK: (layer: number) => `lora_b_k.${layer}`,
+  bV: (layer: number) => `lora_b_v.${layer}`,
+  aO: (layer: number) => `lora_a_o.${layer}`,
+  bO: (layer: number) => `lora_b_o.${layer}`,
+  aGateUp: (layer: number) => `lora_a_gate_up.${layer}`,
+  bGate: (layer: number) => `lora_b_gate.${layer}`,
+  bUp: (layer: number) => `lora_b_up.${layer}`,
+  aDown: (layer: number) => `lora_a_down.${layer}`,
+  bDown: (layer: number) => `lora_b_down.${layer}`,
+} as const;
+
+// Opset 23 brings RMSNormalization, one fused node per norm.
+export const OPSET = [{ domain: '', version: 23 }];
+
+/** Symbolic axis names; the runtime feeds any size. */
+const B = 'batch';
+const T = 'tokens';
+const S = 'cache_len';
+const SLOTS = 'slots';
+const R = 'lora_rank';
+
+export function buildDecoderGraph(model: BaseModel): BuiltModel {
+  const c = model.config;
+  const g = new OnnxGraphBuilder('llama_decoder');
+  const w = (name: string) => {
+    const tensor = model.weights.get(name);
+    if (!tensor) throw new Error(`weight ${name} missing from the loaded model`);
+    return tensor;
+  };
+  const qDim = c.numHeads * c.headDim;
+  const kvDim = c.numKvHeads * c.headDim;
+  const fusedHeads = c.numHeads + 2 * c.numKvHeads;
+  const groupSize = c.numHeads / c.numKvHeads;
+
+  const inputIds = g.input(GRAPH_INPUTS.inputIds, 'int64', [B, T]);
+  const ropeCos = g.input(GRAPH_INPUTS.ropeCos, 'float32', [B, T, fusedHeads, c.headDim]);
+  const ropeSin = g.input(GRAPH_INPUTS.ropeSin, 'float32', [B, T, fusedHeads, c.headDim]);
+  const pastMask = g.input(GRAPH_INPUTS.pastMask, 'float32', [B, 1, 1, S]);
+  const selfMask = g.input(GRAPH_INPUTS.selfMask, 'float32', [B, 1, 'group_tokens', T]);
+  const attentionSplit = g.input(GRAPH_INPUTS.attentionSplit, 'int64', [2]);
+  const slotIndex = g.input(GRAPH_INPUTS.slotIndex, 'int64', [B]);
+  // [R, R, R]: split sizes of the q|k|v LoRA activations. Explicit sizes (not num_outputs) because the
+  // runtime feeds rank 0 when no row uses an adapter, and Split refuses to cut an empty axis into parts.
+  const loraSplit3 = g.input(GRAPH_INPUTS.loraRankSplit, 'int64', [3]);
+  const loraSplit2 = g.op('Slice', [loraSplit3, g.constInt64([0]), g.constInt64([2]), g.constInt64([0])]);
+
+  const embedding = g.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
+  // Swapping the two halves of each head turns rotate_half(x) into swap(x) * [-sin, sin], one Gather.
+  const swapHalves = g.constInt64(
+    Array.from({ length: c.headDim }, (_, i) => (i + c.headDim / 2) % c.headDim),
+    'rope_swap_halves',
+  );
+  const headsShape = g.constInt64([0, 0, fusedHeads, c.headDim], 'shape_fused_heads');
+  const groupedShape = g.constInt64([0, c.numKvHeads, -1, c.headDim], 'shape_grouped_queries');
+  const perHeadShape = g.constInt64([0, c.numHeads, -1, c.headDim], 'shape_query_heads');
+  const mergedShape = g.constInt64([0, 0, qDim], 'shape_merged_heads');
+  const headSplit = g.constInt64([c.numHeads, c.numKvHeads, c.numKvHeads], 'split_q_k_v');
+  const ffnSplit = g.constInt64([c.intermediateSize, c.intermediateSize], 'split_gate_up');
+
+  const loraSlots = (name: string, rows: number | string, cols: number | string) =>
+    g.op('Gather', [g.input(name, 'float32', [SLOTS, rows, cols]), slotIndex], { axis: 0 });
+
+  let x = g.op('Gather', [embedding, inputIds], { axis: 0 });
+  const newKeyValues: string[] = [];
+
+  for (let l = 0; l < c.numLayers; l++) {
+    const p = `model.layers.${l}`;
+
+    // ---- attention ----
+    const h = rmsNorm(g, c, x, w(`${p}.input_layernorm.weight`).data, `${p}.input_layernorm`);
+    const wQkv = g.initializer(
+      `${p}.self_attn.qkv_proj.weight_t`,
+      transposeConcat([w(`${p}.self_attn.q_proj.weight`).data, w(`${p}.self_attn.k_proj.weight`).data, w(`${p}.self_attn.v_proj.weight`).data], c.hiddenSize, [qDim, kvDim, kvDim]),
+      [c.hiddenSize, qDim + 2 * kvDim],
+    );
+    const u = g.op('MatMul', [h, loraSlots(LORA_INPUTS.aQkv(l), c.hiddenSize, `3*${R}`)]);
+    const [uq, uk, uv] = g.opMulti('Split', [u, loraSplit3], 3, { axis: 2 });
+    const loraQkv = g.op('Concat', [
+      g.op('MatMul', [uq, loraSlots(LORA_INPUTS.bQ(l), R, qDim)]),
+      g.op('MatMul', [uk, loraSlots(LORA_INPUTS.bK(l), R, kvDim)]),
+      g.op('MatMul', [uv, loraSlots(LORA_INPUTS.bV(l), R, kvDim)]),
+    ], { axis: 2 });
+    const qkv = g.op('Reshape', [g.op('Add', [g.op('MatMul', [h, wQkv]), loraQkv]), headsShape]);
+    const rotated = g.op('Add', [
+      g.op('Mul', [qkv, ropeCos]),
+      g.op('Mul', [g.op('Gather', [qkv, swapHalves], { axis: 3 }), ropeSin]),
+    ]);
+    const [q, k, v] = g.opMulti('Split', [g.op('Transpose', [rotated], { perm: [0, 2, 1, 3] }), headSplit], 3, { axis: 1 });
+    newKeyValues.push(k, v);
+
+    // Queries grouped by the key/value head they share (GQA): [B, kv_heads, group*T, head_dim].
+    const qGrouped = g.op('Reshape', [q, groupedShape]);
+    const pastKeyT = g.input(GRAPH_INPUTS.pastKey(l), 'float32', [B, c.numKvHeads, c.headDim, S]);
+    const pastValue = g.input(GRAPH_INPUTS.pastValue(l), 'float32', [B, c.numKvHeads, S, c.headDim]);
+    const scoresPast = g.op('Add', [g.op('MatMul', [qGrouped, pastKeyT]), pastMask]);
+    const scoresSelf = g.op('Add', [g.op('MatMul', [qGrouped, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]), selfMask]);
+    const probs = g.op('Softmax', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 })], { axis: 3 });
+    const [probsPast, probsSelf] = g.opMulti('Split', [probs, attentionSplit], 2, { axis: 3 });
+    const context = g.op('Add', [g.op('MatMul', [probsPast, pastValue]), g.op('MatMul', [probsSelf, v])]);
+    const merged = g.op('Reshape', [
+      g.op('Transpose', [g.op('Reshape', [context, perHeadShape])], { perm: [0, 2, 1, 3] }),
+      mergedShape,
+    ]);
+    const wO = g.initializer(`${p}.self_attn.o_proj.weight_t`, transposeConcat([w(`${p}.self_attn.o_proj.weight`).data], qDim, [c.hiddenSize]), [qDim, c.hiddenSize]);
+    const loraO = g.op('MatMul', [g.op('MatMul', [merged, loraSlots(LORA_INPUTS.aO(l), qDim, R)]), loraSlots(LORA_INPUTS.bO(l), R, c.hiddenSize)]);
+    x = g.op('Add', [x, g.op('Add', [g.op('MatMul', [merged, wO]), loraO])]);
+
+    // ---- feed-forward (SwiGLU) ----
+    const h2 = rmsNorm(g, c, x, w(`${p}.post_attention_layernorm.weight`).data, `${p}.post_attention_layernorm`);
+    const wGateUp = g.initializer(
+      `${p}.mlp.gate_up_proj.weight_t`,
+      transposeConcat([w(`${p}.mlp.gate_proj.weight`).data, w(`${p}.mlp.up_proj.weight`).data], c.hiddenSize, [c.intermediateSize, c.intermediateSize]),
+      [c.hiddenSize, 2 * c.intermediateSize],
+    );
+    const u2 = g.op('MatMul', [h2, loraSlots(LORA_INPUTS.aGateUp(l), c.hiddenSize, `2*${R}`)]);
+    const [ug, uu] = g.opMulti('Split', [u2, loraSplit2], 2, { axis: 2 });
+    const loraGateUp = g.op('Concat', [
+      g.op('MatMul', [ug, loraSlots(LORA_INPUTS.bGate(l), R, c.intermediateSize)]),
+      g.op('MatMul', [uu, loraSlots(LORA_INPUTS.bUp(l), R, c.intermediateSize)]),
+    ], { axis: 2 });
+    const gateUp = g.op('Add', [g.op('MatMul', [h2, wGateUp]), loraGateUp]);
+    const [gate, up] = g.opMulti('Split', [gateUp, ffnSplit], 2, { axis: 2 });
+    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
+    const wDown = g.initializer(`${p}.mlp.down_proj.weight_t`, transposeConcat([w(`${p}.mlp.down_proj.weight`).data], c.intermediateSize, [c.hiddenSize]), [c.intermediateSize, c.hiddenSize]);
+    const loraDown = g.op('MatMul', [g.op('MatMul', [act, loraSlots(LORA_INPUTS.aDown(l), c.intermediateSize, R)]), loraSlots(LORA_INPUTS.bDown(l), R, c.hiddenSize)]);
+    x = g.op('Add', [x, g.op('Add', [g.op('MatMul', [act, wDown]), loraDown])]);
+  }
+
+  // Only the last position's logits leave the graph: outputs are copied by the binding, so keep them small.
+  const last = g.op('Slice', [x, g.constInt64([-1]), g.constInt64([Number.MAX_SAFE_INTEGER]), g.constInt64([1])]);
+  const lastFlat = g.op('Reshape', [rmsNorm(g, c, last, w('model.norm.weight').data, 'model.norm'), g.constInt64([-1, c.hiddenSize])]);
+  const lmHead = c.tieWordEmbeddings
+    ? embedding
+    : g.initializer('lm_head.weight', w('lm_head.weight').data, [c.vocabSize, c.hiddenSize]);
+  g.output(g.op('Gemm', [lastFlat, lmHead], { transB: 1 }), GRAPH_OUTPUTS.logits, 'float32', [B, c.vocabSize]);
+  // All layers' new keys and values in one output: [B, layers*2*kv_heads, T, head_dim], k then v per layer.
+  g.output(g.op('Concat', newKeyValues, { axis: 1 }), GRAPH_OUTPUTS.newKeyValues, 'float32', [B, c.numLayers * 2 * c.numKvHeads, T, c.headDim]);
+  return g.build(OPSET);
+}
+
+function rmsNorm(g: OnnxGraphBuilder, c: LlamaConfig, x: string, weight: Float32Array, name: string): string {
+  const scale = g.initializer(`${name}.weight`, weight, [c.hiddenSize]);
+  return g.op('RMSNormalization', [x, scale], { axis: -1, epsilon: { float: c.rmsNormEps } });
+}
+
+/** Transposes PyTorch `[out, in]` weights to `[in, out]` and joins several along the output axis. */
+function transposeConcat(weights: Float32Array[], inDim: number, outDims: number[]): Float32Array {
+  const totalOut = outDims.reduce((a, b) => a + b, 0);
+  const result = new Float32Array(inDim * totalOut);
+  let column = 0;
+  weights.forEach((weight, index) => {
+    const outDim = outDims[index];
+    for (let o = 0; o < outDim; o++) {
+      for (let i = 0; i < inDim; i++) result[i * totalOut + column + o] = weight[o * inDim + i];
+    }
+    column += outDim;
+  });
+  return result;
+}

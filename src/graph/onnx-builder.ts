@@ -1,0 +1,178 @@
+/**
+ * A small, typed layer over the ONNX protobuf definitions: enough to write a graph as a sequence of named
+ * operations and serialise it. Large initializers are stored as external data so the protobuf itself stays
+ * small (protobuf caps a message at 2 GiB) and weights are handed to onnxruntime as one buffer.
+ */
+import onnxProto from 'onnx-proto';
+
+const { onnx } = onnxProto;
+
+export const DataType = onnx.TensorProto.DataType;
+export type ElementType = 'float32' | 'int64';
+
+const ELEMENT_TYPES: Record<ElementType, number> = { float32: DataType.FLOAT, int64: DataType.INT64 };
+
+/** Dimensions are numbers or symbolic names (dynamic axes). */
+export type Dim = number | string;
+
+export type AttributeValue = number | number[] | string | { float: number } | { floats: number[] };
+
+/** Name of the buffer onnxruntime receives through `externalData`; every initializer points into it. */
+export const EXTERNAL_DATA_FILE = 'weights.bin';
+
+/** External data offsets are aligned so onnxruntime can map them without unaligned float reads. */
+const EXTERNAL_ALIGNMENT = 64;
+
+/** Small constants (shapes, indices) stay inline: shape inference must read them while loading the graph. */
+const INLINE_LIMIT = 1024;
+
+export interface BuiltModel {
+  /** Serialised ModelProto (graph and initializer metadata only). */
+  modelBytes: Uint8Array;
+  /** The bytes of every initializer, referenced by offset from `modelBytes`. */
+  weights: Uint8Array;
+}
+
+export class OnnxGraphBuilder {
+  private readonly nodes: InstanceType<typeof onnx.NodeProto>[] = [];
+  private readonly inputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
+  private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
+  private readonly initializers: { name: string; dims: number[]; type: ElementType; bytes: Uint8Array }[] = [];
+  private readonly usedNames = new Set<string>();
+  private counter = 0;
+
+  constructor(private readonly graphName: string) {}
+
+  input(name: string, type: ElementType, dims: Dim[]): string {
+    this.claim(name);
+    this.inputs.push(valueInfo(name, type, dims));
+    return name;
+  }
+
+  output(value: string, name: string, type: ElementType, dims: Dim[]): void {
+    this.op('Identity', [value], {}, name);
+    this.outputs.push(valueInfo(name, type, dims));
+  }
+
+  /** A constant tensor stored in the external weight buffer. The data is copied, so callers may reuse theirs. */
+  initializer(name: string, data: Float32Array | BigInt64Array, dims: number[]): string {
+    this.claim(name);
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice();
+    this.initializers.push({ name, dims, type: data instanceof Float32Array ? 'float32' : 'int64', bytes });
+    return name;
+  }
+
+  constInt64(values: number[], name = this.fresh('const')): string {
+    return this.initializer(name, BigInt64Array.from(values, BigInt), [values.length]);
+  }
+
+  constFloat(value: number, name = this.fresh('const')): string {
+    return this.initializer(name, Float32Array.of(value), []);
+  }
+
+  /** Appends one operation and returns the name of its (first) output. */
+  op(opType: string, inputs: string[], attributes: Record<string, AttributeValue> = {}, outputName?: string): string {
+    return this.opMulti(opType, inputs, 1, attributes, outputName ? [outputName] : undefined)[0];
+  }
+
+  opMulti(
+    opType: string,
+    inputs: string[],
+    outputCount: number,
+    attributes: Record<string, AttributeValue> = {},
+    outputNames?: string[],
+    domain = '',
+  ): string[] {
+    const outputs = outputNames ?? Array.from({ length: outputCount }, () => this.fresh(opType.toLowerCase()));
+    for (const name of outputs) this.claim(name);
+    this.nodes.push(
+      onnx.NodeProto.create({
+        opType,
+        domain,
+        name: this.fresh(`${opType}_node`),
+        input: inputs,
+        output: outputs,
+        attribute: Object.entries(attributes).map(([key, value]) => attribute(key, value)),
+      }),
+    );
+    return outputs;
+  }
+
+  build(opset: { domain: string; version: number }[]): BuiltModel {
+    let size = 0;
+    const placed = this.initializers.map((init) => {
+      if (init.bytes.byteLength < INLINE_LIMIT) return { init, offset: -1 };
+      const offset = Math.ceil(size / EXTERNAL_ALIGNMENT) * EXTERNAL_ALIGNMENT;
+      size = offset + init.bytes.byteLength;
+      return { init, offset };
+    });
+    const weights = new Uint8Array(size);
+    const initializerProtos = placed.map(({ init, offset }) => {
+      if (offset < 0) {
+        return onnx.TensorProto.create({ name: init.name, dims: init.dims, dataType: ELEMENT_TYPES[init.type], rawData: init.bytes });
+      }
+      weights.set(init.bytes, offset);
+      return onnx.TensorProto.create({
+        name: init.name,
+        dims: init.dims,
+        dataType: ELEMENT_TYPES[init.type],
+        dataLocation: onnx.TensorProto.DataLocation.EXTERNAL,
+        externalData: [
+          { key: 'location', value: EXTERNAL_DATA_FILE },
+          { key: 'offset', value: String(offset) },
+          { key: 'length', value: String(init.bytes.byteLength) },
+        ],
+      });
+    });
+    const model = onnx.ModelProto.create({
+      irVersion: 10,
+      producerName: 'peft-gateway',
+      opsetImport: opset,
+      graph: onnx.GraphProto.create({
+        name: this.graphName,
+        node: this.nodes,
+        input: this.inputs,
+        output: this.outputs,
+        initializer: initializerProtos,
+      }),
+    });
+    return { modelBytes: onnx.ModelProto.encode(model).finish(), weights };
+  }
+
+  get nodeCount(): number {
+    return this.nodes.length;
+  }
+
+  private fresh(prefix: string): string {
+    let name: string;
+    do name = `${prefix}_${this.counter++}`;
+    while (this.usedNames.has(name));
+    return name;
+  }
+
+  private claim(name: string): void {
+    if (this.usedNames.has(name)) throw new Error(`ONNX graph value "${name}" is defined twice`);
+    this.usedNames.add(name);
+  }
+}
+
+function valueInfo(name: string, type: ElementType, dims: Dim[]) {
+  return onnx.ValueInfoProto.create({
+    name,
+    type: {
+      tensorType: {
+        elemType: ELEMENT_TYPES[type],
+        shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) },
+      },
+    },
+  });
+}
+
+function attribute(name: string, value: AttributeValue) {
+  const { AttributeType } = onnx.AttributeProto;
+  if (typeof value === 'string') return { name, type: AttributeType.STRING, s: new TextEncoder().encode(value) };
+  if (typeof value === 'number') return { name, type: AttributeType.INT, i: value };
+  if (Array.isArray(value)) return { name, type: AttributeType.INTS, ints: value };
+  if ('float' in value) return { name, type: AttributeType.FLOAT, f: value.float };
+  return { name, type: AttributeType.FLOATS, floats: value.floats };
+}

@@ -1,0 +1,171 @@
+/**
+ * Runtime adapter slots: the stacked per-slot LoRA tensors the decoder graph reads, and the placement policy
+ * (which adapter sits in which slot, which may be evicted). Slot 0 is all zeros and means "no adapter".
+ *
+ * Policy: an adapter is copied into a free slot, else into the least recently used slot that no running
+ * sequence holds. A slot held by a running sequence is never evicted; when every slot is held, the caller waits.
+ */
+import { projectionDims, type LoraAdapter } from '../adapters/lora.ts';
+import { LORA_INPUTS } from '../graph/decoder-graph.ts';
+import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '../model/types.ts';
+
+type LoraInputName = keyof typeof LORA_INPUTS;
+
+interface SlotLayout {
+  /** Graph input holding A (transposed, [in, groupSize*R]) and the column block this module uses. */
+  a: LoraInputName;
+  group: number;
+  groupSize: number;
+  /** Graph input holding B (transposed, [R, out]). */
+  b: LoraInputName;
+  inDim: number;
+  outDim: number;
+}
+
+const GROUPS: Record<LoraTargetModule, Pick<SlotLayout, 'a' | 'group' | 'groupSize' | 'b'>> = {
+  q_proj: { a: 'aQkv', group: 0, groupSize: 3, b: 'bQ' },
+  k_proj: { a: 'aQkv', group: 1, groupSize: 3, b: 'bK' },
+  v_proj: { a: 'aQkv', group: 2, groupSize: 3, b: 'bV' },
+  o_proj: { a: 'aO', group: 0, groupSize: 1, b: 'bO' },
+  gate_proj: { a: 'aGateUp', group: 0, groupSize: 2, b: 'bGate' },
+  up_proj: { a: 'aGateUp', group: 1, groupSize: 2, b: 'bUp' },
+  down_proj: { a: 'aDown', group: 0, groupSize: 1, b: 'bDown' },
+};
+
+export function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
+  const layouts = {} as Record<LoraTargetModule, SlotLayout>;
+  for (const module of LORA_TARGET_MODULES) {
+    const { inFeatures, outFeatures } = projectionDims(c, module);
+    layouts[module] = { ...GROUPS[module], inDim: inFeatures, outDim: outFeatures };
+  }
+  return layouts;
+}
+
+/** Shape of one slot of each LoRA graph input, [rows, cols], for slot rank R. */
+export function loraInputShapes(c: LlamaConfig, rank: number): Record<LoraInputName, [number, number]> {
+  const shapes = {} as Record<LoraInputName, [number, number]>;
+  for (const layout of Object.values(slotLayouts(c))) {
+    shapes[layout.a] = [layout.inDim, layout.groupSize * rank];
+    shapes[layout.b] = [rank, layout.outDim];
+  }
+  return shapes;
+}
+
+export class AdapterSlots {
+  /** Per graph input name (e.g. `lora_a_qkv.3`): the stacked buffer `[slots, rows, cols]`. */
+  readonly buffers = new Map<string, { data: Float32Array; dims: [number, number, number] }>();
+  private readonly layouts: Record<LoraTargetModule, SlotLayout>;
+  private readonly shapes: Record<LoraInputName, [number, number]>;
+  /** Adapter key → its slot and how many running sequences hold it; Map order is least recently used first. */
+  private readonly residents = new Map<string, { slot: number; holders: number }>();
+  private readonly freeSlots: number[];
+
+  constructor(
+    private readonly config: LlamaConfig,
+    /** Usable adapter slots, not counting slot 0. */
+    readonly capacity: number,
+    readonly rank: number,
+  ) {
+    this.layouts = slotLayouts(config);
+    this.shapes = loraInputShapes(config, rank);
+    for (let l = 0; l < config.numLayers; l++) {
+      for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [LoraInputName, (l: number) => string][]) {
+        const [rows, cols] = this.shapes[key];
+        this.buffers.set(nameOf(l), { data: new Float32Array((capacity + 1) * rows * cols), dims: [capacity + 1, rows, cols] });
+      }
+    }
+    this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
+  }
+
+  get residentAdapters(): string[] {
+    return [...this.residents.keys()];
+  }
+
+  get bytes(): number {
+    let total = 0;
+    for (const { data } of this.buffers.values()) total += data.byteLength;
+    return total;
+  }
+
+  /** The slot already holding `key`, or undefined. */
+  slotOf(key: string): number | undefined {
+    return this.residents.get(key)?.slot;
+  }
+
+  /**
+   * Holds a slot for `key` for one running sequence, copying the adapter in when it is not resident.
+   * Returns null when every slot is held by running sequences (try again after one finishes).
+   * `onEvict` reports the adapter whose slot was reused. Must be called between graph runs.
+   */
+  acquire(key: string, adapter: LoraAdapter, onEvict?: (key: string) => void): { slot: number; loaded: boolean } | null {
+    const resident = this.residents.get(key);
+    if (resident) {
+      resident.holders++;
+      this.touch(key, resident);
+      return { slot: resident.slot, loaded: false };
+    }
+    let slot = this.freeSlots.pop();
+    if (slot === undefined) {
+      const victim = [...this.residents].find(([, r]) => r.holders === 0);
+      if (!victim) return null;
+      this.residents.delete(victim[0]);
+      slot = victim[1].slot;
+      onEvict?.(victim[0]);
+    }
+    this.write(slot, adapter);
+    this.residents.set(key, { slot, holders: 1 });
+    return { slot, loaded: true };
+  }
+
+  release(key: string): void {
+    const resident = this.residents.get(key);
+    if (!resident || resident.holders === 0) throw new Error(`adapter ${key} released more often than acquired`);
+    resident.holders--;
+  }
+
+  /** Drops an adapter that is no longer valid (deleted or replaced); refused while sequences hold it. */
+  evict(key: string): boolean {
+    const resident = this.residents.get(key);
+    if (!resident) return true;
+    if (resident.holders > 0) return false;
+    this.residents.delete(key);
+    this.clear(resident.slot);
+    this.freeSlots.push(resident.slot);
+    return true;
+  }
+
+  /** Copies an adapter into a slot: A transposed into its group's column block, B transposed with the scale folded in. */
+  private write(slot: number, adapter: LoraAdapter): void {
+    if (adapter.rank > this.rank) {
+      throw new Error(`adapter rank ${adapter.rank} exceeds the slot rank ${this.rank}; raise MAX_LORA_RANK`);
+    }
+    this.clear(slot);
+    const R = this.rank;
+    for (const m of adapter.modules) {
+      const layout = this.layouts[m.module];
+      const a = this.buffers.get(LORA_INPUTS[layout.a](m.layer))!;
+      const b = this.buffers.get(LORA_INPUTS[layout.b](m.layer))!;
+      const aCols = layout.groupSize * R;
+      const aBase = slot * layout.inDim * aCols + layout.group * R;
+      for (let j = 0; j < m.rank; j++) {
+        for (let i = 0; i < layout.inDim; i++) a.data[aBase + i * aCols + j] = m.A[j * layout.inDim + i];
+      }
+      const bBase = slot * R * layout.outDim;
+      for (let j = 0; j < m.rank; j++) {
+        for (let o = 0; o < layout.outDim; o++) b.data[bBase + j * layout.outDim + o] = m.B[o * m.rank + j] * m.scale;
+      }
+    }
+  }
+
+  private clear(slot: number): void {
+    for (const { data, dims } of this.buffers.values()) {
+      const size = dims[1] * dims[2];
+      data.fill(0, slot * size, (slot + 1) * size);
+    }
+  }
+
+  private touch(key: string, resident: { slot: number; holders: number }): void {
+    this.residents.delete(key);
+    this.residents.set(key, resident);
+  }
+}

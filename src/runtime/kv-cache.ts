@@ -1,0 +1,109 @@
+/**
+ * The KV cache, owned by JavaScript and fed to the graph zero-copy. Rows are batch positions: the running
+ * batch always occupies rows [0, n), so every step's inputs are contiguous prefixes of these buffers.
+ * Keys are stored transposed ([rows, kv_heads, head_dim, S]) so attention is one plain MatMul.
+ * The width S grows in buckets; attention runs over the whole bucket with a mask, which costs less than
+ * returning or re-concatenating the cache every step.
+ */
+import type { LlamaConfig } from '../model/types.ts';
+
+export const CACHE_BUCKET = 128;
+
+export class KvCache {
+  keys: Float32Array[] = [];
+  values: Float32Array[] = [];
+  /** Current bucket width (positions per row). */
+  width = 0;
+
+  constructor(
+    private readonly config: LlamaConfig,
+    readonly maxRows: number,
+    readonly maxPositions: number,
+  ) {
+    this.allocate(CACHE_BUCKET);
+  }
+
+  /** Floats one row occupies in one layer's key (or value) buffer. */
+  get rowStride(): number {
+    return this.config.numKvHeads * this.config.headDim * this.width;
+  }
+
+  get residentBytes(): number {
+    return 2 * this.config.numLayers * this.maxRows * this.rowStride * 4;
+  }
+
+  /** Makes room for `positions` tokens per row, copying the cache into wider buffers when needed. */
+  ensureWidth(positions: number): void {
+    if (positions > this.maxPositions) {
+      throw new Error(`sequence of ${positions} tokens exceeds the context limit of ${this.maxPositions}`);
+    }
+    if (positions <= this.width) return;
+    const oldKeys = this.keys;
+    const oldValues = this.values;
+    const oldWidth = this.width;
+    this.allocate(Math.min(Math.ceil(positions / CACHE_BUCKET) * CACHE_BUCKET, roundUpBucket(this.maxPositions)));
+    const { numKvHeads, headDim } = this.config;
+    for (let l = 0; l < this.config.numLayers; l++) {
+      for (let row = 0; row < this.maxRows; row++) {
+        for (let h = 0; h < numKvHeads; h++) {
+          for (let d = 0; d < headDim; d++) {
+            const from = ((row * numKvHeads + h) * headDim + d) * oldWidth;
+            this.keys[l].set(oldKeys[l].subarray(from, from + oldWidth), ((row * numKvHeads + h) * headDim + d) * this.width);
+          }
+          const from = (row * numKvHeads + h) * oldWidth * headDim;
+          this.values[l].set(oldValues[l].subarray(from, from + oldWidth * headDim), (row * numKvHeads + h) * this.width * headDim);
+        }
+      }
+    }
+  }
+
+  /**
+   * Writes one step's new keys/values (`[B, layers*2*kv_heads, T, head_dim]`, k then v per layer) for batch
+   * rows starting at `firstRow`; row b's tokens go to positions start[b]..start[b]+T-1.
+   */
+  writeStep(newKeyValues: Float32Array, firstRow: number, batch: number, tokens: number, starts: ArrayLike<number>): void {
+    const { numLayers, numKvHeads, headDim } = this.config;
+    const width = this.width;
+    for (let b = 0; b < batch; b++) {
+      const row = firstRow + b;
+      const start = starts[b];
+      for (let l = 0; l < numLayers; l++) {
+        const keys = this.keys[l];
+        const values = this.values[l];
+        for (let h = 0; h < numKvHeads; h++) {
+          const kBase = (((b * numLayers + l) * 2 * numKvHeads + h) * tokens) * headDim;
+          const vBase = kBase + numKvHeads * tokens * headDim;
+          const keyRow = (row * numKvHeads + h) * headDim * width;
+          const valueRow = (row * numKvHeads + h) * width * headDim;
+          for (let t = 0; t < tokens; t++) {
+            const pos = start + t;
+            const k = kBase + t * headDim;
+            for (let d = 0; d < headDim; d++) keys[keyRow + d * width + pos] = newKeyValues[k + d];
+            values.set(newKeyValues.subarray(vBase + t * headDim, vBase + (t + 1) * headDim), valueRow + pos * headDim);
+          }
+        }
+      }
+    }
+  }
+
+  /** Moves a row (used to keep the running batch contiguous when a sequence leaves). */
+  moveRow(from: number, to: number): void {
+    if (from === to) return;
+    const stride = this.rowStride;
+    for (let l = 0; l < this.config.numLayers; l++) {
+      this.keys[l].copyWithin(to * stride, from * stride, (from + 1) * stride);
+      this.values[l].copyWithin(to * stride, from * stride, (from + 1) * stride);
+    }
+  }
+
+  private allocate(width: number): void {
+    this.width = width;
+    const size = this.maxRows * this.config.numKvHeads * this.config.headDim * width;
+    this.keys = Array.from({ length: this.config.numLayers }, () => new Float32Array(size));
+    this.values = Array.from({ length: this.config.numLayers }, () => new Float32Array(size));
+  }
+}
+
+function roundUpBucket(positions: number): number {
+  return Math.ceil(positions / CACHE_BUCKET) * CACHE_BUCKET;
+}

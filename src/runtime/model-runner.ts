@@ -1,0 +1,158 @@
+/**
+ * Runs the generated decoder graph on onnxruntime: feeds the JavaScript KV cache, RoPE tables, masks and
+ * adapter slots, and writes each step's new keys/values back into the cache. One instance per engine thread;
+ * `session.run` blocks its thread, so it must never run on the HTTP thread.
+ */
+import * as ort from 'onnxruntime-node';
+import { buildDecoderGraph, GRAPH_INPUTS, GRAPH_OUTPUTS, LORA_INPUTS } from '../graph/decoder-graph.ts';
+import { EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
+import type { BaseModel, LlamaConfig } from '../model/types.ts';
+import { AdapterSlots, loraInputShapes } from './adapter-slots.ts';
+import { KvCache } from './kv-cache.ts';
+import { RopeTables } from './rope.ts';
+
+export type ExecutionProvider = 'cpu' | 'cuda';
+
+export interface RunnerOptions {
+  /** Rows the KV cache holds: the most sequences decoded together. */
+  maxBatch: number;
+  /** Adapter slots (not counting slot 0, "no adapter"). */
+  adapterSlots: number;
+  /** Slot rank: adapters of lower rank are zero-padded, higher ranks refused. */
+  maxLoraRank: number;
+  /** Longest sequence (prompt + completion); defaults to the model's maximum. */
+  maxPositions?: number;
+  executionProvider?: ExecutionProvider;
+  /** Intra-op threads; onnxruntime picks when absent. */
+  threads?: number;
+}
+
+/** One sequence's part of a forward pass. */
+export interface StepRow {
+  /** Tokens to feed this step (every row of one call feeds the same number). */
+  tokens: number[];
+  /** Tokens of this sequence already in the cache; the new ones take the positions after them. */
+  position: number;
+  /** Adapter slot (0 = base model). */
+  slot: number;
+}
+
+const MASKED = Number.NEGATIVE_INFINITY;
+
+export class ModelRunner {
+  readonly cache: KvCache;
+  readonly slots: AdapterSlots;
+  readonly config: LlamaConfig;
+  private readonly rope: RopeTables;
+  private readonly loraTensors = new Map<string, ort.Tensor>();
+  /** Rank-0 stand-ins fed when no row of a step uses an adapter, so the LoRA branch costs almost nothing. */
+  private readonly emptyLoraTensors = new Map<string, ort.Tensor>();
+
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    config: LlamaConfig,
+    options: RunnerOptions,
+  ) {
+    this.config = config;
+    this.rope = new RopeTables(config);
+    this.cache = new KvCache(config, options.maxBatch, options.maxPositions ?? config.maxPositions);
+    this.slots = new AdapterSlots(config, options.adapterSlots, options.maxLoraRank);
+    for (const [name, { data, dims }] of this.slots.buffers) this.loraTensors.set(name, new ort.Tensor('float32', data, dims));
+    const rankZeroShapes = loraInputShapes(config, 0);
+    for (let l = 0; l < config.numLayers; l++) {
+      for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
+        this.emptyLoraTensors.set(nameOf(l), new ort.Tensor('float32', new Float32Array(0), [1, ...rankZeroShapes[key]]));
+      }
+    }
+  }
+
+  static async create(model: BaseModel, options: RunnerOptions): Promise<ModelRunner> {
+    const graph = buildDecoderGraph(model);
+    const provider = options.executionProvider ?? 'cpu';
+    let session: ort.InferenceSession;
+    try {
+      session = await ort.InferenceSession.create(graph.modelBytes, {
+        executionProviders: [provider],
+        graphOptimizationLevel: 'all',
+        ...(options.threads ? { intraOpNumThreads: options.threads } : {}),
+        interOpNumThreads: 1,
+        externalData: [{ path: EXTERNAL_DATA_FILE, data: graph.weights }],
+      });
+    } catch (error) {
+      if (provider === 'cuda') {
+        throw new Error(
+          `the CUDA execution provider is not available here (${(error as Error).message}); ` +
+            'install onnxruntime-node with ONNXRUNTIME_NODE_INSTALL=cuda12 on a machine with CUDA 12 and cuDNN 9, or use EXECUTION_PROVIDER=cpu',
+        );
+      }
+      throw error;
+    }
+    return new ModelRunner(session, model.config, options);
+  }
+
+  /**
+   * One forward pass over cache rows [firstRow, firstRow + rows.length). Returns the last position's logits,
+   * `[rows, vocab]`, and leaves the new keys/values in the cache.
+   */
+  async forward(firstRow: number, rows: StepRow[]): Promise<Float32Array> {
+    const c = this.config;
+    const batch = rows.length;
+    const tokens = rows[0].tokens.length;
+    if (rows.some((r) => r.tokens.length !== tokens)) throw new Error('every row of a step must feed the same number of tokens');
+    if (firstRow + batch > this.cache.maxRows) throw new Error(`rows ${firstRow}..${firstRow + batch} exceed the batch capacity`);
+    this.cache.ensureWidth(Math.max(...rows.map((r) => r.position + tokens)));
+    const width = this.cache.width;
+    const groupSize = c.numHeads / c.numKvHeads;
+
+    const inputIds = new BigInt64Array(batch * tokens);
+    const ropeStride = this.rope.tokenStride;
+    const cos = new Float32Array(batch * tokens * ropeStride);
+    const sin = new Float32Array(batch * tokens * ropeStride);
+    const pastMask = new Float32Array(batch * width);
+    const selfMask = new Float32Array(batch * groupSize * tokens * tokens);
+    const slotIndex = new BigInt64Array(batch);
+    rows.forEach((row, b) => {
+      for (let t = 0; t < tokens; t++) {
+        inputIds[b * tokens + t] = BigInt(row.tokens[t]);
+        this.rope.fill(cos, sin, b * tokens + t, row.position + t);
+      }
+      pastMask.fill(MASKED, b * width + row.position, (b + 1) * width);
+      for (let gq = 0; gq < groupSize * tokens; gq++) {
+        const t = gq % tokens;
+        const base = (b * groupSize * tokens + gq) * tokens;
+        selfMask.fill(MASKED, base + t + 1, base + tokens);
+      }
+      slotIndex[b] = BigInt(row.slot);
+    });
+
+    const fusedHeads = c.numHeads + 2 * c.numKvHeads;
+    const feeds: Record<string, ort.Tensor> = {
+      [GRAPH_INPUTS.inputIds]: new ort.Tensor('int64', inputIds, [batch, tokens]),
+      [GRAPH_INPUTS.ropeCos]: new ort.Tensor('float32', cos, [batch, tokens, fusedHeads, c.headDim]),
+      [GRAPH_INPUTS.ropeSin]: new ort.Tensor('float32', sin, [batch, tokens, fusedHeads, c.headDim]),
+      [GRAPH_INPUTS.pastMask]: new ort.Tensor('float32', pastMask, [batch, 1, 1, width]),
+      [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', selfMask, [batch, 1, groupSize * tokens, tokens]),
+      [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(BigInt(width), BigInt(tokens)), [2]),
+      [GRAPH_INPUTS.slotIndex]: new ort.Tensor('int64', slotIndex, [batch]),
+    };
+    const stride = this.cache.rowStride;
+    for (let l = 0; l < c.numLayers; l++) {
+      const range = [firstRow * stride, (firstRow + batch) * stride] as const;
+      feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', this.cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
+      feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', this.cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
+    }
+    const anyAdapter = rows.some((r) => r.slot !== 0);
+    const rank = BigInt(anyAdapter ? this.slots.rank : 0);
+    feeds[GRAPH_INPUTS.loraRankSplit] = new ort.Tensor('int64', BigInt64Array.of(rank, rank, rank), [3]);
+    for (const [name, tensor] of anyAdapter ? this.loraTensors : this.emptyLoraTensors) feeds[name] = tensor;
+
+    const result = await this.session.run(feeds);
+    const newKeyValues = result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array;
+    this.cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position));
+    return result[GRAPH_OUTPUTS.logits].data as Float32Array;
+  }
+
+  async close(): Promise<void> {
+    await this.session.release();
+  }
+}

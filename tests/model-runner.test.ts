@@ -1,0 +1,132 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadBaseModel } from '../src/model/load.ts';
+import { weightsChecksum } from '../src/model/checksum.ts';
+import { ModelRunner, type RunnerOptions } from '../src/runtime/model-runner.ts';
+import { loadLoraAdapter, type LoraAdapter } from '../src/adapters/lora.ts';
+import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
+import type { BaseModel, LoraTargetModule, WeightMap } from '../src/model/types.ts';
+import { REFERENCE, STORIES_GGUF, STORIES_HF_DIR } from './support/models.ts';
+
+const OPTIONS: RunnerOptions = { maxBatch: 8, adapterSlots: 3, maxLoraRank: 8 };
+
+function argmax(values: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
+  return best;
+}
+
+async function greedy(runner: ModelRunner, prompt: number[], count: number): Promise<number[]> {
+  let logits = await runner.forward(0, [{ tokens: prompt, position: 0, slot: 0 }]);
+  const out: number[] = [];
+  for (let position = prompt.length; out.length < count; position++) {
+    out.push(argmax(logits));
+    logits = await runner.forward(0, [{ tokens: [out.at(-1)!], position, slot: 0 }]);
+  }
+  return out;
+}
+
+for (const [format, path] of [['Hugging Face', STORIES_HF_DIR], ['GGUF', STORIES_GGUF]] as const) {
+  test(`greedy decoding of the ${format} model reproduces the reference ids`, async () => {
+    const model = await loadBaseModel(path);
+    const runner = await ModelRunner.create(model, OPTIONS);
+    assert.deepEqual(await greedy(runner, REFERENCE.promptIds, REFERENCE.greedyIds.length), REFERENCE.greedyIds);
+    await runner.close();
+  });
+}
+
+/** The independent computation: a copy of the base with W + scale·B·A merged into each adapted projection. */
+function mergeAdapter(base: BaseModel, adapter: LoraAdapter): BaseModel {
+  const weights: WeightMap = new Map(base.weights);
+  for (const m of adapter.modules) {
+    const group = ['q_proj', 'k_proj', 'v_proj', 'o_proj'].includes(m.module) ? 'self_attn' : 'mlp';
+    const name = `model.layers.${m.layer}.${group}.${m.module}.weight`;
+    const { shape, data } = weights.get(name)!;
+    const [out, inDim] = shape;
+    const merged = Float32Array.from(data);
+    for (let o = 0; o < out; o++) {
+      for (let i = 0; i < inDim; i++) {
+        let delta = 0;
+        for (let j = 0; j < m.rank; j++) delta += m.B[o * m.rank + j] * m.A[j * inDim + i];
+        merged[o * inDim + i] += m.scale * delta;
+      }
+    }
+    weights.set(name, { shape, data: merged });
+  }
+  return { ...base, weights };
+}
+
+async function makeAdapter(dir: string, base: BaseModel, rank: number, targets: LoraTargetModule[], seed: number, alpha: number) {
+  const spec = randomLoraAdapter(base.config, { rank, targetModules: targets, seed, std: 0.15, alpha });
+  await writeLoraAdapter(dir, spec);
+  return loadLoraAdapter(dir, base.config);
+}
+
+test('a batch mixing base rows and adapters of different ranks equals merged weights, row by row', async () => {
+  const base = await loadBaseModel(STORIES_HF_DIR);
+  const dir = await mkdtemp(join(tmpdir(), 'lora-batch-'));
+  try {
+    const adapters = {
+      small: await makeAdapter(join(dir, 'small'), base, 4, ['q_proj', 'v_proj'], 1, 8),
+      full: await makeAdapter(join(dir, 'full'), base, 8, ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'], 2, 16),
+    };
+    const runner = await ModelRunner.create(base, OPTIONS);
+    const slots = {
+      small: runner.slots.acquire('small', adapters.small)!.slot,
+      full: runner.slots.acquire('full', adapters.full)!.slot,
+    };
+    const rows = [
+      { adapter: null, prompt: [1, 403, 407, 261, 378] },
+      { adapter: 'small', prompt: [1, 338, 286, 393] },
+      { adapter: 'full', prompt: [1, 291, 376, 298, 315, 421] },
+      { adapter: 'small', prompt: [1, 317, 394] },
+      { adapter: 'full', prompt: [1, 403, 407] },
+    ] as const;
+    const fed = [[432, 383], [286, 261], [376, 298]];
+
+    // Batched: each row prefilled in its own cache row, then decode steps with all rows together.
+    const batched: Float32Array[][] = rows.map(() => []);
+    for (const [b, row] of rows.entries()) {
+      const slot = row.adapter ? slots[row.adapter] : 0;
+      batched[b].push(Float32Array.from(await runner.forward(b, [{ tokens: [...row.prompt], position: 0, slot }])));
+    }
+    for (const step of fed) {
+      const logits = await runner.forward(0, rows.map((row, b) => ({
+        tokens: [step[b % 2]],
+        position: row.prompt.length + fed.indexOf(step),
+        slot: row.adapter ? slots[row.adapter] : 0,
+      })));
+      for (let b = 0; b < rows.length; b++) batched[b].push(logits.slice(b * base.config.vocabSize, (b + 1) * base.config.vocabSize));
+    }
+    await runner.close();
+
+    // Alone: each row on a runner of its merged model (or the plain base), batch of one.
+    let worst = 0;
+    let adapterEffect = 0;
+    for (const [b, row] of rows.entries()) {
+      const alone = await ModelRunner.create(row.adapter ? mergeAdapter(base, adapters[row.adapter]) : base, OPTIONS);
+      const expected = [Float32Array.from(await alone.forward(0, [{ tokens: [...row.prompt], position: 0, slot: 0 }]))];
+      for (const [i, step] of fed.entries()) {
+        expected.push(Float32Array.from(await alone.forward(0, [{ tokens: [step[b % 2]], position: row.prompt.length + i, slot: 0 }])));
+      }
+      await alone.close();
+      for (const [i, logits] of expected.entries()) {
+        for (let v = 0; v < logits.length; v++) worst = Math.max(worst, Math.abs(logits[v] - batched[b][i][v]));
+      }
+      if (row.adapter) {
+        const plain = await ModelRunner.create(base, OPTIONS);
+        const baseLogits = await plain.forward(0, [{ tokens: [...row.prompt], position: 0, slot: 0 }]);
+        for (let v = 0; v < baseLogits.length; v++) adapterEffect = Math.max(adapterEffect, Math.abs(baseLogits[v] - expected[0][v]));
+        await plain.close();
+      }
+    }
+    assert.ok(worst < 1e-4, `max abs logit difference ${worst}`);
+    assert.ok(adapterEffect > 0.05, `adapters must visibly change the logits (max change ${adapterEffect})`);
+    assert.equal(weightsChecksum(base.weights), base.checksum, 'base weights unchanged');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
