@@ -75,8 +75,8 @@ test('a batch mixing base rows and adapters of different ranks equals merged wei
     };
     const runner = await ModelRunner.create(base, OPTIONS);
     const slots = {
-      small: runner.slots.acquire('small', adapters.small)!.slot,
-      full: runner.slots.acquire('full', adapters.full)!.slot,
+      small: runner.slots.place('small', adapters.small)!,
+      full: runner.slots.place('full', adapters.full)!,
     };
     const rows = [
       { adapter: null, prompt: [1, 403, 407, 261, 378] },

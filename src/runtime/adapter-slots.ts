@@ -87,23 +87,23 @@ export class AdapterSlots {
     return total;
   }
 
-  /** The slot already holding `key`, or undefined. */
-  slotOf(key: string): number | undefined {
-    return this.residents.get(key)?.slot;
+  /** Holds the slot of `key` for one more running sequence if the adapter is resident; else undefined. */
+  holdIfResident(key: string): number | undefined {
+    const resident = this.residents.get(key);
+    if (!resident) return undefined;
+    resident.holders++;
+    this.residents.delete(key);
+    this.residents.set(key, resident);
+    return resident.slot;
   }
 
   /**
-   * Holds a slot for `key` for one running sequence, copying the adapter in when it is not resident.
-   * Returns null when every slot is held by running sequences (try again after one finishes).
-   * `onEvict` reports the adapter whose slot was reused. Must be called between graph runs.
+   * Copies a non-resident adapter into a free slot, or into the least recently used slot nobody holds, and
+   * holds it for one running sequence. Returns null when every slot is held (try again after a sequence
+   * finishes). `onEvict` names the adapter whose slot was reused. Call only between graph runs.
    */
-  acquire(key: string, adapter: LoraAdapter, onEvict?: (key: string) => void): { slot: number; loaded: boolean } | null {
-    const resident = this.residents.get(key);
-    if (resident) {
-      resident.holders++;
-      this.touch(key, resident);
-      return { slot: resident.slot, loaded: false };
-    }
+  place(key: string, adapter: LoraAdapter, onEvict?: (key: string) => void): number | null {
+    if (this.residents.has(key)) throw new Error(`adapter ${key} is already resident; hold it instead`);
     let slot = this.freeSlots.pop();
     if (slot === undefined) {
       const victim = [...this.residents].find(([, r]) => r.holders === 0);
@@ -112,9 +112,15 @@ export class AdapterSlots {
       slot = victim[1].slot;
       onEvict?.(victim[0]);
     }
-    this.write(slot, adapter);
+    try {
+      this.write(slot, adapter);
+    } catch (error) {
+      this.clear(slot);
+      this.freeSlots.push(slot);
+      throw error;
+    }
     this.residents.set(key, { slot, holders: 1 });
-    return { slot, loaded: true };
+    return slot;
   }
 
   release(key: string): void {
@@ -162,10 +168,5 @@ export class AdapterSlots {
       const size = dims[1] * dims[2];
       data.fill(0, slot * size, (slot + 1) * size);
     }
-  }
-
-  private touch(key: string, resident: { slot: number; holders: number }): void {
-    this.residents.delete(key);
-    this.residents.set(key, resident);
   }
 }

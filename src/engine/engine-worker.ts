@@ -1,0 +1,53 @@
+/**
+ * The engine thread: loads the base model, builds its graph and onnxruntime session, and runs the scheduler.
+ * `session.run` blocks the thread it runs on, which is why all of this lives off the HTTP thread.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { loadBaseModel } from '../model/load.ts';
+import { ModelRunner } from '../runtime/model-runner.ts';
+import type { EngineOptions, FromWorker, ToWorker } from './protocol.ts';
+import { Scheduler } from './scheduler.ts';
+
+const DEFAULT_PREFILL_CHUNK = 512;
+
+const port = parentPort!;
+const post = (message: FromWorker) => port.postMessage(message);
+
+async function start(options: EngineOptions): Promise<void> {
+  const model = await loadBaseModel(options.modelPath);
+  const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
+  const runner = await ModelRunner.create(model, { ...options, maxBatch: options.maxBatch, maxPositions });
+  const scheduler = new Scheduler(
+    runner,
+    {
+      maxQueue: options.maxQueue,
+      maxPositions,
+      prefillChunk: options.prefillChunk ?? DEFAULT_PREFILL_CHUNK,
+      hostCacheBytes: options.hostCacheBytes,
+    },
+    {
+      step: (report) => post({ type: 'step', ...report }),
+      failed: (id, message, code) => post({ type: 'sequence-failed', id, message, code }),
+    },
+  );
+  port.on('message', async (message: ToWorker) => {
+    switch (message.type) {
+      case 'submit':
+        return scheduler.submit(message.request);
+      case 'cancel':
+        return scheduler.cancel(message.id);
+      case 'evict-adapter':
+        return scheduler.evictAdapter(message.key);
+      case 'shutdown':
+        await runner.close();
+        post({ type: 'closed' });
+        port.close();
+    }
+  });
+  post({
+    type: 'ready',
+    info: { config: model.config, checksum: model.checksum, format: model.source.format, path: model.source.path, maxPositions },
+  });
+}
+
+start(workerData as EngineOptions).catch((error: Error) => post({ type: 'startup-failed', message: error.message }));

@@ -1,0 +1,65 @@
+/**
+ * The host tier of the adapter cache: parsed, validated adapters kept in memory, bounded in bytes, loaded
+ * from the disk store on a miss. Loads run asynchronously so the decode loop keeps stepping while files
+ * are read; concurrent requests for the same adapter share one load.
+ */
+import { LRUCache } from 'lru-cache';
+import { loadLoraAdapter, type LoraAdapter } from '../adapters/lora.ts';
+import type { LlamaConfig } from '../model/types.ts';
+import type { AdapterCacheEvent, AdapterRef } from './protocol.ts';
+
+export class HostAdapterCache {
+  private readonly cache: LRUCache<string, LoraAdapter>;
+  private readonly loading = new Map<string, Promise<LoraAdapter>>();
+
+  constructor(
+    private readonly config: LlamaConfig,
+    maxBytes: number,
+    private readonly report: (event: AdapterCacheEvent) => void,
+  ) {
+    this.cache = new LRUCache<string, LoraAdapter>({
+      maxSize: maxBytes,
+      // An adapter bigger than the whole budget is still served; it just is not kept.
+      maxEntrySize: maxBytes,
+      sizeCalculation: (adapter) => Math.max(1, adapter.byteSize),
+      dispose: (_adapter, _key, reason) => {
+        if (reason === 'evict') this.report({ tier: 'host', event: 'eviction' });
+      },
+    });
+  }
+
+  get entries(): number {
+    return this.cache.size;
+  }
+
+  get bytes(): number {
+    return this.cache.calculatedSize;
+  }
+
+  /** The parsed adapter if it is in memory (counted as a host hit or miss). */
+  get(key: string): LoraAdapter | undefined {
+    const adapter = this.cache.get(key);
+    this.report({ tier: 'host', event: adapter ? 'hit' : 'miss' });
+    return adapter;
+  }
+
+  /** Reads, parses and validates the adapter's files, then keeps it. */
+  load(ref: AdapterRef): Promise<LoraAdapter> {
+    const pending = this.loading.get(ref.key);
+    if (pending) return pending;
+    const started = performance.now();
+    const load = loadLoraAdapter(ref.path, this.config)
+      .then((adapter) => {
+        this.cache.set(ref.key, adapter);
+        this.report({ tier: 'disk', event: 'load', seconds: (performance.now() - started) / 1000 });
+        return adapter;
+      })
+      .finally(() => this.loading.delete(ref.key));
+    this.loading.set(ref.key, load);
+    return load;
+  }
+
+  delete(key: string): void {
+    this.cache.delete(key);
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * Messages between the engine facade (HTTP thread) and the engine worker thread. Everything here is
+ * structured-clone friendly: plain objects, arrays and typed arrays.
+ */
+import type { ExecutionProvider } from '../runtime/model-runner.ts';
+import type { LlamaConfig } from '../model/types.ts';
+import type { SamplingParams } from './sampling.ts';
+
+export interface EngineOptions {
+  /** A GGUF file or a Hugging Face model directory. */
+  modelPath: string;
+  /** Most sequences decoded together. */
+  maxBatch: number;
+  /** Runtime adapter slots (adapters resident in the graph's stacked tensors at once). */
+  adapterSlots: number;
+  /** Slot rank: lower-rank adapters are zero-padded, higher ranks refused. */
+  maxLoraRank: number;
+  /** Bound on parsed adapters kept in host memory. */
+  hostCacheBytes: number;
+  /** Bound on sequences waiting to start; past it, submissions are refused as overloaded. */
+  maxQueue: number;
+  /** Longest prompt + completion; defaults to the model's context length. */
+  maxPositions?: number;
+  /** Prompt tokens per prefill pass; longer prompts are prefilled in several passes. */
+  prefillChunk?: number;
+  threads?: number;
+  executionProvider?: ExecutionProvider;
+}
+
+/** An adapter version as the engine sees it: a stable cache key and the directory holding its PEFT files. */
+export interface AdapterRef {
+  key: string;
+  path: string;
+}
+
+export interface SequenceRequest {
+  id: number;
+  promptIds: number[];
+  adapter: AdapterRef | null;
+  sampling: SamplingParams;
+  maxTokens: number;
+  /** Generating any of these ends the sequence with reason "stop". */
+  stopTokenIds: number[];
+}
+
+export type FinishReason = 'stop' | 'length' | 'cancelled';
+
+export interface TokenEvent {
+  id: number;
+  token: number;
+  logprob: number;
+  topLogprobs?: { id: number; logprob: number }[];
+}
+
+export interface FinishEvent {
+  id: number;
+  reason: FinishReason;
+  promptTokens: number;
+  completionTokens: number;
+}
+
+/** Timing of a sequence's start: waiting in the queue (including adapter loading) and prefill. */
+export interface StartEvent {
+  id: number;
+  queueMs: number;
+  prefillMs: number;
+  adapterLoad?: AdapterLoadEvent;
+}
+
+export type AdapterTier = 'slot' | 'host' | 'disk';
+
+export interface AdapterLoadEvent {
+  key: string;
+  /** The tier the adapter was found in. */
+  tier: AdapterTier;
+  ms: number;
+}
+
+export interface AdapterCacheEvent {
+  tier: AdapterTier;
+  event: 'hit' | 'miss' | 'load' | 'eviction';
+  seconds?: number;
+}
+
+export interface SchedulerStats {
+  running: number;
+  waiting: number;
+  /** Share of the KV cache's token capacity in use, 0..1. */
+  kvCacheUsage: number;
+  runningAdapters: string[];
+  waitingAdapters: string[];
+  slots: { capacity: number; resident: number; bytes: number };
+  host: { entries: number; bytes: number };
+}
+
+export interface ModelInfo {
+  config: LlamaConfig;
+  checksum: string;
+  format: 'gguf' | 'hf';
+  path: string;
+  maxPositions: number;
+}
+
+export type ToWorker =
+  | { type: 'submit'; request: SequenceRequest }
+  | { type: 'cancel'; id: number }
+  | { type: 'evict-adapter'; key: string }
+  | { type: 'shutdown' };
+
+export type FromWorker =
+  | { type: 'ready'; info: ModelInfo }
+  | { type: 'startup-failed'; message: string }
+  | {
+      type: 'step';
+      started: StartEvent[];
+      tokens: TokenEvent[];
+      finished: FinishEvent[];
+      adapterCache: AdapterCacheEvent[];
+      stats: SchedulerStats;
+    }
+  | { type: 'sequence-failed'; id: number; message: string; code: string }
+  | { type: 'closed' };

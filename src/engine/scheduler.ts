@@ -1,0 +1,350 @@
+/**
+ * Continuous batching. Sequences wait in a queue, join the running batch between decode steps (prefilled in
+ * their own cache row), decode together one token per step, and leave as soon as they finish or are
+ * cancelled, so a long generation never holds up a short one. Runs on the engine worker thread.
+ *
+ * A sequence on an adapter joins only once its adapter sits in a runtime slot; loading it from disk happens
+ * in the background while the batch keeps decoding.
+ */
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { AdapterError } from '../adapters/adapter-error.ts';
+import type { LoraAdapter } from '../adapters/lora.ts';
+import type { ModelRunner } from '../runtime/model-runner.ts';
+import { HostAdapterCache } from './host-adapter-cache.ts';
+import type {
+  AdapterCacheEvent,
+  AdapterLoadEvent,
+  FinishEvent,
+  FinishReason,
+  SchedulerStats,
+  SequenceRequest,
+  StartEvent,
+  TokenEvent,
+} from './protocol.ts';
+import { TokenSampler } from './sampling.ts';
+
+export interface SchedulerOptions {
+  maxQueue: number;
+  maxPositions: number;
+  prefillChunk: number;
+  hostCacheBytes: number;
+}
+
+/** What one scheduler iteration produced, delivered in one message to keep cross-thread traffic per step. */
+export interface StepReport {
+  started: StartEvent[];
+  tokens: TokenEvent[];
+  finished: FinishEvent[];
+  adapterCache: AdapterCacheEvent[];
+  stats: SchedulerStats;
+}
+
+export interface SchedulerSink {
+  step(report: StepReport): void;
+  failed(id: number, message: string, code: string): void;
+}
+
+interface Sequence {
+  request: SequenceRequest;
+  sampler: TokenSampler;
+  submittedAt: number;
+  /** Tokens of this sequence in the KV cache. */
+  position: number;
+  /** The last sampled token, fed at the next decode step. */
+  nextToken: number;
+  generated: number;
+  slot: number;
+  cancelled: boolean;
+  finish?: FinishReason;
+  /** Parsed adapter waiting for a free slot. */
+  adapter?: LoraAdapter;
+  adapterLoading?: boolean;
+  adapterLoad?: AdapterLoadEvent;
+}
+
+const NO_SLOT = -1;
+
+export class Scheduler {
+  private readonly waiting: Sequence[] = [];
+  /** Index in this array = row in the KV cache; rows stay contiguous. */
+  private readonly running: Sequence[] = [];
+  private readonly hostCache: HostAdapterCache;
+  private report: Omit<StepReport, 'stats'> = { started: [], tokens: [], finished: [], adapterCache: [] };
+  private looping = false;
+  private wake: (() => void) | null = null;
+  private readonly vocabSize: number;
+
+  constructor(
+    private readonly runner: ModelRunner,
+    private readonly options: SchedulerOptions,
+    private readonly sink: SchedulerSink,
+  ) {
+    this.vocabSize = runner.config.vocabSize;
+    this.hostCache = new HostAdapterCache(runner.config, options.hostCacheBytes, (event) => this.report.adapterCache.push(event));
+  }
+
+  submit(request: SequenceRequest): void {
+    if (this.waiting.length >= this.options.maxQueue) {
+      this.sink.failed(request.id, `the engine queue is full (${this.options.maxQueue} waiting); retry later`, 'overloaded');
+      return;
+    }
+    if (request.promptIds.length === 0 || request.promptIds.length >= this.options.maxPositions) {
+      this.sink.failed(
+        request.id,
+        `the prompt has ${request.promptIds.length} tokens; this model accepts 1 to ${this.options.maxPositions - 1}`,
+        'context_length_exceeded',
+      );
+      return;
+    }
+    const outOfVocabulary = request.promptIds.find((id) => !Number.isInteger(id) || id < 0 || id >= this.vocabSize);
+    if (outOfVocabulary !== undefined) {
+      this.sink.failed(request.id, `token id ${outOfVocabulary} is outside the vocabulary (0..${this.vocabSize - 1})`, 'invalid_prompt');
+      return;
+    }
+    this.waiting.push({
+      request,
+      sampler: new TokenSampler(request.sampling, this.vocabSize),
+      submittedAt: performance.now(),
+      position: 0,
+      nextToken: -1,
+      generated: 0,
+      slot: NO_SLOT,
+      cancelled: false,
+    });
+    this.kick();
+  }
+
+  cancel(id: number): void {
+    const sequence = this.running.find((s) => s.request.id === id) ?? this.waiting.find((s) => s.request.id === id);
+    if (sequence) sequence.cancelled = true;
+    this.kick();
+  }
+
+  /** Drops a parsed adapter (deleted or replaced); its slot is reused once no running sequence holds it. */
+  evictAdapter(key: string): void {
+    this.hostCache.delete(key);
+    this.runner.slots.evict(key);
+  }
+
+  get idle(): boolean {
+    return !this.looping;
+  }
+
+  private kick(): void {
+    if (this.wake) {
+      this.wake();
+      this.wake = null;
+    }
+    if (!this.looping) void this.loop();
+  }
+
+  private async loop(): Promise<void> {
+    this.looping = true;
+    try {
+      while (this.waiting.length > 0 || this.running.length > 0) {
+        this.retire();
+        await this.admit();
+        if (this.running.length > 0) await this.decode();
+        this.flush();
+        if (this.running.length === 0 && this.waiting.every((s) => s.adapterLoading)) {
+          // Nothing runs and everything waiting needs an adapter still loading: sleep until a load ends.
+          await new Promise<void>((resolve) => (this.wake = resolve));
+        } else {
+          // Let messages (new requests, cancellations) and finished file reads in between steps.
+          await nextTurn();
+        }
+      }
+    } finally {
+      this.looping = false;
+      this.flush();
+    }
+  }
+
+  /** Removes finished and cancelled sequences, keeping the running rows contiguous. */
+  private retire(): void {
+    for (let i = this.waiting.length - 1; i >= 0; i--) {
+      const sequence = this.waiting[i];
+      if (!sequence.cancelled) continue;
+      this.waiting.splice(i, 1);
+      this.finish(sequence, 'cancelled');
+    }
+    for (let row = this.running.length - 1; row >= 0; row--) {
+      const sequence = this.running[row];
+      if (!sequence.cancelled && !sequence.finish) continue;
+      this.finish(sequence, sequence.cancelled && !sequence.finish ? 'cancelled' : sequence.finish!);
+      const last = this.running.length - 1;
+      if (row !== last) {
+        this.running[row] = this.running[last];
+        this.runner.cache.moveRow(last, row);
+      }
+      this.running.pop();
+    }
+  }
+
+  private finish(sequence: Sequence, reason: FinishReason): void {
+    if (sequence.slot > 0) this.runner.slots.release(sequence.request.adapter!.key);
+    sequence.slot = NO_SLOT;
+    this.report.finished.push({
+      id: sequence.request.id,
+      reason,
+      promptTokens: sequence.request.promptIds.length,
+      completionTokens: sequence.generated,
+    });
+  }
+
+  private async admit(): Promise<void> {
+    for (const sequence of [...this.waiting]) {
+      if (this.running.length >= this.runner.cache.maxRows) return;
+      if (sequence.cancelled) continue;
+      let slot: number | null;
+      try {
+        slot = this.placeAdapter(sequence);
+      } catch (error) {
+        this.waiting.splice(this.waiting.indexOf(sequence), 1);
+        this.sink.failed(sequence.request.id, (error as Error).message, errorCode(error));
+        continue;
+      }
+      if (slot === null) continue;
+      this.waiting.splice(this.waiting.indexOf(sequence), 1);
+      sequence.slot = slot;
+      this.running.push(sequence);
+      try {
+        await this.prefill(sequence, this.running.length - 1);
+      } catch (error) {
+        this.failRunning(error as Error);
+        return;
+      }
+    }
+  }
+
+  /** The slot for the sequence's adapter, or null while it loads or every slot is held. */
+  private placeAdapter(sequence: Sequence): number | null {
+    const ref = sequence.request.adapter;
+    if (!ref) return 0;
+    const slots = this.runner.slots;
+    const resident = slots.holdIfResident(ref.key);
+    if (resident !== undefined) {
+      this.report.adapterCache.push({ tier: 'slot', event: 'hit' });
+      sequence.adapterLoad ??= { key: ref.key, tier: 'slot', ms: 0 };
+      return resident;
+    }
+    if (!sequence.adapter) {
+      const cached = this.hostCache.get(ref.key);
+      if (cached) {
+        sequence.adapter = cached;
+        sequence.adapterLoad = { key: ref.key, tier: 'host', ms: 0 };
+      } else {
+        if (!sequence.adapterLoading) this.startLoad(sequence);
+        return null;
+      }
+    }
+    const started = performance.now();
+    const slot = slots.place(ref.key, sequence.adapter, () => this.report.adapterCache.push({ tier: 'slot', event: 'eviction' }));
+    if (slot === null) return null;
+    const seconds = (performance.now() - started) / 1000;
+    this.report.adapterCache.push({ tier: 'slot', event: 'miss' }, { tier: 'slot', event: 'load', seconds });
+    sequence.adapterLoad!.ms += seconds * 1000;
+    sequence.adapter = undefined;
+    return slot;
+  }
+
+  private startLoad(sequence: Sequence): void {
+    const ref = sequence.request.adapter!;
+    sequence.adapterLoading = true;
+    const started = performance.now();
+    this.hostCache.load(ref).then(
+      (adapter) => {
+        sequence.adapter = adapter;
+        sequence.adapterLoad = { key: ref.key, tier: 'disk', ms: performance.now() - started };
+        sequence.adapterLoading = false;
+        this.kick();
+      },
+      (error: Error) => {
+        const index = this.waiting.indexOf(sequence);
+        if (index >= 0) this.waiting.splice(index, 1);
+        if (!sequence.cancelled) this.sink.failed(sequence.request.id, error.message, errorCode(error));
+        this.kick();
+      },
+    );
+  }
+
+  private async prefill(sequence: Sequence, row: number): Promise<void> {
+    const started = performance.now();
+    const prompt = sequence.request.promptIds;
+    let logits: Float32Array | undefined;
+    for (let start = 0; start < prompt.length; start += this.options.prefillChunk) {
+      const tokens = prompt.slice(start, start + this.options.prefillChunk);
+      logits = await this.runner.forward(row, [{ tokens, position: start, slot: sequence.slot }]);
+    }
+    sequence.position = prompt.length;
+    this.report.started.push({
+      id: sequence.request.id,
+      queueMs: started - sequence.submittedAt,
+      prefillMs: performance.now() - started,
+      adapterLoad: sequence.adapterLoad,
+    });
+    this.accept(sequence, logits!);
+  }
+
+  private async decode(): Promise<void> {
+    const rows = this.running.map((s) => ({ tokens: [s.nextToken], position: s.position, slot: s.slot }));
+    let logits: Float32Array;
+    try {
+      logits = await this.runner.forward(0, rows);
+    } catch (error) {
+      this.failRunning(error as Error);
+      return;
+    }
+    this.running.forEach((sequence, row) => {
+      sequence.position++;
+      if (!sequence.finish) this.accept(sequence, logits.subarray(row * this.vocabSize, (row + 1) * this.vocabSize));
+    });
+    this.retire();
+  }
+
+  /** Samples the next token from a row's logits and decides whether the sequence is done. */
+  private accept(sequence: Sequence, logits: Float32Array): void {
+    if (sequence.cancelled) return;
+    const sampled = sequence.sampler.sample(logits);
+    sequence.generated++;
+    sequence.nextToken = sampled.id;
+    this.report.tokens.push({ id: sequence.request.id, token: sampled.id, logprob: sampled.logprob, topLogprobs: sampled.topLogprobs });
+    if (sequence.request.stopTokenIds.includes(sampled.id)) sequence.finish = 'stop';
+    else if (sequence.generated >= sequence.request.maxTokens || sequence.position + 1 >= this.options.maxPositions) {
+      sequence.finish = 'length';
+    }
+  }
+
+  /** A failed forward pass leaves the batch's state unknown: end every running sequence with the error. */
+  private failRunning(error: Error): void {
+    for (const sequence of this.running.splice(0)) {
+      if (sequence.slot > 0) this.runner.slots.release(sequence.request.adapter!.key);
+      this.sink.failed(sequence.request.id, `inference failed: ${error.message}`, 'engine_error');
+    }
+  }
+
+  private flush(): void {
+    const { started, tokens, finished, adapterCache } = this.report;
+    if (started.length + tokens.length + finished.length + adapterCache.length === 0 && this.looping) return;
+    this.sink.step({ ...this.report, stats: this.stats() });
+    this.report = { started: [], tokens: [], finished: [], adapterCache: [] };
+  }
+
+  stats(): SchedulerStats {
+    const cacheTokens = this.running.reduce((sum, s) => sum + s.position, 0);
+    const adapterKeys = (list: Sequence[]) => [...new Set(list.flatMap((s) => (s.request.adapter ? [s.request.adapter.key] : [])))];
+    return {
+      running: this.running.length,
+      waiting: this.waiting.length,
+      kvCacheUsage: cacheTokens / (this.runner.cache.maxRows * this.options.maxPositions),
+      runningAdapters: adapterKeys(this.running),
+      waitingAdapters: adapterKeys(this.waiting),
+      slots: { capacity: this.runner.slots.capacity, resident: this.runner.slots.residentAdapters.length, bytes: this.runner.slots.bytes },
+      host: { entries: this.hostCache.entries, bytes: this.hostCache.bytes },
+    };
+  }
+}
+
+function errorCode(error: unknown): string {
+  return error instanceof AdapterError ? 'invalid_adapter' : 'adapter_unavailable';
+}

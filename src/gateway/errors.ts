@@ -1,0 +1,166 @@
+/**
+ * Errors in the shape OpenAI clients parse: `{"error":{"message","type","param","code"}}`. Handlers throw an
+ * ApiError; `installErrorHandlers` turns it (and anything else that escapes a handler) into that body, so no route
+ * writes error JSON itself.
+ */
+
+import type { Context, Env, Hono } from 'hono';
+import { HTTPException } from 'hono/http-exception';
+
+export type ApiErrorType =
+  | 'invalid_request_error'
+  | 'authentication_error'
+  | 'permission_error'
+  /** OpenAI names the limit a 429 hit: `requests` for concurrency, `tokens` for token budgets. */
+  | 'requests'
+  | 'tokens'
+  | 'server_error';
+
+export interface ApiErrorBody {
+  error: { message: string; type: ApiErrorType; param: string | null; code: string | null };
+}
+
+export class ApiError extends Error {
+  readonly status: number;
+  readonly type: ApiErrorType;
+  readonly param: string | null;
+  readonly code: string | null;
+  readonly headers: Readonly<Record<string, string>>;
+
+  constructor(
+    status: number,
+    type: ApiErrorType,
+    message: string,
+    options: { param?: string | null; code?: string | null; headers?: Record<string, string>; cause?: unknown } = {},
+  ) {
+    super(message, { cause: options.cause });
+    this.name = 'ApiError';
+    this.status = status;
+    this.type = type;
+    this.param = options.param ?? null;
+    this.code = options.code ?? null;
+    this.headers = options.headers ?? {};
+  }
+}
+
+export function toResponseBody(err: ApiError): ApiErrorBody {
+  return { error: { message: err.message, type: err.type, param: err.param, code: err.code } };
+}
+
+export function toResponse(err: ApiError): Response {
+  return new Response(JSON.stringify(toResponseBody(err)), {
+    status: err.status,
+    headers: { 'content-type': 'application/json; charset=utf-8', ...err.headers },
+  });
+}
+
+/** 400: the request itself is wrong; `param` names the offending field so clients can point at it. */
+export function invalidRequest(message: string, param: string | null = null, code: string | null = null): ApiError {
+  return new ApiError(400, 'invalid_request_error', message, { param, code });
+}
+
+/** 401. The message never echoes the presented key. */
+export function invalidApiKey(
+  message = 'Missing or invalid API key. Send it as "Authorization: Bearer <key>".',
+): ApiError {
+  return new ApiError(401, 'authentication_error', message, {
+    code: 'invalid_api_key',
+    headers: { 'www-authenticate': 'Bearer' },
+  });
+}
+
+/** 403: the caller is known but may not do this (a tenant calling an admin route, or using another tenant's adapter). */
+export function permissionDenied(message: string): ApiError {
+  return new ApiError(403, 'permission_error', message, { code: 'permission_denied' });
+}
+
+/** 404 for the `model` field, as OpenAI answers an unknown model. */
+export function modelNotFound(model: string): ApiError {
+  return new ApiError(404, 'invalid_request_error', `The model '${model}' does not exist or you do not have access to it.`, {
+    param: 'model',
+    code: 'model_not_found',
+  });
+}
+
+/** 404 for anything else that does not exist (an adapter version, a route). */
+export function notFound(message: string, param: string | null = null, code: string | null = null): ApiError {
+  return new ApiError(404, 'invalid_request_error', message, { param, code });
+}
+
+/** 413. `limitBytes` is stated so the client knows how far to shrink. */
+export function payloadTooLarge(limitBytes: number): ApiError {
+  return new ApiError(413, 'invalid_request_error', `Request body is larger than the limit of ${limitBytes} bytes.`, {
+    code: 'request_too_large',
+  });
+}
+
+/**
+ * 429. A refusal that waiting cannot cure (`retryable: false`) carries `x-should-retry: false`, which OpenAI clients
+ * obey instead of retrying blindly. The parameter's shape matches a tenant-limit refusal, so one can be passed as is.
+ */
+export function rateLimited(refusal: {
+  limit: 'concurrency' | 'tokens_per_minute';
+  message: string;
+  retryAfterSeconds?: number;
+  retryable: boolean;
+}): ApiError {
+  const headers: Record<string, string> = {};
+  if (refusal.retryAfterSeconds !== undefined) headers['retry-after'] = String(refusal.retryAfterSeconds);
+  if (!refusal.retryable) headers['x-should-retry'] = 'false';
+  return new ApiError(429, refusal.limit === 'concurrency' ? 'requests' : 'tokens', refusal.message, {
+    code: 'rate_limit_exceeded',
+    headers,
+  });
+}
+
+/** 503: the whole server is saturated (its queue is full), not one tenant over its limit. */
+export function overloaded(retryAfterSeconds: number, message = 'The server is overloaded; retry later.'): ApiError {
+  return new ApiError(503, 'server_error', message, {
+    code: 'overloaded',
+    headers: { 'retry-after': String(retryAfterSeconds) },
+  });
+}
+
+/** 500 with a fixed message: internal details belong in the server log, not in the response. */
+export function internalError(cause?: unknown): ApiError {
+  return new ApiError(500, 'server_error', 'The server had an internal error while processing the request.', { cause });
+}
+
+export interface ErrorHandlerOptions {
+  /** Receives what caused each 500 (a bug, usually); defaults to writing its stack to stderr. */
+  logUnexpected?: (err: unknown, request: { method: string; path: string }) => void;
+}
+
+function logToStderr(err: unknown, request: { method: string; path: string }): void {
+  const detail = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  console.error(`unexpected error in ${request.method} ${request.path}: ${detail}`);
+}
+
+/** Hono's own middleware (validators, bearerAuth) reports problems as HTTPExceptions. */
+function fromHttpException(err: HTTPException): ApiError {
+  if (err.status >= 500) return internalError(err);
+  if (err.status === 401) return invalidApiKey();
+  return new ApiError(err.status, 'invalid_request_error', err.message || 'The request is invalid.');
+}
+
+/** Maps whatever a handler threw to the ApiError the client will see. */
+export function asApiError(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err instanceof HTTPException) return fromHttpException(err);
+  // `c.req.json()` throws a bare SyntaxError for an unparsable body; its message quotes the body, so it is not echoed.
+  if (err instanceof SyntaxError) return invalidRequest('The request body is not valid JSON.', null, 'invalid_json');
+  return internalError(err);
+}
+
+export function installErrorHandlers<E extends Env>(app: Hono<E>, options: ErrorHandlerOptions = {}): void {
+  const logUnexpected = options.logUnexpected ?? logToStderr;
+  app.onError((err, c: Context<E>) => {
+    const apiError = asApiError(err);
+    // Only the method and path are logged: bodies and query strings may carry prompts or credentials.
+    if (apiError.status === 500) logUnexpected(apiError.cause ?? err, { method: c.req.method, path: c.req.path });
+    return toResponse(apiError);
+  });
+  app.notFound((c: Context<E>) =>
+    toResponse(notFound(`Unknown route ${c.req.method} ${c.req.path}.`, null, 'unknown_route')),
+  );
+}

@@ -1,0 +1,230 @@
+/**
+ * Loads a base model — a GGUF file or a Hugging Face directory (single or sharded safetensors) — into the
+ * canonical layout of types.ts: Hugging Face names, float32, row-major, q/k rows in rotate-half order.
+ * Every expected tensor must be present with the expected shape and nothing that would change the
+ * architecture may be left over, so a model that loads is a model the runtime computes correctly.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { entryToFloat32, readSafetensors, type SafetensorsEntry } from '../formats/safetensors.ts';
+import { ggufTensorToFloat32, readGguf } from '../formats/gguf.ts';
+import { configFromGguf, configFromHuggingFace } from './config.ts';
+import { weightsChecksum } from './checksum.ts';
+import type { BaseModel, LlamaConfig, WeightMap } from './types.ts';
+
+/** A tensor found in a file, under its canonical name, decoded only once it has passed the shape checks. */
+interface TensorSource {
+  shape: number[];
+  read(): Float32Array;
+}
+
+export async function loadBaseModel(path: string): Promise<BaseModel> {
+  const location = resolve(path);
+  const info = await stat(location).catch((error: NodeJS.ErrnoException) => {
+    throw error.code === 'ENOENT' ? new Error(`model path ${location} does not exist`) : error;
+  });
+  const loaded = info.isDirectory()
+    ? await loadHuggingFaceDirectory(location)
+    : location.endsWith('.gguf')
+      ? await loadGgufFile(location)
+      : undefined;
+  if (!loaded) {
+    throw new Error(`model path ${location} is neither a .gguf file nor a Hugging Face directory with config.json`);
+  }
+  return { ...loaded, checksum: weightsChecksum(loaded.weights) };
+}
+
+async function loadGgufFile(path: string): Promise<Omit<BaseModel, 'checksum'>> {
+  const file = await readGguf(path);
+  const config = configFromGguf(file.metadata, file.tensors);
+  const sources = new Map<string, TensorSource>();
+  for (const tensor of file.tensors.values()) {
+    const name = canonicalNameFromGguf(tensor.name);
+    if (sources.has(name)) throw new Error(`${path}: tensors "${tensor.name}" and another both map to "${name}"`);
+    const heads = name.endsWith('self_attn.q_proj.weight')
+      ? config.numHeads
+      : name.endsWith('self_attn.k_proj.weight')
+        ? config.numKvHeads
+        : undefined;
+    const read = () => ggufTensorToFloat32(file, tensor.name);
+    sources.set(name, {
+      shape: tensor.shape,
+      read: heads === undefined ? read : () => interleavedToRotateHalfRows(read(), heads, config.headDim, tensor.shape[1]),
+    });
+  }
+  return { config, weights: assembleWeights(config, sources, path), source: { format: 'gguf', path } };
+}
+
+const GGUF_BLOCK_TENSORS: Record<string, string> = {
+  attn_norm: 'input_layernorm',
+  attn_q: 'self_attn.q_proj',
+  attn_k: 'self_attn.k_proj',
+  attn_v: 'self_attn.v_proj',
+  attn_output: 'self_attn.o_proj',
+  ffn_norm: 'post_attention_layernorm',
+  ffn_gate: 'mlp.gate_proj',
+  ffn_up: 'mlp.up_proj',
+  ffn_down: 'mlp.down_proj',
+};
+const GGUF_GLOBAL_TENSORS: Record<string, string> = {
+  token_embd: 'model.embed_tokens',
+  output_norm: 'model.norm',
+  output: 'lm_head',
+};
+
+/** llama.cpp tensor names → Hugging Face names; unknown names pass through so the shape check reports them. */
+function canonicalNameFromGguf(name: string): string {
+  const block = /^blk\.(\d+)\.(\w+)\.(weight|bias)$/.exec(name);
+  if (block && Object.hasOwn(GGUF_BLOCK_TENSORS, block[2])) {
+    return `model.layers.${block[1]}.${GGUF_BLOCK_TENSORS[block[2]]}.${block[3]}`;
+  }
+  const global = /^(\w+)\.(weight|bias)$/.exec(name);
+  if (global && Object.hasOwn(GGUF_GLOBAL_TENSORS, global[1])) return `${GGUF_GLOBAL_TENSORS[global[1]]}.${global[2]}`;
+  return name;
+}
+
+/**
+ * llama.cpp's llama architecture rotates adjacent pairs (2i, 2i+1) of each head; Hugging Face rotates
+ * (i, i + headDim/2). Reordering the rows of q and k per head makes the two equivalent: Hugging Face row
+ * j < headDim/2 of a head is GGUF row 2j, and row j + headDim/2 is GGUF row 2j+1.
+ */
+function interleavedToRotateHalfRows(weight: Float32Array, heads: number, headDim: number, columns: number): Float32Array {
+  const out = new Float32Array(weight.length);
+  const half = headDim / 2;
+  for (let head = 0; head < heads; head++) {
+    const base = head * headDim;
+    for (let j = 0; j < half; j++) {
+      out.set(weight.subarray((base + 2 * j) * columns, (base + 2 * j + 1) * columns), (base + j) * columns);
+      out.set(weight.subarray((base + 2 * j + 1) * columns, (base + 2 * j + 2) * columns), (base + half + j) * columns);
+    }
+  }
+  return out;
+}
+
+async function loadHuggingFaceDirectory(directory: string): Promise<Omit<BaseModel, 'checksum'>> {
+  const configJson = await readJson(join(directory, 'config.json'));
+  if (configJson === undefined) {
+    throw new Error(`${directory} has no config.json; a Hugging Face model directory needs one`);
+  }
+  const config = configFromHuggingFace(configJson, await readJson(join(directory, 'generation_config.json')));
+
+  const sources = new Map<string, TensorSource>();
+  for (const entry of await readSafetensorsEntries(directory)) {
+    // Position tables some exporters save; they are recomputed from rope_theta.
+    if (entry.name.endsWith('.rotary_emb.inv_freq')) continue;
+    // transformers ignores a saved classifier when the config ties it to the embedding; so do we.
+    if (entry.name === 'lm_head.weight' && config.tieWordEmbeddings) continue;
+    sources.set(entry.name, { shape: entry.shape, read: () => entryToFloat32(entry) });
+  }
+  return { config, weights: assembleWeights(config, sources, directory), source: { format: 'hf', path: directory } };
+}
+
+const SINGLE_FILE = 'model.safetensors';
+const SHARD_INDEX = 'model.safetensors.index.json';
+
+async function readSafetensorsEntries(directory: string): Promise<SafetensorsEntry[]> {
+  if (await exists(join(directory, SINGLE_FILE))) {
+    return [...(await readSafetensors(join(directory, SINGLE_FILE))).tensors.values()];
+  }
+  const indexPath = join(directory, SHARD_INDEX);
+  const index = await readJson(indexPath);
+  if (index === undefined) throw new Error(`${directory} has neither ${SINGLE_FILE} nor ${SHARD_INDEX}`);
+  const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap)) {
+    throw new Error(`${indexPath}: weight_map must be an object mapping tensor names to shard files`);
+  }
+
+  const namesByShard = new Map<string, string[]>();
+  for (const [name, shard] of Object.entries(weightMap)) {
+    if (typeof shard !== 'string') throw new Error(`${indexPath}: weight_map["${name}"] must be a file name`);
+    const names = namesByShard.get(shard) ?? [];
+    names.push(name);
+    namesByShard.set(shard, names);
+  }
+
+  const entries: SafetensorsEntry[] = [];
+  for (const [shard, names] of namesByShard) {
+    const shardPath = resolve(directory, shard);
+    const inside = relative(directory, shardPath);
+    if (isAbsolute(shard) || inside === '' || inside === '..' || inside.startsWith(`..${sep}`) || isAbsolute(inside)) {
+      throw new Error(`${indexPath}: shard path "${shard}" leaves the model directory; shard files must be inside it`);
+    }
+    const { tensors } = await readSafetensors(shardPath);
+    for (const name of names) {
+      if (!tensors.has(name)) throw new Error(`${indexPath}: lists "${name}" in ${shard}, but that shard does not contain it`);
+    }
+    for (const name of tensors.keys()) {
+      if ((weightMap as Record<string, unknown>)[name] !== shard) {
+        throw new Error(`${shardPath}: holds tensor "${name}", which ${SHARD_INDEX} does not assign to this shard`);
+      }
+    }
+    entries.push(...tensors.values());
+  }
+  return entries;
+}
+
+/** Canonical names and shapes of every tensor a model with this config has. */
+function expectedShapes(config: LlamaConfig): Map<string, number[]> {
+  const { hiddenSize, intermediateSize, numHeads, numKvHeads, headDim, vocabSize } = config;
+  const shapes = new Map<string, number[]>([['model.embed_tokens.weight', [vocabSize, hiddenSize]]]);
+  for (let layer = 0; layer < config.numLayers; layer++) {
+    const prefix = `model.layers.${layer}`;
+    shapes.set(`${prefix}.input_layernorm.weight`, [hiddenSize]);
+    shapes.set(`${prefix}.self_attn.q_proj.weight`, [numHeads * headDim, hiddenSize]);
+    shapes.set(`${prefix}.self_attn.k_proj.weight`, [numKvHeads * headDim, hiddenSize]);
+    shapes.set(`${prefix}.self_attn.v_proj.weight`, [numKvHeads * headDim, hiddenSize]);
+    shapes.set(`${prefix}.self_attn.o_proj.weight`, [hiddenSize, numHeads * headDim]);
+    shapes.set(`${prefix}.post_attention_layernorm.weight`, [hiddenSize]);
+    shapes.set(`${prefix}.mlp.gate_proj.weight`, [intermediateSize, hiddenSize]);
+    shapes.set(`${prefix}.mlp.up_proj.weight`, [intermediateSize, hiddenSize]);
+    shapes.set(`${prefix}.mlp.down_proj.weight`, [hiddenSize, intermediateSize]);
+  }
+  shapes.set('model.norm.weight', [hiddenSize]);
+  if (!config.tieWordEmbeddings) shapes.set('lm_head.weight', [vocabSize, hiddenSize]);
+  return shapes;
+}
+
+function assembleWeights(config: LlamaConfig, sources: Map<string, TensorSource>, where: string): WeightMap {
+  const expected = expectedShapes(config);
+  for (const name of sources.keys()) {
+    if (!expected.has(name)) {
+      throw new Error(
+        `${where}: unexpected tensor "${name}"; it would change the architecture (a bias, an extra layer, ...), ` +
+          'which this runtime does not implement',
+      );
+    }
+  }
+  const weights: WeightMap = new Map();
+  for (const [name, shape] of expected) {
+    const source = sources.get(name);
+    if (!source) throw new Error(`${where}: missing tensor "${name}" (expected shape [${shape.join(', ')}])`);
+    if (source.shape.length !== shape.length || source.shape.some((dim, i) => dim !== shape[i])) {
+      throw new Error(`${where}: tensor "${name}" has shape [${source.shape.join(', ')}], expected [${shape.join(', ')}]`);
+    }
+    weights.set(name, { shape, data: source.read() });
+  }
+  return weights;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Parsed JSON, or undefined when the file does not exist. */
+async function readJson(path: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw error;
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new Error(`${path} is not valid JSON (${(error as Error).message})`);
+  }
+}

@@ -1,0 +1,140 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Engine, EngineError, type GenerateRequest } from '../src/engine/engine.ts';
+import type { AdapterCacheEvent } from '../src/engine/protocol.ts';
+import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
+import { configFromHuggingFace } from '../src/model/config.ts';
+import { LORA_TARGET_MODULES } from '../src/model/types.ts';
+import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
+import { readFile } from 'node:fs/promises';
+
+const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
+const EOS = [2, 1];
+
+let engine: Engine;
+let dir: string;
+const adapters: Record<string, { key: string; path: string }> = {};
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'engine-'));
+  const config = configFromHuggingFace(JSON.parse(await readFile(join(STORIES_HF_DIR, 'config.json'), 'utf8')));
+  for (const [name, rank, seed] of [['a', 4, 11], ['b', 8, 12], ['c', 2, 13]] as const) {
+    const path = join(dir, name);
+    await writeLoraAdapter(path, randomLoraAdapter(config, { rank, targetModules: [...LORA_TARGET_MODULES], seed, std: 0.2 }));
+    adapters[name] = { key: `t/${name}@1`, path };
+  }
+  engine = await Engine.start({
+    modelPath: STORIES_HF_DIR,
+    maxBatch: 6,
+    adapterSlots: 2,
+    maxLoraRank: 8,
+    hostCacheBytes: 64 << 20,
+    maxQueue: 8,
+  });
+});
+
+after(async () => {
+  await engine.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+function request(overrides: Partial<GenerateRequest> = {}): GenerateRequest {
+  return { promptIds: REFERENCE.promptIds, adapter: null, sampling: GREEDY, maxTokens: 32, stopTokenIds: EOS, ...overrides };
+}
+
+test('engine greedy generation on its worker thread reproduces the reference ids, streaming each token', async () => {
+  const streamed: number[] = [];
+  const result = await engine.generate(request({ onToken: (e) => streamed.push(e.token) }));
+  assert.deepEqual(result.tokens, REFERENCE.greedyIds);
+  assert.deepEqual(streamed, REFERENCE.greedyIds);
+  assert.equal(result.reason, 'length');
+  assert.equal(result.promptTokens, 5);
+  assert.equal(result.completionTokens, 32);
+  assert.equal(engine.info.config.hiddenSize, 64);
+  assert.match(engine.info.checksum, /^[0-9a-f]{64}$/);
+});
+
+test('concurrent requests on different adapters each produce what they produce alone', async () => {
+  const cases = [null, 'a', 'b', null, 'c', 'a'].map((name, i) => ({
+    adapter: name ? adapters[name] : null,
+    promptIds: [1, 403, 407, 261, 378, 432, 383].slice(0, 3 + i),
+  }));
+  const alone = [];
+  for (const c of cases) alone.push((await engine.generate(request({ ...c, maxTokens: 12 }))).tokens);
+  const together = await Promise.all(cases.map((c) => engine.generate(request({ ...c, maxTokens: 12 }))));
+  assert.deepEqual(together.map((r) => r.tokens), alone);
+  // The adapters really change the output.
+  assert.notDeepEqual(alone[1], (await engine.generate(request({ promptIds: cases[1].promptIds, maxTokens: 12 }))).tokens);
+});
+
+test('seeded sampling is reproducible and different seeds differ', async () => {
+  const sampling = { ...GREEDY, temperature: 1.0, seed: 1234 };
+  const first = await engine.generate(request({ sampling, maxTokens: 24 }));
+  const second = await engine.generate(request({ sampling, maxTokens: 24 }));
+  const other = await engine.generate(request({ sampling: { ...sampling, seed: 99 }, maxTokens: 24 }));
+  assert.deepEqual(first.tokens, second.tokens);
+  assert.notDeepEqual(first.tokens, other.tokens);
+});
+
+test('generation stops at an end-of-sequence id', async () => {
+  const result = await engine.generate(request({ maxTokens: 400 }));
+  assert.equal(result.reason, 'stop');
+  assert.ok(EOS.includes(result.tokens.at(-1)!));
+  assert.ok(result.tokens.length < 400);
+});
+
+test('cancellation ends a sequence within a step and frees its row', async () => {
+  const controller = new AbortController();
+  let seen = 0;
+  const result = await engine.generate(
+    request({
+      adapter: adapters.a,
+      maxTokens: 400,
+      stopTokenIds: [],
+      signal: controller.signal,
+      onToken: () => {
+        if (++seen === 3) controller.abort();
+      },
+    }),
+  );
+  assert.equal(result.reason, 'cancelled');
+  assert.ok(result.completionTokens <= 5, `cancelled after ${result.completionTokens} tokens`);
+  assert.equal(engine.stats.running, 0);
+});
+
+test('a corrupt adapter fails only its own request; slot evictions keep results correct', async () => {
+  const broken = join(dir, 'broken');
+  await writeLoraAdapter(broken, randomLoraAdapter(engine.info.config, { rank: 2, targetModules: ['q_proj'], seed: 5 }));
+  await writeFile(join(broken, 'adapter_model.safetensors'), 'not a safetensors file');
+  const events: AdapterCacheEvent[] = [];
+  const onEvent = (e: AdapterCacheEvent) => events.push(e);
+  engine.on('adapter-cache', onEvent);
+  const expected = (await engine.generate(request({ adapter: adapters.c, maxTokens: 8 }))).tokens;
+  const [bad, ...good] = await Promise.allSettled([
+    engine.generate(request({ adapter: { key: 't/broken@1', path: broken } })),
+    engine.generate(request({ adapter: adapters.a, maxTokens: 8 })),
+    engine.generate(request({ adapter: adapters.b, maxTokens: 8 })),
+    engine.generate(request({ adapter: adapters.c, maxTokens: 8 })),
+  ]);
+  engine.off('adapter-cache', onEvent);
+  assert.equal(bad.status, 'rejected');
+  assert.ok(bad.reason instanceof EngineError);
+  assert.equal(bad.reason.code, 'invalid_adapter');
+  assert.match(bad.reason.message, /adapter_model\.safetensors/);
+  assert.ok(good.every((r) => r.status === 'fulfilled'));
+  // Three adapters through two slots: something was evicted, and c still decodes exactly as before.
+  assert.ok(events.some((e) => e.tier === 'slot' && e.event === 'eviction'));
+  assert.deepEqual((good[2] as PromiseFulfilledResult<{ tokens: number[] }>).value.tokens, expected);
+});
+
+test('a full queue refuses new work as overloaded', async () => {
+  const flood = Array.from({ length: 20 }, () => engine.generate(request({ maxTokens: 4 })));
+  const results = await Promise.allSettled(flood);
+  const refused = results.filter((r) => r.status === 'rejected');
+  assert.ok(refused.length > 0);
+  for (const r of refused) assert.equal((r as PromiseRejectedResult).reason.code, 'overloaded');
+  assert.ok(results.some((r) => r.status === 'fulfilled'));
+});
