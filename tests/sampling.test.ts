@@ -192,7 +192,7 @@ test('logprob and top logprobs are the log-softmax of the logits before temperat
 
   const s = sampler({ temperature: 0.7, topK: 40, topP: 0.9, logprobs: 20, seed: 6 }, vocabSize);
   const token = s.sample(logits);
-  assert.ok(Math.abs(token.logprob - reference[token.id]) < 1e-4);
+  assert.ok(Math.abs(token.logprob! - reference[token.id]) < 1e-4);
   assert.equal(token.topLogprobs?.length, 20);
   assert.deepEqual(
     token.topLogprobs?.map((t) => t.id),
@@ -284,4 +284,13 @@ test('tokens masked with -Infinity are never drawn', () => {
     assert.equal(frequencies[1] + frequencies[3], 0);
     assert.ok(frequencies[0] > 0.4 && frequencies[2] > 0.4);
   }
+});
+
+test('greedy decoding without logprobs reports no logprob, and with logprobs reports the exact one', () => {
+  const logits = randomLogits(1000, 43, 2);
+  const plain = sampler({ temperature: 0 }, 1000).sample(logits);
+  const withLogprobs = sampler({ temperature: 0, logprobs: 0 }, 1000).sample(logits);
+  assert.equal(plain.logprob, undefined);
+  assert.equal(plain.id, withLogprobs.id);
+  assert.ok(Math.abs(withLogprobs.logprob! - logSoftmax(logits)[plain.id]) < 1e-4);
 });

@@ -48,7 +48,8 @@ export type FinishReason = 'stop' | 'length' | 'cancelled';
 export interface TokenEvent {
   id: number;
   token: number;
-  logprob: number;
+  /** Present when the request asked for logprobs or samples stochastically. */
+  logprob?: number;
   topLogprobs?: { id: number; logprob: number }[];
 }
 

@@ -29,8 +29,11 @@ export interface SamplingParams {
 
 export interface SampledToken {
   id: number;
-  /** Log-probability of `id` under the penalised logits, before temperature and truncation. */
-  logprob: number;
+  /**
+   * Log-probability of `id` under the penalised logits, before temperature and truncation. Absent for greedy
+   * decoding without `logprobs`, where computing it would be the sampler's only cost.
+   */
+  logprob?: number;
   /** The `logprobs` most likely tokens under the same distribution, most likely first. */
   topLogprobs?: { id: number; logprob: number }[];
 }
@@ -115,6 +118,15 @@ export class TokenSampler {
         argmax = i;
       }
     }
+    const greedy = this.params.temperature < GREEDY_TEMPERATURE || this.params.topK === 1;
+    if (greedy && !this.topLogprobIds) {
+      // The common serving case: no distribution needed, so skip the pass of exp over the whole vocabulary.
+      if (!Number.isFinite(max)) {
+        throw new RangeError('logits contain NaN or +Infinity, or are all -Infinity; the model output is unusable');
+      }
+      this.generatedCounts.set(argmax, (this.generatedCounts.get(argmax) ?? 0) + 1);
+      return { id: argmax };
+    }
     let sumExp = 0;
     for (let i = 0; i < logits.length; i++) {
       const w = Math.exp(logits[i] - max);
@@ -127,7 +139,6 @@ export class TokenSampler {
       throw new RangeError('logits contain NaN or +Infinity, or are all -Infinity; the model output is unusable');
     }
 
-    const greedy = this.params.temperature < GREEDY_TEMPERATURE || this.params.topK === 1;
     const id = greedy ? argmax : this.sampleStochastic(max);
     this.generatedCounts.set(id, (this.generatedCounts.get(id) ?? 0) + 1);
 

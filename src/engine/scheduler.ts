@@ -175,7 +175,7 @@ export class Scheduler {
       const last = this.running.length - 1;
       if (row !== last) {
         this.running[row] = this.running[last];
-        this.runner.cache.moveRow(last, row);
+        this.runner.moveRow(last, row);
       }
       this.running.pop();
     }

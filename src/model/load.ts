@@ -10,6 +10,7 @@ import { entryToFloat32, readSafetensors, type SafetensorsEntry } from '../forma
 import { ggufTensorToFloat32, readGguf } from '../formats/gguf.ts';
 import { configFromGguf, configFromHuggingFace } from './config.ts';
 import { weightsChecksum } from './checksum.ts';
+import { llamaWeightShapes } from './weight-shapes.ts';
 import type { BaseModel, LlamaConfig, WeightMap } from './types.ts';
 
 /** A tensor found in a file, under its canonical name, decoded only once it has passed the shape checks. */
@@ -163,29 +164,8 @@ async function readSafetensorsEntries(directory: string): Promise<SafetensorsEnt
   return entries;
 }
 
-/** Canonical names and shapes of every tensor a model with this config has. */
-function expectedShapes(config: LlamaConfig): Map<string, number[]> {
-  const { hiddenSize, intermediateSize, numHeads, numKvHeads, headDim, vocabSize } = config;
-  const shapes = new Map<string, number[]>([['model.embed_tokens.weight', [vocabSize, hiddenSize]]]);
-  for (let layer = 0; layer < config.numLayers; layer++) {
-    const prefix = `model.layers.${layer}`;
-    shapes.set(`${prefix}.input_layernorm.weight`, [hiddenSize]);
-    shapes.set(`${prefix}.self_attn.q_proj.weight`, [numHeads * headDim, hiddenSize]);
-    shapes.set(`${prefix}.self_attn.k_proj.weight`, [numKvHeads * headDim, hiddenSize]);
-    shapes.set(`${prefix}.self_attn.v_proj.weight`, [numKvHeads * headDim, hiddenSize]);
-    shapes.set(`${prefix}.self_attn.o_proj.weight`, [hiddenSize, numHeads * headDim]);
-    shapes.set(`${prefix}.post_attention_layernorm.weight`, [hiddenSize]);
-    shapes.set(`${prefix}.mlp.gate_proj.weight`, [intermediateSize, hiddenSize]);
-    shapes.set(`${prefix}.mlp.up_proj.weight`, [intermediateSize, hiddenSize]);
-    shapes.set(`${prefix}.mlp.down_proj.weight`, [hiddenSize, intermediateSize]);
-  }
-  shapes.set('model.norm.weight', [hiddenSize]);
-  if (!config.tieWordEmbeddings) shapes.set('lm_head.weight', [vocabSize, hiddenSize]);
-  return shapes;
-}
-
 function assembleWeights(config: LlamaConfig, sources: Map<string, TensorSource>, where: string): WeightMap {
-  const expected = expectedShapes(config);
+  const expected = llamaWeightShapes(config);
   for (const name of sources.keys()) {
     if (!expected.has(name)) {
       throw new Error(

@@ -1,6 +1,7 @@
 /**
- * Runtime adapter slots: the stacked per-slot LoRA tensors the decoder graph reads, and the placement policy
- * (which adapter sits in which slot, which may be evicted). Slot 0 is all zeros and means "no adapter".
+ * Runtime adapter slots: adapters already converted to the decoder graph's layout (A transposed, rank padded
+ * to the slot rank, scale folded into B), from which batch rows copy their weights when a sequence joins.
+ * Slot 0 is all zeros and means "no adapter". This module also owns the placement policy.
  *
  * Policy: an adapter is copied into a free slot, else into the least recently used slot that no running
  * sequence holds. A slot held by a running sequence is never evicted; when every slot is held, the caller waits.
@@ -52,13 +53,15 @@ export function loraInputShapes(c: LlamaConfig, rank: number): Record<LoraInputN
 }
 
 export class AdapterSlots {
-  /** Per graph input name (e.g. `lora_a_qkv.3`): the stacked buffer `[slots, rows, cols]`. */
+  /** Per graph input name (e.g. `lora_a_qkv.3`): the slots' weights, `[slots, rows, cols]`. */
   readonly buffers = new Map<string, { data: Float32Array; dims: [number, number, number] }>();
   private readonly layouts: Record<LoraTargetModule, SlotLayout>;
   private readonly shapes: Record<LoraInputName, [number, number]>;
   /** Adapter key → its slot and how many running sequences hold it; Map order is least recently used first. */
   private readonly residents = new Map<string, { slot: number; holders: number }>();
   private readonly freeSlots: number[];
+  /** Bumped on every write into a slot, so copies of its old contents can tell they are stale. */
+  private readonly generations: number[];
 
   constructor(
     private readonly config: LlamaConfig,
@@ -75,6 +78,7 @@ export class AdapterSlots {
       }
     }
     this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
+    this.generations = new Array(capacity + 1).fill(0);
   }
 
   get residentAdapters(): string[] {
@@ -85,6 +89,10 @@ export class AdapterSlots {
     let total = 0;
     for (const { data } of this.buffers.values()) total += data.byteLength;
     return total;
+  }
+
+  generation(slot: number): number {
+    return this.generations[slot];
   }
 
   /** Holds the slot of `key` for one more running sequence if the adapter is resident; else undefined. */
@@ -164,6 +172,7 @@ export class AdapterSlots {
   }
 
   private clear(slot: number): void {
+    this.generations[slot]++;
     for (const { data, dims } of this.buffers.values()) {
       const size = dims[1] * dims[2];
       data.fill(0, slot * size, (slot + 1) * size);

@@ -10,6 +10,7 @@ import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { AdapterSlots, loraInputShapes } from './adapter-slots.ts';
 import { KvCache } from './kv-cache.ts';
 import { RopeTables } from './rope.ts';
+import { RowAdapterWeights } from './row-adapter-weights.ts';
 
 export type ExecutionProvider = 'cpu' | 'cuda';
 
@@ -38,15 +39,16 @@ export interface StepRow {
 }
 
 const MASKED = Number.NEGATIVE_INFINITY;
+const EMPTY = new Float32Array(0);
 
 export class ModelRunner {
   readonly cache: KvCache;
   readonly slots: AdapterSlots;
   readonly config: LlamaConfig;
   private readonly rope: RopeTables;
-  private readonly loraTensors = new Map<string, ort.Tensor>();
+  private readonly rowWeights: RowAdapterWeights;
   /** Rank-0 stand-ins fed when no row of a step uses an adapter, so the LoRA branch costs almost nothing. */
-  private readonly emptyLoraTensors = new Map<string, ort.Tensor>();
+  private readonly rankZeroShapes: ReturnType<typeof loraInputShapes>;
 
   private constructor(
     private readonly session: ort.InferenceSession,
@@ -57,13 +59,8 @@ export class ModelRunner {
     this.rope = new RopeTables(config);
     this.cache = new KvCache(config, options.maxBatch, options.maxPositions ?? config.maxPositions);
     this.slots = new AdapterSlots(config, options.adapterSlots, options.maxLoraRank);
-    for (const [name, { data, dims }] of this.slots.buffers) this.loraTensors.set(name, new ort.Tensor('float32', data, dims));
-    const rankZeroShapes = loraInputShapes(config, 0);
-    for (let l = 0; l < config.numLayers; l++) {
-      for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
-        this.emptyLoraTensors.set(nameOf(l), new ort.Tensor('float32', new Float32Array(0), [1, ...rankZeroShapes[key]]));
-      }
-    }
+    this.rowWeights = new RowAdapterWeights(this.slots, options.maxBatch);
+    this.rankZeroShapes = loraInputShapes(config, 0);
   }
 
   static async create(model: BaseModel, options: RunnerOptions): Promise<ModelRunner> {
@@ -110,7 +107,6 @@ export class ModelRunner {
     const sin = new Float32Array(batch * tokens * ropeStride);
     const pastMask = new Float32Array(batch * width);
     const selfMask = new Float32Array(batch * groupSize * tokens * tokens);
-    const slotIndex = new BigInt64Array(batch);
     rows.forEach((row, b) => {
       for (let t = 0; t < tokens; t++) {
         inputIds[b * tokens + t] = BigInt(row.tokens[t]);
@@ -122,7 +118,6 @@ export class ModelRunner {
         const base = (b * groupSize * tokens + gq) * tokens;
         selfMask.fill(MASKED, base + t + 1, base + tokens);
       }
-      slotIndex[b] = BigInt(row.slot);
     });
 
     const fusedHeads = c.numHeads + 2 * c.numKvHeads;
@@ -133,7 +128,6 @@ export class ModelRunner {
       [GRAPH_INPUTS.pastMask]: new ort.Tensor('float32', pastMask, [batch, 1, 1, width]),
       [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', selfMask, [batch, 1, groupSize * tokens, tokens]),
       [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(BigInt(width), BigInt(tokens)), [2]),
-      [GRAPH_INPUTS.slotIndex]: new ort.Tensor('int64', slotIndex, [batch]),
     };
     const stride = this.cache.rowStride;
     for (let l = 0; l < c.numLayers; l++) {
@@ -142,14 +136,30 @@ export class ModelRunner {
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', this.cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
     }
     const anyAdapter = rows.some((r) => r.slot !== 0);
-    const rank = BigInt(anyAdapter ? this.slots.rank : 0);
-    feeds[GRAPH_INPUTS.loraRankSplit] = new ort.Tensor('int64', BigInt64Array.of(rank, rank, rank), [3]);
-    for (const [name, tensor] of anyAdapter ? this.loraTensors : this.emptyLoraTensors) feeds[name] = tensor;
+    const rank = anyAdapter ? this.slots.rank : 0;
+    feeds[GRAPH_INPUTS.loraRankSplit] = new ort.Tensor('int64', BigInt64Array.of(BigInt(rank), BigInt(rank), BigInt(rank)), [3]);
+    if (anyAdapter) rows.forEach((row, b) => this.rowWeights.sync(firstRow + b, row.slot));
+    for (let l = 0; l < c.numLayers; l++) {
+      for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
+        const name = nameOf(l);
+        const [inner, outer] = anyAdapter ? this.slots.buffers.get(name)!.dims.slice(1) : this.rankZeroShapes[key];
+        const data = anyAdapter
+          ? this.rowWeights.buffers.get(name)!.subarray(firstRow * inner * outer, (firstRow + batch) * inner * outer)
+          : EMPTY;
+        feeds[name] = new ort.Tensor('float32', data, [batch, inner, outer]);
+      }
+    }
 
     const result = await this.session.run(feeds);
     const newKeyValues = result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array;
     this.cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position));
     return result[GRAPH_OUTPUTS.logits].data as Float32Array;
+  }
+
+  /** Moves a sequence's cache row and adapter weights (to keep the running batch contiguous). */
+  moveRow(from: number, to: number): void {
+    this.cache.moveRow(from, to);
+    this.rowWeights.move(from, to);
   }
 
   async close(): Promise<void> {

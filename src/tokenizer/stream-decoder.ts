@@ -13,10 +13,17 @@ export class StreamDecoder {
   private readonly tokenizer: Tokenizer;
   private readonly utf8 = new TextDecoder('utf-8', { ignoreBOM: true });
   /** True until the first token with any bytes, which may carry the space that `decode` drops. */
-  private atTextStart = true;
+  private atTextStart: boolean;
+  private readonly continuesPrompt: boolean;
 
-  constructor(tokenizer: Tokenizer) {
+  /**
+   * With `continuesPrompt`, the ids continue a prompt (generated text), so the leading space is text that
+   * belongs between prompt and completion and is kept, as when the whole sequence is decoded together.
+   */
+  constructor(tokenizer: Tokenizer, options: { continuesPrompt?: boolean } = {}) {
     this.tokenizer = tokenizer;
+    this.continuesPrompt = options.continuesPrompt ?? false;
+    this.atTextStart = !this.continuesPrompt;
   }
 
   /** Text completed by this token (often empty while a character is still partial). */
@@ -31,7 +38,7 @@ export class StreamDecoder {
 
   /** Ends the sequence: whatever is still held back becomes U+FFFD. The decoder is then ready for a new sequence. */
   flush(): string {
-    this.atTextStart = true;
+    this.atTextStart = !this.continuesPrompt;
     return this.utf8.decode();
   }
 }

@@ -1,0 +1,159 @@
+/**
+ * Engine benchmark on a random-weight model with the shape of SmolLM2-135M (generated once into .bench/).
+ * Reports prefill and decode throughput, the cost of serving 16 streams on 16 different LoRA adapters
+ * relative to 16 base-model streams, decode step time against context length, and peak memory.
+ * Ratios are measured within one run, with the compared cases interleaved, because this machine's absolute
+ * speed varies by 2x from minute to minute.
+ *   npm run bench [-- --json] [--trials N]
+ */
+import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { randomLoraAdapter, writeLoraAdapter } from '../adapters/lora-writer.ts';
+import { Engine } from '../engine/engine.ts';
+import type { AdapterRef } from '../engine/protocol.ts';
+import { randomBaseModel, SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
+import { LORA_TARGET_MODULES } from '../model/types.ts';
+import { writeHuggingFaceModel } from '../model/write-model.ts';
+
+const BENCH_DIR = resolve('.bench');
+const MODEL_DIR = join(BENCH_DIR, 'smollm2-135m-random');
+const STREAMS = 16;
+const LORA_RANK = 16;
+const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
+/** llama.cpp on this kind of machine, same shape, F32, 2 threads (from the shared models README). */
+const LLAMA_CPP = { prefillTokensPerSecond: 330, decodeTokensPerSecond1: 40, decodeTokensPerSecond16: 178 };
+
+const log = (message: string) => process.stderr.write(`${message}\n`);
+
+async function ensureModel(): Promise<void> {
+  if (existsSync(join(MODEL_DIR, 'model.safetensors'))) return;
+  log(`generating ${MODEL_DIR} (random weights, std 0.02) ...`);
+  await writeHuggingFaceModel(MODEL_DIR, randomBaseModel(SMOLLM2_135M_SHAPE, 1));
+}
+
+async function ensureAdapters(): Promise<AdapterRef[]> {
+  const refs: AdapterRef[] = [];
+  for (let i = 0; i < STREAMS; i++) {
+    const path = join(BENCH_DIR, 'adapters', `r${LORA_RANK}-${i}`);
+    if (!existsSync(join(path, 'adapter_model.safetensors'))) {
+      await writeLoraAdapter(path, randomLoraAdapter(SMOLLM2_135M_SHAPE, { rank: LORA_RANK, targetModules: [...LORA_TARGET_MODULES], seed: 100 + i }));
+    }
+    refs.push({ key: `bench/r${LORA_RANK}-${i}`, path });
+  }
+  return refs;
+}
+
+function prompt(length: number, seed: number): number[] {
+  return Array.from({ length }, (_, i) => 1 + ((seed * 7919 + i * 104729) % (SMOLLM2_135M_SHAPE.vocabSize - 1)));
+}
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+
+/** Runs streams concurrently; returns the aggregate decode rate while all of them were in the batch. */
+async function concurrentDecode(engine: Engine, adapters: (AdapterRef | null)[], tokens: number): Promise<number> {
+  const times: number[][] = adapters.map(() => []);
+  await Promise.all(
+    adapters.map((adapter, i) =>
+      engine.generate({
+        promptIds: prompt(16, i),
+        adapter,
+        sampling: GREEDY,
+        maxTokens: tokens,
+        stopTokenIds: [],
+        onToken: () => times[i].push(performance.now()),
+      }),
+    ),
+  );
+  // Steady state: from the moment the last stream produced its first token to the first stream's end.
+  const from = Math.max(...times.map((t) => t[0]));
+  const to = Math.min(...times.map((t) => t.at(-1)!));
+  const inWindow = times.reduce((sum, t) => sum + t.filter((x) => x > from && x <= to).length, 0);
+  return inWindow / ((to - from) / 1000);
+}
+
+async function singleStream(engine: Engine, promptLength: number, tokens: number) {
+  const times: number[] = [];
+  let prefillMs = 0;
+  await engine.generate({
+    promptIds: prompt(promptLength, promptLength),
+    adapter: null,
+    sampling: GREEDY,
+    maxTokens: tokens,
+    stopTokenIds: [],
+    onStart: (event) => (prefillMs = event.prefillMs),
+    onToken: () => times.push(performance.now()),
+  });
+  const steps = times.slice(1).map((t, i) => t - times[i]);
+  return { prefillTokensPerSecond: promptLength / (prefillMs / 1000), stepMs: median(steps), tokensPerSecond: 1000 / median(steps) };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' } } });
+  const trials = Number(values.trials);
+  await ensureModel();
+  const adapters = await ensureAdapters();
+  const threads = availableParallelism();
+  log(`starting the engine (${threads} threads) ...`);
+  const engine = await Engine.start({
+    modelPath: MODEL_DIR,
+    maxBatch: STREAMS,
+    adapterSlots: STREAMS,
+    maxLoraRank: LORA_RANK,
+    hostCacheBytes: 2 * 2 ** 30,
+    maxQueue: 64,
+    maxPositions: 2048,
+    threads,
+  });
+  try {
+    log('prefill and single-stream decode ...');
+    const prefill = [];
+    for (let i = 0; i < trials; i++) prefill.push((await singleStream(engine, 256, 2)).prefillTokensPerSecond);
+    const single = [];
+    for (let i = 0; i < trials; i++) single.push((await singleStream(engine, 16, 48)).tokensPerSecond);
+
+    log(`${STREAMS} streams: base model vs ${STREAMS} distinct LoRA adapters (r=${LORA_RANK}, all seven projections), interleaved ...`);
+    await concurrentDecode(engine, adapters, 8); // loads every adapter into its slot before timing
+    const base: number[] = [];
+    const lora: number[] = [];
+    for (let i = 0; i < trials; i++) {
+      base.push(await concurrentDecode(engine, adapters.map(() => null), 48));
+      lora.push(await concurrentDecode(engine, adapters, 48));
+    }
+
+    log('decode step time against context length ...');
+    const stepMs: Record<string, number> = {};
+    for (const context of [64, 256, 1024]) stepMs[context] = (await singleStream(engine, context, 16)).stepMs;
+
+    const result = {
+      model: 'SmolLM2-135M shape, random weights, float32',
+      threads,
+      trials,
+      prefill_tokens_per_second: Math.round(median(prefill)),
+      decode_tokens_per_second_1_stream: round(median(single)),
+      decode_tokens_per_second_16_streams_base: round(median(base)),
+      decode_tokens_per_second_16_streams_16_adapters: round(median(lora)),
+      ratio_16_adapters_vs_base: round(median(lora.map((l, i) => l / base[i])), 3),
+      decode_step_ms_by_context: Object.fromEntries(Object.entries(stepMs).map(([k, v]) => [k, round(v)])),
+      step_growth_1024_vs_64: round(stepMs[1024] / stepMs[64], 3),
+      ratio_16_streams_vs_llama_cpp: round(median(base) / LLAMA_CPP.decodeTokensPerSecond16, 3),
+      ratio_1_stream_vs_llama_cpp: round(median(single) / LLAMA_CPP.decodeTokensPerSecond1, 3),
+      ratio_prefill_vs_llama_cpp: round(median(prefill) / LLAMA_CPP.prefillTokensPerSecond, 3),
+      peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
+    };
+    if (values.json) console.log(JSON.stringify(result));
+    else for (const [key, value] of Object.entries(result)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
+  } finally {
+    await engine.close();
+  }
+}
+
+function round(value: number, digits = 1): number {
+  return Number(value.toFixed(digits));
+}
+
+main().catch((error: Error) => {
+  console.error(`error: ${error.message}`);
+  process.exitCode = 1;
+});

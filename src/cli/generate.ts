@@ -1,0 +1,89 @@
+/**
+ * Quick checks from the shell: generate text from a base model, optionally through a LoRA adapter.
+ *   npm run generate -- --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T] [--json]
+ */
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Engine } from '../engine/engine.ts';
+import { TextGenerator } from '../serving/text-generation.ts';
+import { loadTokenizer } from '../tokenizer/load.ts';
+
+const USAGE = `usage: npm run generate -- --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T]
+                            [--top-p P] [--top-k K] [--seed S] [--threads N] [--json]`;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      model: { type: 'string' },
+      adapter: { type: 'string' },
+      prompt: { type: 'string' },
+      'max-tokens': { type: 'string', default: '64' },
+      temperature: { type: 'string', default: '0' },
+      'top-p': { type: 'string', default: '1' },
+      'top-k': { type: 'string', default: '0' },
+      seed: { type: 'string' },
+      threads: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', default: false },
+    },
+  });
+  if (values.help || !values.model || values.prompt === undefined) {
+    console.error(USAGE);
+    process.exitCode = values.help ? 0 : 2;
+    return;
+  }
+  const number = (name: keyof typeof values) => {
+    const value = Number(values[name]);
+    if (!Number.isFinite(value)) throw new Error(`--${name} must be a number, got "${values[name]}"`);
+    return value;
+  };
+  const modelPath = resolve(values.model);
+  const engine = await Engine.start({
+    modelPath,
+    maxBatch: 1,
+    adapterSlots: values.adapter ? 1 : 0,
+    maxLoraRank: 64,
+    hostCacheBytes: 1 << 30,
+    maxQueue: 1,
+    threads: values.threads ? number('threads') : undefined,
+  });
+  try {
+    const tokenizer = await loadTokenizer(modelPath, engine.info.config.eosTokenIds);
+    const promptIds = tokenizer.encode(values.prompt);
+    const adapterPath = values.adapter ? resolve(values.adapter) : null;
+    const result = await new TextGenerator(engine, tokenizer).generate({
+      promptIds,
+      adapter: adapterPath ? { key: adapterPath, path: adapterPath } : null,
+      sampling: {
+        temperature: number('temperature'),
+        topP: number('top-p'),
+        topK: number('top-k'),
+        presencePenalty: 0,
+        frequencyPenalty: 0,
+        seed: values.seed === undefined ? undefined : number('seed'),
+      },
+      maxTokens: number('max-tokens'),
+      stop: [],
+      onDelta: values.json ? undefined : (text) => process.stdout.write(text),
+    });
+    if (values.json) {
+      const output = {
+        text: result.text,
+        prompt_ids: promptIds,
+        token_ids: result.tokens.map((t) => t.token),
+        finish_reason: result.finishReason,
+        usage: { prompt_tokens: result.promptTokens, completion_tokens: result.completionTokens },
+      };
+      console.log(JSON.stringify(output));
+    } else {
+      process.stdout.write('\n');
+    }
+  } finally {
+    await engine.close();
+  }
+}
+
+main().catch((error: Error) => {
+  console.error(`error: ${error.message}`);
+  process.exitCode = 1;
+});

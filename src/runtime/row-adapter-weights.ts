@@ -1,0 +1,51 @@
+/**
+ * The LoRA weights each batch row uses, in the layout the decoder graph reads (`[rows, in, R]` / `[rows, R, out]`
+ * per input). A row gets a copy of its slot's weights when the slot it uses changes — when a sequence joins
+ * or moves — so a decode step feeds contiguous, zero-copy views and copies nothing.
+ */
+import type { AdapterSlots } from './adapter-slots.ts';
+
+interface RowSource {
+  slot: number;
+  /** The slot's write generation at copy time: a slot reused for another adapter makes the copy stale. */
+  generation: number;
+}
+
+export class RowAdapterWeights {
+  /** Per graph input name: `[maxRows, rows, cols]`. */
+  readonly buffers = new Map<string, Float32Array>();
+  private readonly sources: (RowSource | null)[];
+
+  constructor(
+    private readonly slots: AdapterSlots,
+    readonly maxRows: number,
+  ) {
+    for (const [name, { dims }] of slots.buffers) this.buffers.set(name, new Float32Array(maxRows * dims[1] * dims[2]));
+    // Fresh buffers are zeros, which is exactly slot 0 ("no adapter").
+    this.sources = Array.from({ length: maxRows }, () => ({ slot: 0, generation: 0 }));
+  }
+
+  /** Makes `row` hold the weights of `slot` (0 = zeros), copying only when they differ from what it holds. */
+  sync(row: number, slot: number): void {
+    const generation = this.slots.generation(slot);
+    const source = this.sources[row];
+    if (source && source.slot === slot && source.generation === generation) return;
+    for (const [name, rows] of this.buffers) {
+      const { data, dims } = this.slots.buffers.get(name)!;
+      const size = dims[1] * dims[2];
+      rows.set(data.subarray(slot * size, (slot + 1) * size), row * size);
+    }
+    this.sources[row] = { slot, generation };
+  }
+
+  /** Moves a row's weights (used when the batch is compacted after a sequence leaves). */
+  move(from: number, to: number): void {
+    if (from === to) return;
+    for (const [name, rows] of this.buffers) {
+      const { dims } = this.slots.buffers.get(name)!;
+      const size = dims[1] * dims[2];
+      rows.copyWithin(to * size, from * size, (from + 1) * size);
+    }
+    this.sources[to] = this.sources[from];
+  }
+}
