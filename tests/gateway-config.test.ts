@@ -60,7 +60,7 @@ test('an empty environment gives the documented defaults and the development key
   assert.deepEqual(settings.engine, {
     maxBatchSize: 16,
     adapterSlots: 8,
-    maxLoraRank: 64,
+    maxLoraRank: 16,
     hostCacheBytes: 1024 ** 3,
     maxQueue: 256,
     threads: availableParallelism(),

@@ -130,3 +130,12 @@ test('a batch mixing base rows and adapters of different ranks equals merged wei
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('choosing the CUDA execution provider where it is unavailable fails with a message saying what to do', async () => {
+  const model = await loadBaseModel(STORIES_HF_DIR);
+  await assert.rejects(ModelRunner.create(model, { ...OPTIONS, executionProvider: 'cuda', threads: 1 }), (error: Error) => {
+    assert.match(error.message, /CUDA execution provider is not available/);
+    assert.match(error.message, /EXECUTION_PROVIDER=cpu/);
+    return true;
+  });
+});

@@ -3,9 +3,8 @@
  * The parser checks every header field against the file before any tensor bytes are touched, so a corrupt
  * or hostile file fails with a message naming the file and the tensor instead of yielding wrong weights.
  */
-import { open, readFile, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { writeFileAtomically } from '../storage/durable-files.ts';
 import { decodeFloats, encodeFloats, type FloatEncoding } from './float16.ts';
 
 export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
@@ -252,21 +251,7 @@ export async function writeSafetensors(
   tensors: Record<string, SafetensorsTensorInput>,
   metadata?: Record<string, string>,
 ): Promise<void> {
-  const bytes = serializeSafetensors(tensors, metadata);
-  const temporary = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  try {
-    const handle = await open(temporary, 'wx');
-    try {
-      await handle.writeFile(bytes);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temporary, path);
-  } catch (error) {
-    await unlink(temporary).catch(() => {});
-    throw error;
-  }
+  await writeFileAtomically(path, serializeSafetensors(tensors, metadata));
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

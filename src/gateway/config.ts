@@ -357,7 +357,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
     engine: {
       maxBatchSize: envInteger(env, 'MAX_BATCH_SIZE', 16, 1, 1024),
       adapterSlots: envInteger(env, 'ADAPTER_SLOTS', 8, 1, 1024),
-      maxLoraRank: envInteger(env, 'MAX_LORA_RANK', 64, 1, 1024),
+      maxLoraRank: envInteger(env, 'MAX_LORA_RANK', 16, 1, 1024),
       hostCacheBytes: envBytes(env, 'HOST_CACHE_BYTES', GIB, 0, 1024 * GIB),
       maxQueue: envInteger(env, 'MAX_QUEUE', 256, 1, 1_000_000),
       threads: envInteger(env, 'ENGINE_THREADS', availableParallelism(), 1, 1024),

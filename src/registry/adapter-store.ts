@@ -11,6 +11,7 @@ import { constants, type Dirent } from 'node:fs';
 import { lstat, mkdir, open, readdir, realpath, rename, rm, type FileHandle } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ADAPTER_WEIGHTS_FILE } from '../adapters/lora.ts';
+import { syncDirectory, writeDurably, writeFileAtomically } from '../storage/durable-files.ts';
 import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
 import {
   StoreError,
@@ -258,7 +259,7 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
         await writeDurably(join(staging, name), data);
         digests[name] = { size: data.byteLength, sha256: createHash('sha256').update(data).digest('hex') };
       }
-      await syncDir(staging);
+      await syncDirectory(staging);
       const summary = await this.validate(staging);
       return await this.exclusive(() =>
         this.commit({ tenant, adapter, adapterDir, staging, explicitVersion, files: digests, summary }),
@@ -285,7 +286,7 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
         const id = formatAdapterId({ tenant, adapter, version });
         throw new StoreError('not_found', `adapter ${id} does not exist; list the tenant's adapters to see them`);
       }
-      await syncDir(dirname(target));
+      await syncDirectory(dirname(target));
       const key = adapterKey(tenant, adapter);
       const state = this.adapters.get(key);
       if (state) {
@@ -313,7 +314,7 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
           `adapter ${formatAdapterId({ tenant, adapter })} does not exist; publish a version of it first`,
         );
       }
-      await this.writeAtomically(join(adapterDir, VISIBILITY_FILE), JSON.stringify({ public: isPublic }) + '\n');
+      await writeFileAtomically(join(adapterDir, VISIBILITY_FILE), JSON.stringify({ public: isPublic }) + '\n', this.stagingDir);
       await this.readVisibility(this.adapterState(tenant, adapter), adapterDir);
     });
   }
@@ -331,8 +332,8 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
     const tenantDir = dirname(adapterDir);
     const created = await mkdir(adapterDir, { recursive: true });
     if (created !== undefined) {
-      await syncDir(tenantDir);
-      if (created === tenantDir) await syncDir(this.root);
+      await syncDirectory(tenantDir);
+      if (created === tenantDir) await syncDirectory(this.root);
     }
     // Another publish (here, in a sidecar or in a second gateway) may take the version first: renaming onto a
     // non-empty directory fails rather than replace it, and an automatic version then moves on to the next number.
@@ -346,7 +347,7 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
         summary: job.summary,
       };
       await writeDurably(join(staging, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
-      await syncDir(staging);
+      await syncDirectory(staging);
       try {
         await rename(staging, target);
       } catch (err) {
@@ -355,7 +356,7 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
         if (job.explicitVersion !== undefined) throw conflict(tenant, adapter, version);
         continue;
       }
-      await syncDir(adapterDir);
+      await syncDirectory(adapterDir);
 
       const state = this.adapterState(tenant, adapter);
       await this.readVisibility(state, adapterDir);
@@ -495,7 +496,7 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
     }
     const summary = await this.validate(path);
     const manifest: Manifest<Summary> = { version, publishedAt: new Date().toISOString(), files, summary };
-    await this.writeAtomically(join(path, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
+    await writeFileAtomically(join(path, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n', this.stagingDir);
     return servableVersion(state, version, path, manifest, summary);
   }
 
@@ -550,19 +551,6 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
     for (const entry of await readdirIfPresent(this.trashDir)) {
       await rm(join(this.trashDir, entry.name), { recursive: true, force: true });
     }
-  }
-
-  /** Replaces `target` in one step: a reader sees the old file or the new one, never a partial write. */
-  private async writeAtomically(target: string, text: string): Promise<void> {
-    const temp = join(this.stagingDir, `${randomUUID()}.tmp`);
-    try {
-      await writeDurably(temp, text);
-      await rename(temp, target);
-    } catch (err) {
-      await rm(temp, { force: true });
-      throw err;
-    }
-    await syncDir(dirname(target));
   }
 
   private prepare(): Promise<void> {
@@ -817,27 +805,6 @@ async function readSmallFile(path: string, maxBytes: number): Promise<string | n
     return await opened.handle.readFile('utf8');
   } finally {
     await opened.handle.close();
-  }
-}
-
-/** Writes a file and flushes it to disk, so a rename that follows can never expose a partly written file. */
-async function writeDurably(path: string, data: Uint8Array | string): Promise<void> {
-  const handle = await open(path, 'w');
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/** Flushes a directory's entries (a rename or a new file in it) to disk. */
-async function syncDir(path: string): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

@@ -1,0 +1,84 @@
+/**
+ * Who may use which model: `model` is the base name alone or `<base>+<tenant>/<adapter>[@<version>]`.
+ * A tenant sees its own adapters and those an admin marked public; admins see all. Anything a caller may not
+ * see answers exactly like something that does not exist, so names of other tenants' adapters never leak.
+ */
+import type { AdapterRef } from '../engine/protocol.ts';
+import { parseAdapterId } from '../registry/adapter-names.ts';
+import type { AdapterRecord, AdapterStore } from '../registry/adapter-store.ts';
+import type { Principal } from './auth.ts';
+import { modelNotFound } from './errors.ts';
+
+/** What the store's validator records about each adapter version. */
+export interface AdapterSummary {
+  peftType: 'LORA';
+  rank: number;
+  targetModules: string[];
+  bytes: number;
+}
+
+export interface ResolvedModel {
+  /** The model id as answered in responses: the request's own string. */
+  id: string;
+  adapter: AdapterRecord<AdapterSummary> | null;
+  /** What the engine needs to load the adapter; null for the base model. */
+  ref: AdapterRef | null;
+}
+
+/** A rescan of the store before answering "not found" at most this often, so unknown names cannot force scans. */
+const REFRESH_INTERVAL_MS = 1000;
+
+export class ModelResolver {
+  private lastRefresh = 0;
+
+  constructor(
+    readonly baseName: string,
+    private readonly store: AdapterStore<AdapterSummary>,
+  ) {}
+
+  canUse(principal: Principal, record: AdapterRecord<AdapterSummary>): boolean {
+    return principal.kind === 'admin' || record.public || record.tenant === principal.tenant.name;
+  }
+
+  /** The latest version of every adapter the caller may use. */
+  visibleAdapters(principal: Principal): AdapterRecord<AdapterSummary>[] {
+    const latest = new Map<string, AdapterRecord<AdapterSummary>>();
+    for (const record of this.store.list()) {
+      if (!this.canUse(principal, record)) continue;
+      const name = `${record.tenant}/${record.adapter}`;
+      const resolved = this.store.resolve(record.tenant, record.adapter);
+      if (resolved && !latest.has(name)) latest.set(name, resolved);
+    }
+    return [...latest.values()];
+  }
+
+  modelId(record: AdapterRecord<AdapterSummary>, withVersion = false): string {
+    return `${this.baseName}+${record.tenant}/${record.adapter}${withVersion ? `@${record.version}` : ''}`;
+  }
+
+  async resolve(principal: Principal, model: unknown): Promise<ResolvedModel> {
+    if (typeof model !== 'string' || model === '') throw modelNotFound(String(model ?? ''));
+    if (model === this.baseName) return { id: model, adapter: null, ref: null };
+    if (!model.startsWith(`${this.baseName}+`)) throw modelNotFound(model);
+    let wanted;
+    try {
+      wanted = parseAdapterId(model.slice(this.baseName.length + 1));
+    } catch {
+      throw modelNotFound(model);
+    }
+    let record = this.lookup(principal, wanted.tenant, wanted.adapter, wanted.version);
+    if (!record && Date.now() - this.lastRefresh >= REFRESH_INTERVAL_MS) {
+      // Adapters dropped into the store by another process show up here without waiting for the next scan.
+      this.lastRefresh = Date.now();
+      await this.store.refresh();
+      record = this.lookup(principal, wanted.tenant, wanted.adapter, wanted.version);
+    }
+    if (!record) throw modelNotFound(model);
+    return { id: model, adapter: record, ref: { key: record.id, path: record.path } };
+  }
+
+  private lookup(principal: Principal, tenant: string, adapter: string, version?: string) {
+    const record = this.store.resolve(tenant, adapter, version);
+    return record && this.canUse(principal, record) ? record : null;
+  }
+}
