@@ -179,6 +179,7 @@ export class Scheduler {
       }
       this.running.pop();
     }
+    this.runner.cache.shrinkToFit(Math.max(0, ...this.running.map((s) => s.position + 1)));
   }
 
   private finish(sequence: Sequence, reason: FinishReason): void {

@@ -37,21 +37,36 @@ export class KvCache {
     if (positions > this.maxPositions) {
       throw new Error(`sequence of ${positions} tokens exceeds the context limit of ${this.maxPositions}`);
     }
-    if (positions <= this.width) return;
+    if (positions > this.width) this.resize(roundUpBucket(positions));
+  }
+
+  /**
+   * Gives memory and attention work back once long sequences have left: every step attends over the whole
+   * bucket, so a width kept from one long request would slow every later step. Shrinks only to half or less,
+   * so sequences growing and leaving around a bucket edge do not copy the cache back and forth.
+   */
+  shrinkToFit(positions: number): void {
+    const width = roundUpBucket(Math.max(positions, 1));
+    if (width <= this.width / 2) this.resize(width);
+  }
+
+  private resize(width: number): void {
     const oldKeys = this.keys;
     const oldValues = this.values;
     const oldWidth = this.width;
-    this.allocate(Math.min(Math.ceil(positions / CACHE_BUCKET) * CACHE_BUCKET, roundUpBucket(this.maxPositions)));
+    const kept = Math.min(oldWidth, width);
+    this.allocate(width);
     const { numKvHeads, headDim } = this.config;
     for (let l = 0; l < this.config.numLayers; l++) {
       for (let row = 0; row < this.maxRows; row++) {
         for (let h = 0; h < numKvHeads; h++) {
+          const head = row * numKvHeads + h;
           for (let d = 0; d < headDim; d++) {
-            const from = ((row * numKvHeads + h) * headDim + d) * oldWidth;
-            this.keys[l].set(oldKeys[l].subarray(from, from + oldWidth), ((row * numKvHeads + h) * headDim + d) * this.width);
+            const from = (head * headDim + d) * oldWidth;
+            this.keys[l].set(oldKeys[l].subarray(from, from + kept), (head * headDim + d) * width);
           }
-          const from = (row * numKvHeads + h) * oldWidth * headDim;
-          this.values[l].set(oldValues[l].subarray(from, from + oldWidth * headDim), (row * numKvHeads + h) * this.width * headDim);
+          const from = head * oldWidth * headDim;
+          this.values[l].set(oldValues[l].subarray(from, from + kept * headDim), head * width * headDim);
         }
       }
     }

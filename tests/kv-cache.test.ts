@@ -1,0 +1,53 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CACHE_BUCKET, KvCache } from '../src/runtime/kv-cache.ts';
+import { SMOLLM2_135M_SHAPE } from '../src/model/random-model.ts';
+
+const config = { ...SMOLLM2_135M_SHAPE, numLayers: 2, numKvHeads: 2, headDim: 4 };
+const kvPerToken = config.numLayers * 2 * config.numKvHeads * config.headDim;
+
+/** Writes tokens with recognisable values: value = row*1e6 + position*100 + channel. */
+function writeTokens(cache: KvCache, row: number, start: number, count: number): void {
+  const step = new Float32Array(kvPerToken * count);
+  for (let lh = 0; lh < config.numLayers * 2 * config.numKvHeads; lh++) {
+    for (let t = 0; t < count; t++) {
+      for (let d = 0; d < config.headDim; d++) step[(lh * count + t) * config.headDim + d] = row * 1e6 + (start + t) * 100 + lh * 10 + d;
+    }
+  }
+  cache.writeStep(step, row, 1, count, [start]);
+}
+
+function readToken(cache: KvCache, row: number, position: number): number[] {
+  const out: number[] = [];
+  const { numKvHeads, headDim } = config;
+  for (let l = 0; l < config.numLayers; l++) {
+    for (let h = 0; h < numKvHeads; h++) {
+      const head = row * numKvHeads + h;
+      for (let d = 0; d < headDim; d++) out.push(cache.keys[l][(head * headDim + d) * cache.width + position]);
+      for (let d = 0; d < headDim; d++) out.push(cache.values[l][(head * cache.width + position) * headDim + d]);
+    }
+  }
+  return out;
+}
+
+test('the cache keeps every written token through growing, moving rows and shrinking', () => {
+  const cache = new KvCache(config, 3, 4096);
+  writeTokens(cache, 0, 0, 10);
+  const before = readToken(cache, 0, 9);
+  cache.ensureWidth(700);
+  assert.equal(cache.width, 6 * CACHE_BUCKET);
+  assert.deepEqual(readToken(cache, 0, 9), before);
+  writeTokens(cache, 2, 0, 600);
+  const far = readToken(cache, 2, 599);
+  cache.moveRow(2, 1);
+  assert.deepEqual(readToken(cache, 1, 599), far);
+  // Only short sequences left: the bucket shrinks, and what they hold is intact.
+  cache.shrinkToFit(11);
+  assert.equal(cache.width, CACHE_BUCKET);
+  assert.deepEqual(readToken(cache, 0, 9), before);
+  // Not worth a copy unless it at least halves the width.
+  cache.ensureWidth(300);
+  cache.shrinkToFit(200);
+  assert.equal(cache.width, 3 * CACHE_BUCKET);
+  assert.throws(() => cache.ensureWidth(5000), /exceeds the context limit of 4096/);
+});
