@@ -19,6 +19,8 @@ import type {
 import type { SamplingParams } from './sampling.ts';
 
 export interface GenerateRequest {
+  /** Who the request is for (fair scheduling between tenants); defaults to one shared tenant. */
+  tenant?: string;
   promptIds: number[];
   adapter: AdapterRef | null;
   sampling: SamplingParams;
@@ -121,9 +123,14 @@ export class Engine extends EventEmitter<EngineEvents> {
         reject,
         detach: () => request.signal?.removeEventListener('abort', onAbort),
       });
-      const { promptIds, adapter, sampling, maxTokens, stopTokenIds } = request;
-      this.post({ type: 'submit', request: { id, promptIds, adapter, sampling, maxTokens, stopTokenIds } });
+      const { tenant = '', promptIds, adapter, sampling, maxTokens, stopTokenIds } = request;
+      this.post({ type: 'submit', request: { id, tenant, promptIds, adapter, sampling, maxTokens, stopTokenIds } });
     });
+  }
+
+  /** Generations submitted and not yet finished. */
+  get pendingRequests(): number {
+    return this.pending.size;
   }
 
   /** Drops an adapter version from the engine's caches (after it was deleted or replaced on disk). */

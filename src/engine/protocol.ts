@@ -35,6 +35,8 @@ export interface AdapterRef {
 
 export interface SequenceRequest {
   id: number;
+  /** Who the sequence is for; the scheduler shares the batch fairly between tenants. */
+  tenant: string;
   promptIds: number[];
   adapter: AdapterRef | null;
   sampling: SamplingParams;

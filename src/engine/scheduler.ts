@@ -193,10 +193,16 @@ export class Scheduler {
     });
   }
 
+  /**
+   * Moves waiting sequences into the batch while it has room. Fair across tenants: the next candidate is the
+   * oldest sequence of the tenant with the fewest sequences running, so one tenant's burst cannot starve others.
+   */
   private async admit(): Promise<void> {
-    for (const sequence of [...this.waiting]) {
-      if (this.running.length >= this.runner.cache.maxRows) return;
-      if (sequence.cancelled) continue;
+    let tried = new Set<Sequence>();
+    while (this.running.length < this.runner.cache.maxRows) {
+      const sequence = this.nextCandidate(tried);
+      if (!sequence) return;
+      tried.add(sequence);
       let slot: number | null;
       try {
         slot = this.placeAdapter(sequence);
@@ -209,6 +215,8 @@ export class Scheduler {
       this.waiting.splice(this.waiting.indexOf(sequence), 1);
       sequence.slot = slot;
       this.running.push(sequence);
+      // The running counts changed, so every waiting sequence is a candidate again.
+      tried = new Set();
       try {
         await this.prefill(sequence, this.running.length - 1);
       } catch (error) {
@@ -216,6 +224,22 @@ export class Scheduler {
         return;
       }
     }
+  }
+
+  private nextCandidate(tried: Set<Sequence>): Sequence | undefined {
+    const runningByTenant = new Map<string, number>();
+    for (const s of this.running) runningByTenant.set(s.request.tenant, (runningByTenant.get(s.request.tenant) ?? 0) + 1);
+    let best: Sequence | undefined;
+    let bestRunning = Infinity;
+    for (const sequence of this.waiting) {
+      if (sequence.cancelled || tried.has(sequence)) continue;
+      const running = runningByTenant.get(sequence.request.tenant) ?? 0;
+      if (running < bestRunning) {
+        best = sequence;
+        bestRunning = running;
+      }
+    }
+    return best;
   }
 
   /** The slot for the sequence's adapter, or null while it loads or every slot is held. */

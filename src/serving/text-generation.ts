@@ -11,6 +11,7 @@ import { StreamDecoder } from '../tokenizer/stream-decoder.ts';
 import type { Tokenizer } from '../tokenizer/tokenizer.ts';
 
 export interface TextGenerationRequest {
+  tenant?: string;
   promptIds: number[];
   adapter: AdapterRef | null;
   sampling: SamplingParams;
@@ -56,6 +57,7 @@ export class TextGenerator {
       request.onDelta?.(text, completed);
     };
     const engineRequest: GenerateRequest = {
+      tenant: request.tenant,
       promptIds: request.promptIds,
       adapter: request.adapter,
       sampling: request.sampling,
