@@ -99,6 +99,7 @@ export async function runInference(services: GatewayServices, request: Inference
   let status = 200;
   try {
     result = await services.generator.generate({
+      tenant,
       promptIds: request.promptIds,
       adapter: request.model.ref,
       sampling: request.sampling,
