@@ -1,0 +1,53 @@
+/**
+ * The HTTP surface: health and metrics without credentials, the OpenAI-compatible API and adapter routes for
+ * tenants (and admins), admin routes for admins only. Routes live in src/api/; this file only wires them.
+ */
+import { Hono, type MiddlewareHandler } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { registerAdapterRoutes } from '../api/adapters.ts';
+import { registerCompletionRoutes } from '../api/completions.ts';
+import { registerModelRoutes } from '../api/models.ts';
+import { installErrorHandlers, invalidApiKey, payloadTooLarge, permissionDenied } from './errors.ts';
+import type { GatewayEnv, GatewayServices } from './services.ts';
+
+export function createApp(services: GatewayServices): Hono<GatewayEnv> {
+  const app = new Hono<GatewayEnv>();
+  installErrorHandlers(app);
+
+  app.get('/health', (c) => c.json({ status: 'ok' }));
+  app.get('/ready', (c) =>
+    services.draining ? c.json({ status: 'draining' }, 503) : c.json({ status: 'ready', model: services.models.baseName }),
+  );
+  app.get('/metrics', async (c) => c.body(await services.metrics.metricsText(), 200, { 'content-type': services.metrics.contentType }));
+
+  app.use('/v1/*', authenticate(services, 'tenant-or-admin'));
+  app.use('/admin/*', authenticate(services, 'admin'));
+  // Adapter uploads carry weights; everything else is JSON and gets the small limit.
+  app.use('/v1/adapters/*', limitBody(services.settings.maxAdapterBytes));
+  app.use('/admin/*', limitBody(services.settings.maxBodyBytes));
+  app.use('/v1/*', async (c, next) => (c.req.path.startsWith('/v1/adapters') ? next() : limitBody(services.settings.maxBodyBytes)(c, next)));
+
+  registerModelRoutes(app, services);
+  registerCompletionRoutes(app, services);
+  registerAdapterRoutes(app, services);
+  return app;
+}
+
+function authenticate(services: GatewayServices, required: 'tenant-or-admin' | 'admin'): MiddlewareHandler<GatewayEnv> {
+  return async (c, next) => {
+    const principal = services.authenticator.authenticate(c.req.header('authorization'));
+    if (!principal) throw invalidApiKey();
+    if (required === 'admin' && principal.kind !== 'admin') throw permissionDenied('This route needs an admin key.');
+    c.set('principal', principal);
+    await next();
+  };
+}
+
+function limitBody(maxSize: number): MiddlewareHandler<GatewayEnv> {
+  return bodyLimit({
+    maxSize,
+    onError: () => {
+      throw payloadTooLarge(maxSize);
+    },
+  });
+}

@@ -1,0 +1,149 @@
+/**
+ * Starts the whole gateway: settings, engine, tokenizer, adapter store, observability, HTTP and WebSocket
+ * servers; and stops it gracefully. Tests start it exactly as `npm start` does, on a free port.
+ */
+import { serve } from '@hono/node-server';
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import { basename, extname } from 'node:path';
+import { stat } from 'node:fs/promises';
+import { attachWebSocketApi } from '../api/websocket.ts';
+import { AdapterError } from '../adapters/adapter-error.ts';
+import { loadLoraAdapter } from '../adapters/lora.ts';
+import { Engine } from '../engine/engine.ts';
+import { readGguf } from '../formats/gguf.ts';
+import { createGatewayMetrics } from '../observability/metrics.ts';
+import { createTracing, type TracingOptions } from '../observability/tracing.ts';
+import { AdapterStore } from '../registry/adapter-store.ts';
+import { TextGenerator } from '../serving/text-generation.ts';
+import { chatTemplateConfigFromGguf, createChatFormatter } from '../tokenizer/chat-template.ts';
+import { readTokenizerConfig } from '../tokenizer/huggingface.ts';
+import { loadTokenizer } from '../tokenizer/load.ts';
+import { createApp } from './app.ts';
+import { createAuthenticator } from './auth.ts';
+import { loadGatewaySettings } from './config.ts';
+import { DEFAULT_MODEL, defaultModelPath } from './default-model.ts';
+import type { AdapterSummary } from './model-resolver.ts';
+import { ModelResolver } from './model-resolver.ts';
+import type { GatewayServices } from './services.ts';
+import { createTenantLimiters } from './tenant-limits.ts';
+
+export interface RunningGateway {
+  url: string;
+  services: GatewayServices;
+  /** Stops accepting, lets in-flight requests finish for up to `graceMs`, cancels the rest, and releases everything. */
+  close(graceMs?: number): Promise<void>;
+}
+
+export interface GatewayStartOptions {
+  /** Replaces the OTLP exporter (tests pass an in-memory exporter). */
+  traceExporter?: TracingOptions['exporter'];
+  log?: (line: string) => void;
+}
+
+const DEFAULT_GRACE_MS = 10_000;
+
+export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStartOptions = {}): Promise<RunningGateway> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const settings = await loadGatewaySettings(env);
+  if (settings.usingDevelopmentKeys) {
+    log('warning: the published development API keys are accepted; set GATEWAY_CONFIG or GATEWAY_API_KEY/GATEWAY_ADMIN_KEY before exposing this server');
+  }
+  const modelPath = settings.modelPath ?? (await defaultModelPath(log));
+  const modelName =
+    settings.modelName ?? (settings.modelPath ? basename(modelPath, extname(modelPath) === '.gguf' ? '.gguf' : '') : DEFAULT_MODEL.name);
+  log(`loading ${modelPath} as "${modelName}"`);
+  const engine = await Engine.start({
+    modelPath,
+    maxBatch: settings.engine.maxBatchSize,
+    adapterSlots: settings.engine.adapterSlots,
+    maxLoraRank: settings.engine.maxLoraRank,
+    hostCacheBytes: settings.engine.hostCacheBytes,
+    maxQueue: settings.engine.maxQueue,
+    threads: settings.engine.threads,
+    executionProvider: settings.engine.executionProvider,
+  });
+  const config = engine.info.config;
+  const tokenizer = await loadTokenizer(modelPath, config.eosTokenIds);
+  const isDirectory = (await stat(modelPath)).isDirectory();
+  const formatChat = createChatFormatter(
+    isDirectory ? await readTokenizerConfig(modelPath) : chatTemplateConfigFromGguf((await readGguf(modelPath)).metadata),
+  );
+
+  const store = new AdapterStore<AdapterSummary>({
+    root: settings.adaptersDir,
+    validate: async (dir) => {
+      const adapter = await loadLoraAdapter(dir, config);
+      if (adapter.rank > settings.engine.maxLoraRank) {
+        throw new AdapterError(
+          'invalid_config',
+          `adapter rank ${adapter.rank} exceeds this server's MAX_LORA_RANK of ${settings.engine.maxLoraRank}; ` +
+            'train the adapter with a lower rank, or raise MAX_LORA_RANK',
+        );
+      }
+      return { peftType: 'LORA', rank: adapter.rank, targetModules: adapter.targetModules, bytes: adapter.byteSize };
+    },
+  });
+  await store.start();
+  // A removed or replaced version must never be served from a cache again.
+  store.on('removed', (ref) => engine.evictAdapter(ref.id));
+
+  const metrics = createGatewayMetrics({ maxLora: Math.max(1, settings.engine.adapterSlots), modelName });
+  engine.on('stats', (stats) => metrics.setSchedulerState(stats));
+  engine.on('adapter-cache', (event) => metrics.recordAdapterCache(event));
+  const reportDiskResidency = () => {
+    const records = store.list();
+    const bytes = records.reduce((sum, r) => sum + Object.values(r.files).reduce((s, f) => s + f.size, 0), 0);
+    metrics.setAdapterCacheResidency('disk', { bytes, entries: records.length });
+  };
+  reportDiskResidency();
+  store.on('added', reportDiskResidency);
+  store.on('removed', reportDiskResidency);
+  const tracing = createTracing({ serviceName: 'peft-gateway', otlpEndpoint: settings.otlpEndpoint, exporter: options.traceExporter });
+
+  const shutdown = new AbortController();
+  const services: GatewayServices = {
+    settings,
+    engine,
+    tokenizer,
+    formatChat,
+    generator: new TextGenerator(engine, tokenizer),
+    store,
+    models: new ModelResolver(modelName, store),
+    authenticator: createAuthenticator(settings),
+    limiters: createTenantLimiters(settings.tenants),
+    metrics,
+    tracing,
+    queuedByTenant: new Map(),
+    startedAt: Math.floor(Date.now() / 1000),
+    draining: false,
+    shutdownSignal: shutdown.signal,
+  };
+
+  const app = createApp(services);
+  const server = await new Promise<Server>((resolve) => {
+    const started = serve({ fetch: app.fetch, port: settings.port, hostname: settings.host }, () => resolve(started as Server));
+  });
+  const webSockets = attachWebSocketApi(server, services);
+  const { port } = server.address() as AddressInfo;
+  const url = `http://${settings.host.includes(':') ? `[${settings.host}]` : settings.host}:${port}`;
+  log(`serving ${modelName} at ${url} (model checksum ${engine.info.checksum.slice(0, 16)}…)`);
+
+  let closing: Promise<void> | undefined;
+  const close = (graceMs = DEFAULT_GRACE_MS) =>
+    (closing ??= (async () => {
+      services.draining = true;
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const deadline = Date.now() + graceMs;
+      while (engine.pendingRequests > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      shutdown.abort();
+      await webSockets.close();
+      server.closeAllConnections();
+      await stopped;
+      await engine.close();
+      await store.stop();
+      await tracing.shutdown();
+    })());
+  return { url, services, close };
+}

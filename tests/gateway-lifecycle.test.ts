@@ -1,0 +1,99 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
+
+let gateway: TestGateway;
+
+before(async () => {
+  gateway = await startTestGateway();
+});
+
+after(async () => {
+  await gateway.stop();
+});
+
+test('health and readiness answer without credentials', async () => {
+  assert.equal((await fetch(`${gateway.url}/health`)).status, 200);
+  const ready = await fetch(`${gateway.url}/ready`);
+  assert.equal(ready.status, 200);
+  assert.equal((await ready.json()).model, BASE_MODEL);
+});
+
+test('a request shows up in vLLM-compatible metrics, per-tenant counters and a GenAI trace', async () => {
+  const completion = await gateway.client().chat.completions.create({
+    model: BASE_MODEL,
+    messages: [{ role: 'user', content: 'Once upon a time' }],
+    max_tokens: 6,
+    temperature: 0,
+  });
+  const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
+  for (const name of ['vllm:num_requests_running', 'vllm:num_requests_waiting', 'vllm:kv_cache_usage_perc', 'vllm:lora_requests_info']) {
+    assert.match(metrics, new RegExp(`^${name}\\{`, 'm'), name);
+  }
+  assert.match(metrics, new RegExp(`^vllm:generation_tokens_total\\{model_name="${BASE_MODEL}"\\} ${completion.usage!.completion_tokens}$`, 'm'));
+  assert.match(metrics, /^vllm:request_success_total\{[^}]*finished_reason="length"[^}]*\} 1$/m);
+  assert.match(metrics, /^gateway_requests_total\{[^}]*tenant="acme"[^}]*\} 1$/m);
+  assert.match(metrics, /^vllm:time_to_first_token_seconds_count\{[^}]*\} 1$/m);
+
+  const spans = gateway.traces.getFinishedSpans();
+  const request = spans.find((s) => s.name === `chat ${BASE_MODEL}`);
+  assert.ok(request, `spans: ${spans.map((s) => s.name).join(', ')}`);
+  assert.equal(request.attributes['gen_ai.request.model'], BASE_MODEL);
+  assert.equal(request.attributes['gen_ai.usage.input_tokens'], completion.usage!.prompt_tokens);
+  assert.equal(request.attributes['gen_ai.usage.output_tokens'], completion.usage!.completion_tokens);
+  assert.equal(request.attributes['gateway.tenant'], 'acme');
+  const children = spans.filter((s) => s.parentSpanContext?.spanId === request.spanContext().spanId).map((s) => s.name).sort();
+  assert.deepEqual(children, ['decode', 'prefill', 'queue']);
+  // Nothing the user wrote ends up in a span.
+  assert.ok(!JSON.stringify(spans.map((s) => s.attributes)).includes('Once upon a time'));
+});
+
+test('graceful shutdown lets an in-flight stream finish, refuses new work, then exits', async () => {
+  const own = await startTestGateway();
+  const stream = await own.client().chat.completions.create({
+    model: BASE_MODEL,
+    messages: [{ role: 'user', content: 'Once upon a time' }],
+    max_tokens: 60,
+    temperature: 0,
+    stream: true,
+  });
+  const received: string[] = [];
+  let finish: string | null = null;
+  const reading = (async () => {
+    for await (const chunk of stream) {
+      if (received.length === 0) void own.close(10_000);
+      received.push(chunk.choices[0]?.delta.content ?? '');
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+  })();
+  await reading;
+  assert.ok(finish === 'length' || finish === 'stop', `finish_reason ${finish}`);
+  assert.ok(received.join('').length > 0);
+  await own.close();
+  await assert.rejects(fetch(`${own.url}/health`));
+  await own.stop();
+});
+
+test('a shutdown that runs out of grace cancels in-flight streams cleanly', async () => {
+  const own = await startTestGateway();
+  const response = await fetch(`${own.url}/v1/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${KEYS.acme}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: BASE_MODEL, prompt: 'Once upon a time', max_tokens: 400, temperature: 1, seed: 3, stream: true }),
+  });
+  const reader = response.body!.getReader();
+  await reader.read();
+  const started = Date.now();
+  const closing = own.close(300);
+  let text = '';
+  for (;;) {
+    const { done, value } = await reader.read().catch(() => ({ done: true, value: undefined }));
+    if (done) break;
+    text += new TextDecoder().decode(value);
+  }
+  await closing;
+  assert.ok(Date.now() - started < 5000, 'shutdown did not hang on the stream');
+  assert.equal(own.services.engine.pendingRequests, 0);
+  assert.ok(!text.includes('"finish_reason":"length"'), 'the stream was cut short, not completed');
+  await own.stop();
+});
