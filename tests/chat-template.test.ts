@@ -31,7 +31,7 @@ test('models without a chat template get the documented plain format', () => {
     { role: 'system', content: 'Be brief.' },
     { role: 'user', content: 'Hello' },
   ];
-  const expected = { text: 'system: Be brief.\nuser: Hello\nassistant:', addBos: true };
+  const expected = { text: 'system: Be brief.\nuser: Hello\nassistant:' };
   assert.deepEqual(createChatFormatter(null)(messages), expected);
   assert.deepEqual(createChatFormatter({ bos_token: '<s>' })(messages), expected);
 });

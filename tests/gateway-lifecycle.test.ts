@@ -1,5 +1,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
@@ -96,4 +99,26 @@ test('a shutdown that runs out of grace cancels in-flight streams cleanly', asyn
   assert.equal(own.services.engine.pendingRequests, 0);
   assert.ok(!text.includes('"finish_reason":"length"'), 'the stream was cut short, not completed');
   await own.stop();
+});
+
+test('vllm:lora_requests_info lists a running adapter by the model id clients send', async () => {
+  const spec = randomLoraAdapter(gateway.services.engine.info.config, { rank: 4, targetModules: ['q_proj', 'v_proj'], seed: 9 });
+  const dir = join(gateway.adaptersDir, '.staging', 'metrics-adapter');
+  await writeLoraAdapter(dir, spec);
+  const files = new Map([
+    ['adapter_config.json', await readFile(join(dir, 'adapter_config.json'))],
+    ['adapter_model.safetensors', await readFile(join(dir, 'adapter_model.safetensors'))],
+  ]);
+  await rm(dir, { recursive: true });
+  await gateway.services.store.publish('acme', 'storyteller', files);
+  const model = `${BASE_MODEL}+acme/storyteller`;
+  const stream = await gateway.client().completions.create({ model, prompt: 'Once upon a time', max_tokens: 300, temperature: 1, seed: 1, stream: true });
+  let seen = '';
+  for await (const chunk of stream) {
+    if (!seen) seen = await (await fetch(`${gateway.url}/metrics`)).text();
+    void chunk;
+  }
+  const info = /^vllm:lora_requests_info\{([^}]*)\}/m.exec(seen)?.[1] ?? '';
+  assert.match(info, new RegExp(`running_lora_adapters="${model.replace('+', '\\+')}"`));
+  assert.match(info, /max_lora="4"/);
 });

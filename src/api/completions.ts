@@ -7,10 +7,9 @@ import { randomUUID } from 'node:crypto';
 import type { Context, Hono } from 'hono';
 import type { TokenEvent } from '../engine/protocol.ts';
 import { runInference, type InferenceRequest } from '../gateway/inference.ts';
-import { asApiError, invalidRequest, overloaded } from '../gateway/errors.ts';
+import { asApiError, invalidRequest, shuttingDown } from '../gateway/errors.ts';
 import type { GatewayEnv, GatewayServices } from '../gateway/services.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
-import { ChatTemplateError } from '../tokenizer/chat-template.ts';
 import { StreamDecoder } from '../tokenizer/stream-decoder.ts';
 import type { Tokenizer } from '../tokenizer/tokenizer.ts';
 import {
@@ -25,10 +24,10 @@ import {
   type GenerationApi,
   type GenerationFields,
 } from './request-fields.ts';
+import { chatPromptIds, rawPromptIds } from './prompt.ts';
 import { SseStream } from './sse.ts';
 
 /** Seconds a client refused during shutdown should wait; by then a replacement instance is usually up. */
-const SHUTDOWN_RETRY_AFTER_SECONDS = 5;
 
 export function registerCompletionRoutes(app: Hono<GatewayEnv>, services: GatewayServices): void {
   app.post('/v1/chat/completions', (c) => generate(c, services, 'chat'));
@@ -63,23 +62,8 @@ async function prepare(c: Context<GatewayEnv>, services: GatewayServices, api: G
   const modelName = parseModel(body);
   const fields = parseGenerationFields(body, api);
   const { tokenizer, engine } = services;
-  let promptIds: number[];
-  if (api === 'chat') {
-    const messages = parseChatMessages(body.messages);
-    let prompt;
-    try {
-      prompt = services.formatChat(messages);
-    } catch (error) {
-      if (error instanceof ChatTemplateError) throw invalidRequest(error.message, 'messages');
-      throw error;
-    }
-    // Special tokens are parsed in the rendered template only; message text itself was never special.
-    promptIds = tokenizer.encode(prompt.text, { addBos: prompt.addBos, parseSpecialTokens: true });
-  } else {
-    const prompt = parseCompletionPrompt(body.prompt, tokenizer.vocabSize);
-    promptIds = typeof prompt === 'string' ? tokenizer.encode(prompt) : prompt;
-    if (promptIds.length === 0) throw invalidRequest('The prompt is empty and this model adds no BOS token; send some text.', 'prompt');
-  }
+  const promptIds =
+    api === 'chat' ? chatPromptIds(services.formatChat, tokenizer, body.messages) : rawPromptIds(tokenizer, body.prompt, 'prompt');
   const model = await services.models.resolve(c.get('principal'), modelName);
   return {
     api,
@@ -99,10 +83,6 @@ async function prepare(c: Context<GatewayEnv>, services: GatewayServices, api: G
     // Identifies the weights that answered: it changes exactly when the base model does.
     systemFingerprint: `fp_${engine.info.checksum.slice(0, 12)}`,
   };
-}
-
-function shuttingDown() {
-  return overloaded(SHUTDOWN_RETRY_AFTER_SECONDS, 'The server is shutting down and starts no new generations; retry the request.');
 }
 
 /**

@@ -176,11 +176,16 @@ export function parseGenerationFields(body: JsonObject, api: GenerationApi): Gen
   return fields;
 }
 
-/** Chat has `max_completion_tokens`, which replaced `max_tokens`; when both are sent it wins, as in vLLM. */
+/**
+ * Chat has `max_completion_tokens`, which replaced `max_tokens`; when both are sent it wins, as in vLLM.
+ * `max_output_tokens` is the Responses API's name, reachable only where a protocol allows the field
+ * (the WebSocket API); it wins over both.
+ */
 function maxTokens(body: JsonObject, api: GenerationApi): number | undefined {
+  const responses = integerField(body, 'max_output_tokens', 1, Number.MAX_SAFE_INTEGER);
   const legacy = integerField(body, 'max_tokens', 1, Number.MAX_SAFE_INTEGER);
-  if (api === 'completions') return legacy;
-  return integerField(body, 'max_completion_tokens', 1, Number.MAX_SAFE_INTEGER) ?? legacy;
+  if (api === 'completions') return responses ?? legacy;
+  return responses ?? integerField(body, 'max_completion_tokens', 1, Number.MAX_SAFE_INTEGER) ?? legacy;
 }
 
 /** Chat asks with `logprobs: true` plus `top_logprobs` alternatives (0..20), which need `logprobs`. */

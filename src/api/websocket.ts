@@ -24,7 +24,8 @@
  *      "messages": [...]      chat messages, rendered with the model's chat template, as in /v1/chat/completions; or
  *      "input": "text"        a raw prompt (or an array of token ids), continued as is, as `prompt` in /v1/completions;
  *      and the generation fields of those APIs, checked the same way: max_tokens (chat: max_completion_tokens too),
- *      temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty, repetition_penalty, seed, stop, user.
+ *      temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty, repetition_penalty, seed, stop, user;
+ *      and max_output_tokens, the Responses API's name for the limit, which wins over the others.
  *      Not available here: n (send several response.create), logprobs/top_logprobs, stream/stream_options (every
  *      response streams). Without max_tokens, chat generates until the model stops or the context is full and
  *      `input` gets 16 tokens, as over HTTP.
@@ -80,22 +81,21 @@ import {
   invalidApiKey,
   invalidRequest,
   notFound,
-  overloaded,
   rateLimited,
+  shuttingDown,
   toResponseBody,
 } from '../gateway/errors.ts';
 import { runInference } from '../gateway/inference.ts';
 import type { GatewayServices } from '../gateway/services.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
-import { ChatTemplateError } from '../tokenizer/chat-template.ts';
+import { chatPromptIds, rawPromptIds } from './prompt.ts';
 import {
-  parseChatMessages,
-  parseCompletionPrompt,
   parseGenerationFields,
   parseModel,
   rejectUnsupportedFields,
   resolveMaxTokens,
   type GenerationApi,
+  type GenerationFields,
   type JsonObject,
 } from './request-fields.ts';
 
@@ -120,7 +120,6 @@ const CLOSE_GOING_AWAY = 1001;
 /** How long a socket closed at shutdown may take to answer the close frame before it is cut off. */
 const CLOSE_HANDSHAKE_TIMEOUT_MS = 1000;
 /** Seconds a client refused during shutdown should wait; by then a replacement instance is usually up. */
-const SHUTDOWN_RETRY_AFTER_SECONDS = 5;
 /** Fields of the HTTP APIs that have no meaning over this protocol, with what to do instead. */
 const FIELDS_NOT_OVER_WEBSOCKET: Readonly<Record<string, string>> = {
   prompt: "send the prompt as 'input'",
@@ -166,7 +165,7 @@ export function attachWebSocketApi(
       return;
     }
     if (services.draining) {
-      refuseUpgrade(socket, overloaded(SHUTDOWN_RETRY_AFTER_SECONDS, 'The server is shutting down; reconnect to another instance.'));
+      refuseUpgrade(socket, shuttingDown('The server is shutting down; reconnect to another instance.'));
       return;
     }
     webSockets.handleUpgrade(request, socket, head, (webSocket) => {
@@ -232,7 +231,7 @@ interface ParsedCreate {
   api: GenerationApi;
   model: string;
   promptIds: number[];
-  fields: ReturnType<typeof parseGenerationFields>;
+  fields: GenerationFields;
 }
 
 class Connection {
@@ -349,7 +348,7 @@ class Connection {
       done: Promise.resolve(),
     };
     if (this.services.draining) {
-      this.#finishFailed(response, overloaded(SHUTDOWN_RETRY_AFTER_SECONDS, 'The server is shutting down and starts no new generations.'));
+      this.#finishFailed(response, shuttingDown());
     } else if (this.#responses.size >= this.settings.maxResponsesPerSocket) {
       const limit = this.settings.maxResponsesPerSocket;
       const message = `This socket already has ${limit} responses in progress, the most one socket may have; wait for one to end.`;
@@ -412,31 +411,12 @@ class Connection {
       throw invalidRequest("Send exactly one of 'messages' (a chat) or 'input' (a raw prompt).", hasMessages ? 'input' : 'messages');
     }
     const api: GenerationApi = hasMessages ? 'chat' : 'completions';
-    rejectUnsupportedFields(body, api, ['input']);
+    rejectUnsupportedFields(body, api, ['input', 'max_output_tokens']);
     const model = parseModel(body);
     const fields = parseGenerationFields(body, api);
-    const promptIds = hasMessages ? this.#chatPromptIds(body.messages) : this.#inputIds(body.input);
+    const { formatChat, tokenizer } = this.services;
+    const promptIds = hasMessages ? chatPromptIds(formatChat, tokenizer, body.messages) : rawPromptIds(tokenizer, body.input, 'input');
     return { api, model, promptIds, fields };
-  }
-
-  #chatPromptIds(messages: unknown): number[] {
-    let prompt;
-    try {
-      prompt = this.services.formatChat(parseChatMessages(messages));
-    } catch (error) {
-      if (error instanceof ChatTemplateError) throw invalidRequest(error.message, 'messages');
-      throw error;
-    }
-    // Special tokens are parsed in the rendered template only; message text itself was never special.
-    return this.services.tokenizer.encode(prompt.text, { addBos: prompt.addBos, parseSpecialTokens: true });
-  }
-
-  #inputIds(input: unknown): number[] {
-    const { tokenizer } = this.services;
-    const prompt = parseCompletionPrompt(input, tokenizer.vocabSize, 'input');
-    const ids = typeof prompt === 'string' ? tokenizer.encode(prompt) : prompt;
-    if (ids.length === 0) throw invalidRequest('The input is empty and this model adds no BOS token; send some text.', 'input');
-    return ids;
   }
 
   #delta(response: LiveResponse, text: string): void {

@@ -13,12 +13,11 @@ import { parseArgs } from 'node:util';
 import { randomLoraAdapter, writeLoraAdapter } from '../adapters/lora-writer.ts';
 import { Engine } from '../engine/engine.ts';
 import type { AdapterRef } from '../engine/protocol.ts';
-import { randomBaseModel, SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
+import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
+import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { LORA_TARGET_MODULES } from '../model/types.ts';
-import { writeHuggingFaceModel } from '../model/write-model.ts';
 
 const BENCH_DIR = resolve('.bench');
-const MODEL_DIR = join(BENCH_DIR, 'smollm2-135m-random');
 const STREAMS = 16;
 const LORA_RANK = 16;
 const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
@@ -26,12 +25,6 @@ const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequency
 const LLAMA_CPP = { prefillTokensPerSecond: 330, decodeTokensPerSecond1: 40, decodeTokensPerSecond16: 178 };
 
 const log = (message: string) => process.stderr.write(`${message}\n`);
-
-async function ensureModel(): Promise<void> {
-  if (existsSync(join(MODEL_DIR, 'model.safetensors'))) return;
-  log(`generating ${MODEL_DIR} (random weights, std 0.02) ...`);
-  await writeHuggingFaceModel(MODEL_DIR, randomBaseModel(SMOLLM2_135M_SHAPE, 1));
-}
 
 async function ensureAdapters(): Promise<AdapterRef[]> {
   const refs: AdapterRef[] = [];
@@ -92,12 +85,12 @@ async function singleStream(engine: Engine, promptLength: number, tokens: number
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' } } });
   const trials = Number(values.trials);
-  await ensureModel();
+  await ensureBenchModel(BENCH_MODEL_DIR, log);
   const adapters = await ensureAdapters();
   const threads = availableParallelism();
   log(`starting the engine (${threads} threads) ...`);
   const engine = await Engine.start({
-    modelPath: MODEL_DIR,
+    modelPath: BENCH_MODEL_DIR,
     maxBatch: STREAMS,
     adapterSlots: STREAMS,
     maxLoraRank: LORA_RANK,

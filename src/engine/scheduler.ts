@@ -253,13 +253,15 @@ export class Scheduler {
       sequence.adapterLoad ??= { key: ref.key, tier: 'slot', ms: 0 };
       return resident;
     }
+    // Waiting for its load: already counted as a host miss when the load started.
+    if (sequence.adapterLoading) return null;
     if (!sequence.adapter) {
       const cached = this.hostCache.get(ref.key);
       if (cached) {
         sequence.adapter = cached;
         sequence.adapterLoad = { key: ref.key, tier: 'host', ms: 0 };
       } else {
-        if (!sequence.adapterLoading) this.startLoad(sequence);
+        this.startLoad(sequence);
         return null;
       }
     }

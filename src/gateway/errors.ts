@@ -113,6 +113,11 @@ export function rateLimited(refusal: {
   });
 }
 
+/** 503 while draining: this instance starts no new work, another one (or this one after a restart) will. */
+export function shuttingDown(message = 'The server is shutting down and starts no new generations; retry the request.'): ApiError {
+  return overloaded(5, message);
+}
+
 /** 503: the whole server is saturated (its queue is full), not one tenant over its limit. */
 export function overloaded(retryAfterSeconds: number, message = 'The server is overloaded; retry later.'): ApiError {
   return new ApiError(503, 'server_error', message, {

@@ -137,7 +137,7 @@ export async function runInference(services: GatewayServices, request: Inference
       status,
       promptTokens: request.promptIds.length,
       completionTokens,
-      finishReason: result?.finishReason ?? 'error',
+      finishReason: result?.finishReason ?? (status === 499 ? 'cancelled' : 'error'),
       ttftSeconds: tokenTimes.length > 0 ? (tokenTimes[0] - started) / 1000 : undefined,
       interTokenSeconds: tokenTimes.slice(1).map((t, i) => (t - tokenTimes[i]) / 1000),
       e2eSeconds: (performance.now() - started) / 1000,
@@ -155,6 +155,10 @@ function engineErrorToApi(error: unknown): ApiError {
       return overloaded(OVERLOAD_RETRY_AFTER_SECONDS, error.message);
     case 'invalid_adapter':
       return invalidRequest(`The adapter could not be loaded: ${error.message}`, 'model', 'invalid_adapter');
+    case 'cancelled':
+      // The caller went away (or shutdown began) before the engine started: nobody reads this answer, but
+      // metrics and traces should say "cancelled", not "server error". 499 is the usual code for it.
+      return new ApiError(499, 'invalid_request_error', 'The request was cancelled.', { code: 'cancelled' });
     case 'context_length_exceeded':
     case 'invalid_prompt':
       return invalidRequest(error.message, null, error.code);

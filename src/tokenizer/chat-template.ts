@@ -15,10 +15,10 @@ export interface ChatPrompt {
   text: string;
   /**
    * Whether to put BOS before `text` (the `addBos` encode option): true when the template wrote one (it was
-   * taken off `text` so that it is not added twice) and for the fallback format; false when the template
-   * deliberately starts without BOS.
+   * taken off `text` so that it is not added twice), false when the template deliberately starts without BOS,
+   * absent for the fallback format (the tokenizer's own rule applies).
    */
-  addBos: boolean;
+  addBos?: boolean;
 }
 
 export type ChatFormatter = (messages: ChatMessage[]) => ChatPrompt;
@@ -97,5 +97,5 @@ function chatTemplateSource(value: unknown): string | null {
  */
 function formatWithoutTemplate(messages: ChatMessage[]): ChatPrompt {
   const lines = messages.map(({ role, content }) => `${role}: ${content}`);
-  return { text: [...lines, 'assistant:'].join('\n'), addBos: true };
+  return { text: [...lines, 'assistant:'].join('\n') };
 }

@@ -98,10 +98,10 @@ class HuggingFaceTokenizer implements Tokenizer {
     });
   }
 
-  encode(text: string, { addBos = true, parseSpecialTokens = false }: EncodeOptions = {}): number[] {
+  encode(text: string, { addBos = this.addsBos, parseSpecialTokens = false }: EncodeOptions = {}): number[] {
     const engine = parseSpecialTokens ? this.complete : this.specialsAsText;
     const { ids } = engine.encode(text, { add_special_tokens: false });
-    return addBos && this.addsBos && this.bosTokenId !== null ? [this.bosTokenId, ...ids] : ids;
+    return addBos && this.bosTokenId !== null ? [this.bosTokenId, ...ids] : ids;
   }
 
   decode(ids: number[]): string {

@@ -110,9 +110,9 @@ class SentencePieceTokenizer implements Tokenizer {
     this.bytesById = vocabulary.map(({ piece, type }) => tokenBytesOf(piece, type));
   }
 
-  encode(text: string, { addBos = true, parseSpecialTokens = false }: EncodeOptions = {}): number[] {
+  encode(text: string, { addBos = this.addsBos, parseSpecialTokens = false }: EncodeOptions = {}): number[] {
     const ids: number[] = [];
-    if (addBos && this.addsBos && this.bosTokenId !== null) ids.push(this.bosTokenId);
+    if (addBos && this.bosTokenId !== null) ids.push(this.bosTokenId);
     for (const fragment of this.splitLiteralTokens(text, parseSpecialTokens)) {
       if (typeof fragment === 'number') ids.push(fragment);
       // Every text fragment starts a new "sentence" for SentencePiece, as in llama.cpp and Hugging Face.

@@ -4,7 +4,10 @@
  */
 
 export interface EncodeOptions {
-  /** Prepend BOS when the model's tokenizer config says so (default true). */
+  /**
+   * Whether to prepend BOS: absent follows the tokenizer's own config (`add_bos_token`); true and false override
+   * it, for prompts whose chat template decides (it wrote a BOS, or deliberately none).
+   */
   addBos?: boolean;
   /**
    * Match special-token text (e.g. `<s>`, `<|im_start|>`) as those tokens (default false). Only for text the
@@ -22,7 +25,7 @@ export interface Tokenizer {
    * when encoding. Streaming decoders must drop it too so that streamed text equals `decode`.
    */
   readonly stripsLeadingSpace: boolean;
-  /** Text to ids; addBos prepends BOS when the model's tokenizer config says so (default true). Special-token text like "<s>" in user input is NOT parsed as a special token unless `parseSpecialTokens` is set. */
+  /** Text to ids (BOS as `addBos` says). Special-token text like "<s>" in user input is NOT parsed as a special token unless `parseSpecialTokens` is set. */
   encode(text: string, options?: EncodeOptions): number[];
   /** Ids to text, skipping special tokens (BOS/EOS/UNK control tokens). */
   decode(ids: number[]): string;
