@@ -88,12 +88,14 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const loraSplit2 = g.op('Slice', [loraSplit3, g.constInt64([0]), g.constInt64([2]), g.constInt64([0])]);
 
   const embedding = g.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
-  // Swapping the two halves of each head turns rotate_half(x) into swap(x) * [-sin, sin], one Gather.
-  const swapHalves = g.constInt64(
-    Array.from({ length: c.headDim }, (_, i) => (i + c.headDim / 2) % c.headDim),
-    'rope_swap_halves',
-  );
+  // RoPE works on heads viewed as [2, head_dim/2]: swapping the two halves (a reversed Slice, a block copy)
+  // turns rotate_half(x) into swap(x) * [-sin, sin]. A Gather over the last axis did the same 3x slower.
+  const halvesShape = g.constInt64([0, 0, fusedHeads, 2, c.headDim / 2], 'shape_head_halves');
   const headsShape = g.constInt64([0, 0, fusedHeads, c.headDim], 'shape_fused_heads');
+  const ropeCosHalves = g.op('Reshape', [ropeCos, halvesShape]);
+  const ropeSinHalves = g.op('Reshape', [ropeSin, halvesShape]);
+  const swapHalves = (x: string) =>
+    g.op('Slice', [x, g.constInt64([-1]), g.constInt64([-Number.MAX_SAFE_INTEGER]), g.constInt64([3]), g.constInt64([-1])]);
   const groupedShape = g.constInt64([0, c.numKvHeads, -1, c.headDim], 'shape_grouped_queries');
   const perHeadShape = g.constInt64([0, c.numHeads, -1, c.headDim], 'shape_query_heads');
   const mergedShape = g.constInt64([0, 0, qDim], 'shape_merged_heads');
@@ -122,10 +124,10 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
       g.op('MatMul', [uk, loraWeights(LORA_INPUTS.bK(l), R, kvDim)]),
       g.op('MatMul', [uv, loraWeights(LORA_INPUTS.bV(l), R, kvDim)]),
     ], { axis: 2 });
-    const qkv = g.op('Reshape', [g.op('Add', [g.op('MatMul', [h, wQkv]), loraQkv]), headsShape]);
-    const rotated = g.op('Add', [
-      g.op('Mul', [qkv, ropeCos]),
-      g.op('Mul', [g.op('Gather', [qkv, swapHalves], { axis: 3 }), ropeSin]),
+    const qkv = g.op('Reshape', [g.op('Add', [g.op('MatMul', [h, wQkv]), loraQkv]), halvesShape]);
+    const rotated = g.op('Reshape', [
+      g.op('Add', [g.op('Mul', [qkv, ropeCosHalves]), g.op('Mul', [swapHalves(qkv), ropeSinHalves])]),
+      headsShape,
     ]);
     const [q, k, v] = g.opMulti('Split', [g.op('Transpose', [rotated], { perm: [0, 2, 1, 3] }), headSplit], 3, { axis: 1 });
     newKeyValues.push(k, v);
