@@ -122,3 +122,31 @@ test('vllm:lora_requests_info lists a running adapter by the model id clients se
   assert.match(info, new RegExp(`running_lora_adapters="${model.replace('+', '\\+')}"`));
   assert.match(info, /max_lora="4"/);
 });
+
+test('logs are JSON lines with request metadata and never the prompt, the output or the key', async () => {
+  const lines: string[] = [];
+  const own = await startTestGateway({}, { LOG_LEVEL: 'debug' }, (line) => lines.push(line));
+  try {
+    const secretPrompt = 'The dragon whispered a password: zebra-quartz';
+    const reply = await own.client().chat.completions.create({
+      model: BASE_MODEL,
+      messages: [{ role: 'user', content: secretPrompt }],
+      max_tokens: 8,
+      temperature: 0,
+    });
+    await fetch(`${own.url}/health`);
+    const records = lines.map((line) => JSON.parse(line));
+    const access = records.find((r) => r.msg === 'request' && r.path === '/v1/chat/completions');
+    assert.ok(access, lines.join('\n'));
+    assert.equal(access.status, 200);
+    assert.equal(access.tenant, 'acme');
+    assert.equal(access.level, 'info');
+    assert.ok(records.some((r) => r.msg === 'request' && r.path === '/health' && r.level === 'debug'));
+    const everything = lines.join('\n');
+    for (const secret of [secretPrompt, 'zebra-quartz', KEYS.acme, reply.choices[0].message.content!]) {
+      assert.ok(!everything.includes(secret), `logs contain ${JSON.stringify(secret)}`);
+    }
+  } finally {
+    await own.stop();
+  }
+});

@@ -386,7 +386,9 @@ class Connection {
     } catch (error) {
       if (response.controller.signal.aborted) return this.#finishCancelledOrFailed(response);
       const apiError = asApiError(error);
-      if (apiError.status === 500) console.error(`unexpected error in WebSocket response ${response.id}: ${describeCause(apiError.cause ?? error)}`);
+      if (apiError.status === 500) {
+        this.services.logger.error('unexpected error in a WebSocket response', { response: response.id, error: describeCause(apiError.cause ?? error) });
+      }
       return this.#finishFailed(response, apiError);
     }
     response.usage = { inputTokens: result.promptTokens, outputTokens: result.completionTokens };

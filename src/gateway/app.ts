@@ -12,7 +12,25 @@ import type { GatewayEnv, GatewayServices } from './services.ts';
 
 export function createApp(services: GatewayServices): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
-  installErrorHandlers(app);
+  const { logger } = services;
+  installErrorHandlers(app, {
+    logUnexpected: (error, request) =>
+      logger.error('unexpected error', { ...request, error: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
+  });
+  app.use('*', async (c, next) => {
+    const started = performance.now();
+    await next();
+    const principal = c.get('principal');
+    // Probes and scrapes arrive every few seconds: only worth a line when debugging.
+    const routine = c.req.path === '/health' || c.req.path === '/ready' || c.req.path === '/metrics';
+    (routine ? logger.debug : logger.info)('request', {
+      method: c.req.method,
+      path: c.req.path,
+      status: c.res.status,
+      tenant: principal ? (principal.kind === 'admin' ? 'admin' : principal.tenant.name) : undefined,
+      ms: Math.round(performance.now() - started),
+    });
+  });
 
   app.get('/health', (c) => c.json({ status: 'ok' }));
   app.get('/ready', (c) =>

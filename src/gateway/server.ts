@@ -26,6 +26,7 @@ import { DEFAULT_MODEL, defaultModelPath } from './default-model.ts';
 import type { AdapterSummary } from './model-resolver.ts';
 import { ModelResolver } from './model-resolver.ts';
 import type { GatewayServices } from './services.ts';
+import { createLogger } from './logger.ts';
 import { createTenantLimiters } from './tenant-limits.ts';
 
 export interface RunningGateway {
@@ -38,22 +39,23 @@ export interface RunningGateway {
 export interface GatewayStartOptions {
   /** Replaces the OTLP exporter (tests pass an in-memory exporter). */
   traceExporter?: TracingOptions['exporter'];
-  log?: (line: string) => void;
+  /** Where log lines go (default stderr). */
+  writeLog?: (line: string) => void;
 }
 
 /** How long a shutdown waits for in-flight requests before cancelling them. */
 export const DEFAULT_GRACE_MS = 10_000;
 
 export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStartOptions = {}): Promise<RunningGateway> {
-  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const settings = await loadGatewaySettings(env);
+  const logger = createLogger(settings.logLevel, options.writeLog);
   if (settings.usingDevelopmentKeys) {
-    log('warning: the published development API keys are accepted; set GATEWAY_CONFIG or GATEWAY_API_KEY/GATEWAY_ADMIN_KEY before exposing this server');
+    logger.warn('the published development API keys are accepted; set GATEWAY_CONFIG or GATEWAY_API_KEY/GATEWAY_ADMIN_KEY before exposing this server');
   }
-  const modelPath = settings.modelPath ?? (await defaultModelPath(log));
+  const modelPath = settings.modelPath ?? (await defaultModelPath((line) => logger.info(line)));
   const modelName =
     settings.modelName ?? (settings.modelPath ? basename(modelPath, extname(modelPath) === '.gguf' ? '.gguf' : '') : DEFAULT_MODEL.name);
-  log(`loading ${modelPath} as "${modelName}"`);
+  logger.info('loading the base model', { path: modelPath, name: modelName });
   const engine = await Engine.start({
     modelPath,
     maxBatch: settings.engine.maxBatchSize,
@@ -114,6 +116,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   const shutdown = new AbortController();
   const services: GatewayServices = {
     settings,
+    logger,
     engine,
     tokenizer,
     formatChat,
@@ -137,7 +140,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   const webSockets = attachWebSocketApi(server, services);
   const { port } = server.address() as AddressInfo;
   const url = `http://${settings.host.includes(':') ? `[${settings.host}]` : settings.host}:${port}`;
-  log(`serving ${modelName} at ${url} (model checksum ${engine.info.checksum.slice(0, 16)}…)`);
+  logger.info('serving', { url, model: modelName, checksum: engine.info.checksum });
 
   let closing: Promise<void> | undefined;
   const close = (graceMs = DEFAULT_GRACE_MS) =>

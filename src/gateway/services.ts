@@ -8,11 +8,13 @@ import type { ChatFormatter } from '../tokenizer/chat-template.ts';
 import type { Tokenizer } from '../tokenizer/tokenizer.ts';
 import type { Authenticator, Principal } from './auth.ts';
 import type { GatewaySettings } from './config.ts';
+import type { Logger } from './logger.ts';
 import type { AdapterSummary, ModelResolver } from './model-resolver.ts';
 import type { TenantLimiter } from './tenant-limits.ts';
 
 export interface GatewayServices {
   settings: GatewaySettings;
+  logger: Logger;
   engine: Engine;
   tokenizer: Tokenizer;
   formatChat: ChatFormatter;

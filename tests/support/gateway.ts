@@ -22,6 +22,7 @@ export interface TestGateway extends RunningGateway {
 export async function startTestGateway(
   limits: { maxConcurrentRequests?: number; tokensPerMinute?: number } = {},
   env: Record<string, string> = {},
+  writeLog: (line: string) => void = () => {},
 ): Promise<TestGateway> {
   const dir = await mkdtemp(join(tmpdir(), 'gateway-'));
   const adaptersDir = join(dir, 'adapters');
@@ -48,7 +49,7 @@ export async function startTestGateway(
       ENGINE_THREADS: '1',
       ...env,
     },
-    { traceExporter: traces, log: () => {} },
+    { traceExporter: traces, writeLog },
   );
   return {
     ...gateway,
