@@ -136,6 +136,7 @@ async function main(): Promise<void> {
       ratio_1_stream_vs_llama_cpp: round(median(single) / LLAMA_CPP.decodeTokensPerSecond1, 3),
       ratio_prefill_vs_llama_cpp: round(median(prefill) / LLAMA_CPP.prefillTokensPerSecond, 3),
       peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
+      rss_after_run_mib: Math.round(process.memoryUsage().rss / 2 ** 20),
     };
     if (values.json) console.log(JSON.stringify(result));
     else for (const [key, value] of Object.entries(result)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);

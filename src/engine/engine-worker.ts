@@ -17,6 +17,8 @@ async function start(options: EngineOptions): Promise<void> {
   const model = await loadBaseModel(options.modelPath);
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
   const runner = await ModelRunner.create(model, { ...options, maxBatch: options.maxBatch, maxPositions });
+  // The session holds its own copy of the weights; the loaded arrays would only double the resident memory.
+  model.weights.clear();
   const scheduler = new Scheduler(
     runner,
     {
