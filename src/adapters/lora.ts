@@ -163,7 +163,7 @@ function loadModule(plan: LoraModulePlan, pair: Partial<Record<LoraMatrix, Safet
 }
 
 /** Validates an adapter against `base`; throws AdapterError naming the field or tensor at fault. */
-export function parseLoraAdapter(configJson: unknown, weights: SafetensorsFile, base: LlamaConfig): LoraAdapter {
+function parseLoraAdapter(configJson: unknown, weights: SafetensorsFile, base: LlamaConfig): LoraAdapter {
   const config = parsePeftConfig(configJson);
   const plans = planLoraModules(config, base);
   const grouped = tensorsByModule(weights, plans, base);

@@ -126,10 +126,6 @@ export class Scheduler {
     this.runner.slots.evict(key);
   }
 
-  get idle(): boolean {
-    return !this.looping;
-  }
-
   private kick(): void {
     if (this.wake) {
       this.wake();

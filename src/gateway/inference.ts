@@ -31,7 +31,7 @@ export interface InferenceRequest {
 /** Seconds a client should wait before retrying when the engine queue is full. */
 const OVERLOAD_RETRY_AFTER_SECONDS = 2;
 
-export function tenantOf(principal: Principal): string {
+function tenantOf(principal: Principal): string {
   return principal.kind === 'admin' ? 'admin' : principal.tenant.name;
 }
 

@@ -7,7 +7,7 @@ import onnxProto from 'onnx-proto';
 
 const { onnx } = onnxProto;
 
-export const DataType = onnx.TensorProto.DataType;
+const DataType = onnx.TensorProto.DataType;
 export type ElementType = 'float32' | 'int64';
 
 const ELEMENT_TYPES: Record<ElementType, number> = { float32: DataType.FLOAT, int64: DataType.INT64 };
@@ -15,7 +15,7 @@ const ELEMENT_TYPES: Record<ElementType, number> = { float32: DataType.FLOAT, in
 /** Dimensions are numbers or symbolic names (dynamic axes). */
 export type Dim = number | string;
 
-export type AttributeValue = number | number[] | string | { float: number } | { floats: number[] };
+export type AttributeValue = number | number[] | string | { float: number };
 
 /** Name of the buffer onnxruntime receives through `externalData`; every initializer points into it. */
 export const EXTERNAL_DATA_FILE = 'weights.bin';
@@ -66,10 +66,6 @@ export class OnnxGraphBuilder {
     return this.initializer(name, BigInt64Array.from(values, BigInt), [values.length]);
   }
 
-  constFloat(value: number, name = this.fresh('const')): string {
-    return this.initializer(name, Float32Array.of(value), []);
-  }
-
   /** Appends one operation and returns the name of its (first) output. */
   op(opType: string, inputs: string[], attributes: Record<string, AttributeValue> = {}, outputName?: string): string {
     return this.opMulti(opType, inputs, 1, attributes, outputName ? [outputName] : undefined)[0];
@@ -81,14 +77,12 @@ export class OnnxGraphBuilder {
     outputCount: number,
     attributes: Record<string, AttributeValue> = {},
     outputNames?: string[],
-    domain = '',
   ): string[] {
     const outputs = outputNames ?? Array.from({ length: outputCount }, () => this.fresh(opType.toLowerCase()));
     for (const name of outputs) this.claim(name);
     this.nodes.push(
       onnx.NodeProto.create({
         opType,
-        domain,
         name: this.fresh(`${opType}_node`),
         input: inputs,
         output: outputs,
@@ -139,10 +133,6 @@ export class OnnxGraphBuilder {
     return { modelBytes: onnx.ModelProto.encode(model).finish(), weights };
   }
 
-  get nodeCount(): number {
-    return this.nodes.length;
-  }
-
   private fresh(prefix: string): string {
     let name: string;
     do name = `${prefix}_${this.counter++}`;
@@ -173,6 +163,5 @@ function attribute(name: string, value: AttributeValue) {
   if (typeof value === 'string') return { name, type: AttributeType.STRING, s: new TextEncoder().encode(value) };
   if (typeof value === 'number') return { name, type: AttributeType.INT, i: value };
   if (Array.isArray(value)) return { name, type: AttributeType.INTS, ints: value };
-  if ('float' in value) return { name, type: AttributeType.FLOAT, f: value.float };
-  return { name, type: AttributeType.FLOATS, floats: value.floats };
+  return { name, type: AttributeType.FLOAT, f: value.float };
 }

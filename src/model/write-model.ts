@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { writeSafetensors, type SafetensorsTensorInput } from '../formats/safetensors.ts';
 import type { BaseModel, LlamaConfig } from './types.ts';
 
-export function huggingFaceConfig(c: LlamaConfig): Record<string, unknown> {
+function huggingFaceConfig(c: LlamaConfig): Record<string, unknown> {
   return {
     architectures: ['LlamaForCausalLM'],
     model_type: 'llama',

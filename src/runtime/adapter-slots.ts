@@ -33,7 +33,7 @@ const GROUPS: Record<LoraTargetModule, Pick<SlotLayout, 'a' | 'group' | 'groupSi
   down_proj: { a: 'aDown', group: 0, groupSize: 1, b: 'bDown' },
 };
 
-export function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
+function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
   const layouts = {} as Record<LoraTargetModule, SlotLayout>;
   for (const module of LORA_TARGET_MODULES) {
     const { inFeatures, outFeatures } = projectionDims(c, module);

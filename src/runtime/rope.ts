@@ -4,7 +4,7 @@
  */
 import type { LlamaConfig } from '../model/types.ts';
 
-export function ropeInverseFrequencies(config: LlamaConfig): Float64Array {
+function ropeInverseFrequencies(config: LlamaConfig): Float64Array {
   const half = config.headDim / 2;
   const freqs = new Float64Array(half);
   for (let i = 0; i < half; i++) freqs[i] = 1 / Math.pow(config.ropeTheta, (2 * i) / config.headDim);
