@@ -150,3 +150,28 @@ test('logs are JSON lines with request metadata and never the prompt, the output
     await own.stop();
   }
 });
+
+test('if the engine thread dies, requests fail fast and health checks fail so the pod is restarted', async () => {
+  const own = await startTestGateway();
+  try {
+    // A request the HTTP layer would never send (no prompt) crashes the engine thread's message handler.
+    const crash = own.services.engine.generate({
+      promptIds: null as unknown as number[],
+      adapter: null,
+      sampling: { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 },
+      maxTokens: 4,
+      stopTokenIds: [],
+    });
+    await assert.rejects(crash, /engine thread/);
+    assert.equal((await fetch(`${own.url}/health`)).status, 503);
+    assert.equal((await fetch(`${own.url}/ready`)).status, 503);
+    const started = Date.now();
+    await assert.rejects(
+      own.client().chat.completions.create({ model: BASE_MODEL, messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 }),
+      (error: { status?: number }) => error.status === 500,
+    );
+    assert.ok(Date.now() - started < 2000, 'failed fast');
+  } finally {
+    await own.stop();
+  }
+});

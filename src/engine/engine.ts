@@ -67,6 +67,9 @@ export class Engine extends EventEmitter<EngineEvents> {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private closed = false;
+  private exited = false;
+  /** Set when the engine thread died: every request fails fast instead of waiting forever. */
+  private failure: EngineError | null = null;
   /** The scheduler's state after its latest step. */
   stats: SchedulerStats;
 
@@ -86,8 +89,11 @@ export class Engine extends EventEmitter<EngineEvents> {
       host: { entries: 0, bytes: 0 },
     };
     worker.on('message', (message: FromWorker) => this.receive(message));
-    worker.on('error', (error) => this.failAll(new EngineError(`engine thread crashed: ${error.message}`, 'engine_error')));
-    worker.on('exit', () => this.failAll(new EngineError('engine thread exited', 'engine_error')));
+    worker.on('error', (error) => this.die(new EngineError(`the engine thread crashed: ${error.message}`, 'engine_error')));
+    worker.on('exit', () => {
+      this.exited = true;
+      this.die(new EngineError('the engine thread exited', 'engine_error'));
+    });
   }
 
   /** Starts the engine thread and resolves once the model is loaded and its session built. */
@@ -110,6 +116,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   }
 
   generate(request: GenerateRequest): Promise<GenerationResult> {
+    if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new EngineError('the engine is shutting down', 'shutting_down'));
     if (request.signal?.aborted) return Promise.reject(new EngineError('the request was cancelled', 'cancelled'));
     const id = this.nextId++;
@@ -141,6 +148,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.exited) return;
     const exited = new Promise((resolve) => this.worker.once('exit', resolve));
     this.post({ type: 'shutdown' });
     await exited;
@@ -179,7 +187,13 @@ export class Engine extends EventEmitter<EngineEvents> {
     return pending;
   }
 
-  private failAll(error: EngineError): void {
+  /** False once the engine thread has died (health checks report it so the process gets restarted). */
+  get alive(): boolean {
+    return this.failure === null;
+  }
+
+  private die(error: EngineError): void {
+    if (!this.closed) this.failure ??= error;
     for (const id of [...this.pending.keys()]) this.settle(id)?.reject(error);
   }
 }

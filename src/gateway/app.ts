@@ -32,10 +32,13 @@ export function createApp(services: GatewayServices): Hono<GatewayEnv> {
     });
   });
 
-  app.get('/health', (c) => c.json({ status: 'ok' }));
-  app.get('/ready', (c) =>
-    services.draining ? c.json({ status: 'draining' }, 503) : c.json({ status: 'ready', model: services.models.baseName }),
-  );
+  // Liveness fails only when the engine thread is gone, which nothing but a restart can fix.
+  app.get('/health', (c) => (services.engine.alive ? c.json({ status: 'ok' }) : c.json({ status: 'engine_failed' }, 503)));
+  app.get('/ready', (c) => {
+    if (!services.engine.alive) return c.json({ status: 'engine_failed' }, 503);
+    if (services.draining) return c.json({ status: 'draining' }, 503);
+    return c.json({ status: 'ready', model: services.models.baseName });
+  });
   app.get('/metrics', async (c) => c.body(await services.metrics.metricsText(), 200, { 'content-type': services.metrics.contentType }));
 
   app.use('/v1/*', authenticate(services, 'tenant-or-admin'));
