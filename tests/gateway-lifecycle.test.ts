@@ -175,3 +175,13 @@ test('if the engine thread dies, requests fail fast and health checks fail so th
     await own.stop();
   }
 });
+
+test('a request carrying W3C trace context continues the caller\'s trace', async () => {
+  const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
+  const parentSpanId = '00f067aa0ba902b7';
+  const client = gateway.client(KEYS.acme, { defaultHeaders: { traceparent: `00-${traceId}-${parentSpanId}-01` } });
+  await client.completions.create({ model: BASE_MODEL, prompt: 'Once upon a time', max_tokens: 3, temperature: 0 });
+  const span = gateway.traces.getFinishedSpans().find((s) => s.name === `text_completion ${BASE_MODEL}` && s.spanContext().traceId === traceId);
+  assert.ok(span, 'the request span joined the caller\'s trace');
+  assert.equal(span.parentSpanContext?.spanId, parentSpanId);
+});

@@ -78,6 +78,7 @@ async function prepare(c: Context<GatewayEnv>, services: GatewayServices, api: G
       sampling: fields.sampling,
       maxTokens: resolveMaxTokens(fields.maxTokens, api, promptIds.length, engine.info.maxPositions),
       stop: fields.stop,
+      traceContext: { traceparent: c.req.header('traceparent'), tracestate: c.req.header('tracestate') },
     },
     created: Math.floor(Date.now() / 1000),
     // Identifies the weights that answered: it changes exactly when the base model does.

@@ -169,7 +169,8 @@ export function attachWebSocketApi(
       return;
     }
     webSockets.handleUpgrade(request, socket, head, (webSocket) => {
-      const connection = new Connection(webSocket, socket, principal, services, settings);
+      const traceContext = { traceparent: headerValue(request.headers.traceparent), tracestate: headerValue(request.headers.tracestate) };
+      const connection = new Connection(webSocket, socket, principal, traceContext, services, settings);
       connections.add(connection);
       webSocket.once('close', () => connections.delete(connection));
     });
@@ -195,6 +196,10 @@ export function attachWebSocketApi(
       webSockets.close();
     },
   };
+}
+
+function headerValue(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
 }
 
 /** Answers a handshake with an HTTP error in OpenAI's shape and closes the connection. */
@@ -244,6 +249,8 @@ class Connection {
     /** The socket the WebSocket writes to: its 'drain' says when a backlog has been written. */
     private readonly transport: Duplex,
     private readonly principal: Principal,
+    /** The handshake's W3C trace context: every generation on the socket joins that trace. */
+    private readonly traceContext: { traceparent?: string; tracestate?: string },
     private readonly services: GatewayServices,
     private readonly settings: Required<WebSocketApiOptions>,
   ) {
@@ -377,6 +384,7 @@ class Connection {
         sampling: request.fields.sampling,
         maxTokens: resolveMaxTokens(request.fields.maxTokens, request.api, request.promptIds.length, this.services.engine.info.maxPositions),
         stop: request.fields.stop,
+        traceContext: this.traceContext,
         signal,
         onDelta: (text, tokens) => {
           response.usage = { inputTokens: request.promptIds.length, outputTokens: response.usage.outputTokens + tokens.length };

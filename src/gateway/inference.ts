@@ -26,6 +26,8 @@ export interface InferenceRequest {
   stop: string[];
   signal?: AbortSignal;
   onDelta?: (text: string, tokens: TokenEvent[]) => void;
+  /** The caller's W3C trace context headers, continued by the request span. */
+  traceContext?: { traceparent?: string; tracestate?: string };
 }
 
 /** Seconds a client should wait before retrying when the engine queue is full. */
@@ -92,6 +94,7 @@ export async function runInference(services: GatewayServices, request: Inference
     temperature: request.sampling.temperature,
     topP: request.sampling.topP,
     seed: request.sampling.seed,
+    traceContext: request.traceContext,
   });
   const started = performance.now();
   const tokenTimes: number[] = [];

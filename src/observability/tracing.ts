@@ -7,12 +7,14 @@
 import {
   ProxyTracerProvider,
   ROOT_CONTEXT,
+  defaultTextMapGetter,
   SpanKind,
   SpanStatusCode,
   isSpanContextValid,
   trace,
 } from '@opentelemetry/api';
 import type { AttributeValue, Attributes, Span, Tracer } from '@opentelemetry/api';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { defaultResource, detectResources, envDetector, resourceFromAttributes } from '@opentelemetry/resources';
 import { BatchSpanProcessor, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
@@ -69,6 +71,11 @@ export interface RequestSpanStart {
   temperature?: number;
   topP?: number;
   seed?: number;
+  /**
+   * The caller's W3C trace context (`traceparent`, `tracestate` headers): the request span joins that trace, so
+   * an API gateway or client in front of this server sees the generation inside its own trace.
+   */
+  traceContext?: { traceparent?: string; tracestate?: string };
 }
 
 export interface RequestOutcome {
@@ -104,6 +111,7 @@ export interface Tracing {
 }
 
 const DEFAULT_PROVIDER_NAME = 'peft-gateway';
+const TRACE_CONTEXT = new W3CTraceContextPropagator();
 
 export function createTracing(options: TracingOptions): Tracing {
   if (options.otlpEndpoint !== undefined && options.exporter !== undefined) {
@@ -173,12 +181,13 @@ function startRequestTrace(tracer: Tracer, providerName: string, start: RequestS
     [ATTR_GEN_AI_REQUEST_SEED]: start.seed,
   });
   const now = requestClock();
-  const root = tracer.startSpan(`${start.operation} ${start.requestModel}`, {
-    kind: SpanKind.SERVER,
-    startTime: now(),
-    attributes: requestAttributes,
-  });
-  const rootContext = trace.setSpan(ROOT_CONTEXT, root);
+  const parentContext = start.traceContext ? TRACE_CONTEXT.extract(ROOT_CONTEXT, start.traceContext, defaultTextMapGetter) : ROOT_CONTEXT;
+  const root = tracer.startSpan(
+    `${start.operation} ${start.requestModel}`,
+    { kind: SpanKind.SERVER, startTime: now(), attributes: requestAttributes },
+    parentContext,
+  );
+  const rootContext = trace.setSpan(parentContext, root);
   let decode: Span | undefined;
   let hasStarted = false;
   let ended = false;
