@@ -290,3 +290,13 @@ test('a YAML syntax error names the line but does not quote it', async () => {
 test('a missing tenants file is refused naming GATEWAY_CONFIG and the path', async () => {
   await assert.rejects(loadGatewaySettings({ GATEWAY_CONFIG: '/nonexistent/tenants.yaml' }), /^ConfigError: GATEWAY_CONFIG: cannot read \/nonexistent\/tenants\.yaml: ENOENT/);
 });
+
+test('shutdown grace and WebSocket ping interval are settings with defaults and bounds', async () => {
+  const defaults = await loadGatewaySettings({});
+  assert.equal(defaults.shutdownGraceSeconds, 10);
+  assert.equal(defaults.webSocketPingSeconds, 30);
+  const set = await loadGatewaySettings({ SHUTDOWN_GRACE_SECONDS: '45', WS_PING_INTERVAL_SECONDS: '5' });
+  assert.equal(set.shutdownGraceSeconds, 45);
+  assert.equal(set.webSocketPingSeconds, 5);
+  await assert.rejects(loadGatewaySettings({ WS_PING_INTERVAL_SECONDS: '0' }), /WS_PING_INTERVAL_SECONDS must be an integer from 1 to 3600/);
+});

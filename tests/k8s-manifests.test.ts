@@ -8,7 +8,6 @@ import { parseAllDocuments } from 'yaml';
 import { loadGatewaySettings } from '../src/gateway/config.ts';
 import { startTestGateway, type TestGateway } from './support/gateway.ts';
 import { REPO_ROOT } from './support/models.ts';
-import { DEFAULT_GRACE_MS } from '../src/gateway/server.ts';
 
 type Json = Record<string, any>;
 
@@ -134,8 +133,8 @@ describe('Kubernetes probes against the real gateway', () => {
   });
 
   it('gives a stopping pod more time than its pause and the gateway drain take', () => {
-    // The drain's length is the server's default grace period.
-    const drainSeconds = DEFAULT_GRACE_MS / 1000;
+    const drainSeconds = Number(env.SHUTDOWN_GRACE_SECONDS);
+    assert.ok(drainSeconds > 0, 'the ConfigMap sets SHUTDOWN_GRACE_SECONDS');
     const [command, seconds] = container.lifecycle.preStop.exec.command;
     assert.equal(command, 'sleep');
     assert.ok(pod.terminationGracePeriodSeconds > Number(seconds) + drainSeconds + 10, `${pod.terminationGracePeriodSeconds} s`);

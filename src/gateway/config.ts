@@ -47,6 +47,10 @@ export interface GatewaySettings {
   maxBodyBytes: number;
   maxAdapterBytes: number;
   engine: EngineSettings;
+  /** How often WebSocket clients are pinged; one that misses a pong is disconnected. */
+  webSocketPingSeconds: number;
+  /** How long a shutdown lets in-flight requests finish before cancelling them. */
+  shutdownGraceSeconds: number;
   /** OTLP endpoint for traces; tracing is off when absent. */
   otlpEndpoint: string | undefined;
   logLevel: LogLevel;
@@ -363,6 +367,8 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       threads: envInteger(env, 'ENGINE_THREADS', availableParallelism(), 1, 1024),
       executionProvider: envChoice(env, 'EXECUTION_PROVIDER', ['cpu', 'cuda'] as const, 'cpu'),
     },
+    webSocketPingSeconds: envInteger(env, 'WS_PING_INTERVAL_SECONDS', 30, 1, 3600),
+    shutdownGraceSeconds: envInteger(env, 'SHUTDOWN_GRACE_SECONDS', 10, 0, 3600),
     otlpEndpoint: envUrl(env, 'OTEL_EXPORTER_OTLP_ENDPOINT'),
     logLevel: envChoice(env, 'LOG_LEVEL', ['debug', 'info', 'warn', 'error'] as const, 'info'),
   };

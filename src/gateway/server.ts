@@ -32,7 +32,10 @@ import { createTenantLimiters } from './tenant-limits.ts';
 export interface RunningGateway {
   url: string;
   services: GatewayServices;
-  /** Stops accepting, lets in-flight requests finish for up to `graceMs`, cancels the rest, and releases everything. */
+  /**
+   * Stops accepting, lets in-flight requests finish for up to `graceMs` (default SHUTDOWN_GRACE_SECONDS),
+   * cancels the rest, and releases everything.
+   */
   close(graceMs?: number): Promise<void>;
 }
 
@@ -43,8 +46,6 @@ export interface GatewayStartOptions {
   writeLog?: (line: string) => void;
 }
 
-/** How long a shutdown waits for in-flight requests before cancelling them. */
-export const DEFAULT_GRACE_MS = 10_000;
 
 export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStartOptions = {}): Promise<RunningGateway> {
   const settings = await loadGatewaySettings(env);
@@ -137,13 +138,13 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   const server = await new Promise<Server>((resolve) => {
     const started = serve({ fetch: app.fetch, port: settings.port, hostname: settings.host }, () => resolve(started as Server));
   });
-  const webSockets = attachWebSocketApi(server, services);
+  const webSockets = attachWebSocketApi(server, services, { pingIntervalMs: settings.webSocketPingSeconds * 1000 });
   const { port } = server.address() as AddressInfo;
   const url = `http://${settings.host.includes(':') ? `[${settings.host}]` : settings.host}:${port}`;
   logger.info('serving', { url, model: modelName, checksum: engine.info.checksum });
 
   let closing: Promise<void> | undefined;
-  const close = (graceMs = DEFAULT_GRACE_MS) =>
+  const close = (graceMs = settings.shutdownGraceSeconds * 1000) =>
     (closing ??= (async () => {
       services.draining = true;
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
