@@ -14,7 +14,7 @@ function writeTokens(cache: KvCache, row: number, start: number, count: number):
       for (let d = 0; d < config.headDim; d++) step[(lh * count + t) * config.headDim + d] = row * 1e6 + (start + t) * 100 + lh * 10 + d;
     }
   }
-  cache.writeStep(step, row, 1, count, [start]);
+  cache.writeStep(step, row, 1, count, [start], [count]);
 }
 
 function readToken(cache: KvCache, row: number, position: number): number[] {

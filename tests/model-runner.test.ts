@@ -139,3 +139,25 @@ test('choosing the CUDA execution provider where it is unavailable fails with a 
     return true;
   });
 });
+
+test('a prefill of prompts of different lengths in one pass equals each prompt prefilled alone', async () => {
+  const model = await loadBaseModel(STORIES_HF_DIR);
+  const runner = await ModelRunner.create(model, OPTIONS);
+  const prompts = [[1, 403, 407, 261, 378, 432, 383], [1, 338, 286], [1, 291, 376, 298, 315]];
+  const vocab = model.config.vocabSize;
+  const together = Float32Array.from(await runner.forward(0, prompts.map((tokens) => ({ tokens, position: 0, slot: 0 }))));
+  // One decode step on top, reading the cache the batched prefill wrote.
+  const next = Float32Array.from(
+    await runner.forward(0, prompts.map((tokens, b) => ({ tokens: [argmax(together.subarray(b * vocab, (b + 1) * vocab))], position: tokens.length, slot: 0 }))),
+  );
+  let worst = 0;
+  for (const [b, tokens] of prompts.entries()) {
+    const alone = Float32Array.from(await runner.forward(7, [{ tokens, position: 0, slot: 0 }]));
+    const aloneNext = await runner.forward(7, [{ tokens: [argmax(alone)], position: tokens.length, slot: 0 }]);
+    for (let v = 0; v < vocab; v++) {
+      worst = Math.max(worst, Math.abs(alone[v] - together[b * vocab + v]), Math.abs(aloneNext[v] - next[b * vocab + v]));
+    }
+  }
+  assert.ok(worst < 1e-4, `max abs logit difference ${worst}`);
+  await runner.close();
+});

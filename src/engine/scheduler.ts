@@ -64,6 +64,9 @@ interface Sequence {
 
 const NO_SLOT = -1;
 
+/** Prompt chunks' worth of tokens one prefill pass may carry (rows × the longest chunk among them). */
+const PREFILL_CHUNKS_PER_PASS = 4;
+
 export class Scheduler {
   private readonly waiting: Sequence[] = [];
   /** Index in this array = row in the KV cache; rows stay contiguous. */
@@ -190,15 +193,23 @@ export class Scheduler {
   }
 
   /**
-   * Moves waiting sequences into the batch while it has room. Fair across tenants: the next candidate is the
-   * oldest sequence of the tenant with the fewest sequences running, so one tenant's burst cannot starve others.
+   * Moves waiting sequences into the batch while it has room, and prefills the newcomers together in one pass
+   * per prompt chunk. Fair across tenants: the next candidate is the oldest sequence of the tenant with the
+   * fewest sequences running, so one tenant's burst cannot starve others. A pass holds at most
+   * PREFILL_CHUNKS_PER_PASS chunks' worth of (padded) tokens, so a burst of long prompts cannot stall decoding
+   * for long or blow up attention's memory; the rest join after the next decode step.
    */
   private async admit(): Promise<void> {
+    const chunk = this.options.prefillChunk;
+    const group: Sequence[] = [];
+    let longest = 0;
     let tried = new Set<Sequence>();
-    while (this.running.length < this.runner.cache.maxRows) {
-      const sequence = this.nextCandidate(tried);
-      if (!sequence) return;
+    while (this.running.length + group.length < this.runner.cache.maxRows) {
+      const sequence = this.nextCandidate(tried, group);
+      if (!sequence) break;
       tried.add(sequence);
+      const passTokens = (group.length + 1) * Math.min(chunk, Math.max(longest, sequence.request.promptIds.length));
+      if (group.length > 0 && passTokens > chunk * PREFILL_CHUNKS_PER_PASS) break;
       let slot: number | null;
       try {
         slot = this.placeAdapter(sequence);
@@ -210,21 +221,28 @@ export class Scheduler {
       if (slot === null) continue;
       this.waiting.splice(this.waiting.indexOf(sequence), 1);
       sequence.slot = slot;
-      this.running.push(sequence);
-      // The running counts changed, so every waiting sequence is a candidate again.
+      group.push(sequence);
+      longest = Math.max(longest, sequence.request.promptIds.length);
+      // The counts per tenant changed, so every waiting sequence is a candidate again.
       tried = new Set();
-      try {
-        await this.prefill(sequence, this.running.length - 1);
-      } catch (error) {
-        this.failRunning(error as Error);
-        return;
-      }
     }
+    if (group.length === 0) return;
+    // Longest prompt first: the rows still prefilling in each chunk are then a prefix of the group.
+    group.sort((a, b) => b.request.promptIds.length - a.request.promptIds.length);
+    const firstRow = this.running.length;
+    this.running.push(...group);
+    try {
+      await this.prefill(group, firstRow);
+    } catch (error) {
+      this.failRunning(error as Error);
+      return;
+    }
+    this.retire();
   }
 
-  private nextCandidate(tried: Set<Sequence>): Sequence | undefined {
+  private nextCandidate(tried: Set<Sequence>, admitted: Sequence[]): Sequence | undefined {
     const runningByTenant = new Map<string, number>();
-    for (const s of this.running) runningByTenant.set(s.request.tenant, (runningByTenant.get(s.request.tenant) ?? 0) + 1);
+    for (const s of [...this.running, ...admitted]) runningByTenant.set(s.request.tenant, (runningByTenant.get(s.request.tenant) ?? 0) + 1);
     let best: Sequence | undefined;
     let bestRunning = Infinity;
     for (const sequence of this.waiting) {
@@ -291,22 +309,29 @@ export class Scheduler {
     );
   }
 
-  private async prefill(sequence: Sequence, row: number): Promise<void> {
+  /** Prefills a group (longest prompt first) in cache rows from `firstRow` on, then samples each first token. */
+  private async prefill(group: Sequence[], firstRow: number): Promise<void> {
     const started = performance.now();
-    const prompt = sequence.request.promptIds;
-    let logits: Float32Array | undefined;
-    for (let start = 0; start < prompt.length; start += this.options.prefillChunk) {
-      const tokens = prompt.slice(start, start + this.options.prefillChunk);
-      logits = await this.runner.forward(row, [{ tokens, position: start, slot: sequence.slot }]);
+    const chunk = this.options.prefillChunk;
+    for (let start = 0; start < group[0].request.promptIds.length; start += chunk) {
+      const active = group.filter((s) => s.request.promptIds.length > start);
+      const logits = await this.runner.forward(
+        firstRow,
+        active.map((s) => ({ tokens: s.request.promptIds.slice(start, start + chunk), position: start, slot: s.slot })),
+      );
+      active.forEach((sequence, row) => {
+        const prompt = sequence.request.promptIds;
+        if (prompt.length > start + chunk) return;
+        sequence.position = prompt.length;
+        this.report.started.push({
+          id: sequence.request.id,
+          queueMs: started - sequence.submittedAt,
+          prefillMs: performance.now() - started,
+          adapterLoad: sequence.adapterLoad,
+        });
+        this.accept(sequence, logits.subarray(row * this.vocabSize, (row + 1) * this.vocabSize));
+      });
     }
-    sequence.position = prompt.length;
-    this.report.started.push({
-      id: sequence.request.id,
-      queueMs: started - sequence.submittedAt,
-      prefillMs: performance.now() - started,
-      adapterLoad: sequence.adapterLoad,
-    });
-    this.accept(sequence, logits!);
   }
 
   private async decode(): Promise<void> {

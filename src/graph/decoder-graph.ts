@@ -30,6 +30,8 @@ export const GRAPH_INPUTS = {
   selfMask: 'self_mask',
   attentionSplit: 'attention_split',
   loraRankSplit: 'lora_rank_split',
+  /** Per row, the step position whose logits are returned (rows of one step may feed different token counts). */
+  logitsPosition: 'logits_position',
   pastKey: (layer: number) => `past_key_t.${layer}`,
   pastValue: (layer: number) => `past_value.${layer}`,
 } as const;
@@ -170,8 +172,9 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
     x = g.op('Add', [x, g.op('Add', [g.op('MatMul', [act, wDown]), loraDown])]);
   }
 
-  // Only the last position's logits leave the graph: outputs are copied by the binding, so keep them small.
-  const last = g.op('Slice', [x, g.constInt64([-1]), g.constInt64([Number.MAX_SAFE_INTEGER]), g.constInt64([1])]);
+  // Only one position's logits per row leave the graph (outputs are copied by the binding, so keep them small):
+  // each row's last real token, as rows of a batched prefill are padded to the longest.
+  const last = g.op('GatherElements', [x, g.input(GRAPH_INPUTS.logitsPosition, 'int64', [B, 1, c.hiddenSize])], { axis: 1 });
   const lastFlat = g.op('Reshape', [rmsNorm(g, c, last, w('model.norm.weight').data, 'model.norm'), g.constInt64([-1, c.hiddenSize])]);
   const lmHead = c.tieWordEmbeddings
     ? embedding

@@ -74,9 +74,16 @@ export class KvCache {
 
   /**
    * Writes one step's new keys/values (`[B, layers*2*kv_heads, T, head_dim]`, k then v per layer) for batch
-   * rows starting at `firstRow`; row b's tokens go to positions start[b]..start[b]+T-1.
+   * rows starting at `firstRow`; row b's first counts[b] tokens go to positions start[b].. (the rest is padding).
    */
-  writeStep(newKeyValues: Float32Array, firstRow: number, batch: number, tokens: number, starts: ArrayLike<number>): void {
+  writeStep(
+    newKeyValues: Float32Array,
+    firstRow: number,
+    batch: number,
+    tokens: number,
+    starts: ArrayLike<number>,
+    counts: ArrayLike<number>,
+  ): void {
     const { numLayers, numKvHeads, headDim } = this.config;
     const width = this.width;
     for (let b = 0; b < batch; b++) {
@@ -90,7 +97,7 @@ export class KvCache {
           const vBase = kBase + numKvHeads * tokens * headDim;
           const keyRow = (row * numKvHeads + h) * headDim * width;
           const valueRow = (row * numKvHeads + h) * width * headDim;
-          for (let t = 0; t < tokens; t++) {
+          for (let t = 0; t < counts[b]; t++) {
             const pos = start + t;
             const k = kBase + t * headDim;
             for (let d = 0; d < headDim; d++) keys[keyRow + d * width + pos] = newKeyValues[k + d];

@@ -30,7 +30,7 @@ export interface RunnerOptions {
 
 /** One sequence's part of a forward pass. */
 export interface StepRow {
-  /** Tokens to feed this step (every row of one call feeds the same number). */
+  /** Tokens to feed this step; rows may feed different numbers (shorter rows are padded, the padding discarded). */
   tokens: number[];
   /** Tokens of this sequence already in the cache; the new ones take the positions after them. */
   position: number;
@@ -94,10 +94,10 @@ export class ModelRunner {
   async forward(firstRow: number, rows: StepRow[]): Promise<Float32Array> {
     const c = this.config;
     const batch = rows.length;
-    const tokens = rows[0].tokens.length;
-    if (rows.some((r) => r.tokens.length !== tokens)) throw new Error('every row of a step must feed the same number of tokens');
+    const tokens = Math.max(...rows.map((r) => r.tokens.length));
+    if (rows.some((r) => r.tokens.length === 0)) throw new Error('every row of a step must feed at least one token');
     if (firstRow + batch > this.cache.maxRows) throw new Error(`rows ${firstRow}..${firstRow + batch} exceed the batch capacity`);
-    this.cache.ensureWidth(Math.max(...rows.map((r) => r.position + tokens)));
+    this.cache.ensureWidth(Math.max(...rows.map((r) => r.position + r.tokens.length)));
     const width = this.cache.width;
     const groupSize = c.numHeads / c.numKvHeads;
 
@@ -107,11 +107,15 @@ export class ModelRunner {
     const sin = new Float32Array(batch * tokens * ropeStride);
     const pastMask = new Float32Array(batch * width);
     const selfMask = new Float32Array(batch * groupSize * tokens * tokens);
+    const logitsPosition = new BigInt64Array(batch * c.hiddenSize);
     rows.forEach((row, b) => {
+      // Padding (token 0) follows a shorter row's real tokens: causal masking keeps it out of their attention,
+      // and its keys and values are never written to the cache.
       for (let t = 0; t < tokens; t++) {
-        inputIds[b * tokens + t] = BigInt(row.tokens[t]);
+        inputIds[b * tokens + t] = BigInt(row.tokens[t] ?? 0);
         this.rope.fill(cos, sin, b * tokens + t, row.position + t);
       }
+      logitsPosition.fill(BigInt(row.tokens.length - 1), b * c.hiddenSize, (b + 1) * c.hiddenSize);
       pastMask.fill(MASKED, b * width + row.position, (b + 1) * width);
       for (let gq = 0; gq < groupSize * tokens; gq++) {
         const t = gq % tokens;
@@ -128,6 +132,7 @@ export class ModelRunner {
       [GRAPH_INPUTS.pastMask]: new ort.Tensor('float32', pastMask, [batch, 1, 1, width]),
       [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', selfMask, [batch, 1, groupSize * tokens, tokens]),
       [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(BigInt(width), BigInt(tokens)), [2]),
+      [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', logitsPosition, [batch, 1, c.hiddenSize]),
     };
     const stride = this.cache.rowStride;
     for (let l = 0; l < c.numLayers; l++) {
@@ -152,7 +157,7 @@ export class ModelRunner {
 
     const result = await this.session.run(feeds);
     const newKeyValues = result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array;
-    this.cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position));
+    this.cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position), rows.map((r) => r.tokens.length));
     return result[GRAPH_OUTPUTS.logits].data as Float32Array;
   }
 
