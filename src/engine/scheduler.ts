@@ -182,7 +182,7 @@ export class Scheduler {
   }
 
   private finish(sequence: Sequence, reason: FinishReason): void {
-    if (sequence.slot > 0) this.runner.slots.release(sequence.request.adapter!.key);
+    if (sequence.slot > 0) this.runner.slots.release(sequence.slot);
     sequence.slot = NO_SLOT;
     this.report.finished.push({
       id: sequence.request.id,
@@ -366,7 +366,7 @@ export class Scheduler {
   /** A failed forward pass leaves the batch's state unknown: end every running sequence with the error. */
   private failRunning(error: Error): void {
     for (const sequence of this.running.splice(0)) {
-      if (sequence.slot > 0) this.runner.slots.release(sequence.request.adapter!.key);
+      if (sequence.slot > 0) this.runner.slots.release(sequence.slot);
       this.sink.failed(sequence.request.id, `inference failed: ${error.message}`, 'engine_error');
     }
   }

@@ -57,8 +57,16 @@ export class AdapterSlots {
   readonly buffers = new Map<string, { data: Float32Array; dims: [number, number, number] }>();
   private readonly layouts: Record<LoraTargetModule, SlotLayout>;
   private readonly shapes: Record<LoraInputName, [number, number]>;
-  /** Adapter key → its slot and how many running sequences hold it; Map order is least recently used first. */
-  private readonly residents = new Map<string, { slot: number; holders: number }>();
+  /** Adapter key → its slot; Map order is least recently used first. */
+  private readonly residents = new Map<string, number>();
+  /** Per slot: how many running sequences hold it. */
+  private readonly holders: number[];
+  /**
+   * Slots whose adapter was evicted while sequences still held them: no new sequence may use them, and they
+   * are freed when the last holder releases (a version deleted mid-stream, then republished under the same
+   * key, must never be served from the old copy).
+   */
+  private readonly retired = new Set<number>();
   private readonly freeSlots: number[];
   /** Bumped on every write into a slot, so copies of its old contents can tell they are stale. */
   private readonly generations: number[];
@@ -79,6 +87,7 @@ export class AdapterSlots {
     }
     this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
     this.generations = new Array(capacity + 1).fill(0);
+    this.holders = new Array(capacity + 1).fill(0);
   }
 
   get residentAdapters(): string[] {
@@ -97,12 +106,12 @@ export class AdapterSlots {
 
   /** Holds the slot of `key` for one more running sequence if the adapter is resident; else undefined. */
   holdIfResident(key: string): number | undefined {
-    const resident = this.residents.get(key);
-    if (!resident) return undefined;
-    resident.holders++;
+    const slot = this.residents.get(key);
+    if (slot === undefined) return undefined;
+    this.holders[slot]++;
     this.residents.delete(key);
-    this.residents.set(key, resident);
-    return resident.slot;
+    this.residents.set(key, slot);
+    return slot;
   }
 
   /**
@@ -114,38 +123,44 @@ export class AdapterSlots {
     if (this.residents.has(key)) throw new Error(`adapter ${key} is already resident; hold it instead`);
     let slot = this.freeSlots.pop();
     if (slot === undefined) {
-      const victim = [...this.residents].find(([, r]) => r.holders === 0);
+      const victim = [...this.residents].find(([, resident]) => this.holders[resident] === 0);
       if (!victim) return null;
       this.residents.delete(victim[0]);
-      slot = victim[1].slot;
+      slot = victim[1];
       onEvict?.(victim[0]);
     }
     try {
       this.write(slot, adapter);
     } catch (error) {
-      this.clear(slot);
-      this.freeSlots.push(slot);
+      this.free(slot);
       throw error;
     }
-    this.residents.set(key, { slot, holders: 1 });
+    this.residents.set(key, slot);
+    this.holders[slot] = 1;
     return slot;
   }
 
-  release(key: string): void {
-    const resident = this.residents.get(key);
-    if (!resident || resident.holders === 0) throw new Error(`adapter ${key} released more often than acquired`);
-    resident.holders--;
+  /** Ends one running sequence's hold on a slot. */
+  release(slot: number): void {
+    if (this.holders[slot] === 0) throw new Error(`adapter slot ${slot} released more often than held`);
+    if (--this.holders[slot] === 0 && this.retired.delete(slot)) this.free(slot);
   }
 
-  /** Drops an adapter that is no longer valid (deleted or replaced); refused while sequences hold it. */
-  evict(key: string): boolean {
-    const resident = this.residents.get(key);
-    if (!resident) return true;
-    if (resident.holders > 0) return false;
+  /**
+   * Drops an adapter that is no longer valid (deleted or replaced): its slot is freed now, or, while running
+   * sequences hold it, retired until they finish.
+   */
+  evict(key: string): void {
+    const slot = this.residents.get(key);
+    if (slot === undefined) return;
     this.residents.delete(key);
-    this.clear(resident.slot);
-    this.freeSlots.push(resident.slot);
-    return true;
+    if (this.holders[slot] > 0) this.retired.add(slot);
+    else this.free(slot);
+  }
+
+  private free(slot: number): void {
+    this.clear(slot);
+    this.freeSlots.push(slot);
   }
 
   /** Copies an adapter into a slot: A transposed into its group's column block, B transposed with the scale folded in. */
