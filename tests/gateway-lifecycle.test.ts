@@ -19,7 +19,10 @@ test('health and readiness answer without credentials', async () => {
   assert.equal((await fetch(`${gateway.url}/health`)).status, 200);
   const ready = await fetch(`${gateway.url}/ready`);
   assert.equal(ready.status, 200);
-  assert.equal((await ready.json()).model, BASE_MODEL);
+  const body = await ready.json();
+  assert.equal(body.model, BASE_MODEL);
+  assert.equal(body.checksum, `sha256:${gateway.services.engine.info.checksum}`);
+  assert.match(body.checksum, /^sha256:[0-9a-f]{64}$/);
 });
 
 test('a request shows up in vLLM-compatible metrics, per-tenant counters and a GenAI trace', async () => {

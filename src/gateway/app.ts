@@ -37,7 +37,8 @@ export function createApp(services: GatewayServices): Hono<GatewayEnv> {
   app.get('/ready', (c) => {
     if (!services.engine.alive) return c.json({ status: 'engine_failed' }, 503);
     if (services.draining) return c.json({ status: 'draining' }, 503);
-    return c.json({ status: 'ready', model: services.models.baseName });
+    // The checksum of the base weights recorded at load: identical on every replica serving the same model.
+    return c.json({ status: 'ready', model: services.models.baseName, checksum: `sha256:${services.engine.info.checksum}` });
   });
   app.get('/metrics', async (c) => c.body(await services.metrics.metricsText(), 200, { 'content-type': services.metrics.contentType }));
 
