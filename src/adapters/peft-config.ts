@@ -7,6 +7,7 @@
  */
 import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '../model/types.ts';
 import { AdapterError } from './adapter-error.ts';
+import { isJsonObject, type JsonObject } from '../storage/json-files.ts';
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
 
@@ -71,11 +72,7 @@ export function isLoraTargetModule(name: string): name is LoraTargetModule {
   return (LORA_TARGET_MODULES as readonly string[]).includes(name);
 }
 
-type JsonObject = Record<string, unknown>;
 
-function isObject(value: unknown): value is JsonObject {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 function describe(value: unknown): string {
   const text = JSON.stringify(value) ?? String(value);
@@ -93,7 +90,7 @@ function isUnset(value: unknown): boolean {
 function isEmpty(value: unknown): boolean {
   if (isUnset(value)) return true;
   if (Array.isArray(value)) return value.length === 0;
-  return isObject(value) && Object.keys(value).length === 0;
+  return isJsonObject(value) && Object.keys(value).length === 0;
 }
 
 /**
@@ -185,7 +182,7 @@ const layerIndexMatch = (source: string) => `^.*\\.${source}\\.(\\d+)\\.`;
 
 function patternMap(value: unknown, field: string, readValue: (v: unknown, field: string) => number): Record<string, number> {
   if (isUnset(value)) return {};
-  if (!isObject(value)) invalid(`"${field}" must be an object mapping module-name patterns to values, got ${describe(value)}`);
+  if (!isJsonObject(value)) invalid(`"${field}" must be an object mapping module-name patterns to values, got ${describe(value)}`);
   const parsed: Record<string, number> = {};
   for (const [key, entry] of Object.entries(value)) {
     compileRegex(key, field, suffixPatternMatch);
@@ -264,7 +261,7 @@ function layersPattern(value: unknown): string[] | null {
 
 /** Validates a parsed `adapter_config.json`; throws AdapterError naming the field at fault. */
 export function parsePeftConfig(json: unknown): ParsedPeftConfig {
-  if (!isObject(json)) invalid(`expected a JSON object, got ${describe(json)}`);
+  if (!isJsonObject(json)) invalid(`expected a JSON object, got ${describe(json)}`);
   checkAdapterType(json);
   refuseBaseChangingOptions(json);
 

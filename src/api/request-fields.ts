@@ -10,9 +10,10 @@
 import { MAX_TOP_LOGPROBS, type SamplingParams } from '../engine/sampling.ts';
 import { type ApiError, invalidRequest } from '../gateway/errors.ts';
 import type { ChatMessage } from '../tokenizer/chat-template.ts';
+import { isJsonObject, type JsonObject } from '../storage/json-files.ts';
 
 export type GenerationApi = 'chat' | 'completions';
-export type JsonObject = Record<string, unknown>;
+export type { JsonObject };
 
 export interface GenerationFields {
   sampling: SamplingParams;
@@ -62,7 +63,7 @@ export function choiceSampling(sampling: SamplingParams, index: number): Samplin
 
 /** The parsed body must be a JSON object; arrays, strings and numbers are valid JSON but not a request. */
 export function requireJsonObject(value: unknown): JsonObject {
-  if (!isObject(value)) throw invalidRequest(`The request body must be a JSON object, got ${describe(value)}.`, null, 'invalid_json');
+  if (!isJsonObject(value)) throw invalidRequest(`The request body must be a JSON object, got ${describe(value)}.`, null, 'invalid_json');
   return value;
 }
 
@@ -98,8 +99,8 @@ const UNSUPPORTED_FIELDS: Record<GenerationApi, Readonly<Record<string, (value: 
     functions: () => false,
     function_call: (value) => value === 'none',
     parallel_tool_calls: () => false,
-    response_format: (value) => isObject(value) && value.type === 'text' && Object.keys(value).length === 1,
-    logit_bias: (value) => isObject(value) && Object.keys(value).length === 0,
+    response_format: (value) => isJsonObject(value) && value.type === 'text' && Object.keys(value).length === 1,
+    logit_bias: (value) => isJsonObject(value) && Object.keys(value).length === 0,
     audio: () => false,
     modalities: (value) => Array.isArray(value) && value.length === 1 && value[0] === 'text',
     prediction: () => false,
@@ -107,14 +108,14 @@ const UNSUPPORTED_FIELDS: Record<GenerationApi, Readonly<Record<string, (value: 
     verbosity: () => false,
     web_search_options: () => false,
     store: (value) => value === false,
-    metadata: (value) => isObject(value) && Object.keys(value).length === 0,
+    metadata: (value) => isJsonObject(value) && Object.keys(value).length === 0,
     service_tier: (value) => value === 'auto' || value === 'default',
   },
   completions: {
     best_of: (value) => value === 1,
     echo: (value) => value === false,
     suffix: (value) => value === '',
-    logit_bias: (value) => isObject(value) && Object.keys(value).length === 0,
+    logit_bias: (value) => isJsonObject(value) && Object.keys(value).length === 0,
   },
 };
 
@@ -220,7 +221,7 @@ function streamOptions(body: JsonObject, stream: boolean): boolean {
   if (!stream) {
     throw invalidRequest("'stream_options' is only allowed when 'stream' is true.", 'stream_options');
   }
-  if (!isObject(options)) throw invalidValue('stream_options', 'an object', options);
+  if (!isJsonObject(options)) throw invalidValue('stream_options', 'an object', options);
   for (const key of Object.keys(options)) {
     // include_obfuscation pads chunks against length side channels on OpenAI's side; nothing to do here.
     if (key !== 'include_usage' && key !== 'include_obfuscation') {
@@ -256,7 +257,7 @@ export function parseChatMessages(value: unknown, param = 'messages'): ChatMessa
 }
 
 function parseChatMessage(message: unknown, param: string): ChatMessage {
-  if (!isObject(message)) throw invalidValue(param, 'a message object', message);
+  if (!isJsonObject(message)) throw invalidValue(param, 'a message object', message);
   const role = message.role;
   if (role === 'tool' || role === 'function') {
     throw invalidRequest(`Messages with role '${role}' are not supported: this server does not implement tool calls.`, `${param}.role`, 'unsupported_parameter');
@@ -286,7 +287,7 @@ function messageContent(content: unknown, param: string): string {
   return content
     .map((part, index) => {
       const partParam = `${param}[${index}]`;
-      if (!isObject(part)) throw invalidValue(partParam, 'a content part object', part);
+      if (!isJsonObject(part)) throw invalidValue(partParam, 'a content part object', part);
       if (UNSUPPORTED_PART_TYPES.has(part.type as string)) {
         throw invalidRequest(
           `Content parts of type '${String(part.type)}' are not supported: this model reads text only.`,
@@ -331,9 +332,6 @@ export function parseCompletionPrompt(value: unknown, vocabSize: number, param =
 
 // ---- primitives ----
 
-function isObject(value: unknown): value is JsonObject {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 function optional(body: JsonObject, key: string): unknown {
   const value = body[key];

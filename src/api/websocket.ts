@@ -98,6 +98,7 @@ import {
   type GenerationFields,
   type JsonObject,
 } from './request-fields.ts';
+import { isJsonObject } from '../storage/json-files.ts';
 
 export const WEBSOCKET_PATH = '/v1/ws';
 
@@ -313,14 +314,14 @@ class Connection {
       this.#sendError(invalidRequest('The message is not valid JSON.', null, 'invalid_json'), undefined);
       return;
     }
-    if (typeof message !== 'object' || message === null || Array.isArray(message)) {
+    if (!isJsonObject(message)) {
       this.#sendError(invalidRequest('Each message must be a JSON object with a "type".', null, 'invalid_json'), undefined);
       return;
     }
     const event = message as JsonObject;
     const clientEventId = typeof event.event_id === 'string' ? event.event_id : undefined;
     if (event.type === 'response.create') {
-      if (typeof event.response !== 'object' || event.response === null || Array.isArray(event.response)) {
+      if (!isJsonObject(event.response)) {
         this.#sendError(invalidRequest('response.create needs a "response" object with the model and the prompt.', 'response'), clientEventId);
         return;
       }

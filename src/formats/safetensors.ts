@@ -5,6 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { writeFileAtomically } from '../storage/durable-files.ts';
+import { isJsonObject } from '../storage/json-files.ts';
 import { decodeFloats, encodeFloats, type FloatEncoding } from './float16.ts';
 
 export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
@@ -106,13 +107,13 @@ function parseHeaderJson(bytes: Uint8Array, fail: (message: string) => never): R
   } catch (error) {
     return fail(`header is not valid JSON (${(error as Error).message})`);
   }
-  if (!isPlainObject(header)) return fail('header is not a JSON object');
+  if (!isJsonObject(header)) return fail('header is not a JSON object');
   return header;
 }
 
 function parseMetadata(value: unknown, fail: (message: string) => never): Record<string, string> {
   if (value === undefined) return {};
-  if (!isPlainObject(value)) return fail(`${METADATA_KEY} must be an object of strings`);
+  if (!isJsonObject(value)) return fail(`${METADATA_KEY} must be an object of strings`);
   for (const [key, item] of Object.entries(value)) {
     if (typeof item !== 'string') fail(`${METADATA_KEY}["${key}"] must be a string, got ${JSON.stringify(item)}`);
   }
@@ -121,7 +122,7 @@ function parseMetadata(value: unknown, fail: (message: string) => never): Record
 
 function parseEntry(name: string, value: unknown, dataLength: number, fail: (message: string) => never): PlacedEntry {
   const where = `tensor "${name}"`;
-  if (!isPlainObject(value)) return fail(`${where}: entry must be an object with dtype, shape and data_offsets`);
+  if (!isJsonObject(value)) return fail(`${where}: entry must be an object with dtype, shape and data_offsets`);
   const { dtype, shape, data_offsets: offsets } = value;
   if (typeof dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, dtype)) {
     return fail(`${where}: unknown dtype ${JSON.stringify(dtype)} (supported: ${Object.keys(DTYPE_BYTES).join(', ')})`);
@@ -254,6 +255,3 @@ export async function writeSafetensors(
   await writeFileAtomically(path, serializeSafetensors(tensors, metadata));
 }
 
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}

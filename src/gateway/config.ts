@@ -10,6 +10,7 @@ import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { LineCounter, parse as parseYaml, YAMLError } from 'yaml';
 import { checkTenantName, StoreError } from '../registry/adapter-names.ts';
+import { isJsonObject } from '../storage/json-files.ts';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type ExecutionProvider = 'cpu' | 'cuda';
@@ -185,7 +186,7 @@ class TenantsFileReader {
 
   /** `allowedKeys` absent: any key is allowed (the mapping is keyed by names). */
   #mapping(value: unknown, path: string, allowedKeys?: readonly string[]): Mapping {
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) this.#fail(path, 'must be a mapping');
+    if (!isJsonObject(value)) this.#fail(path, 'must be a mapping');
     const mapping = value as Mapping;
     if (allowedKeys) {
       const unknownKey = Object.keys(mapping).find((key) => !allowedKeys.includes(key));

@@ -5,6 +5,7 @@
  */
 import type { LlamaConfig, RopeScaling } from './types.ts';
 import type { GgufTensorInfo } from '../formats/gguf.ts';
+import { isJsonObject, type JsonObject } from '../storage/json-files.ts';
 
 const SUPPORTED_MODEL_TYPES = ['llama', 'mistral'];
 const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM'];
@@ -13,10 +14,9 @@ const DEFAULT_ROPE_THETA = 10000;
 /** transformers' LlamaConfig / MistralConfig defaults, used when config.json leaves these out. */
 const HF_DEFAULTS = { rmsNormEps: 1e-6, bosTokenId: 1, eosTokenId: 2, hiddenAct: 'silu' };
 
-type Json = Record<string, unknown>;
 
 export function configFromHuggingFace(configJson: unknown, generationConfig?: unknown): LlamaConfig {
-  if (!isObject(configJson)) throw new Error('config.json must be a JSON object');
+  if (!isJsonObject(configJson)) throw new Error('config.json must be a JSON object');
   const config = configJson;
   const fail = (message: string): never => {
     throw new Error(`unsupported model in config.json: ${message}`);
@@ -54,11 +54,11 @@ export function configFromHuggingFace(configJson: unknown, generationConfig?: un
   }
 
   // transformers 5 moves rope_theta and the scaling description into `rope_parameters`.
-  const ropeParameters = isObject(config.rope_parameters) ? config.rope_parameters : undefined;
+  const ropeParameters = isJsonObject(config.rope_parameters) ? config.rope_parameters : undefined;
   const ropeTheta = config.rope_theta ?? ropeParameters?.rope_theta ?? DEFAULT_ROPE_THETA;
   if (typeof ropeTheta !== 'number' || !(ropeTheta > 0)) fail(`rope_theta ${JSON.stringify(ropeTheta)} must be a positive number`);
 
-  const generation = isObject(generationConfig) ? generationConfig : {};
+  const generation = isJsonObject(generationConfig) ? generationConfig : {};
   const eos = generation.eos_token_id ?? config.eos_token_id ?? HF_DEFAULTS.eosTokenId;
   const bos = config.bos_token_id ?? generation.bos_token_id ?? HF_DEFAULTS.bosTokenId;
 
@@ -82,7 +82,7 @@ export function configFromHuggingFace(configJson: unknown, generationConfig?: un
 
 function ropeScalingFromHuggingFace(value: unknown, maxPositions: number): RopeScaling | null {
   if (value === null || value === undefined) return null;
-  if (!isObject(value)) throw new Error(`unsupported model in config.json: rope_scaling ${JSON.stringify(value)} must be null or an object`);
+  if (!isJsonObject(value)) throw new Error(`unsupported model in config.json: rope_scaling ${JSON.stringify(value)} must be null or an object`);
   const kind = value.rope_type ?? value.type;
   const read = fieldReader(value, 'config.json rope_scaling');
   switch (kind) {
@@ -196,7 +196,7 @@ function tokenIds(value: unknown, field: string): number[] {
 
 type FieldReader = ReturnType<typeof fieldReader>;
 
-function fieldReader(fields: Json, where: string) {
+function fieldReader(fields: JsonObject, where: string) {
   const value = (key: string, valid: (v: unknown) => boolean, expected: string): number => {
     const v = fields[key];
     if (!valid(v)) {
@@ -216,6 +216,3 @@ function describe(value: unknown): string {
   return typeof value === 'bigint' ? `${value}` : JSON.stringify(value);
 }
 
-function isObject(value: unknown): value is Json {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}

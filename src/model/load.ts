@@ -4,7 +4,7 @@
  * Every expected tensor must be present with the expected shape and nothing that would change the
  * architecture may be left over, so a model that loads is a model the runtime computes correctly.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { entryToFloat32, readSafetensors, type SafetensorsEntry } from '../formats/safetensors.ts';
 import { ggufTensorToFloat32, readGguf } from '../formats/gguf.ts';
@@ -12,6 +12,7 @@ import { configFromGguf, configFromHuggingFace } from './config.ts';
 import { weightsChecksum } from './checksum.ts';
 import { llamaWeightShapes } from './weight-shapes.ts';
 import type { BaseModel, LlamaConfig, WeightMap } from './types.ts';
+import { isJsonObject, readJsonIfPresent } from '../storage/json-files.ts';
 
 /** A tensor found in a file, under its canonical name, decoded only once it has passed the shape checks. */
 interface TensorSource {
@@ -103,11 +104,11 @@ function interleavedToRotateHalfRows(weight: Float32Array, heads: number, headDi
 }
 
 async function loadHuggingFaceDirectory(directory: string): Promise<Omit<BaseModel, 'checksum'>> {
-  const configJson = await readJson(join(directory, 'config.json'));
+  const configJson = await readJsonIfPresent(join(directory, 'config.json'));
   if (configJson === undefined) {
     throw new Error(`${directory} has no config.json; a Hugging Face model directory needs one`);
   }
-  const config = configFromHuggingFace(configJson, await readJson(join(directory, 'generation_config.json')));
+  const config = configFromHuggingFace(configJson, await readJsonIfPresent(join(directory, 'generation_config.json')));
 
   const sources = new Map<string, TensorSource>();
   for (const entry of await readSafetensorsEntries(directory)) {
@@ -128,10 +129,10 @@ async function readSafetensorsEntries(directory: string): Promise<SafetensorsEnt
     return [...(await readSafetensors(join(directory, SINGLE_FILE))).tensors.values()];
   }
   const indexPath = join(directory, SHARD_INDEX);
-  const index = await readJson(indexPath);
+  const index = await readJsonIfPresent(indexPath);
   if (index === undefined) throw new Error(`${directory} has neither ${SINGLE_FILE} nor ${SHARD_INDEX}`);
   const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
-  if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap)) {
+  if (!isJsonObject(weightMap)) {
     throw new Error(`${indexPath}: weight_map must be an object mapping tensor names to shard files`);
   }
 
@@ -193,18 +194,3 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
-/** Parsed JSON, or undefined when the file does not exist. */
-async function readJson(path: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw error;
-  }
-  try {
-    return JSON.parse(text);
-  } catch (error) {
-    throw new Error(`${path} is not valid JSON (${(error as Error).message})`);
-  }
-}

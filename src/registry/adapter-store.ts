@@ -12,6 +12,7 @@ import { lstat, mkdir, open, readdir, realpath, rename, rm, type FileHandle } fr
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { ADAPTER_WEIGHTS_FILE } from '../adapters/lora.ts';
 import { syncDirectory, writeDurably, writeFileAtomically } from '../storage/durable-files.ts';
+import { isJsonObject } from '../storage/json-files.ts';
 import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
 import {
   StoreError,
@@ -721,7 +722,7 @@ function parseManifest(text: string, version: string): Manifest {
     throw new StoreError('invalid_file', `${MANIFEST_FILE} needs "publishedAt" as an ISO 8601 time; ${fix}`);
   }
   const files = value.files;
-  if (typeof files !== 'object' || files === null || Array.isArray(files)) {
+  if (!isJsonObject(files)) {
     throw new StoreError('invalid_file', `${MANIFEST_FILE} needs "files": {name: {size, sha256}}; ${fix}`);
   }
   const digests: Record<string, FileDigest> = {};
@@ -745,8 +746,7 @@ function parseManifest(text: string, version: string): Manifest {
 function parseJson(text: string): Record<string, unknown> | null {
   try {
     const value: unknown = JSON.parse(text);
-    const isObject = typeof value === 'object' && value !== null && !Array.isArray(value);
-    return isObject ? (value as Record<string, unknown>) : null;
+    return isJsonObject(value) ? value : null;
   } catch {
     return null;
   }

@@ -2,7 +2,6 @@
  * A Tokenizer over a Hugging Face model directory's `tokenizer.json`, through @huggingface/tokenizers.
  * BOS/EOS come from `tokenizer_config.json`; the caller adds the EOS ids of `generation_config.json`.
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import {
@@ -13,6 +12,7 @@ import {
   type EncodeOptions,
   type Tokenizer,
 } from './tokenizer.ts';
+import { readJsonIfPresent, readTextIfPresent } from '../storage/json-files.ts';
 
 interface AddedTokenJson {
   id: number;
@@ -33,8 +33,8 @@ interface TokenizerJson {
 }
 
 export async function loadHuggingFaceTokenizer(dir: string, eosTokenIds: number[]): Promise<Tokenizer> {
-  const tokenizerJson = await readJsonFile(join(dir, 'tokenizer.json'));
-  if (tokenizerJson === null) {
+  const tokenizerJson = await readJsonIfPresent(join(dir, 'tokenizer.json'));
+  if (tokenizerJson === undefined) {
     throw new Error(
       `${dir} has no tokenizer.json; export the model's fast tokenizer (tokenizer.save_pretrained) into that directory`,
     );
@@ -48,8 +48,8 @@ export async function loadHuggingFaceTokenizer(dir: string, eosTokenIds: number[
  * `chat_template.jinja` instead; it is folded in as `chat_template` so callers see one shape.
  */
 export async function readTokenizerConfig(dir: string): Promise<Record<string, unknown> | null> {
-  const config = (await readJsonFile(join(dir, 'tokenizer_config.json'))) as Record<string, unknown> | null;
-  const templateFile = await readOptionalText(join(dir, 'chat_template.jinja'));
+  const config = ((await readJsonIfPresent(join(dir, 'tokenizer_config.json'))) ?? null) as Record<string, unknown> | null;
+  const templateFile = await readTextIfPresent(join(dir, 'chat_template.jinja'));
   if (templateFile === null) return config;
   return { ...config, chat_template: templateFile };
 }
@@ -173,21 +173,3 @@ function byteLevelBytes(piece: string): Uint8Array {
   );
 }
 
-async function readOptionalText(path: string): Promise<string | null> {
-  try {
-    return await readFile(path, 'utf8');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw error;
-  }
-}
-
-async function readJsonFile(path: string): Promise<unknown> {
-  const text = await readOptionalText(path);
-  if (text === null) return null;
-  try {
-    return JSON.parse(text);
-  } catch (error) {
-    throw new Error(`${path} is not valid JSON (${(error as Error).message}); re-export the file from the model`);
-  }
-}
