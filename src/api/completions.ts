@@ -7,15 +7,13 @@ import { randomUUID } from 'node:crypto';
 import type { Context, Hono } from 'hono';
 import type { TokenEvent } from '../engine/protocol.ts';
 import { runInference, type InferenceRequest } from '../gateway/inference.ts';
-import { asApiError, invalidRequest, shuttingDown } from '../gateway/errors.ts';
+import { asApiError, shuttingDown } from '../gateway/errors.ts';
 import type { GatewayEnv, GatewayServices } from '../gateway/services.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
 import { StreamDecoder } from '../tokenizer/stream-decoder.ts';
 import type { Tokenizer } from '../tokenizer/tokenizer.ts';
 import {
   choiceSampling,
-  parseChatMessages,
-  parseCompletionPrompt,
   parseGenerationFields,
   parseModel,
   rejectUnsupportedFields,
@@ -26,8 +24,6 @@ import {
 } from './request-fields.ts';
 import { chatPromptIds, rawPromptIds } from './prompt.ts';
 import { SseStream } from './sse.ts';
-
-/** Seconds a client refused during shutdown should wait; by then a replacement instance is usually up. */
 
 export function registerCompletionRoutes(app: Hono<GatewayEnv>, services: GatewayServices): void {
   app.post('/v1/chat/completions', (c) => generate(c, services, 'chat'));

@@ -113,9 +113,12 @@ export function rateLimited(refusal: {
   });
 }
 
+/** Seconds a client refused during shutdown should wait; by then a replacement instance is usually up. */
+const SHUTDOWN_RETRY_AFTER_SECONDS = 5;
+
 /** 503 while draining: this instance starts no new work, another one (or this one after a restart) will. */
 export function shuttingDown(message = 'The server is shutting down and starts no new generations; retry the request.'): ApiError {
-  return overloaded(5, message);
+  return overloaded(SHUTDOWN_RETRY_AFTER_SECONDS, message);
 }
 
 /** 503: the whole server is saturated (its queue is full), not one tenant over its limit. */

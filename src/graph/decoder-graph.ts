@@ -76,7 +76,6 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const qDim = c.numHeads * c.headDim;
   const kvDim = c.numKvHeads * c.headDim;
   const fusedHeads = c.numHeads + 2 * c.numKvHeads;
-  const groupSize = c.numHeads / c.numKvHeads;
 
   const inputIds = g.input(GRAPH_INPUTS.inputIds, 'int64', [B, T]);
   const ropeCos = g.input(GRAPH_INPUTS.ropeCos, 'float32', [B, T, fusedHeads, c.headDim]);

@@ -72,7 +72,7 @@ export class AdapterSlots {
   private readonly generations: number[];
 
   constructor(
-    private readonly config: LlamaConfig,
+    config: LlamaConfig,
     /** Usable adapter slots, not counting slot 0. */
     readonly capacity: number,
     readonly rank: number,
