@@ -5,15 +5,12 @@
  *   npm run loadtest -- --url http://127.0.0.1:8000 --key sk-local-dev --model stories260K-hf \
  *     --concurrency 4 --adapters 3 --requests 12 --max-tokens 8 --setup-adapters --model-path ../shared/models/stories260K-hf
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from 'openai';
-import { ADAPTER_WEIGHTS_FILE } from '../src/adapters/lora.ts';
-import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
-import { ADAPTER_CONFIG_FILE } from '../src/adapters/peft-config.ts';
+import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { createRng } from '../src/engine/random.ts';
 import { configFromHuggingFace } from '../src/model/config.ts';
 import { LORA_TARGET_MODULES } from '../src/model/types.ts';
@@ -298,25 +295,16 @@ async function setupAdapters(url: string, options: LoadTestOptions, names: strin
   });
   const config = configFromHuggingFace(JSON.parse(configText));
   const authorization = `Bearer ${options.apiKey}`;
-  const scratch = await mkdtemp(join(tmpdir(), 'loadtest-adapters-'));
-  try {
-    for (const [index, name] of names.entries()) {
-      const route = `${url}/v1/adapters/${options.tenant}/${name}`;
-      const existing = await fetch(route, { headers: { authorization } });
-      if (existing.ok) continue;
-      const dir = join(scratch, name);
-      await writeLoraAdapter(
-        dir,
-        randomLoraAdapter(config, { rank: options.adapterRank, targetModules: [...LORA_TARGET_MODULES], seed: options.seed * 1000 + index }),
-      );
-      const form = new FormData();
-      for (const file of [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]) form.append(file, new Blob([await readFile(join(dir, file))]), file);
-      const uploaded = await fetch(route, { method: 'POST', headers: { authorization }, body: form });
-      if (!uploaded.ok) throw new Error(`uploading ${options.tenant}/${name} failed: ${uploaded.status} ${await uploaded.text()}`);
-      log(`uploaded adapter ${options.tenant}/${name} (rank ${options.adapterRank})`);
-    }
-  } finally {
-    await rm(scratch, { recursive: true, force: true });
+  for (const [index, name] of names.entries()) {
+    const route = `${url}/v1/adapters/${options.tenant}/${name}`;
+    const existing = await fetch(route, { headers: { authorization } });
+    if (existing.ok) continue;
+    const spec = randomLoraAdapter(config, { rank: options.adapterRank, targetModules: [...LORA_TARGET_MODULES], seed: options.seed * 1000 + index });
+    const form = new FormData();
+    for (const [file, bytes] of loraAdapterFiles(spec)) form.append(file, new Blob([new Uint8Array(bytes)]), file);
+    const uploaded = await fetch(route, { method: 'POST', headers: { authorization }, body: form });
+    if (!uploaded.ok) throw new Error(`uploading ${options.tenant}/${name} failed: ${uploaded.status} ${await uploaded.text()}`);
+    log(`uploaded adapter ${options.tenant}/${name} (rank ${options.adapterRank})`);
   }
 }
 

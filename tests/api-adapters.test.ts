@@ -1,26 +1,22 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomLoraAdapter, writeLoraAdapter, type LoraAdapterSpec } from '../src/adapters/lora-writer.ts';
+import { loraAdapterFiles, randomLoraAdapter, writeLoraAdapter, type LoraAdapterSpec } from '../src/adapters/lora-writer.ts';
 import type { LlamaConfig } from '../src/model/types.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
 let base: LlamaConfig;
-let workDir: string;
 
 before(async () => {
   gateway = await startTestGateway();
   base = gateway.services.engine.info.config;
-  workDir = await mkdtemp(join(tmpdir(), 'adapter-uploads-'));
 });
 
 after(async () => {
   await gateway.stop();
-  await rm(workDir, { recursive: true, force: true });
 });
 
 const PROMPT = 'Once upon a time';
@@ -81,16 +77,13 @@ function adapterSpec(seed: number, overrides: { rank?: number; config?: LlamaCon
   });
 }
 
-/** The two PEFT files as `writeLoraAdapter` writes them, optionally with the config edited. */
+/** The adapter's two PEFT files, optionally with the config edited. */
 async function adapterFiles(spec: LoraAdapterSpec, editConfig?: (config: Record<string, unknown>) => void): Promise<Map<string, Uint8Array>> {
-  const dir = join(workDir, randomUUID());
-  await writeLoraAdapter(dir, spec);
-  const config = JSON.parse(await readFile(join(dir, 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
+  const files = loraAdapterFiles(spec);
+  const config = JSON.parse(Buffer.from(files.get('adapter_config.json')!).toString('utf8')) as Record<string, unknown>;
   editConfig?.(config);
-  return new Map<string, Uint8Array>([
-    ['adapter_config.json', Buffer.from(JSON.stringify(config))],
-    ['adapter_model.safetensors', await readFile(join(dir, 'adapter_model.safetensors'))],
-  ]);
+  files.set('adapter_config.json', Buffer.from(JSON.stringify(config)));
+  return files;
 }
 
 async function complete(model: string, maxTokens = 12, key: string = KEYS.acme): Promise<string> {

@@ -1,11 +1,8 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
 import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
-import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
+import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { loadTokenizer } from '../src/tokenizer/load.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
@@ -27,16 +24,9 @@ before(async () => {
   expected = tokenizer.decode([...REFERENCE.promptIds, ...REFERENCE.greedyIds]).slice(promptText.length);
   assert.ok(REFERENCE.text.endsWith(expected));
 
-  const dir = await mkdtemp(join(tmpdir(), 'adapter-'));
-  try {
-    const config = gateway.services.engine.info.config;
-    await writeLoraAdapter(dir, randomLoraAdapter(config, { rank: 8, targetModules: ['q_proj', 'v_proj', 'down_proj'], seed: 7, std: 0.2 }));
-    const files = new Map<string, Uint8Array>();
-    for (const name of await readdir(dir)) files.set(name, await readFile(join(dir, name)));
-    await gateway.services.store.publish('acme', 'storyteller', files);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+  const config = gateway.services.engine.info.config;
+  const spec = randomLoraAdapter(config, { rank: 8, targetModules: ['q_proj', 'v_proj', 'down_proj'], seed: 7, std: 0.2 });
+  await gateway.services.store.publish('acme', 'storyteller', loraAdapterFiles(spec));
 });
 
 after(() => gateway.stop());

@@ -1,8 +1,6 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
-import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
+import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
@@ -106,13 +104,7 @@ test('a shutdown that runs out of grace cancels in-flight streams cleanly', asyn
 
 test('vllm:lora_requests_info lists a running adapter by the model id clients send', async () => {
   const spec = randomLoraAdapter(gateway.services.engine.info.config, { rank: 4, targetModules: ['q_proj', 'v_proj'], seed: 9 });
-  const dir = join(gateway.adaptersDir, '.staging', 'metrics-adapter');
-  await writeLoraAdapter(dir, spec);
-  const files = new Map([
-    ['adapter_config.json', await readFile(join(dir, 'adapter_config.json'))],
-    ['adapter_model.safetensors', await readFile(join(dir, 'adapter_model.safetensors'))],
-  ]);
-  await rm(dir, { recursive: true });
+  const files = loraAdapterFiles(spec);
   await gateway.services.store.publish('acme', 'storyteller', files);
   const model = `${BASE_MODEL}+acme/storyteller`;
   const stream = await gateway.client().completions.create({ model, prompt: 'Once upon a time', max_tokens: 300, temperature: 1, seed: 1, stream: true });

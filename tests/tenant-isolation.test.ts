@@ -5,15 +5,11 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { APIError } from 'openai';
-import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
+import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
-let workDir: string;
 /** Each tenant's adapter files, to publish (and republish after a delete) through the store. */
 const adapterFiles = new Map<string, Map<string, Uint8Array>>();
 
@@ -193,24 +189,14 @@ async function resetAdapters(): Promise<void> {
 
 before(async () => {
   gateway = await startTestGateway();
-  workDir = await mkdtemp(join(tmpdir(), 'isolation-'));
   const base = gateway.services.engine.info.config;
   for (const [index, { tenant }] of OWNED.entries()) {
-    const dir = join(workDir, tenant);
-    await writeLoraAdapter(dir, randomLoraAdapter(base, { rank: 4, targetModules: ['q_proj', 'v_proj'], seed: index + 1, std: 0.2 }));
-    adapterFiles.set(
-      tenant,
-      new Map([
-        ['adapter_config.json', await readFile(join(dir, 'adapter_config.json'))],
-        ['adapter_model.safetensors', await readFile(join(dir, 'adapter_model.safetensors'))],
-      ]),
-    );
+    adapterFiles.set(tenant, loraAdapterFiles(randomLoraAdapter(base, { rank: 4, targetModules: ['q_proj', 'v_proj'], seed: index + 1, std: 0.2 })));
   }
 });
 
 after(async () => {
   await gateway.stop();
-  await rm(workDir, { recursive: true, force: true });
 });
 
 for (const route of ROUTES) {

@@ -1,12 +1,12 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WebSocket, type ClientOptions } from 'ws';
-import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
+import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { attachWebSocketApi, WEBSOCKET_PATH, type WebSocketApiOptions } from '../src/api/websocket.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
@@ -18,12 +18,9 @@ const PROMPT = 'Once upon a time';
 before(async () => {
   gateway = await startTestGateway();
   workDir = await mkdtemp(join(tmpdir(), 'websocket-test-'));
-  const adapterDir = join(workDir, 'adapter');
   const config = gateway.services.engine.info.config;
-  await writeLoraAdapter(adapterDir, randomLoraAdapter(config, { rank: 4, targetModules: ['q_proj', 'v_proj', 'down_proj'], seed: 7, std: 0.2 }));
-  const files = new Map<string, Uint8Array>();
-  for (const name of ['adapter_config.json', 'adapter_model.safetensors']) files.set(name, await readFile(join(adapterDir, name)));
-  await gateway.services.store.publish('acme', 'story', files);
+  const spec = randomLoraAdapter(config, { rank: 4, targetModules: ['q_proj', 'v_proj', 'down_proj'], seed: 7, std: 0.2 });
+  await gateway.services.store.publish('acme', 'story', loraAdapterFiles(spec));
 });
 
 after(async () => {

@@ -2,9 +2,10 @@
  * Writes LoRA adapters in genuine PEFT layout, so what this project produces (test fixtures, benchmark
  * adapters, trained adapters) is loadable by PEFT itself and by `loadLoraAdapter` alike.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
+import { writeFileAtomically } from '../storage/durable-files.ts';
 import { join } from 'node:path';
-import { writeSafetensors, type SafetensorsTensorInput } from '../formats/safetensors.ts';
+import { serializeSafetensors, type SafetensorsTensorInput } from '../formats/safetensors.ts';
 import { createRng, randomNormal } from '../engine/random.ts';
 import type { LlamaConfig, LoraTargetModule } from '../model/types.ts';
 import { ADAPTER_CONFIG_FILE, loraModuleName, loraModuleSettings, parsePeftConfig } from './peft-config.ts';
@@ -59,8 +60,11 @@ function peftConfigJson(adapter: LoraAdapterSpec): Record<string, unknown> {
   };
 }
 
-/** Writes `adapter_config.json` and `adapter_model.safetensors` (F32) into `dir`, creating it if needed. */
-export async function writeLoraAdapter(dir: string, adapter: LoraAdapterSpec): Promise<void> {
+/**
+ * The adapter's two PEFT files, `adapter_config.json` and `adapter_model.safetensors` (F32), as bytes: what an
+ * upload sends and what `writeLoraAdapter` puts on disk.
+ */
+export function loraAdapterFiles(adapter: LoraAdapterSpec): Map<string, Uint8Array> {
   const configJson = peftConfigJson(adapter);
   // Parsing our own output means rank_pattern resolves exactly as the loader will resolve it.
   const config = parsePeftConfig(configJson);
@@ -76,10 +80,17 @@ export async function writeLoraAdapter(dir: string, adapter: LoraAdapterSpec): P
     tensors[keyA] = { dtype: 'F32', shape: [rank, A.length / rank], data: A };
     tensors[loraTensorKey(layer, module, 'B')] = { dtype: 'F32', shape: [B.length / rank, rank], data: B };
   }
+  return new Map([
+    [ADAPTER_CONFIG_FILE, new TextEncoder().encode(`${JSON.stringify(configJson, null, 2)}\n`)],
+    // PEFT writes the same metadata, which tells readers the tensors follow PyTorch conventions.
+    [ADAPTER_WEIGHTS_FILE, serializeSafetensors(tensors, { format: 'pt' })],
+  ]);
+}
+
+/** Writes the adapter's PEFT files into `dir`, creating it if needed. */
+export async function writeLoraAdapter(dir: string, adapter: LoraAdapterSpec): Promise<void> {
   await mkdir(dir, { recursive: true });
-  // PEFT writes the same metadata, which tells readers the tensors follow PyTorch conventions.
-  await writeSafetensors(join(dir, ADAPTER_WEIGHTS_FILE), tensors, { format: 'pt' });
-  await writeFile(join(dir, ADAPTER_CONFIG_FILE), `${JSON.stringify(configJson, null, 2)}\n`);
+  for (const [name, bytes] of loraAdapterFiles(adapter)) await writeFileAtomically(join(dir, name), bytes);
 }
 
 /**
