@@ -32,10 +32,15 @@ function ropeInverseFrequencies(config: LlamaConfig): Float64Array {
 export class RopeTables {
   private readonly inverseFrequencies: Float64Array;
   private readonly attentionScale: number;
+  /** One position's cos and sin per frequency, shared by all heads. */
+  private readonly angleCos: Float64Array;
+  private readonly angleSin: Float64Array;
 
   constructor(private readonly config: LlamaConfig) {
     this.inverseFrequencies = ropeInverseFrequencies(config);
     this.attentionScale = 1 / Math.sqrt(config.headDim);
+    this.angleCos = new Float64Array(config.headDim / 2);
+    this.angleSin = new Float64Array(config.headDim / 2);
   }
 
   /** Row width of one token in the tables: fused heads × head_dim. */
@@ -47,14 +52,20 @@ export class RopeTables {
   fill(cos: Float32Array, sin: Float32Array, tokenOffset: number, position: number): void {
     const { numHeads, numKvHeads, headDim } = this.config;
     const half = headDim / 2;
+    const angleCos = this.angleCos;
+    const angleSin = this.angleSin;
+    for (let i = 0; i < half; i++) {
+      const angle = position * this.inverseFrequencies[i];
+      angleCos[i] = Math.cos(angle);
+      angleSin[i] = Math.sin(angle);
+    }
     let at = tokenOffset * this.tokenStride;
     for (let head = 0; head < numHeads + 2 * numKvHeads; head++) {
       const isValue = head >= numHeads + numKvHeads;
       const scale = head < numHeads ? this.attentionScale : 1;
       for (let i = 0; i < half; i++) {
-        const angle = position * this.inverseFrequencies[i];
-        const c = isValue ? 1 : Math.cos(angle) * scale;
-        const s = isValue ? 0 : Math.sin(angle) * scale;
+        const c = isValue ? 1 : angleCos[i] * scale;
+        const s = isValue ? 0 : angleSin[i] * scale;
         cos[at + i] = c;
         cos[at + half + i] = c;
         sin[at + i] = -s;
