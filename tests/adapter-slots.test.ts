@@ -17,8 +17,7 @@ function adapter(seed: number): LoraAdapter {
 
 /** The slot's copy of layer 0's q_proj A, as the graph reads it. */
 function slotA(slots: AdapterSlots, slot: number): number[] {
-  const { data, dims } = slots.buffers.get('lora_a_qkv.0')!;
-  const size = dims[1] * dims[2];
+  const { data, size } = slots.buffers.get('lora_a_qkv.0')!;
   return Array.from(data.subarray(slot * size, slot * size + 4));
 }
 

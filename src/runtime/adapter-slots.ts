@@ -13,24 +13,26 @@ import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '..
 type LoraInputName = keyof typeof LORA_INPUTS;
 
 interface SlotLayout {
-  /** Graph input holding A (transposed, [in, groupSize*R]) and the column block this module uses. */
+  /** Graph input holding A (transposed, [in, aGroups*R]) and the column block this module uses. */
   a: LoraInputName;
-  group: number;
-  groupSize: number;
-  /** Graph input holding B (transposed, [R, out]). */
+  aGroup: number;
+  aGroups: number;
+  /** Graph input holding B (transposed, [R, out], or [bGroups, R, out] when grouped) and the block this module uses. */
   b: LoraInputName;
+  bGroup: number;
+  bGroups: number;
   inDim: number;
   outDim: number;
 }
 
-const GROUPS: Record<LoraTargetModule, Pick<SlotLayout, 'a' | 'group' | 'groupSize' | 'b'>> = {
-  q_proj: { a: 'aQkv', group: 0, groupSize: 3, b: 'bQ' },
-  k_proj: { a: 'aQkv', group: 1, groupSize: 3, b: 'bK' },
-  v_proj: { a: 'aQkv', group: 2, groupSize: 3, b: 'bV' },
-  o_proj: { a: 'aO', group: 0, groupSize: 1, b: 'bO' },
-  gate_proj: { a: 'aGateUp', group: 0, groupSize: 2, b: 'bGate' },
-  up_proj: { a: 'aGateUp', group: 1, groupSize: 2, b: 'bUp' },
-  down_proj: { a: 'aDown', group: 0, groupSize: 1, b: 'bDown' },
+const GROUPS: Record<LoraTargetModule, Omit<SlotLayout, 'inDim' | 'outDim'>> = {
+  q_proj: { a: 'aQkv', aGroup: 0, aGroups: 3, b: 'bQ', bGroup: 0, bGroups: 1 },
+  k_proj: { a: 'aQkv', aGroup: 1, aGroups: 3, b: 'bKv', bGroup: 0, bGroups: 2 },
+  v_proj: { a: 'aQkv', aGroup: 2, aGroups: 3, b: 'bKv', bGroup: 1, bGroups: 2 },
+  o_proj: { a: 'aO', aGroup: 0, aGroups: 1, b: 'bO', bGroup: 0, bGroups: 1 },
+  gate_proj: { a: 'aGateUp', aGroup: 0, aGroups: 2, b: 'bGateUp', bGroup: 0, bGroups: 2 },
+  up_proj: { a: 'aGateUp', aGroup: 1, aGroups: 2, b: 'bGateUp', bGroup: 1, bGroups: 2 },
+  down_proj: { a: 'aDown', aGroup: 0, aGroups: 1, b: 'bDown', bGroup: 0, bGroups: 1 },
 };
 
 function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
@@ -42,21 +44,27 @@ function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
   return layouts;
 }
 
-/** Shape of one slot of each LoRA graph input, [rows, cols], for slot rank R. */
-export function loraInputShapes(c: LlamaConfig, rank: number): Record<LoraInputName, [number, number]> {
-  const shapes = {} as Record<LoraInputName, [number, number]>;
+/** Shape of one slot (one batch row) of each LoRA graph input, for slot rank R. */
+export function loraInputShapes(c: LlamaConfig, rank: number): Record<LoraInputName, number[]> {
+  const shapes = {} as Record<LoraInputName, number[]>;
   for (const layout of Object.values(slotLayouts(c))) {
-    shapes[layout.a] = [layout.inDim, layout.groupSize * rank];
-    shapes[layout.b] = [rank, layout.outDim];
+    shapes[layout.a] = [layout.inDim, layout.aGroups * rank];
+    shapes[layout.b] = layout.bGroups === 1 ? [rank, layout.outDim] : [1, layout.bGroups, rank, layout.outDim];
   }
   return shapes;
 }
 
+/** A LoRA graph input's weights for every slot (or batch row), each `size` floats of `shape`. */
+export interface LoraBuffer {
+  data: Float32Array;
+  shape: number[];
+  size: number;
+}
+
 export class AdapterSlots {
-  /** Per graph input name (e.g. `lora_a_qkv.3`): the slots' weights, `[slots, rows, cols]`. */
-  readonly buffers = new Map<string, { data: Float32Array; dims: [number, number, number] }>();
+  /** Per graph input name (e.g. `lora_a_qkv.3`): the slots' weights, slot 0 first. */
+  readonly buffers = new Map<string, LoraBuffer>();
   private readonly layouts: Record<LoraTargetModule, SlotLayout>;
-  private readonly shapes: Record<LoraInputName, [number, number]>;
   /** Adapter key → its slot; Map order is least recently used first. */
   private readonly residents = new Map<string, number>();
   /** Per slot: how many running sequences hold it. */
@@ -78,11 +86,11 @@ export class AdapterSlots {
     readonly rank: number,
   ) {
     this.layouts = slotLayouts(config);
-    this.shapes = loraInputShapes(config, rank);
+    const shapes = loraInputShapes(config, rank);
     for (let l = 0; l < config.numLayers; l++) {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [LoraInputName, (l: number) => string][]) {
-        const [rows, cols] = this.shapes[key];
-        this.buffers.set(nameOf(l), { data: new Float32Array((capacity + 1) * rows * cols), dims: [capacity + 1, rows, cols] });
+        const size = shapes[key].reduce((a, b) => a * b, 1);
+        this.buffers.set(nameOf(l), { data: new Float32Array((capacity + 1) * size), shape: shapes[key], size });
       }
     }
     this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
@@ -174,12 +182,12 @@ export class AdapterSlots {
       const layout = this.layouts[m.module];
       const a = this.buffers.get(LORA_INPUTS[layout.a](m.layer))!;
       const b = this.buffers.get(LORA_INPUTS[layout.b](m.layer))!;
-      const aCols = layout.groupSize * R;
-      const aBase = slot * layout.inDim * aCols + layout.group * R;
+      const aCols = layout.aGroups * R;
+      const aBase = slot * a.size + layout.aGroup * R;
       for (let j = 0; j < m.rank; j++) {
         for (let i = 0; i < layout.inDim; i++) a.data[aBase + i * aCols + j] = m.A[j * layout.inDim + i];
       }
-      const bBase = slot * R * layout.outDim;
+      const bBase = slot * b.size + layout.bGroup * R * layout.outDim;
       for (let j = 0; j < m.rank; j++) {
         for (let o = 0; o < layout.outDim; o++) b.data[bBase + j * layout.outDim + o] = m.B[o * m.rank + j] * m.scale;
       }
@@ -188,8 +196,7 @@ export class AdapterSlots {
 
   private clear(slot: number): void {
     this.generations[slot]++;
-    for (const { data, dims } of this.buffers.values()) {
-      const size = dims[1] * dims[2];
+    for (const { data, size } of this.buffers.values()) {
       data.fill(0, slot * size, (slot + 1) * size);
     }
   }

@@ -142,16 +142,17 @@ export class ModelRunner {
     }
     const anyAdapter = rows.some((r) => r.slot !== 0);
     const rank = anyAdapter ? this.slots.rank : 0;
-    feeds[GRAPH_INPUTS.loraRankSplit] = new ort.Tensor('int64', BigInt64Array.of(BigInt(rank), BigInt(rank), BigInt(rank)), [3]);
+    feeds[GRAPH_INPUTS.loraQkvSplit] = new ort.Tensor('int64', BigInt64Array.of(BigInt(rank), BigInt(2 * rank)), [2]);
     if (anyAdapter) rows.forEach((row, b) => this.rowWeights.sync(firstRow + b, row.slot));
     for (let l = 0; l < c.numLayers; l++) {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
         const name = nameOf(l);
-        const [inner, outer] = anyAdapter ? this.slots.buffers.get(name)!.dims.slice(1) : this.rankZeroShapes[key];
-        const data = anyAdapter
-          ? this.rowWeights.buffers.get(name)!.subarray(firstRow * inner * outer, (firstRow + batch) * inner * outer)
-          : EMPTY;
-        feeds[name] = new ort.Tensor('float32', data, [batch, inner, outer]);
+        if (anyAdapter) {
+          const { data, shape, size } = this.rowWeights.buffers.get(name)!;
+          feeds[name] = new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
+        } else {
+          feeds[name] = new ort.Tensor('float32', EMPTY, [batch, ...this.rankZeroShapes[key]]);
+        }
       }
     }
 

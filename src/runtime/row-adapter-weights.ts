@@ -3,7 +3,7 @@
  * per input). A row gets a copy of its slot's weights when the slot it uses changes — when a sequence joins
  * or moves — so a decode step feeds contiguous, zero-copy views and copies nothing.
  */
-import type { AdapterSlots } from './adapter-slots.ts';
+import type { AdapterSlots, LoraBuffer } from './adapter-slots.ts';
 
 interface RowSource {
   slot: number;
@@ -12,15 +12,15 @@ interface RowSource {
 }
 
 export class RowAdapterWeights {
-  /** Per graph input name: `[maxRows, rows, cols]`. */
-  readonly buffers = new Map<string, Float32Array>();
+  /** Per graph input name: the rows' weights, row 0 first. */
+  readonly buffers = new Map<string, LoraBuffer>();
   private readonly sources: (RowSource | null)[];
 
   constructor(
     private readonly slots: AdapterSlots,
     readonly maxRows: number,
   ) {
-    for (const [name, { dims }] of slots.buffers) this.buffers.set(name, new Float32Array(maxRows * dims[1] * dims[2]));
+    for (const [name, { shape, size }] of slots.buffers) this.buffers.set(name, { data: new Float32Array(maxRows * size), shape, size });
     // Fresh buffers are zeros, which is exactly slot 0 ("no adapter").
     this.sources = Array.from({ length: maxRows }, () => ({ slot: 0, generation: 0 }));
   }
@@ -31,9 +31,8 @@ export class RowAdapterWeights {
     const source = this.sources[row];
     if (source && source.slot === slot && source.generation === generation) return;
     for (const [name, rows] of this.buffers) {
-      const { data, dims } = this.slots.buffers.get(name)!;
-      const size = dims[1] * dims[2];
-      rows.set(data.subarray(slot * size, (slot + 1) * size), row * size);
+      const { data, size } = this.slots.buffers.get(name)!;
+      rows.data.set(data.subarray(slot * size, (slot + 1) * size), row * size);
     }
     this.sources[row] = { slot, generation };
   }
@@ -41,10 +40,8 @@ export class RowAdapterWeights {
   /** Moves a row's weights (used when the batch is compacted after a sequence leaves). */
   move(from: number, to: number): void {
     if (from === to) return;
-    for (const [name, rows] of this.buffers) {
-      const { dims } = this.slots.buffers.get(name)!;
-      const size = dims[1] * dims[2];
-      rows.copyWithin(to * size, from * size, (from + 1) * size);
+    for (const { data, size } of this.buffers.values()) {
+      data.copyWithin(to * size, from * size, (from + 1) * size);
     }
     this.sources[to] = this.sources[from];
   }
