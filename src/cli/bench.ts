@@ -3,7 +3,8 @@
  * Reports prefill and decode throughput, the cost of serving 16 streams on 16 different LoRA adapters
  * relative to 16 base-model streams, decode step time against context length, and peak memory.
  * Ratios are measured within one run, with the compared cases interleaved, because this machine's absolute
- * speed varies by 2x from minute to minute.
+ * speed varies by 2x from minute to minute; the adapter comparison runs three times as many pairs as the other
+ * measurements have trials, and reports the spread of its per-pair ratios next to their median.
  *   npm run bench [-- --json] [--trials N]
  */
 import { existsSync } from 'node:fs';
@@ -15,6 +16,7 @@ import { Engine } from '../engine/engine.ts';
 import type { AdapterRef } from '../engine/protocol.ts';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
+import { loraInputShapes } from '../runtime/adapter-slots.ts';
 import { LORA_TARGET_MODULES } from '../model/types.ts';
 
 const BENCH_DIR = resolve('.bench');
@@ -110,7 +112,7 @@ async function main(): Promise<void> {
     await concurrentDecode(engine, adapters, 8); // loads every adapter into its slot before timing
     const base: number[] = [];
     const lora: number[] = [];
-    for (let i = 0; i < trials; i++) {
+    for (let i = 0; i < 3 * trials; i++) {
       base.push(await concurrentDecode(engine, adapters.map(() => null), 48));
       lora.push(await concurrentDecode(engine, adapters, 48));
     }
@@ -121,6 +123,8 @@ async function main(): Promise<void> {
     for (let i = 0; i < trials; i++) for (const context of contexts) steps[context].push((await singleStream(engine, context, 16)).stepMs);
     const stepMs: Record<number, number> = Object.fromEntries(contexts.map((c) => [c, median(steps[c])]));
 
+    const ratios = lora.map((l, i) => l / base[i]);
+    const stepMs16 = (tokensPerSecond: number) => (STREAMS * 1000) / tokensPerSecond;
     const result = {
       model: 'SmolLM2-135M shape, random weights, float32',
       threads,
@@ -129,7 +133,11 @@ async function main(): Promise<void> {
       decode_tokens_per_second_1_stream: round(median(single)),
       decode_tokens_per_second_16_streams_base: round(median(base)),
       decode_tokens_per_second_16_streams_16_adapters: round(median(lora)),
-      ratio_16_adapters_vs_base: round(median(lora.map((l, i) => l / base[i])), 3),
+      ratio_16_adapters_vs_base: round(median(ratios), 3),
+      ratio_16_adapters_vs_base_range: [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)],
+      // The adapters' added step time, next to the bytes of LoRA weights a step must read (one copy per row).
+      adapter_step_overhead_ms: round(median(lora.map((l, i) => stepMs16(l) - stepMs16(base[i])))),
+      lora_weights_read_per_step_mib: round((STREAMS * loraFloatsPerRow(LORA_RANK) * 4) / 2 ** 20),
       decode_step_ms_by_context: Object.fromEntries(Object.entries(stepMs).map(([k, v]) => [k, round(v)])),
       step_growth_1024_vs_64: round(stepMs[1024] / stepMs[64], 3),
       ratio_16_streams_vs_llama_cpp: round(median(base) / LLAMA_CPP.decodeTokensPerSecond16, 3),
@@ -143,6 +151,12 @@ async function main(): Promise<void> {
   } finally {
     await engine.close();
   }
+}
+
+/** Floats of LoRA weights one batch row carries through a forward pass at slot rank `rank`. */
+function loraFloatsPerRow(rank: number): number {
+  const perLayer = Object.values(loraInputShapes(SMOLLM2_135M_SHAPE, rank)).reduce((sum, shape) => sum + shape.reduce((a, b) => a * b, 1), 0);
+  return perLayer * SMOLLM2_135M_SHAPE.numLayers;
 }
 
 function round(value: number, digits = 1): number {
