@@ -29,7 +29,6 @@ export const GRAPH_INPUTS = {
   pastMask: 'past_mask',
   selfMask: 'self_mask',
   attentionSplit: 'attention_split',
-  loraQkvSplit: 'lora_qkv_split',
   /** Per row, the step position whose logits are returned (rows of one step may feed different token counts). */
   logitsPosition: 'logits_position',
   pastKey: (layer: number) => `past_key_t.${layer}`,
@@ -40,15 +39,15 @@ export const GRAPH_OUTPUTS = { logits: 'logits', newKeyValues: 'new_key_values' 
 
 /**
  * LoRA inputs per layer, one row per batch row. Projections that read the same activation share one stacked A
- * (q|k|v and gate|up), and projections of equal width share one B with a group axis (k|v and gate|up,
- * `[B, 1, 2, R, out]`), so a layer's adapter costs few, large matmuls: at decode each is a stream over the rows'
- * weights, and a node's fixed cost is comparable to streaming a small B (measured ~2 ms less per 16-row step
- * than one B per projection on SmolLM2-135M's shape).
+ * (q|k|v and gate|up). B is grouped into blocks of equal width, `[B, 1, groups, R, width]`, so one matmul
+ * applies several projections' B: gate|up as two blocks, and q|k|v as `heads/kv_heads` blocks of q's columns
+ * (q's activation repeated for each) then k and v. At decode each LoRA matmul is a stream over the rows'
+ * weights and a node's fixed cost is comparable to streaming a small B, so a layer's adapter costs few, large
+ * matmuls (measured ~3 ms less per 16-row step than one B per projection on SmolLM2-135M's shape).
  */
 export const LORA_INPUTS = {
   aQkv: (layer: number) => `lora_a_qkv.${layer}`,
-  bQ: (layer: number) => `lora_b_q.${layer}`,
-  bKv: (layer: number) => `lora_b_kv.${layer}`,
+  bQkv: (layer: number) => `lora_b_qkv.${layer}`,
   aO: (layer: number) => `lora_a_o.${layer}`,
   bO: (layer: number) => `lora_b_o.${layer}`,
   aGateUp: (layer: number) => `lora_a_gate_up.${layer}`,
@@ -84,12 +83,11 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const pastMask = g.input(GRAPH_INPUTS.pastMask, 'float32', [B, 1, 1, S]);
   const selfMask = g.input(GRAPH_INPUTS.selfMask, 'float32', [B, 1, 'group_tokens', T]);
   const attentionSplit = g.input(GRAPH_INPUTS.attentionSplit, 'int64', [2]);
-  // [R, 2R]: split of the q|k|v LoRA activations into q and k|v. Explicit sizes (not num_outputs) because the
-  // runtime feeds rank 0 when no row uses an adapter, and Split refuses to cut an empty axis into parts.
-  const loraQkvSplit = g.input(GRAPH_INPUTS.loraQkvSplit, 'int64', [2]);
-  // [B, T, 2R] → [B, T, 2, 1, R]: two projections' LoRA activations as a batch of two, each token against its
-  // row's grouped B `[B, 1, 2, R, out]` (broadcast over tokens, no copy).
-  const twoGroupsShape = g.constInt64([0, 0, 2, 1, -1], 'shape_lora_two_groups');
+  // LoRA activations of stacked projections, [B, T, n*R], as n blocks [B, T, n, 1, R] for a grouped B.
+  const [threeLoraBlocks, twoLoraBlocks] = [3, 2].map((n) => g.constInt64([0, 0, n, 1, -1], `shape_lora_${n}_blocks`));
+  // Which q|k|v activation block each block of the grouped q|k|v B reads: q for each of q's blocks, then k, v.
+  const qBlocks = c.numHeads / c.numKvHeads;
+  const qkvBlockSources = g.constInt64([...new Array<number>(qBlocks).fill(0), 1, 2], 'lora_qkv_block_sources');
 
   const embedding = g.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
   // RoPE works on heads viewed as [2, head_dim/2]: swapping the two halves (a reversed Slice, a block copy)
@@ -107,12 +105,9 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const ffnSplit = g.constInt64([c.intermediateSize, c.intermediateSize], 'split_gate_up');
 
   const loraWeights = (name: string, ...dims: (number | string)[]) => g.input(name, 'float32', [B, ...dims]);
-  /** LoRA of two equal-width projections from their stacked activations `[B, T, 2R]`: `[B, T, 2*out]`. */
-  const groupedLoraDelta = (u: string, name: string, out: number) =>
-    g.op('Reshape', [
-      g.op('MatMul', [g.op('Reshape', [u, twoGroupsShape]), loraWeights(name, 1, 2, R, out)]),
-      g.constInt64([0, 0, 2 * out]),
-    ]);
+  /** LoRA delta from activation blocks `[B, T, n, 1, R]` and a B of n blocks of `width` columns: `[B, T, n*width]`. */
+  const groupedLoraDelta = (blocks: string, name: string, n: number, width: number) =>
+    g.op('Reshape', [g.op('MatMul', [blocks, loraWeights(name, 1, n, R, width)]), g.constInt64([0, 0, n * width])]);
 
   let x = g.op('Gather', [embedding, inputIds], { axis: 0 });
   const newKeyValues: string[] = [];
@@ -127,11 +122,8 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
       transposeConcat([w(`${p}.self_attn.q_proj.weight`).data, w(`${p}.self_attn.k_proj.weight`).data, w(`${p}.self_attn.v_proj.weight`).data], c.hiddenSize, [qDim, kvDim, kvDim]),
       [c.hiddenSize, qDim + 2 * kvDim],
     );
-    const [uq, ukv] = g.opMulti('Split', [g.op('MatMul', [h, loraWeights(LORA_INPUTS.aQkv(l), c.hiddenSize, `3*${R}`)]), loraQkvSplit], 2, { axis: 2 });
-    const loraQkv = g.op('Concat', [
-      g.op('MatMul', [uq, loraWeights(LORA_INPUTS.bQ(l), R, qDim)]),
-      groupedLoraDelta(ukv, LORA_INPUTS.bKv(l), kvDim),
-    ], { axis: 2 });
+    const uQkv = g.op('Reshape', [g.op('MatMul', [h, loraWeights(LORA_INPUTS.aQkv(l), c.hiddenSize, `3*${R}`)]), threeLoraBlocks]);
+    const loraQkv = groupedLoraDelta(g.op('Gather', [uQkv, qkvBlockSources], { axis: 2 }), LORA_INPUTS.bQkv(l), qBlocks + 2, kvDim);
     const qkv = g.op('Reshape', [g.op('Add', [g.op('MatMul', [h, wQkv]), loraQkv]), halvesShape]);
     const rotated = g.op('Reshape', [
       g.op('Add', [g.op('Mul', [qkv, ropeCosHalves]), g.op('Mul', [swapHalves(qkv), ropeSinHalves])]),
@@ -165,7 +157,7 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
       [c.hiddenSize, 2 * c.intermediateSize],
     );
     const u2 = g.op('MatMul', [h2, loraWeights(LORA_INPUTS.aGateUp(l), c.hiddenSize, `2*${R}`)]);
-    const loraGateUp = groupedLoraDelta(u2, LORA_INPUTS.bGateUp(l), c.intermediateSize);
+    const loraGateUp = groupedLoraDelta(g.op('Reshape', [u2, twoLoraBlocks]), LORA_INPUTS.bGateUp(l), 2, c.intermediateSize);
     const gateUp = g.op('Add', [g.op('MatMul', [h2, wGateUp]), loraGateUp]);
     const [gate, up] = g.opMulti('Split', [gateUp, ffnSplit], 2, { axis: 2 });
     const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);

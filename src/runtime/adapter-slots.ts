@@ -17,29 +17,36 @@ interface SlotLayout {
   a: LoraInputName;
   aGroup: number;
   aGroups: number;
-  /** Graph input holding B (transposed, [R, out], or [bGroups, R, out] when grouped) and the block this module uses. */
+  /**
+   * Graph input holding B (transposed: [R, out], or [1, bBlocks, R, bWidth] when grouped) and the first block
+   * this module's columns fill (a module wider than bWidth fills consecutive blocks).
+   */
   b: LoraInputName;
-  bGroup: number;
-  bGroups: number;
+  bBlock: number;
+  bBlocks: number;
+  bWidth: number;
   inDim: number;
   outDim: number;
 }
 
-const GROUPS: Record<LoraTargetModule, Omit<SlotLayout, 'inDim' | 'outDim'>> = {
-  q_proj: { a: 'aQkv', aGroup: 0, aGroups: 3, b: 'bQ', bGroup: 0, bGroups: 1 },
-  k_proj: { a: 'aQkv', aGroup: 1, aGroups: 3, b: 'bKv', bGroup: 0, bGroups: 2 },
-  v_proj: { a: 'aQkv', aGroup: 2, aGroups: 3, b: 'bKv', bGroup: 1, bGroups: 2 },
-  o_proj: { a: 'aO', aGroup: 0, aGroups: 1, b: 'bO', bGroup: 0, bGroups: 1 },
-  gate_proj: { a: 'aGateUp', aGroup: 0, aGroups: 2, b: 'bGateUp', bGroup: 0, bGroups: 2 },
-  up_proj: { a: 'aGateUp', aGroup: 1, aGroups: 2, b: 'bGateUp', bGroup: 1, bGroups: 2 },
-  down_proj: { a: 'aDown', aGroup: 0, aGroups: 1, b: 'bDown', bGroup: 0, bGroups: 1 },
-};
-
 function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
+  const kvDim = c.numKvHeads * c.headDim;
+  const qBlocks = c.numHeads / c.numKvHeads;
+  const qkv = { a: 'aQkv', aGroups: 3, b: 'bQkv', bBlocks: qBlocks + 2, bWidth: kvDim } as const;
+  const gateUp = { a: 'aGateUp', aGroups: 2, b: 'bGateUp', bBlocks: 2, bWidth: c.intermediateSize } as const;
+  const groups: Record<LoraTargetModule, Omit<SlotLayout, 'inDim' | 'outDim'>> = {
+    q_proj: { ...qkv, aGroup: 0, bBlock: 0 },
+    k_proj: { ...qkv, aGroup: 1, bBlock: qBlocks },
+    v_proj: { ...qkv, aGroup: 2, bBlock: qBlocks + 1 },
+    o_proj: { a: 'aO', aGroup: 0, aGroups: 1, b: 'bO', bBlock: 0, bBlocks: 1, bWidth: c.hiddenSize },
+    gate_proj: { ...gateUp, aGroup: 0, bBlock: 0 },
+    up_proj: { ...gateUp, aGroup: 1, bBlock: 1 },
+    down_proj: { a: 'aDown', aGroup: 0, aGroups: 1, b: 'bDown', bBlock: 0, bBlocks: 1, bWidth: c.hiddenSize },
+  };
   const layouts = {} as Record<LoraTargetModule, SlotLayout>;
   for (const module of LORA_TARGET_MODULES) {
     const { inFeatures, outFeatures } = projectionDims(c, module);
-    layouts[module] = { ...GROUPS[module], inDim: inFeatures, outDim: outFeatures };
+    layouts[module] = { ...groups[module], inDim: inFeatures, outDim: outFeatures };
   }
   return layouts;
 }
@@ -49,7 +56,7 @@ export function loraInputShapes(c: LlamaConfig, rank: number): Record<LoraInputN
   const shapes = {} as Record<LoraInputName, number[]>;
   for (const layout of Object.values(slotLayouts(c))) {
     shapes[layout.a] = [layout.inDim, layout.aGroups * rank];
-    shapes[layout.b] = layout.bGroups === 1 ? [rank, layout.outDim] : [1, layout.bGroups, rank, layout.outDim];
+    shapes[layout.b] = layout.bBlocks === 1 ? [rank, layout.outDim] : [1, layout.bBlocks, rank, layout.bWidth];
   }
   return shapes;
 }
@@ -187,9 +194,12 @@ export class AdapterSlots {
       for (let j = 0; j < m.rank; j++) {
         for (let i = 0; i < layout.inDim; i++) a.data[aBase + i * aCols + j] = m.A[j * layout.inDim + i];
       }
-      const bBase = slot * b.size + layout.bGroup * R * layout.outDim;
+      const bBase = slot * b.size + layout.bBlock * R * layout.bWidth;
       for (let j = 0; j < m.rank; j++) {
-        for (let o = 0; o < layout.outDim; o++) b.data[bBase + j * layout.outDim + o] = m.B[o * m.rank + j] * m.scale;
+        for (let o = 0; o < layout.outDim; o++) {
+          const block = Math.floor(o / layout.bWidth);
+          b.data[bBase + (block * R + j) * layout.bWidth + (o % layout.bWidth)] = m.B[o * m.rank + j] * m.scale;
+        }
       }
     }
   }

@@ -141,8 +141,6 @@ export class ModelRunner {
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', this.cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
     }
     const anyAdapter = rows.some((r) => r.slot !== 0);
-    const rank = anyAdapter ? this.slots.rank : 0;
-    feeds[GRAPH_INPUTS.loraQkvSplit] = new ort.Tensor('int64', BigInt64Array.of(BigInt(rank), BigInt(2 * rank)), [2]);
     if (anyAdapter) rows.forEach((row, b) => this.rowWeights.sync(firstRow + b, row.slot));
     for (let l = 0; l < c.numLayers; l++) {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
