@@ -102,20 +102,32 @@ test('a shutdown that runs out of grace cancels in-flight streams cleanly', asyn
   await own.stop();
 });
 
-test('vllm:lora_requests_info lists a running adapter by the model id clients send', async () => {
+test('vllm:lora_requests_info lists running adapters by the model ids clients send, pinned versions included', async () => {
   const spec = randomLoraAdapter(gateway.services.engine.info.config, { rank: 4, targetModules: ['q_proj', 'v_proj'], seed: 9 });
-  const files = loraAdapterFiles(spec);
-  await gateway.services.store.publish('acme', 'storyteller', files);
-  const model = `${BASE_MODEL}+acme/storyteller`;
-  const stream = await gateway.client().completions.create({ model, prompt: 'Once upon a time', max_tokens: 300, temperature: 1, seed: 1, stream: true });
-  let seen = '';
-  for await (const chunk of stream) {
-    if (!seen) seen = await (await fetch(`${gateway.url}/metrics`)).text();
-    void chunk;
-  }
-  const info = /^vllm:lora_requests_info\{([^}]*)\}/m.exec(seen)?.[1] ?? '';
-  assert.match(info, new RegExp(`running_lora_adapters="${model.replace('+', '\\+')}"`));
-  assert.match(info, /max_lora="4"/);
+  const { version } = await gateway.services.store.publish('acme', 'storyteller', loraAdapterFiles(spec));
+  const latest = `${BASE_MODEL}+acme/storyteller`;
+  const pinned = `${latest}@${version}`;
+  const streams = await Promise.all(
+    [latest, pinned].map((model) =>
+      gateway.client().completions.create({ model, prompt: 'Once upon a time', max_tokens: 300, temperature: 1, seed: 1, stream: true }),
+    ),
+  );
+  // Both requests may not start in the same step: read the metrics as tokens arrive until both are listed.
+  const runningNow = async () => {
+    const info = /^vllm:lora_requests_info\{([^}]*)\}/m.exec(await (await fetch(`${gateway.url}/metrics`)).text())?.[1] ?? '';
+    assert.match(info, /max_lora="4"/);
+    return (/running_lora_adapters="([^"]*)"/.exec(info)?.[1].split(',') ?? []).sort();
+  };
+  let running: string[] = [];
+  await Promise.all(
+    streams.map(async (stream) => {
+      for await (const chunk of stream) {
+        if (running.length < 2) running = await runningNow();
+        void chunk;
+      }
+    }),
+  );
+  assert.deepEqual(running, [latest, pinned].sort());
 });
 
 test('logs are JSON lines with request metadata and never the prompt, the output or the key', async () => {

@@ -31,6 +31,8 @@ export interface EngineOptions {
 export interface AdapterRef {
   key: string;
   path: string;
+  /** The name the request used for it, reported in the scheduler's stats (the key when absent). */
+  servedAs?: string;
 }
 
 export interface SequenceRequest {
@@ -90,6 +92,7 @@ export interface SchedulerStats {
   waiting: number;
   /** Share of the KV cache's token capacity in use, 0..1. */
   kvCacheUsage: number;
+  /** Adapters of running and waiting sequences, each by the name its requests used (AdapterRef.servedAs). */
   runningAdapters: string[];
   waitingAdapters: string[];
   slots: { capacity: number; resident: number; bytes: number };

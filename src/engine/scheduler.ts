@@ -380,13 +380,13 @@ export class Scheduler {
 
   stats(): SchedulerStats {
     const cacheTokens = this.running.reduce((sum, s) => sum + s.position, 0);
-    const adapterKeys = (list: Sequence[]) => [...new Set(list.flatMap((s) => (s.request.adapter ? [s.request.adapter.key] : [])))];
+    const adapterNames = (list: Sequence[]) => [...new Set(list.flatMap(({ request: { adapter } }) => (adapter ? [adapter.servedAs ?? adapter.key] : [])))];
     return {
       running: this.running.length,
       waiting: this.waiting.length,
       kvCacheUsage: cacheTokens / (this.runner.cache.maxRows * this.options.maxPositions),
-      runningAdapters: adapterKeys(this.running),
-      waitingAdapters: adapterKeys(this.waiting),
+      runningAdapters: adapterNames(this.running),
+      waitingAdapters: adapterNames(this.waiting),
       slots: { capacity: this.runner.slots.capacity, resident: this.runner.slots.residentAdapters.length, bytes: this.runner.slots.bytes },
       host: { entries: this.hostCache.entries, bytes: this.hostCache.bytes },
     };

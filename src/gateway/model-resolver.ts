@@ -74,7 +74,9 @@ export class ModelResolver {
       record = this.lookup(principal, wanted.tenant, wanted.adapter, wanted.version);
     }
     if (!record) throw modelNotFound(model);
-    return { id: model, adapter: record, ref: { key: record.id, path: record.path } };
+    // `servedAs`: routers match vllm:lora_requests_info against the `model` field of requests, so running adapters
+    // are reported by the id this request used (pinned to a version or not), not by the store's versioned id.
+    return { id: model, adapter: record, ref: { key: record.id, path: record.path, servedAs: model } };
   }
 
   private lookup(principal: Principal, tenant: string, adapter: string, version?: string) {

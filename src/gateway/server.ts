@@ -93,16 +93,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   store.on('removed', (ref) => engine.evictAdapter(ref.id));
 
   const metrics = createGatewayMetrics({ maxLora: Math.max(1, settings.engine.adapterSlots), modelName });
-  // Routers match `running_lora_adapters` against the `model` field of requests, so adapters are listed by the
-  // model id clients send (`<base>+tenant/adapter`), not by their versioned store id.
-  const adapterModelId = (key: string) => `${modelName}+${key.split('@')[0]}`;
-  engine.on('stats', (stats) =>
-    metrics.setSchedulerState({
-      ...stats,
-      runningAdapters: [...new Set(stats.runningAdapters.map(adapterModelId))],
-      waitingAdapters: [...new Set(stats.waitingAdapters.map(adapterModelId))],
-    }),
-  );
+  engine.on('stats', (stats) => metrics.setSchedulerState(stats));
   engine.on('adapter-cache', (event) => metrics.recordAdapterCache(event));
   const reportDiskResidency = () => {
     const records = store.list();
