@@ -157,3 +157,33 @@ test('the batch is shared fairly: a burst from one tenant does not starve anothe
     await fair.close();
   }
 });
+
+test('sequences past the long-sequence boundary decode in their own lane and produce what they produce alone', async () => {
+  // A boundary of 128 positions: b starts past it, a and d cross it while generating (moving lanes with their
+  // cache and adapter weights), c stays below it.
+  const lanes = await Engine.start({
+    modelPath: STORIES_HF_DIR,
+    maxBatch: 6,
+    adapterSlots: 3,
+    maxLoraRank: 8,
+    hostCacheBytes: 64 << 20,
+    maxQueue: 8,
+    longSequencePositions: 128,
+  });
+  try {
+    const longPrompt = Array.from({ length: 200 }, (_, i) => 1 + ((i * 37) % 500));
+    const cases = [
+      { adapter: adapters.a, promptIds: REFERENCE.promptIds, maxTokens: 200 },
+      { adapter: adapters.b, promptIds: longPrompt, maxTokens: 40 },
+      { adapter: null, promptIds: REFERENCE.promptIds.slice(0, 3), maxTokens: 30 },
+      { adapter: adapters.c, promptIds: longPrompt.slice(0, 100), maxTokens: 60 },
+    ];
+    const alone = [];
+    for (const c of cases) alone.push((await engine.generate(request({ ...c, stopTokenIds: [] }))).tokens);
+    const together = await Promise.all(cases.map((c) => lanes.generate(request({ ...c, stopTokenIds: [] }))));
+    assert.deepEqual(together.map((r) => r.tokens), alone);
+    assert.deepEqual(together.map((r) => r.completionTokens), [200, 40, 30, 60]);
+  } finally {
+    await lanes.close();
+  }
+});

@@ -51,3 +51,15 @@ test('the cache keeps every written token through growing, moving rows and shrin
   assert.equal(cache.width, 3 * CACHE_BUCKET);
   assert.throws(() => cache.ensureWidth(5000), /exceeds the context limit of 4096/);
 });
+
+test('a row copied into a cache of another width keeps every token', () => {
+  const short = new KvCache(config, 2, 256);
+  const long = new KvCache(config, 2, 4096);
+  long.ensureWidth(1000);
+  short.ensureWidth(200);
+  writeTokens(short, 1, 0, 200);
+  const tokens = [0, 99, 199].map((position) => readToken(short, 1, position));
+  long.copyRowFrom(short, 1, 0, 200);
+  assert.deepEqual([0, 99, 199].map((position) => readToken(long, 0, position)), tokens);
+  assert.equal(long.width, 8 * CACHE_BUCKET, 'the wider cache keeps its width');
+});

@@ -25,6 +25,8 @@ export interface EngineOptions {
   prefillChunk?: number;
   threads?: number;
   executionProvider?: ExecutionProvider;
+  /** Sequences longer than this many positions decode in a separate pass (ModelRunner.lanes); default 1024. */
+  longSequencePositions?: number;
 }
 
 /** An adapter version as the engine sees it: a stable cache key and the directory holding its PEFT files. */

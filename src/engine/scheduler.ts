@@ -69,8 +69,8 @@ const PREFILL_CHUNKS_PER_PASS = 4;
 
 export class Scheduler {
   private readonly waiting: Sequence[] = [];
-  /** Index in this array = row in the KV cache; rows stay contiguous. */
-  private readonly running: Sequence[] = [];
+  /** Per batch lane (ModelRunner.lanes), the running sequences; index = row in the lane, rows stay contiguous. */
+  private readonly lanes: Sequence[][];
   private readonly hostCache: HostAdapterCache;
   private report: Omit<StepReport, 'stats'> = { started: [], tokens: [], finished: [], adapterCache: [] };
   private looping = false;
@@ -83,6 +83,7 @@ export class Scheduler {
     private readonly sink: SchedulerSink,
   ) {
     this.vocabSize = runner.config.vocabSize;
+    this.lanes = runner.lanes.map(() => []);
     this.hostCache = new HostAdapterCache(runner.config, options.hostCacheBytes, (event) => this.report.adapterCache.push(event));
   }
 
@@ -115,6 +116,10 @@ export class Scheduler {
       cancelled: false,
     });
     this.kick();
+  }
+
+  private get running(): Sequence[] {
+    return this.lanes.flat();
   }
 
   cancel(id: number): void {
@@ -167,18 +172,40 @@ export class Scheduler {
       this.waiting.splice(i, 1);
       this.finish(sequence, 'cancelled');
     }
-    for (let row = this.running.length - 1; row >= 0; row--) {
-      const sequence = this.running[row];
-      if (!sequence.cancelled && !sequence.finish) continue;
-      this.finish(sequence, sequence.cancelled && !sequence.finish ? 'cancelled' : sequence.finish!);
-      const last = this.running.length - 1;
-      if (row !== last) {
-        this.running[row] = this.running[last];
-        this.runner.moveRow(last, row);
+    this.lanes.forEach((running, lane) => {
+      for (let row = running.length - 1; row >= 0; row--) {
+        const sequence = running[row];
+        if (!sequence.cancelled && !sequence.finish) continue;
+        this.finish(sequence, sequence.cancelled && !sequence.finish ? 'cancelled' : sequence.finish!);
+        this.removeRow(lane, row);
       }
-      this.running.pop();
+      this.runner.lanes[lane].cache.shrinkToFit(Math.max(0, ...running.map((s) => s.position + 1)));
+    });
+  }
+
+  /** Takes a row out of a lane, moving the lane's last row into its place to keep the rows contiguous. */
+  private removeRow(lane: number, row: number): void {
+    const running = this.lanes[lane];
+    const last = running.length - 1;
+    if (row !== last) {
+      running[row] = running[last];
+      this.runner.moveRow(last, row, lane);
     }
-    this.runner.cache.shrinkToFit(Math.max(0, ...this.running.map((s) => s.position + 1)));
+    running.pop();
+  }
+
+  /** Moves sequences that will outgrow their lane at the next step into the lane for their length. */
+  private promote(): void {
+    this.lanes.forEach((running, lane) => {
+      for (let row = running.length - 1; row >= 0; row--) {
+        const sequence = running[row];
+        const target = this.runner.laneFor(sequence.position + 1);
+        if (target === lane) continue;
+        this.runner.moveToLane(lane, row, target, this.lanes[target].length, sequence.position);
+        this.lanes[target].push(sequence);
+        this.removeRow(lane, row);
+      }
+    });
   }
 
   private finish(sequence: Sequence, reason: FinishReason): void {
@@ -204,7 +231,8 @@ export class Scheduler {
     const group: Sequence[] = [];
     let longest = 0;
     let tried = new Set<Sequence>();
-    while (this.running.length + group.length < this.runner.cache.maxRows) {
+    const runningCount = this.running.length;
+    while (runningCount + group.length < this.runner.maxBatch) {
       const sequence = this.nextCandidate(tried, group);
       if (!sequence) break;
       tried.add(sequence);
@@ -227,12 +255,17 @@ export class Scheduler {
       tried = new Set();
     }
     if (group.length === 0) return;
-    // Longest prompt first: the rows still prefilling in each chunk are then a prefix of the group.
-    group.sort((a, b) => b.request.promptIds.length - a.request.promptIds.length);
-    const firstRow = this.running.length;
-    this.running.push(...group);
     try {
-      await this.prefill(group, firstRow);
+      for (let lane = 0; lane < this.lanes.length; lane++) {
+        // Longest prompt first: the rows still prefilling in each chunk are then a prefix of the lane's group.
+        const laneGroup = group
+          .filter((s) => this.runner.laneFor(s.request.promptIds.length + 1) === lane)
+          .sort((a, b) => b.request.promptIds.length - a.request.promptIds.length);
+        if (laneGroup.length === 0) continue;
+        const firstRow = this.lanes[lane].length;
+        this.lanes[lane].push(...laneGroup);
+        await this.prefill(laneGroup, firstRow, lane);
+      }
     } catch (error) {
       this.failRunning(error as Error);
       return;
@@ -309,8 +342,8 @@ export class Scheduler {
     );
   }
 
-  /** Prefills a group (longest prompt first) in cache rows from `firstRow` on, then samples each first token. */
-  private async prefill(group: Sequence[], firstRow: number): Promise<void> {
+  /** Prefills a group (longest prompt first) in a lane's rows from `firstRow` on, then samples each first token. */
+  private async prefill(group: Sequence[], firstRow: number, lane: number): Promise<void> {
     const started = performance.now();
     const chunk = this.options.prefillChunk;
     for (let start = 0; start < group[0].request.promptIds.length; start += chunk) {
@@ -318,6 +351,7 @@ export class Scheduler {
       const logits = await this.runner.forward(
         firstRow,
         active.map((s) => ({ tokens: s.request.promptIds.slice(start, start + chunk), position: start, slot: s.slot })),
+        lane,
       );
       active.forEach((sequence, row) => {
         const prompt = sequence.request.promptIds;
@@ -334,19 +368,24 @@ export class Scheduler {
     }
   }
 
+  /** One decode step: each lane with sequences runs its own forward pass. */
   private async decode(): Promise<void> {
-    const rows = this.running.map((s) => ({ tokens: [s.nextToken], position: s.position, slot: s.slot }));
-    let logits: Float32Array;
-    try {
-      logits = await this.runner.forward(0, rows);
-    } catch (error) {
-      this.failRunning(error as Error);
-      return;
+    this.promote();
+    for (let lane = 0; lane < this.lanes.length; lane++) {
+      const running = this.lanes[lane];
+      if (running.length === 0) continue;
+      let logits: Float32Array;
+      try {
+        logits = await this.runner.forward(0, running.map((s) => ({ tokens: [s.nextToken], position: s.position, slot: s.slot })), lane);
+      } catch (error) {
+        this.failRunning(error as Error);
+        return;
+      }
+      running.forEach((sequence, row) => {
+        sequence.position++;
+        if (!sequence.finish) this.accept(sequence, logits.subarray(row * this.vocabSize, (row + 1) * this.vocabSize));
+      });
     }
-    this.running.forEach((sequence, row) => {
-      sequence.position++;
-      if (!sequence.finish) this.accept(sequence, logits.subarray(row * this.vocabSize, (row + 1) * this.vocabSize));
-    });
     this.retire();
   }
 
@@ -365,7 +404,7 @@ export class Scheduler {
 
   /** A failed forward pass leaves the batch's state unknown: end every running sequence with the error. */
   private failRunning(error: Error): void {
-    for (const sequence of this.running.splice(0)) {
+    for (const sequence of this.lanes.flatMap((running) => running.splice(0))) {
       if (sequence.slot > 0) this.runner.slots.release(sequence.slot);
       this.sink.failed(sequence.request.id, `inference failed: ${error.message}`, 'engine_error');
     }
@@ -384,7 +423,7 @@ export class Scheduler {
     return {
       running: this.running.length,
       waiting: this.waiting.length,
-      kvCacheUsage: cacheTokens / (this.runner.cache.maxRows * this.options.maxPositions),
+      kvCacheUsage: cacheTokens / (this.runner.maxBatch * this.options.maxPositions),
       runningAdapters: adapterNames(this.running),
       waitingAdapters: adapterNames(this.waiting),
       slots: { capacity: this.runner.slots.capacity, resident: this.runner.slots.residentAdapters.length, bytes: this.runner.slots.bytes },

@@ -108,6 +108,24 @@ export class KvCache {
     }
   }
 
+  /** Copies the first `positions` tokens of another cache's row (of any width) into `row`. */
+  copyRowFrom(source: KvCache, sourceRow: number, row: number, positions: number): void {
+    this.ensureWidth(positions);
+    const { numLayers, numKvHeads, headDim } = this.config;
+    for (let l = 0; l < numLayers; l++) {
+      for (let h = 0; h < numKvHeads; h++) {
+        const fromHead = sourceRow * numKvHeads + h;
+        const toHead = row * numKvHeads + h;
+        for (let d = 0; d < headDim; d++) {
+          const from = (fromHead * headDim + d) * source.width;
+          this.keys[l].set(source.keys[l].subarray(from, from + positions), (toHead * headDim + d) * this.width);
+        }
+        const from = fromHead * source.width * headDim;
+        this.values[l].set(source.values[l].subarray(from, from + positions * headDim), toHead * this.width * headDim);
+      }
+    }
+  }
+
   /** Moves a row (used to keep the running batch contiguous when a sequence leaves). */
   moveRow(from: number, to: number): void {
     if (from === to) return;

@@ -26,6 +26,17 @@ export interface RunnerOptions {
   executionProvider?: ExecutionProvider;
   /** Intra-op threads; onnxruntime picks when absent. */
   threads?: number;
+  /** Sequences needing more cache positions than this decode in the long lane (see `lanes`); default 1024. */
+  longSequencePositions?: number;
+}
+
+/** Default boundary of the long lane; below about 500 positions the extra pass costs more than it saves. */
+const LONG_SEQUENCE_POSITIONS = 1024;
+
+/** Rows that run together in one forward pass: their KV cache (one bucket width) and adapter weights. */
+export interface BatchLane {
+  cache: KvCache;
+  rowWeights: RowAdapterWeights;
 }
 
 /** One sequence's part of a forward pass. */
@@ -42,11 +53,20 @@ const MASKED = Number.NEGATIVE_INFINITY;
 const EMPTY = new Float32Array(0);
 
 export class ModelRunner {
-  readonly cache: KvCache;
+  /**
+   * Lane 0 holds sequences of up to `longSequencePositions` positions, lane 1 (when the context is longer) the
+   * rest, each run as its own forward pass. A pass attends over its whole cache bucket, so in one shared batch
+   * a single long sequence would make every row pay for its length (measured: 16 rows of SmolLM2-135M's shape
+   * at 64 positions step in 51 ms, or in 158 ms when one of them is at 1984); a second pass costs about one
+   * single-row step.
+   */
+  readonly lanes: BatchLane[];
   readonly slots: AdapterSlots;
   readonly config: LlamaConfig;
+  /** Most sequences in all lanes together; each lane can hold all of them. */
+  readonly maxBatch: number;
+  private readonly longSequencePositions: number;
   private readonly rope: RopeTables;
-  private readonly rowWeights: RowAdapterWeights;
   /** Rank-0 stand-ins fed when no row of a step uses an adapter, so the LoRA branch costs almost nothing. */
   private readonly rankZeroShapes: ReturnType<typeof loraInputShapes>;
 
@@ -56,10 +76,16 @@ export class ModelRunner {
     options: RunnerOptions,
   ) {
     this.config = config;
+    this.maxBatch = options.maxBatch;
     this.rope = new RopeTables(config);
-    this.cache = new KvCache(config, options.maxBatch, options.maxPositions ?? config.maxPositions);
     this.slots = new AdapterSlots(config, options.adapterSlots, options.maxLoraRank);
-    this.rowWeights = new RowAdapterWeights(this.slots, options.maxBatch);
+    const maxPositions = options.maxPositions ?? config.maxPositions;
+    this.longSequencePositions = Math.min(options.longSequencePositions ?? LONG_SEQUENCE_POSITIONS, maxPositions);
+    const laneLimits = maxPositions > this.longSequencePositions ? [this.longSequencePositions, maxPositions] : [maxPositions];
+    this.lanes = laneLimits.map((limit) => ({
+      cache: new KvCache(config, options.maxBatch, limit),
+      rowWeights: new RowAdapterWeights(this.slots, options.maxBatch),
+    }));
     this.rankZeroShapes = loraInputShapes(config, 0);
   }
 
@@ -87,18 +113,24 @@ export class ModelRunner {
     return new ModelRunner(session, model.config, options);
   }
 
+  /** The lane for a sequence that needs `positions` cache positions. */
+  laneFor(positions: number): number {
+    return positions > this.longSequencePositions && this.lanes.length > 1 ? 1 : 0;
+  }
+
   /**
-   * One forward pass over cache rows [firstRow, firstRow + rows.length). Returns the last position's logits,
-   * `[rows, vocab]`, and leaves the new keys/values in the cache.
+   * One forward pass over rows [firstRow, firstRow + rows.length) of a lane. Returns the last position's
+   * logits, `[rows, vocab]`, and leaves the new keys/values in the lane's cache.
    */
-  async forward(firstRow: number, rows: StepRow[]): Promise<Float32Array> {
+  async forward(firstRow: number, rows: StepRow[], lane = 0): Promise<Float32Array> {
     const c = this.config;
+    const { cache, rowWeights } = this.lanes[lane];
     const batch = rows.length;
     const tokens = Math.max(...rows.map((r) => r.tokens.length));
     if (rows.some((r) => r.tokens.length === 0)) throw new Error('every row of a step must feed at least one token');
-    if (firstRow + batch > this.cache.maxRows) throw new Error(`rows ${firstRow}..${firstRow + batch} exceed the batch capacity`);
-    this.cache.ensureWidth(Math.max(...rows.map((r) => r.position + r.tokens.length)));
-    const width = this.cache.width;
+    if (firstRow + batch > cache.maxRows) throw new Error(`rows ${firstRow}..${firstRow + batch} exceed the batch capacity`);
+    cache.ensureWidth(Math.max(...rows.map((r) => r.position + r.tokens.length)));
+    const width = cache.width;
     const groupSize = c.numHeads / c.numKvHeads;
 
     const inputIds = new BigInt64Array(batch * tokens);
@@ -134,19 +166,19 @@ export class ModelRunner {
       [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(BigInt(width), BigInt(tokens)), [2]),
       [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', logitsPosition, [batch, 1, c.hiddenSize]),
     };
-    const stride = this.cache.rowStride;
+    const stride = cache.rowStride;
     for (let l = 0; l < c.numLayers; l++) {
       const range = [firstRow * stride, (firstRow + batch) * stride] as const;
-      feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', this.cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
-      feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', this.cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
+      feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
+      feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
     }
     const anyAdapter = rows.some((r) => r.slot !== 0);
-    if (anyAdapter) rows.forEach((row, b) => this.rowWeights.sync(firstRow + b, row.slot));
+    if (anyAdapter) rows.forEach((row, b) => rowWeights.sync(firstRow + b, row.slot));
     for (let l = 0; l < c.numLayers; l++) {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
         const name = nameOf(l);
         if (anyAdapter) {
-          const { data, shape, size } = this.rowWeights.buffers.get(name)!;
+          const { data, shape, size } = rowWeights.buffers.get(name)!;
           feeds[name] = new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
         } else {
           feeds[name] = new ort.Tensor('float32', EMPTY, [batch, ...this.rankZeroShapes[key]]);
@@ -156,14 +188,22 @@ export class ModelRunner {
 
     const result = await this.session.run(feeds);
     const newKeyValues = result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array;
-    this.cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position), rows.map((r) => r.tokens.length));
+    cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position), rows.map((r) => r.tokens.length));
     return result[GRAPH_OUTPUTS.logits].data as Float32Array;
   }
 
-  /** Moves a sequence's cache row and adapter weights (to keep the running batch contiguous). */
-  moveRow(from: number, to: number): void {
-    this.cache.moveRow(from, to);
-    this.rowWeights.move(from, to);
+  /** Moves a sequence's cache row and adapter weights within a lane (to keep the lane's rows contiguous). */
+  moveRow(from: number, to: number, lane = 0): void {
+    this.lanes[lane].cache.moveRow(from, to);
+    this.lanes[lane].rowWeights.move(from, to);
+  }
+
+  /**
+   * Copies a sequence's `positions` cached tokens to a row of another lane. Its adapter weights follow at the
+   * lane's next forward pass, which syncs every row with its slot.
+   */
+  moveToLane(fromLane: number, fromRow: number, toLane: number, toRow: number, positions: number): void {
+    this.lanes[toLane].cache.copyRowFrom(this.lanes[fromLane].cache, fromRow, toRow, positions);
   }
 
   async close(): Promise<void> {

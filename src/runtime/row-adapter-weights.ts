@@ -1,7 +1,7 @@
 /**
- * The LoRA weights each batch row uses, in the layout the decoder graph reads (`[rows, in, R]` / `[rows, R, out]`
- * per input). A row gets a copy of its slot's weights when the slot it uses changes — when a sequence joins
- * or moves — so a decode step feeds contiguous, zero-copy views and copies nothing.
+ * The LoRA weights each batch row uses, in the layout the decoder graph reads (one block per row of every
+ * LORA_INPUTS input). A row gets a copy of its slot's weights when the slot it uses changes — when a sequence
+ * joins or moves — so a decode step feeds contiguous, zero-copy views and copies nothing.
  */
 import type { AdapterSlots, LoraBuffer } from './adapter-slots.ts';
 
@@ -12,24 +12,29 @@ interface RowSource {
 }
 
 export class RowAdapterWeights {
-  /** Per graph input name: the rows' weights, row 0 first. */
+  /**
+   * Per graph input name: the rows' weights, row 0 first. Empty until a row first uses an adapter, so rows
+   * that only ever run the base model (a whole lane of them, say) cost no memory.
+   */
   readonly buffers = new Map<string, LoraBuffer>();
-  private readonly sources: (RowSource | null)[];
+  private readonly sources: RowSource[];
 
   constructor(
     private readonly slots: AdapterSlots,
     readonly maxRows: number,
   ) {
-    for (const [name, { shape, size }] of slots.buffers) this.buffers.set(name, { data: new Float32Array(maxRows * size), shape, size });
-    // Fresh buffers are zeros, which is exactly slot 0 ("no adapter").
-    this.sources = Array.from({ length: maxRows }, () => ({ slot: 0, generation: 0 }));
+    // Absent or fresh buffers are zeros, which is exactly slot 0 ("no adapter").
+    this.sources = Array.from({ length: maxRows }, () => ({ slot: 0, generation: slots.generation(0) }));
   }
 
   /** Makes `row` hold the weights of `slot` (0 = zeros), copying only when they differ from what it holds. */
   sync(row: number, slot: number): void {
     const generation = this.slots.generation(slot);
     const source = this.sources[row];
-    if (source && source.slot === slot && source.generation === generation) return;
+    if (source.slot === slot && source.generation === generation) return;
+    if (this.buffers.size === 0) {
+      for (const [name, { shape, size }] of this.slots.buffers) this.buffers.set(name, { data: new Float32Array(this.maxRows * size), shape, size });
+    }
     for (const [name, rows] of this.buffers) {
       const { data, size } = this.slots.buffers.get(name)!;
       rows.data.set(data.subarray(slot * size, (slot + 1) * size), row * size);
