@@ -32,31 +32,38 @@ function readToken(cache: KvCache, row: number, position: number): number[] {
 
 test('the cache keeps every written token through growing, moving rows and shrinking', () => {
   const cache = new KvCache(config, 3, 4096);
+  assert.equal(cache.rows, 1, 'rows are allocated as sequences arrive');
   writeTokens(cache, 0, 0, 10);
   const before = readToken(cache, 0, 9);
-  cache.ensureWidth(700);
+  cache.ensure(3, 700);
   assert.equal(cache.width, 6 * CACHE_BUCKET);
+  assert.equal(cache.rows, 3, 'powers of two, capped at the batch limit');
   assert.deepEqual(readToken(cache, 0, 9), before);
   writeTokens(cache, 2, 0, 600);
   const far = readToken(cache, 2, 599);
   cache.moveRow(2, 1);
   assert.deepEqual(readToken(cache, 1, 599), far);
   // Only short sequences left: the bucket shrinks, and what they hold is intact.
-  cache.shrinkToFit(11);
+  cache.shrinkToFit(3, 11);
   assert.equal(cache.width, CACHE_BUCKET);
   assert.deepEqual(readToken(cache, 0, 9), before);
+  // One sequence left: the rows shrink too.
+  cache.shrinkToFit(1, 11);
+  assert.equal(cache.rows, 1);
+  assert.deepEqual(readToken(cache, 0, 9), before);
   // Not worth a copy unless it at least halves the width.
-  cache.ensureWidth(300);
-  cache.shrinkToFit(200);
+  cache.ensure(1, 300);
+  cache.shrinkToFit(1, 200);
   assert.equal(cache.width, 3 * CACHE_BUCKET);
-  assert.throws(() => cache.ensureWidth(5000), /exceeds the context limit of 4096/);
+  assert.throws(() => cache.ensure(1, 5000), /exceeds the context limit of 4096/);
+  assert.throws(() => cache.ensure(4, 10), /4 rows exceed the cache's 3/);
 });
 
 test('a row copied into a cache of another width keeps every token', () => {
   const short = new KvCache(config, 2, 256);
   const long = new KvCache(config, 2, 4096);
-  long.ensureWidth(1000);
-  short.ensureWidth(200);
+  long.ensure(1, 1000);
+  short.ensure(2, 200);
   writeTokens(short, 1, 0, 200);
   const tokens = [0, 99, 199].map((position) => readToken(short, 1, position));
   long.copyRowFrom(short, 1, 0, 200);

@@ -179,7 +179,7 @@ export class Scheduler {
         this.finish(sequence, sequence.cancelled && !sequence.finish ? 'cancelled' : sequence.finish!);
         this.removeRow(lane, row);
       }
-      this.runner.lanes[lane].cache.shrinkToFit(Math.max(0, ...running.map((s) => s.position + 1)));
+      this.runner.lanes[lane].cache.shrinkToFit(running.length, Math.max(0, ...running.map((s) => s.position + 1)));
     });
   }
 

@@ -3,7 +3,8 @@
  * batch always occupies rows [0, n), so every step's inputs are contiguous prefixes of these buffers.
  * Keys are stored transposed ([rows, kv_heads, head_dim, S]) so attention is one plain MatMul.
  * The width S grows in buckets; attention runs over the whole bucket with a mask, which costs less than
- * returning or re-concatenating the cache every step.
+ * returning or re-concatenating the cache every step. The rows allocated grow in powers of two up to
+ * `maxRows`, so memory follows the sequences running, not the batch limit times the longest one.
  */
 import type { LlamaConfig } from '../model/types.ts';
 
@@ -14,13 +15,15 @@ export class KvCache {
   values: Float32Array[] = [];
   /** Current bucket width (positions per row). */
   width = 0;
+  /** Rows allocated. */
+  rows = 0;
 
   constructor(
     private readonly config: LlamaConfig,
     readonly maxRows: number,
     readonly maxPositions: number,
   ) {
-    this.allocate(CACHE_BUCKET);
+    this.allocate(1, CACHE_BUCKET);
   }
 
   /** Floats one row occupies in one layer's key (or value) buffer. */
@@ -28,37 +31,40 @@ export class KvCache {
     return this.config.numKvHeads * this.config.headDim * this.width;
   }
 
-  get residentBytes(): number {
-    return 2 * this.config.numLayers * this.maxRows * this.rowStride * 4;
-  }
-
-  /** Makes room for `positions` tokens per row, copying the cache into wider buffers when needed. */
-  ensureWidth(positions: number): void {
+  /** Makes room for `rows` rows of `positions` tokens, copying the cache into larger buffers when needed. */
+  ensure(rows: number, positions: number): void {
     if (positions > this.maxPositions) {
       throw new Error(`sequence of ${positions} tokens exceeds the context limit of ${this.maxPositions}`);
     }
-    if (positions > this.width) this.resize(roundUpBucket(positions));
+    if (rows > this.maxRows) throw new Error(`${rows} rows exceed the cache's ${this.maxRows}`);
+    if (positions > this.width || rows > this.rows) {
+      this.resize(Math.max(this.rows, roundUpPowerOfTwo(rows, this.maxRows)), Math.max(this.width, roundUpBucket(positions)));
+    }
   }
 
   /**
-   * Gives memory and attention work back once long sequences have left: every step attends over the whole
-   * bucket, so a width kept from one long request would slow every later step. Shrinks only to half or less,
-   * so sequences growing and leaving around a bucket edge do not copy the cache back and forth.
+   * Gives memory and attention work back once long sequences or many of them have left: every step attends
+   * over the whole bucket, so a width kept from one long request would slow every later step. Shrinks only
+   * to half or less, so sequences growing and leaving around an edge do not copy the cache back and forth.
    */
-  shrinkToFit(positions: number): void {
+  shrinkToFit(rows: number, positions: number): void {
     const width = roundUpBucket(Math.max(positions, 1));
-    if (width <= this.width / 2) this.resize(width);
+    const rowCapacity = roundUpPowerOfTwo(rows, this.maxRows);
+    const narrower = width <= this.width / 2;
+    const fewer = rowCapacity <= this.rows / 2;
+    if (narrower || fewer) this.resize(fewer ? rowCapacity : this.rows, narrower ? width : this.width);
   }
 
-  private resize(width: number): void {
+  private resize(rows: number, width: number): void {
     const oldKeys = this.keys;
     const oldValues = this.values;
     const oldWidth = this.width;
     const kept = Math.min(oldWidth, width);
-    this.allocate(width);
+    const keptRows = Math.min(this.rows, rows);
+    this.allocate(rows, width);
     const { numKvHeads, headDim } = this.config;
     for (let l = 0; l < this.config.numLayers; l++) {
-      for (let row = 0; row < this.maxRows; row++) {
+      for (let row = 0; row < keptRows; row++) {
         for (let h = 0; h < numKvHeads; h++) {
           const head = row * numKvHeads + h;
           for (let d = 0; d < headDim; d++) {
@@ -110,7 +116,7 @@ export class KvCache {
 
   /** Copies the first `positions` tokens of another cache's row (of any width) into `row`. */
   copyRowFrom(source: KvCache, sourceRow: number, row: number, positions: number): void {
-    this.ensureWidth(positions);
+    this.ensure(row + 1, positions);
     const { numLayers, numKvHeads, headDim } = this.config;
     for (let l = 0; l < numLayers; l++) {
       for (let h = 0; h < numKvHeads; h++) {
@@ -136,9 +142,10 @@ export class KvCache {
     }
   }
 
-  private allocate(width: number): void {
+  private allocate(rows: number, width: number): void {
+    this.rows = rows;
     this.width = width;
-    const size = this.maxRows * this.config.numKvHeads * this.config.headDim * width;
+    const size = rows * this.config.numKvHeads * this.config.headDim * width;
     this.keys = Array.from({ length: this.config.numLayers }, () => new Float32Array(size));
     this.values = Array.from({ length: this.config.numLayers }, () => new Float32Array(size));
   }
@@ -146,4 +153,8 @@ export class KvCache {
 
 function roundUpBucket(positions: number): number {
   return Math.ceil(positions / CACHE_BUCKET) * CACHE_BUCKET;
+}
+
+function roundUpPowerOfTwo(rows: number, limit: number): number {
+  return Math.min(limit, 2 ** Math.ceil(Math.log2(Math.max(rows, 1))));
 }
