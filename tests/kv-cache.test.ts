@@ -31,13 +31,15 @@ function readToken(cache: KvCache, row: number, position: number): number[] {
 }
 
 test('the cache keeps every written token through growing, moving rows and shrinking', () => {
-  const cache = new KvCache(config, 3, 4096);
+  const cache = new KvCache(config, 5, 4096);
   assert.equal(cache.rows, 1, 'rows are allocated as sequences arrive');
   writeTokens(cache, 0, 0, 10);
   const before = readToken(cache, 0, 9);
   cache.ensure(3, 700);
   assert.equal(cache.width, 6 * CACHE_BUCKET);
-  assert.equal(cache.rows, 3, 'powers of two, capped at the batch limit');
+  assert.equal(cache.rows, 4, 'rows grow in powers of two');
+  cache.ensure(5, 700);
+  assert.equal(cache.rows, 5, 'capped at the batch limit');
   assert.deepEqual(readToken(cache, 0, 9), before);
   writeTokens(cache, 2, 0, 600);
   const far = readToken(cache, 2, 599);
@@ -46,17 +48,18 @@ test('the cache keeps every written token through growing, moving rows and shrin
   // Only short sequences left: the bucket shrinks, and what they hold is intact.
   cache.shrinkToFit(3, 11);
   assert.equal(cache.width, CACHE_BUCKET);
+  assert.equal(cache.rows, 5, 'rows shrink only when a quarter of them would do');
   assert.deepEqual(readToken(cache, 0, 9), before);
-  // One sequence left: the rows shrink too.
+  // One sequence left: the rows shrink to twice what it needs, keeping what the first rows hold.
   cache.shrinkToFit(1, 11);
-  assert.equal(cache.rows, 1);
+  assert.equal(cache.rows, 2);
   assert.deepEqual(readToken(cache, 0, 9), before);
   // Not worth a copy unless it at least halves the width.
   cache.ensure(1, 300);
   cache.shrinkToFit(1, 200);
   assert.equal(cache.width, 3 * CACHE_BUCKET);
   assert.throws(() => cache.ensure(1, 5000), /exceeds the context limit of 4096/);
-  assert.throws(() => cache.ensure(4, 10), /4 rows exceed the cache's 3/);
+  assert.throws(() => cache.ensure(6, 10), /6 rows exceed the cache's 5/);
 });
 
 test('a row copied into a cache of another width keeps every token', () => {

@@ -44,15 +44,16 @@ export class KvCache {
 
   /**
    * Gives memory and attention work back once long sequences or many of them have left: every step attends
-   * over the whole bucket, so a width kept from one long request would slow every later step. Shrinks only
-   * to half or less, so sequences growing and leaving around an edge do not copy the cache back and forth.
+   * over the whole bucket, so a width kept from one long request would slow every later step. The width
+   * shrinks only to half or less, and the rows only to twice what is needed once a quarter would do, so a
+   * load that rises and falls around an edge does not copy the cache back and forth.
    */
   shrinkToFit(rows: number, positions: number): void {
     const width = roundUpBucket(Math.max(positions, 1));
-    const rowCapacity = roundUpPowerOfTwo(rows, this.maxRows);
     const narrower = width <= this.width / 2;
-    const fewer = rowCapacity <= this.rows / 2;
-    if (narrower || fewer) this.resize(fewer ? rowCapacity : this.rows, narrower ? width : this.width);
+    const needed = roundUpPowerOfTwo(rows, this.maxRows);
+    const fewer = needed <= this.rows / 4;
+    if (narrower || fewer) this.resize(fewer ? 2 * needed : this.rows, narrower ? width : this.width);
   }
 
   private resize(rows: number, width: number): void {
