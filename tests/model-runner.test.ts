@@ -11,7 +11,8 @@ import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer
 import type { BaseModel, LoraTargetModule, WeightMap } from '../src/model/types.ts';
 import { REFERENCE, STORIES_GGUF, STORIES_HF_DIR } from './support/models.ts';
 
-const OPTIONS: RunnerOptions = { maxBatch: 8, adapterSlots: 3, maxLoraRank: 8 };
+// Slots of rank 16 hold the rank-4 and rank-8 adapters below: rows are laid out for the highest rank among them.
+const OPTIONS: RunnerOptions = { maxBatch: 8, adapterSlots: 3, maxLoraRank: 16 };
 
 function argmax(values: Float32Array): number {
   let best = 0;
@@ -101,6 +102,17 @@ test('a batch mixing base rows and adapters of different ranks equals merged wei
       })));
       for (let b = 0; b < rows.length; b++) batched[b].push(logits.slice(b * base.config.vocabSize, (b + 1) * base.config.vocabSize));
     }
+    assert.equal(runner.lanes[0].rowWeights.rank, 8, 'the rows are laid out for their highest adapter rank, not the slot rank');
+    // Once only rank-4 rows remain, the layout shrinks to rank 4 and they still match (checked below).
+    const smallRows = rows.flatMap((row, b) => (row.adapter === 'small' ? [b] : []));
+    for (const b of smallRows) runner.moveRow(b, smallRows.indexOf(b));
+    const smallLogits = await runner.forward(0, smallRows.map((b) => ({
+      tokens: [383],
+      position: rows[b].prompt.length + fed.length,
+      slot: slots.small,
+    })));
+    assert.equal(runner.lanes[0].rowWeights.rank, 4);
+    smallRows.forEach((b, i) => batched[b].push(smallLogits.slice(i * base.config.vocabSize, (i + 1) * base.config.vocabSize)));
     await runner.close();
 
     // Alone: each row on a runner of its merged model (or the plain base), batch of one.
@@ -111,6 +123,9 @@ test('a batch mixing base rows and adapters of different ranks equals merged wei
       const expected = [Float32Array.from(await alone.forward(0, [{ tokens: [...row.prompt], position: 0, slot: 0 }]))];
       for (const [i, step] of fed.entries()) {
         expected.push(Float32Array.from(await alone.forward(0, [{ tokens: [step[b % 2]], position: row.prompt.length + i, slot: 0 }])));
+      }
+      if (row.adapter === 'small') {
+        expected.push(Float32Array.from(await alone.forward(0, [{ tokens: [383], position: row.prompt.length + fed.length, slot: 0 }])));
       }
       await alone.close();
       for (const [i, logits] of expected.entries()) {

@@ -68,6 +68,9 @@ export interface LoraBuffer {
   size: number;
 }
 
+/** Where the rank axis lies: the last axis of A (`[in, groups*R]`), the second to last of B (`[..., R, out]`). */
+type RankAxis = 'columns' | 'rows';
+
 export class AdapterSlots {
   /** Per graph input name (e.g. `lora_a_qkv.3`): the slots' weights, slot 0 first. */
   readonly buffers = new Map<string, LoraBuffer>();
@@ -85,6 +88,9 @@ export class AdapterSlots {
   private readonly freeSlots: number[];
   /** Bumped on every write into a slot, so copies of its old contents can tell they are stale. */
   private readonly generations: number[];
+  /** Per slot: the rank of the adapter it holds (0 when empty). */
+  private readonly ranks: number[];
+  private readonly rankAxes = new Map<string, RankAxis>();
 
   constructor(
     config: LlamaConfig,
@@ -102,7 +108,14 @@ export class AdapterSlots {
     }
     this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
     this.generations = new Array(capacity + 1).fill(0);
+    this.ranks = new Array(capacity + 1).fill(0);
     this.holders = new Array(capacity + 1).fill(0);
+    const aInputs = new Set(Object.values(this.layouts).map((layout) => layout.a));
+    for (let l = 0; l < config.numLayers; l++) {
+      for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [LoraInputName, (l: number) => string][]) {
+        this.rankAxes.set(nameOf(l), aInputs.has(key) ? 'columns' : 'rows');
+      }
+    }
   }
 
   get residentAdapters(): string[] {
@@ -117,6 +130,47 @@ export class AdapterSlots {
 
   generation(slot: number): number {
     return this.generations[slot];
+  }
+
+  /** The rank of the adapter in a slot (0 for slot 0 and empty slots). */
+  rankOf(slot: number): number {
+    return this.ranks[slot];
+  }
+
+  /** The per-row shape of a LoRA graph input when laid out for `rank` (at most the slot rank). */
+  shapeAt(name: string, rank: number): number[] {
+    const { shape } = this.buffers.get(name)!;
+    return this.rankAxes.get(name) === 'columns'
+      ? [shape[0], (shape[1] / this.rank) * rank]
+      : shape.map((dim, axis) => (axis === shape.length - 2 ? rank : dim));
+  }
+
+  /**
+   * Copies a slot's weights of one graph input into `target` at `offset`, laid out for `rank`: the first
+   * `rank` entries of every rank block (the rest are the zero padding up to the slot rank).
+   */
+  copyAtRank(name: string, slot: number, rank: number, target: Float32Array, offset: number): void {
+    const { data, shape, size } = this.buffers.get(name)!;
+    const from = slot * size;
+    if (rank === this.rank) {
+      target.set(data.subarray(from, from + size), offset);
+    } else if (this.rankAxes.get(name) === 'columns') {
+      // [in, groups*R] → [in, groups*rank]: each row of A keeps the first `rank` columns of every group.
+      const groups = shape[1] / this.rank;
+      for (let i = 0, to = offset; i < shape[0]; i++) {
+        for (let g = 0; g < groups; g++, to += rank) {
+          const start = from + (i * groups + g) * this.rank;
+          target.set(data.subarray(start, start + rank), to);
+        }
+      }
+    } else {
+      // [..., R, out] → [..., rank, out]: each block of B keeps its first `rank` rows.
+      const width = shape[shape.length - 1];
+      for (let block = 0; block < size / (this.rank * width); block++) {
+        const start = from + block * this.rank * width;
+        target.set(data.subarray(start, start + rank * width), offset + block * rank * width);
+      }
+    }
   }
 
   /** Holds the slot of `key` for one more running sequence if the adapter is resident; else undefined. */
@@ -184,6 +238,7 @@ export class AdapterSlots {
       throw new Error(`adapter rank ${adapter.rank} exceeds the slot rank ${this.rank}; raise MAX_LORA_RANK`);
     }
     this.clear(slot);
+    this.ranks[slot] = adapter.rank;
     const R = this.rank;
     for (const m of adapter.modules) {
       const layout = this.layouts[m.module];
@@ -206,6 +261,7 @@ export class AdapterSlots {
 
   private clear(slot: number): void {
     this.generations[slot]++;
+    this.ranks[slot] = 0;
     for (const { data, size } of this.buffers.values()) {
       data.fill(0, slot * size, (slot + 1) * size);
     }

@@ -172,12 +172,11 @@ export class ModelRunner {
       feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
     }
-    const anyAdapter = rows.some((r) => r.slot !== 0);
-    if (anyAdapter) rows.forEach((row, b) => rowWeights.sync(firstRow + b, row.slot));
+    const rank = rowWeights.prepare(firstRow, rows.map((r) => r.slot));
     for (let l = 0; l < c.numLayers; l++) {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
         const name = nameOf(l);
-        if (anyAdapter) {
+        if (rank > 0) {
           const { data, shape, size } = rowWeights.buffers.get(name)!;
           feeds[name] = new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
         } else {
