@@ -4,6 +4,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { loadBaseModel } from '../model/load.ts';
+import { buildDecoderGraph } from '../graph/decoder-graph.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
 import type { EngineOptions, FromWorker, ToWorker } from './protocol.ts';
 import { Scheduler } from './scheduler.ts';
@@ -16,9 +17,11 @@ const post = (message: FromWorker) => port.postMessage(message);
 async function start(options: EngineOptions): Promise<void> {
   const model = await loadBaseModel(options.modelPath);
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
-  const runner = await ModelRunner.create(model, { ...options, maxBatch: options.maxBatch, maxPositions });
-  // The session holds its own copy of the weights; the loaded arrays would only double the resident memory.
+  const graph = buildDecoderGraph(model);
+  // The graph holds the weights (in the layout the session reads); the loaded arrays would only add to the
+  // memory peak while the session loads them.
   model.weights.clear();
+  const runner = await ModelRunner.fromGraph(graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions });
   const scheduler = new Scheduler(
     runner,
     {

@@ -54,10 +54,14 @@ export class OnnxGraphBuilder {
     this.outputs.push(valueInfo(name, type, dims));
   }
 
-  /** A constant tensor stored in the external weight buffer. The data is copied, so callers may reuse theirs. */
+  /**
+   * A constant tensor stored in the external weight buffer. The data is referenced, not copied, until `build`
+   * copies it into that buffer (a copy per tensor would hold the weights twice while the graph is built), so
+   * callers must not change it before then.
+   */
   initializer(name: string, data: Float32Array | BigInt64Array, dims: number[]): string {
     this.claim(name);
-    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength).slice();
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     this.initializers.push({ name, dims, type: data instanceof Float32Array ? 'float32' : 'int64', bytes });
     return name;
   }

@@ -5,7 +5,7 @@
  */
 import * as ort from 'onnxruntime-node';
 import { buildDecoderGraph, GRAPH_INPUTS, GRAPH_OUTPUTS, LORA_INPUTS } from '../graph/decoder-graph.ts';
-import { EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
+import { type BuiltModel, EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { AdapterSlots, loraInputShapes } from './adapter-slots.ts';
 import { KvCache } from './kv-cache.ts';
@@ -90,7 +90,11 @@ export class ModelRunner {
   }
 
   static async create(model: BaseModel, options: RunnerOptions): Promise<ModelRunner> {
-    const graph = buildDecoderGraph(model);
+    return ModelRunner.fromGraph(buildDecoderGraph(model), model.config, options);
+  }
+
+  /** A runner for a decoder graph already built (its builder's model weights may be dropped first). */
+  static async fromGraph(graph: BuiltModel, config: LlamaConfig, options: RunnerOptions): Promise<ModelRunner> {
     const provider = options.executionProvider ?? 'cpu';
     let session: ort.InferenceSession;
     try {
@@ -110,7 +114,7 @@ export class ModelRunner {
       }
       throw error;
     }
-    return new ModelRunner(session, model.config, options);
+    return new ModelRunner(session, config, options);
   }
 
   /** The lane for a sequence that needs `positions` cache positions. */
