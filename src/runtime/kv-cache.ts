@@ -10,6 +10,13 @@ import type { LlamaConfig } from '../model/types.ts';
 
 export const CACHE_BUCKET = 128;
 
+/** Per-layer key and value buffers and the width their rows are laid out for. */
+interface CacheBuffers {
+  keys: Float32Array[];
+  values: Float32Array[];
+  width: number;
+}
+
 export class KvCache {
   keys: Float32Array[] = [];
   values: Float32Array[] = [];
@@ -57,26 +64,11 @@ export class KvCache {
   }
 
   private resize(rows: number, width: number): void {
-    const oldKeys = this.keys;
-    const oldValues = this.values;
-    const oldWidth = this.width;
-    const kept = Math.min(oldWidth, width);
+    const old: CacheBuffers = { keys: this.keys, values: this.values, width: this.width };
+    const kept = Math.min(this.width, width);
     const keptRows = Math.min(this.rows, rows);
     this.allocate(rows, width);
-    const { numKvHeads, headDim } = this.config;
-    for (let l = 0; l < this.config.numLayers; l++) {
-      for (let row = 0; row < keptRows; row++) {
-        for (let h = 0; h < numKvHeads; h++) {
-          const head = row * numKvHeads + h;
-          for (let d = 0; d < headDim; d++) {
-            const from = (head * headDim + d) * oldWidth;
-            this.keys[l].set(oldKeys[l].subarray(from, from + kept), (head * headDim + d) * width);
-          }
-          const from = head * oldWidth * headDim;
-          this.values[l].set(oldValues[l].subarray(from, from + kept * headDim), head * width * headDim);
-        }
-      }
-    }
+    for (let row = 0; row < keptRows; row++) this.copyRow(old, row, row, kept);
   }
 
   /**
@@ -118,6 +110,11 @@ export class KvCache {
   /** Copies the first `positions` tokens of another cache's row (of any width) into `row`. */
   copyRowFrom(source: KvCache, sourceRow: number, row: number, positions: number): void {
     this.ensure(row + 1, positions);
+    this.copyRow(source, sourceRow, row, positions);
+  }
+
+  /** Copies a row's first `positions` tokens from buffers of any width into this cache's `row`. */
+  private copyRow(source: CacheBuffers, sourceRow: number, row: number, positions: number): void {
     const { numLayers, numKvHeads, headDim } = this.config;
     for (let l = 0; l < numLayers; l++) {
       for (let h = 0; h < numKvHeads; h++) {

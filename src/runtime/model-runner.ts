@@ -132,7 +132,6 @@ export class ModelRunner {
     const batch = rows.length;
     const tokens = Math.max(...rows.map((r) => r.tokens.length));
     if (rows.some((r) => r.tokens.length === 0)) throw new Error('every row of a step must feed at least one token');
-    if (firstRow + batch > cache.maxRows) throw new Error(`rows ${firstRow}..${firstRow + batch} exceed the batch capacity`);
     cache.ensure(firstRow + batch, Math.max(...rows.map((r) => r.position + r.tokens.length)));
     const width = cache.width;
     const groupSize = c.numHeads / c.numKvHeads;
