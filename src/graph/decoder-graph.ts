@@ -14,10 +14,11 @@
  *   independent of context length and RoPE scaling variants.
  * - LoRA: every projection has per-row A and B inputs `[B, in, R]` / `[B, R, out]` (rank zero-padded to the
  *   slot rank R, the adapter's scale folded into B; projections grouped as LORA_INPUTS says), applied as
- *   batched matmuls, so each row of one batch may use a different adapter, or none (zeros). The runtime copies an adapter's weights into a row when a
- *   sequence joins the batch, not every step: gathering per-slot weights inside the graph would copy every
- *   row's adapter on every step, which measured ~15 % slower at 16 rows. The same per-row scheme carries
- *   other PEFT families later (IA3 vectors, bottleneck adapters).
+ *   batched matmuls, so each row of one batch may use a different adapter, or none (zeros). The runtime
+ *   copies an adapter's weights into a row when a sequence joins the batch, not every step: gathering
+ *   per-slot weights inside the graph would copy every row's adapter on every step, which measured ~15 %
+ *   slower at 16 rows. The same per-row scheme carries other PEFT families later (IA3 vectors, bottleneck
+ *   adapters).
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
