@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { configFromHuggingFace } from '../src/model/config.ts';
 import type { LlamaConfig, LoraTargetModule } from '../src/model/types.ts';
 import { entryToFloat32, readSafetensors, writeSafetensors, type SafetensorsTensorInput } from '../src/formats/safetensors.ts';
+import { elementCount } from '../src/formats/tensor-shape.ts';
 import { AdapterError, type AdapterErrorCode } from '../src/adapters/adapter-error.ts';
 import { loadLoraAdapter, loraTensorKey, projectionDims, type LoraAdapter } from '../src/adapters/lora.ts';
 import { parsePeftConfig, planLoraModules } from '../src/adapters/peft-config.ts';
@@ -223,7 +224,7 @@ for (const { title, edit, code, parts } of configRefusals) {
   });
 }
 
-const zeros = (...shape: number[]): SafetensorsTensorInput => ({ dtype: 'F32', shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
+const zeros = (...shape: number[]): SafetensorsTensorInput => ({ dtype: 'F32', shape, data: new Float32Array(elementCount(shape)) });
 
 const weightRefusals: { title: string; key: string; edit: (tensors: Record<string, SafetensorsTensorInput>, key: string) => void; code: AdapterErrorCode; parts: string[] }[] = [
   { title: 'a tensor of the wrong shape', key: loraTensorKey(2, 'v_proj', 'B'), edit: (t, key) => (t[key] = zeros(31, 4)), code: 'shape_mismatch', parts: ['has shape [31, 4], expected [32, 4]'] },

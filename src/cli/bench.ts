@@ -13,6 +13,7 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { randomLoraAdapter, writeLoraAdapter } from '../adapters/lora-writer.ts';
 import { Engine } from '../engine/engine.ts';
+import { elementCount } from '../formats/tensor-shape.ts';
 import type { AdapterRef } from '../engine/protocol.ts';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
@@ -155,7 +156,7 @@ async function main(): Promise<void> {
 
 /** Floats of LoRA weights one batch row carries through a forward pass at slot rank `rank`. */
 function loraFloatsPerRow(rank: number): number {
-  const perLayer = Object.values(loraInputShapes(SMOLLM2_135M_SHAPE, rank)).reduce((sum, shape) => sum + shape.reduce((a, b) => a * b, 1), 0);
+  const perLayer = Object.values(loraInputShapes(SMOLLM2_135M_SHAPE, rank)).reduce((sum, shape) => sum + elementCount(shape), 0);
   return perLayer * SMOLLM2_135M_SHAPE.numLayers;
 }
 

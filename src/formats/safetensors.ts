@@ -7,6 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { writeFileAtomically } from '../storage/durable-files.ts';
 import { isJsonObject } from '../storage/json-files.ts';
 import { decodeFloats, encodeFloats, type FloatEncoding } from './float16.ts';
+import { elementCount } from './tensor-shape.ts';
 
 export type SafetensorsDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
@@ -143,7 +144,7 @@ function parseEntry(name: string, value: unknown, dataLength: number, fail: (mes
     fail(`${where}: data_offsets [${begin}, ${end}] run past the end of the ${dataLength}-byte data section (truncated?)`);
   }
   const elementBytes = DTYPE_BYTES[dtype as SafetensorsDtype];
-  const expectedBytes = (shape as number[]).reduce((product, dim) => product * dim, elementBytes);
+  const expectedBytes = elementCount(shape as number[]) * elementBytes;
   if (end - begin !== expectedBytes) {
     fail(
       `${where}: shape [${shape.join(', ')}] of ${dtype} needs ${expectedBytes} bytes but data_offsets [${begin}, ${end}] hold ${end - begin}`,
@@ -235,7 +236,7 @@ function tensorBytes(name: string, tensor: SafetensorsTensorInput): Uint8Array {
   if (!shape.every((dim) => Number.isSafeInteger(dim) && dim >= 0)) {
     throw new SafetensorsError(`tensor "${name}": shape ${JSON.stringify(shape)} must be non-negative integers`);
   }
-  const count = shape.reduce((product, dim) => product * dim, 1);
+  const count = elementCount(shape);
   if (data.length !== count) {
     throw new SafetensorsError(`tensor "${name}": shape [${shape.join(', ')}] holds ${count} values but data has ${data.length}`);
   }

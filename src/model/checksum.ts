@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { elementCount } from '../formats/tensor-shape.ts';
 import type { WeightMap } from './types.ts';
 
 /**
@@ -10,7 +11,7 @@ export function weightsChecksum(weights: WeightMap): string {
   const hash = createHash('sha256');
   for (const name of [...weights.keys()].sort()) {
     const { shape, data } = weights.get(name)!;
-    const elements = shape.reduce((product, dim) => product * dim, 1);
+    const elements = elementCount(shape);
     if (data.length !== elements) {
       throw new Error(`weight "${name}" has shape [${shape.join(', ')}] (${elements} values) but holds ${data.length}`);
     }

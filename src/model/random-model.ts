@@ -3,6 +3,7 @@
  * so benchmarks run on these instead of multi-hundred-megabyte downloads.
  */
 import { createRng, randomNormal } from '../engine/random.ts';
+import { elementCount } from '../formats/tensor-shape.ts';
 import { weightsChecksum } from './checksum.ts';
 import type { BaseModel, LlamaConfig, WeightMap } from './types.ts';
 import { llamaWeightShapes } from './weight-shapes.ts';
@@ -30,7 +31,7 @@ export function randomBaseModel(config: LlamaConfig, seed: number, std = 0.02): 
   const rng = createRng(seed);
   const weights: WeightMap = new Map();
   for (const [name, shape] of llamaWeightShapes(config)) {
-    const size = shape.reduce((a, b) => a * b, 1);
+    const size = elementCount(shape);
     const data = new Float32Array(size);
     if (name.endsWith('norm.weight')) data.fill(1);
     else for (let i = 0; i < size; i++) data[i] = std * randomNormal(rng);

@@ -7,6 +7,7 @@
  * sequence holds. A slot held by a running sequence is never evicted; when every slot is held, the caller waits.
  */
 import { projectionDims, type LoraAdapter } from '../adapters/lora.ts';
+import { elementCount } from '../formats/tensor-shape.ts';
 import { LORA_INPUTS } from '../graph/decoder-graph.ts';
 import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '../model/types.ts';
 
@@ -100,22 +101,18 @@ export class AdapterSlots {
   ) {
     this.layouts = slotLayouts(config);
     const shapes = loraInputShapes(config, rank);
+    const aInputs = new Set(Object.values(this.layouts).map((layout) => layout.a));
     for (let l = 0; l < config.numLayers; l++) {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [LoraInputName, (l: number) => string][]) {
-        const size = shapes[key].reduce((a, b) => a * b, 1);
+        const size = elementCount(shapes[key]);
         this.buffers.set(nameOf(l), { data: new Float32Array((capacity + 1) * size), shape: shapes[key], size });
+        this.rankAxes.set(nameOf(l), aInputs.has(key) ? 'columns' : 'rows');
       }
     }
     this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
     this.generations = new Array(capacity + 1).fill(0);
     this.ranks = new Array(capacity + 1).fill(0);
     this.holders = new Array(capacity + 1).fill(0);
-    const aInputs = new Set(Object.values(this.layouts).map((layout) => layout.a));
-    for (let l = 0; l < config.numLayers; l++) {
-      for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [LoraInputName, (l: number) => string][]) {
-        this.rankAxes.set(nameOf(l), aInputs.has(key) ? 'columns' : 'rows');
-      }
-    }
   }
 
   get residentAdapters(): string[] {

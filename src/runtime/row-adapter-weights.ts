@@ -6,6 +6,7 @@
  * Rows are laid out for the highest adapter rank among them, not for the slot rank: decoding reads every row's
  * weights each step, so adapters of rank 8 in rank-64 slots would otherwise read eight times the bytes they need.
  */
+import { elementCount } from '../formats/tensor-shape.ts';
 import type { AdapterSlots, LoraBuffer } from './adapter-slots.ts';
 
 interface RowSource {
@@ -58,7 +59,7 @@ export class RowAdapterWeights {
     this.rank = rank;
     for (const name of this.slots.buffers.keys()) {
       const shape = this.slots.shapeAt(name, rank);
-      const size = shape.reduce((a, b) => a * b, 1);
+      const size = elementCount(shape);
       this.buffers.set(name, { data: new Float32Array(this.maxRows * size), shape, size });
     }
     this.sources.fill(UNSET);
