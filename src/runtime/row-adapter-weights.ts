@@ -23,7 +23,7 @@ export class RowAdapterWeights {
   readonly buffers = new Map<string, LoraBuffer>();
   /** The rank the rows are laid out for (0 before any adapter). */
   rank = 0;
-  private sources: RowSource[];
+  private readonly sources: RowSource[];
 
   constructor(
     private readonly slots: AdapterSlots,
