@@ -72,7 +72,8 @@ test('an empty environment gives the documented defaults and the development key
   assert.equal(settings.usingDevelopmentKeys, true);
   assert.equal(settings.tenants.length, 1);
   assert.equal(settings.tenants[0].name, 'local');
-  assert.deepEqual(settings.tenants[0].limits, BUILT_IN_TENANT_LIMITS);
+  // The development tenant may fill every batch row (MAX_BATCH_SIZE 16 by default), not only the built-in 8.
+  assert.deepEqual(settings.tenants[0].limits, { ...BUILT_IN_TENANT_LIMITS, maxConcurrentRequests: 16 });
   assert.deepEqual(settings.tenants[0].keyDigests.map((d) => d.toString('hex')), [sha256Hex('sk-local-dev')]);
   assert.deepEqual(settings.adminKeyDigests.map((d) => d.toString('hex')), [sha256Hex('sk-admin-dev')]);
 });
@@ -119,6 +120,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
   assert.equal(settings.logLevel, 'debug');
   assert.equal(settings.configFile, undefined);
   assert.equal(settings.usingDevelopmentKeys, false);
+  assert.equal(settings.tenants[0].limits.maxConcurrentRequests, 32);
   assert.deepEqual(settings.tenants[0].keyDigests.map((d) => d.toString('hex')), [sha256Hex('sk-tenant-secret-1')]);
   assert.deepEqual(settings.adminKeyDigests.map((d) => d.toString('hex')), [sha256Hex('sk-admin-secret-1')]);
   assert.doesNotMatch(dump(settings), /secret/);

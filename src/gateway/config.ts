@@ -324,7 +324,11 @@ async function readTenantsFile(file: string): Promise<{ adminKeyDigests: Buffer[
 
 // ---- assembly ----
 
-function tenantsFromEnvironment(env: NodeJS.ProcessEnv): { adminKeyDigests: Buffer[]; tenants: TenantSettings[] } {
+/**
+ * Without a tenants file the one `local` tenant may fill every batch row: a development gateway driven by as many
+ * clients as MAX_BATCH_SIZE should batch them, not answer 429.
+ */
+function tenantsFromEnvironment(env: NodeJS.ProcessEnv, maxBatchSize: number): { adminKeyDigests: Buffer[]; tenants: TenantSettings[] } {
   const apiKey = envApiKey(env, 'GATEWAY_API_KEY') ?? DEVELOPMENT_API_KEY;
   const adminKey = envApiKey(env, 'GATEWAY_ADMIN_KEY') ?? DEVELOPMENT_ADMIN_KEY;
   if (apiKey === adminKey) {
@@ -332,8 +336,12 @@ function tenantsFromEnvironment(env: NodeJS.ProcessEnv): { adminKeyDigests: Buff
   }
   return {
     adminKeyDigests: [sha256Digest(adminKey)],
-    tenants: [{ name: LOCAL_TENANT_NAME, keyDigests: [sha256Digest(apiKey)], limits: BUILT_IN_TENANT_LIMITS }],
+    tenants: [{ name: LOCAL_TENANT_NAME, keyDigests: [sha256Digest(apiKey)], limits: localTenantLimits(maxBatchSize) }],
   };
+}
+
+export function localTenantLimits(maxBatchSize: number): TenantLimits {
+  return { ...BUILT_IN_TENANT_LIMITS, maxConcurrentRequests: Math.max(BUILT_IN_TENANT_LIMITS.maxConcurrentRequests, maxBatchSize) };
 }
 
 function acceptsDevelopmentKey(adminKeyDigests: readonly Buffer[], tenants: readonly TenantSettings[]): boolean {
@@ -374,7 +382,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
     logLevel: envChoice(env, 'LOG_LEVEL', ['debug', 'info', 'warn', 'error'] as const, 'info'),
   };
   const { adminKeyDigests, tenants } =
-    configFile === undefined ? tenantsFromEnvironment(env) : await readTenantsFile(configFile);
+    configFile === undefined ? tenantsFromEnvironment(env, settings.engine.maxBatchSize) : await readTenantsFile(configFile);
   return {
     ...settings,
     configFile,
