@@ -63,6 +63,7 @@ test('an empty environment gives the documented defaults and the development key
     maxLoraRank: 16,
     hostCacheBytes: 1024 ** 3,
     maxQueue: 256,
+    prefillTokenBudget: 64,
     threads: availableParallelism(),
     executionProvider: 'cpu',
   });
@@ -92,6 +93,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
     MAX_LORA_RANK: '16',
     HOST_CACHE_BYTES: '512 MiB',
     MAX_QUEUE: '1000',
+    PREFILL_TOKEN_BUDGET: '128',
     ENGINE_THREADS: '3',
     EXECUTION_PROVIDER: 'cuda',
     OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318',
@@ -113,6 +115,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
     maxLoraRank: 16,
     hostCacheBytes: 512 * 1024 * 1024,
     maxQueue: 1000,
+    prefillTokenBudget: 128,
     threads: 3,
     executionProvider: 'cuda',
   });

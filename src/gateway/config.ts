@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { LineCounter, parse as parseYaml, YAMLError } from 'yaml';
+import { DEFAULT_PREFILL_TOKEN_BUDGET } from '../engine/protocol.ts';
 import { checkTenantName, StoreError } from '../registry/adapter-names.ts';
 import { isJsonObject } from '../storage/json-files.ts';
 
@@ -35,6 +36,8 @@ export interface EngineSettings {
   maxLoraRank: number;
   hostCacheBytes: number;
   maxQueue: number;
+  /** Prompt tokens one engine step may prefill beside the decoding rows (stall-free batching). */
+  prefillTokenBudget: number;
   threads: number;
   executionProvider: ExecutionProvider;
 }
@@ -373,6 +376,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       maxLoraRank: envInteger(env, 'MAX_LORA_RANK', 16, 1, 1024),
       hostCacheBytes: envBytes(env, 'HOST_CACHE_BYTES', GIB, 0, 1024 * GIB),
       maxQueue: envInteger(env, 'MAX_QUEUE', 256, 1, 1_000_000),
+      prefillTokenBudget: envInteger(env, 'PREFILL_TOKEN_BUDGET', DEFAULT_PREFILL_TOKEN_BUDGET, 1, 65_536),
       threads: envInteger(env, 'ENGINE_THREADS', availableParallelism(), 1, 1024),
       executionProvider: envChoice(env, 'EXECUTION_PROVIDER', ['cpu', 'cuda'] as const, 'cpu'),
     },
