@@ -61,7 +61,7 @@ const IDLE: SchedulerStats = {
   kvCacheUsage: 0,
   runningAdapters: [],
   waitingAdapters: [],
-  slots: { capacity: 4, resident: 0, bytes: 0 },
+  slots: { capacity: 4, resident: 0, bytes: 0, adapters: [] },
   host: { entries: 0, bytes: 0 },
 };
 
@@ -97,6 +97,7 @@ test('exposes every series under its exact name and type, with zeroed series fro
     gateway_adapter_cache_misses_total: 'counter',
     gateway_adapter_cache_loads_total: 'counter',
     gateway_adapter_cache_evictions_total: 'counter',
+    gateway_adapter_load_failures_total: 'counter',
     gateway_adapter_load_seconds: 'histogram',
     gateway_adapter_cache_resident_bytes: 'gauge',
     gateway_adapter_cache_entries: 'gauge',
@@ -150,7 +151,7 @@ test('scheduler state sets the gauges and keeps only the latest lora_requests_in
     kvCacheUsage: 0.375,
     runningAdapters: ['acme/support', 'beta/faq', 'acme/support'],
     waitingAdapters: ['gamma/legal'],
-    slots: { capacity: 4, resident: 2, bytes: 65536 },
+    slots: { capacity: 4, resident: 2, bytes: 65536, adapters: ["acme/a@1", "acme/b@1"] },
     host: { entries: 5, bytes: 163840 },
   });
   const after = Date.now() / 1000;
@@ -255,6 +256,7 @@ test('adapter cache events and residency are recorded per tier', async () => {
   metrics.recordAdapterCache({ tier: 'slot', event: 'load', seconds: 0.004 });
   metrics.recordAdapterCache({ tier: 'slot', event: 'eviction' });
   metrics.recordAdapterCache({ tier: 'disk', event: 'load', seconds: 0.3 });
+  metrics.recordAdapterCache({ tier: 'disk', event: 'failure' });
   metrics.setAdapterCacheResidency('disk', { bytes: 3 * 1024 * 1024, entries: 12 });
   metrics.setAdapterCacheResidency('disk', { bytes: 2 * 1024 * 1024, entries: 8 });
   const scraped = await scrape(metrics);
@@ -269,6 +271,8 @@ test('adapter cache events and residency are recorded per tier', async () => {
   assert.ok(Math.abs(valueOf(scraped, 'gateway_adapter_load_seconds_sum', { tier: 'slot' }) - 0.006) < 1e-9);
   assert.equal(valueOf(scraped, 'gateway_adapter_load_seconds_bucket', { tier: 'slot', le: '0.0025' }), 1);
   assert.equal(valueOf(scraped, 'gateway_adapter_load_seconds_count', { tier: 'disk' }), 1);
+  assert.equal(valueOf(scraped, 'gateway_adapter_load_failures_total', { tier: 'disk' }), 1);
+  assert.equal(valueOf(scraped, 'gateway_adapter_load_failures_total', { tier: 'host' }), 0);
   assert.equal(valueOf(scraped, 'gateway_adapter_cache_resident_bytes', { tier: 'disk' }), 2 * 1024 * 1024);
   assert.equal(valueOf(scraped, 'gateway_adapter_cache_entries', { tier: 'disk' }), 8);
 });

@@ -199,6 +199,12 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
       labelNames: ['tier'],
       registers,
     }),
+    failure: new Counter({
+      name: 'gateway_adapter_load_failures_total',
+      help: 'Loads from this tier that failed (unreadable or invalid adapter files).',
+      labelNames: ['tier'],
+      registers,
+    }),
   };
   const adapterLoadSeconds = new Histogram({
     name: 'gateway_adapter_load_seconds',
@@ -259,7 +265,7 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     kvCacheUsage: 0,
     runningAdapters: [],
     waitingAdapters: [],
-    slots: { capacity: maxLora, resident: 0, bytes: 0 },
+    slots: { capacity: maxLora, resident: 0, bytes: 0, adapters: [] },
     host: { entries: 0, bytes: 0 },
   });
 
