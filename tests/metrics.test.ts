@@ -93,6 +93,7 @@ test('exposes every series under its exact name and type, with zeroed series fro
     'vllm:request_success_total': 'counter',
     gateway_requests_total: 'counter',
     gateway_tokens_total: 'counter',
+    gateway_errors_total: 'counter',
     gateway_adapter_cache_hits_total: 'counter',
     gateway_adapter_cache_misses_total: 'counter',
     gateway_adapter_cache_loads_total: 'counter',
@@ -294,4 +295,14 @@ test('instances are independent, and a given registry receives the series', asyn
 test('options are validated', () => {
   assert.throws(() => createGatewayMetrics({ maxLora: 0, modelName: 'm' }), /maxLora must be a positive integer/);
   assert.throws(() => createGatewayMetrics({ maxLora: 1, modelName: '' }), /modelName/);
+});
+
+test('error answers are counted by status and code', async () => {
+  const metrics = newMetrics();
+  metrics.countErrorAnswer({ status: 401, code: 'invalid_api_key' });
+  metrics.countErrorAnswer({ status: 401, code: 'invalid_api_key' });
+  metrics.countErrorAnswer({ status: 500, code: null });
+  const scraped = await scrape(metrics);
+  assert.equal(valueOf(scraped, 'gateway_errors_total', { status: '401', code: 'invalid_api_key' }), 2);
+  assert.equal(valueOf(scraped, 'gateway_errors_total', { status: '500', code: '' }), 1);
 });

@@ -65,6 +65,8 @@ export interface GatewayMetrics {
   setSchedulerState(stats: SchedulerStats): void;
   observeRequest(request: FinishedRequest): void;
   countRejectedRequest(request: RejectedRequest): void;
+  /** An HTTP error answer; `code` is the OpenAI error code the gateway chose (a fixed word, never request text). */
+  countErrorAnswer(error: { status: number; code: string | null }): void;
   recordAdapterCache(event: AdapterCacheEvent): void;
   /** Residency of a tier the engine does not report in its stats (the disk store). */
   setAdapterCacheResidency(tier: AdapterTier, residency: { bytes: number; entries: number }): void;
@@ -172,6 +174,12 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     name: 'gateway_tokens_total',
     help: 'Tokens processed, by tenant, adapter and kind (prompt or completion).',
     labelNames: ['tenant', 'adapter', 'kind'],
+    registers,
+  });
+  const errorAnswers = new Counter({
+    name: 'gateway_errors_total',
+    help: 'HTTP error answers, by status and OpenAI error code.',
+    labelNames: ['status', 'code'],
     registers,
   });
   const cacheEvents: Record<AdapterCacheEvent['event'], Counter<'tier'>> = {
@@ -289,6 +297,10 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
 
     countRejectedRequest(request) {
       gatewayRequests.inc({ tenant: request.tenant, adapter: request.adapter, status: String(request.status) });
+    },
+
+    countErrorAnswer({ status, code }) {
+      errorAnswers.inc({ status: String(status), code: code ?? '' });
     },
 
     recordAdapterCache({ tier, event, seconds }) {
