@@ -93,6 +93,7 @@ test('exposes every series under its exact name and type, with zeroed series fro
     'vllm:request_success_total': 'counter',
     gateway_requests_total: 'counter',
     gateway_tokens_total: 'counter',
+    gateway_adapter_cold_starts_total: 'counter',
     gateway_errors_total: 'counter',
     gateway_adapter_cache_hits_total: 'counter',
     gateway_adapter_cache_misses_total: 'counter',
@@ -198,7 +199,7 @@ test('adapter names that would corrupt the comma-separated lists are refused', (
 
 test('requests add their reported amounts to the counters and histograms', async () => {
   const metrics = newMetrics();
-  metrics.observeRequest(REQUEST);
+  metrics.observeRequest({ ...REQUEST, adapterTier: 'slot' });
   metrics.observeRequest({
     ...REQUEST,
     promptTokens: 7,
@@ -207,6 +208,7 @@ test('requests add their reported amounts to the counters and histograms', async
     ttftSeconds: 0.03,
     interTokenSeconds: [0.02],
     e2eSeconds: 1.2,
+    adapterTier: 'disk',
   });
   metrics.observeRequest({
     ...REQUEST,
@@ -230,6 +232,8 @@ test('requests add their reported amounts to the counters and histograms', async
   assert.equal(valueOf(scraped, 'gateway_tokens_total', { ...acme, kind: 'prompt' }), 12);
   assert.equal(valueOf(scraped, 'gateway_tokens_total', { ...acme, kind: 'completion' }), 19);
   assert.equal(valueOf(scraped, 'gateway_tokens_total', { tenant: 'beta', adapter: '', kind: 'prompt' }), 2);
+  assert.equal(valueOf(scraped, 'gateway_adapter_cold_starts_total', { ...acme, tier: 'disk' }), 1, 'slot starts are not cold');
+  assert.equal(samplesOf(scraped, 'gateway_adapter_cold_starts_total').length, 1);
 
   assert.equal(valueOf(scraped, 'vllm:prompt_tokens_total', MODEL), 14);
   assert.equal(valueOf(scraped, 'vllm:generation_tokens_total', MODEL), 19);

@@ -38,6 +38,8 @@ export interface FinishedRequest {
   /** Gap before each token after the first. */
   interTokenSeconds: readonly number[];
   e2eSeconds: number;
+  /** Where the request's adapter was found when it started; absent for the base model or a request that never started. */
+  adapterTier?: AdapterTier;
 }
 
 /** A request refused before the engine saw it (auth, rate limit, unknown adapter, bad input). */
@@ -176,6 +178,12 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     labelNames: ['tenant', 'adapter', 'kind'],
     registers,
   });
+  const coldStarts = new Counter({
+    name: 'gateway_adapter_cold_starts_total',
+    help: 'Requests whose adapter was not in a runtime slot when they started, by the tier it was found in.',
+    labelNames: ['tenant', 'adapter', 'tier'],
+    registers,
+  });
   const errorAnswers = new Counter({
     name: 'gateway_errors_total',
     help: 'HTTP error answers, by status and OpenAI error code.',
@@ -293,6 +301,7 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
       if (request.ttftSeconds !== undefined) ttft.observe(model, request.ttftSeconds);
       for (const gap of request.interTokenSeconds) interToken.observe(model, gap);
       e2e.observe(model, request.e2eSeconds);
+      if (request.adapterTier !== undefined && request.adapterTier !== 'slot') coldStarts.inc({ ...owner, tier: request.adapterTier });
     },
 
     countRejectedRequest(request) {
