@@ -95,6 +95,7 @@ test('exposes every series under its exact name and type, with zeroed series fro
     gateway_tokens_total: 'counter',
     gateway_adapter_cold_starts_total: 'counter',
     gateway_errors_total: 'counter',
+    gateway_engine_up: 'gauge',
     gateway_adapter_cache_hits_total: 'counter',
     gateway_adapter_cache_misses_total: 'counter',
     gateway_adapter_cache_loads_total: 'counter',
@@ -309,4 +310,12 @@ test('error answers are counted by status and code', async () => {
   const scraped = await scrape(metrics);
   assert.equal(valueOf(scraped, 'gateway_errors_total', { status: '401', code: 'invalid_api_key' }), 2);
   assert.equal(valueOf(scraped, 'gateway_errors_total', { status: '500', code: '' }), 1);
+});
+
+test('gateway_engine_up reads the engine state at each scrape', async () => {
+  let alive = true;
+  const metrics = createGatewayMetrics({ maxLora: 2, modelName: MODEL.model_name, engineAlive: () => alive });
+  assert.equal(valueOf(await scrape(metrics), 'gateway_engine_up', {}), 1);
+  alive = false;
+  assert.equal(valueOf(await scrape(metrics), 'gateway_engine_up', {}), 0);
 });

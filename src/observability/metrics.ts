@@ -55,6 +55,8 @@ export interface GatewayMetricsOptions {
   maxLora: number;
   /** Served base model name, the `model_name` label on every `vllm:` series (vLLM labels LoRA requests this way too). */
   modelName: string;
+  /** Read at every scrape into `gateway_engine_up`; absent: always up. */
+  engineAlive?: () => boolean;
   /** Registry to register into; a fresh one by default so several instances can live in one process. */
   registry?: Registry;
 }
@@ -183,6 +185,15 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     help: 'Requests whose adapter was not in a runtime slot when they started, by the tier it was found in.',
     labelNames: ['tenant', 'adapter', 'tier'],
     registers,
+  });
+  const engineAlive = options.engineAlive ?? (() => true);
+  new Gauge({
+    name: 'gateway_engine_up',
+    help: '1 while the engine thread runs, 0 once it has died (the pod still answers scrapes until it is restarted).',
+    registers,
+    collect() {
+      this.set(engineAlive() ? 1 : 0);
+    },
   });
   const errorAnswers = new Counter({
     name: 'gateway_errors_total',
