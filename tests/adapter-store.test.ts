@@ -314,18 +314,55 @@ test('a half-written version directory is reported invalid, then served once com
   assert.deepEqual(await readdir(join(root, '.staging')), []);
 });
 
-test('a version whose files change after publishing stops being served', async (t) => {
+test('a version whose file is truncated after publishing stops being served, naming the altered file', async (t) => {
   const root = await tempRoot(t);
   const store = openStore(t, root);
   await store.start();
   const events = recordEvents(store);
   const record = await store.publish('acme', 'bot', adapterFiles());
-  // Same size as the original, so only the checksum can tell.
-  await writeFile(join(record.path, 'adapter_model.safetensors'), 'weights-v2');
+  await writeFile(join(record.path, 'adapter_model.safetensors'), 'weights');
   await store.refresh();
   assert.equal(store.resolve('acme', 'bot'), null);
-  assert.match(store.listInvalid()[0].error, /does not match manifest\.json/);
+  const [invalid] = store.listInvalid();
+  assert.match(invalid.error, /does not match manifest\.json/);
+  assert.equal(invalid.alteredFile, 'adapter_model.safetensors');
   assert.deepEqual(events, ['added acme/bot@1', 'removed acme/bot@1', 'invalid acme/bot@1']);
+});
+
+test('starting lists versions from their manifests without reading weights or running the validator', async (t) => {
+  const root = await tempRoot(t);
+  const record = await openStore(t, root).publish('acme', 'bot', adapterFiles(8, 'weights-v1'));
+  // A flipped byte that keeps size and mtime: only reading the file could tell.
+  const weights = join(record.path, 'adapter_model.safetensors');
+  const before = await stat(weights);
+  await writeFile(weights, 'weights-v2');
+  await utimes(weights, before.atime, before.mtime);
+
+  let validated = 0;
+  const restarted = openStore(t, root, {
+    validate: async (dir) => {
+      validated++;
+      return checkAdapterDir(dir);
+    },
+    readSummary: (value) => value as TestSummary,
+  });
+  await restarted.start();
+  assert.equal(validated, 0);
+  const listed = restarted.resolve('acme', 'bot');
+  assert.deepEqual(listed?.summary, { rank: 8, weightBytes: 10 });
+  // The manifest's checksums travel with the record, for the loader to verify when it reads the files.
+  assert.equal(listed?.files['adapter_model.safetensors'].sha256, record.files['adapter_model.safetensors'].sha256);
+
+  // A summary the server refuses (readSummary says undefined) falls back to the validator.
+  const strict = openStore(t, root, {
+    validate: async (dir) => {
+      validated++;
+      return checkAdapterDir(dir);
+    },
+    readSummary: () => undefined,
+  });
+  await strict.start();
+  assert.equal(validated, 1);
 });
 
 test('versions renamed into place by another process appear on refresh and on the periodic rescan', async (t) => {

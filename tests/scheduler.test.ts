@@ -5,10 +5,16 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
+import { prepareAdapter, type LoadAdapter } from '../src/engine/adapter-loader.ts';
 import { planPrefillPass } from '../src/engine/prefill-plan.ts';
-import type { SequenceRequest } from '../src/engine/protocol.ts';
+import type { AdapterRef, SequenceRequest } from '../src/engine/protocol.ts';
 import { Scheduler, type StepReport } from '../src/engine/scheduler.ts';
 import { loadBaseModel } from '../src/model/load.ts';
+import { LORA_TARGET_MODULES } from '../src/model/types.ts';
 import { ModelRunner, type StepRow } from '../src/runtime/model-runner.ts';
 import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
 
@@ -22,11 +28,21 @@ interface Pass {
   rows: { tokens: number; position: number }[];
 }
 
+const SLOT_RANK = 8;
 let runner: ModelRunner;
+let dir: string;
+let adapter: AdapterRef;
 const passes: Pass[] = [];
+/** The loader the engine's loader thread runs, here on the test's thread. */
+const load: LoadAdapter = (ref) => prepareAdapter(ref, runner.config, SLOT_RANK, new Map());
 
 before(async () => {
-  runner = await ModelRunner.create(await loadBaseModel(STORIES_HF_DIR), { maxBatch: 4, adapterSlots: 2, maxLoraRank: 8 });
+  const model = await loadBaseModel(STORIES_HF_DIR);
+  dir = await mkdtemp(join(tmpdir(), 'scheduler-'));
+  const path = join(dir, 'a');
+  await writeLoraAdapter(path, randomLoraAdapter(model.config, { rank: 4, targetModules: [...LORA_TARGET_MODULES], seed: 5, std: 0.2 }));
+  adapter = { key: 't/a@1', path };
+  runner = await ModelRunner.create(model, { maxBatch: 4, adapterSlots: 2, maxLoraRank: SLOT_RANK });
   const forward = runner.forward.bind(runner);
   runner.forward = (firstRow: number, rows: StepRow[], lane?: number) => {
     passes.push({ firstRow, rows: rows.map((r) => ({ tokens: r.tokens.length, position: r.position })) });
@@ -36,24 +52,25 @@ before(async () => {
 
 after(async () => {
   await runner.close();
+  await rm(dir, { recursive: true, force: true });
 });
 
 let nextId = 1;
-function request(promptIds: number[], maxTokens: number): SequenceRequest {
-  return { id: nextId++, tenant: 't', promptIds, adapter: null, sampling: GREEDY, maxTokens, stopTokenIds: [] };
+function request(promptIds: number[], maxTokens: number, onAdapter: AdapterRef | null = null): SequenceRequest {
+  return { id: nextId++, tenant: 't', promptIds, adapter: onAdapter, sampling: GREEDY, maxTokens, stopTokenIds: [] };
 }
 
 /** A scheduler whose steps go to `onStep`; resolves each sequence's tokens when it finishes. */
-function createScheduler(onStep: (report: StepReport, scheduler: Scheduler) => void = () => {}) {
+function createScheduler(onStep: (report: StepReport) => void = () => {}, loadAdapter: LoadAdapter = load) {
   const tokens = new Map<number, number[]>();
   const finished = new Map<number, () => void>();
   const scheduler: Scheduler = new Scheduler(
     runner,
-    { maxQueue: 8, maxPositions: 256, prefillTokenBudget: BUDGET, hostCacheBytes: 1 << 20 },
+    { maxQueue: 8, maxPositions: 256, prefillTokenBudget: BUDGET, hostCacheBytes: 1 << 20, loadAdapter },
     {
       step(report) {
         for (const t of report.tokens) tokens.set(t.id, [...(tokens.get(t.id) ?? []), t.token]);
-        onStep(report, scheduler);
+        onStep(report);
         for (const f of report.finished) finished.get(f.id)?.();
       },
       failed(id, message) {
@@ -120,4 +137,46 @@ test('a long prompt is split across steps while every decoding row advances in e
   // Splitting the prompt changes nothing in what is generated.
   assert.deepEqual(longTokens, alone);
   assert.deepEqual(streamed.slice(0, 32), REFERENCE.greedyIds);
+});
+
+test('a sequence whose adapter is loading waits without a row while every step goes on', async () => {
+  const alone = await createScheduler().run(request(REFERENCE.promptIds, 8, adapter));
+
+  let openGate!: () => void;
+  const gate = new Promise<void>((resolve) => (openGate = resolve));
+  let loadStarted = false;
+  const gatedLoad: LoadAdapter = async (ref) => {
+    loadStarted = true;
+    await gate;
+    return load(ref);
+  };
+  const streaming = request(REFERENCE.promptIds, 40);
+  // Another key for the same files: the first run left the adapter resident in a slot of the shared runner.
+  const onAdapter = request(REFERENCE.promptIds, 8, { ...adapter, key: 't/a@cold' });
+  const whileLoading: StepReport[] = [];
+  let adapterDone!: Promise<number[]>;
+  const { run } = createScheduler((report) => {
+    if (!adapterDone && report.tokens.some((t) => t.id === streaming.id)) {
+      adapterDone = run(onAdapter);
+      // Loading starts when the sequence is accepted, before it gets anywhere near a batch row.
+      assert.ok(loadStarted, 'the adapter load started at submission');
+      return;
+    }
+    if (!adapterDone || report.started.some((s) => s.id === onAdapter.id) || whileLoading.length >= 6) return;
+    whileLoading.push(report);
+    if (whileLoading.length === 6) openGate();
+  }, gatedLoad);
+  const streamed = await run(streaming);
+  const adapterTokens = await adapterDone;
+
+  assert.equal(whileLoading.length, 6);
+  for (const [i, report] of whileLoading.entries()) {
+    assert.equal(report.tokens.filter((t) => t.id === streaming.id).length, 1, `step ${i}: the running stream advanced`);
+    assert.equal(report.stats.running, 1, `step ${i}: the loading sequence holds no batch row`);
+    assert.equal(report.stats.waiting, 1);
+  }
+  assert.deepEqual(streamed.slice(0, 32), REFERENCE.greedyIds);
+  // Once loaded it runs with its adapter, exactly as it does alone.
+  assert.deepEqual(adapterTokens, alone);
+  assert.notDeepEqual(adapterTokens, REFERENCE.greedyIds.slice(0, 8));
 });

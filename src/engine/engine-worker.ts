@@ -7,6 +7,7 @@ import { loadBaseModel } from '../model/load.ts';
 import { buildDecoderGraph } from '../graph/decoder-graph.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
 import { DEFAULT_PREFILL_TOKEN_BUDGET, type EngineOptions, type FromWorker, type ToWorker } from './protocol.ts';
+import { AdapterLoader } from './adapter-loader.ts';
 import { Scheduler } from './scheduler.ts';
 
 const port = parentPort!;
@@ -20,6 +21,7 @@ async function start(options: EngineOptions): Promise<void> {
   // memory peak while the session loads them.
   model.weights.clear();
   const runner = await ModelRunner.fromGraph(graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions });
+  const loader = new AdapterLoader({ config: model.config, slotRank: options.maxLoraRank });
   const scheduler = new Scheduler(
     runner,
     {
@@ -27,6 +29,7 @@ async function start(options: EngineOptions): Promise<void> {
       maxPositions,
       prefillTokenBudget: options.prefillTokenBudget ?? DEFAULT_PREFILL_TOKEN_BUDGET,
       hostCacheBytes: options.hostCacheBytes,
+      loadAdapter: loader.load,
     },
     {
       step: (report) => post({ type: 'step', ...report }),
@@ -42,6 +45,7 @@ async function start(options: EngineOptions): Promise<void> {
       case 'evict-adapter':
         return scheduler.evictAdapter(message.key);
       case 'shutdown':
+        await loader.close();
         await runner.close();
         post({ type: 'closed' });
         port.close();

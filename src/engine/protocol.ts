@@ -42,6 +42,8 @@ export interface AdapterRef {
   path: string;
   /** The name the request used for it, reported in the scheduler's stats (the key when absent). */
   servedAs?: string;
+  /** The manifest's sizes and checksums of the version's files, verified when the engine first reads them. */
+  files?: Readonly<Record<string, { size: number; sha256: string }>>;
 }
 
 export interface SequenceRequest {

@@ -8,9 +8,9 @@
  * when the sequence is submitted and happens in the background while the batch keeps stepping.
  */
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { AdapterError } from '../adapters/adapter-error.ts';
-import type { LoraAdapter } from '../adapters/lora.ts';
 import type { ModelRunner } from '../runtime/model-runner.ts';
+import type { SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
+import { loadErrorCode, type LoadAdapter } from './adapter-loader.ts';
 import { BatchRows } from './batch-rows.ts';
 import { HostAdapterCache } from './host-adapter-cache.ts';
 import { planPrefillPass } from './prefill-plan.ts';
@@ -32,6 +32,8 @@ export interface SchedulerOptions {
   /** Most prompt tokens (rows × padded width) one step prefills beside the decoding rows. */
   prefillTokenBudget: number;
   hostCacheBytes: number;
+  /** Reads, verifies and lays out an adapter away from the step loop (the loader thread, in the engine). */
+  loadAdapter: LoadAdapter;
 }
 
 /** What one scheduler iteration produced, delivered in one message to keep cross-thread traffic per step. */
@@ -62,8 +64,8 @@ interface Sequence {
   slot: number;
   cancelled: boolean;
   finish?: FinishReason;
-  /** Parsed adapter waiting for a free slot. */
-  adapter?: LoraAdapter;
+  /** Adapter in slot layout, waiting for a free slot. */
+  adapter?: SlotReadyAdapter;
   adapterLoading?: boolean;
   adapterLoad?: AdapterLoadEvent;
 }
@@ -87,7 +89,7 @@ export class Scheduler {
   ) {
     this.vocabSize = runner.config.vocabSize;
     this.batch = new BatchRows(runner);
-    this.hostCache = new HostAdapterCache(runner.config, options.hostCacheBytes, (event) => this.report.adapterCache.push(event));
+    this.hostCache = new HostAdapterCache(options.loadAdapter, options.hostCacheBytes, (event) => this.report.adapterCache.push(event));
   }
 
   submit(request: SequenceRequest): void {
@@ -217,7 +219,7 @@ export class Scheduler {
         slot = this.placeAdapter(sequence);
       } catch (error) {
         this.waiting.splice(this.waiting.indexOf(sequence), 1);
-        this.sink.failed(sequence.request.id, (error as Error).message, errorCode(error));
+        this.sink.failed(sequence.request.id, (error as Error).message, loadErrorCode(error));
         continue;
       }
       if (slot === null) continue;
@@ -302,7 +304,7 @@ export class Scheduler {
       (error: Error) => {
         const index = this.waiting.indexOf(sequence);
         if (index >= 0) this.waiting.splice(index, 1);
-        if (!sequence.cancelled) this.sink.failed(sequence.request.id, error.message, errorCode(error));
+        if (!sequence.cancelled) this.sink.failed(sequence.request.id, error.message, loadErrorCode(error));
         this.kick();
       },
     );
@@ -411,8 +413,4 @@ export class Scheduler {
       host: { entries: this.hostCache.entries, bytes: this.hostCache.bytes },
     };
   }
-}
-
-function errorCode(error: unknown): string {
-  return error instanceof AdapterError ? 'invalid_adapter' : 'adapter_unavailable';
 }

@@ -82,6 +82,18 @@ export function modelNotFound(model: string): ApiError {
   });
 }
 
+/**
+ * 503 for an adapter version that exists but cannot be served (its stored files changed after publishing, or it
+ * never validated). Retrying does not help until it is published again, so clients are told not to retry.
+ */
+export function adapterUnavailable(model: string, reason: string): ApiError {
+  return new ApiError(503, 'server_error', `The model '${model}' is unavailable: ${reason}`, {
+    param: 'model',
+    code: 'adapter_unavailable',
+    headers: { 'x-should-retry': 'false' },
+  });
+}
+
 /** 404 for anything else that does not exist (an adapter version, a route). */
 export function notFound(message: string, param: string | null = null, code: string | null = null): ApiError {
   return new ApiError(404, 'invalid_request_error', message, { param, code });

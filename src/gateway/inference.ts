@@ -8,8 +8,8 @@ import type { SamplingParams } from '../engine/sampling.ts';
 import type { GenAiOperation } from '../observability/tracing.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
 import type { Principal } from './auth.ts';
-import { ApiError, internalError, invalidRequest, overloaded, rateLimited } from './errors.ts';
-import type { ResolvedModel } from './model-resolver.ts';
+import { ApiError, adapterUnavailable, internalError, invalidRequest, overloaded, rateLimited } from './errors.ts';
+import { unavailableReason, type ResolvedModel } from './model-resolver.ts';
 import type { GatewayServices } from './services.ts';
 
 export interface InferenceRequest {
@@ -128,7 +128,7 @@ export async function runInference(services: GatewayServices, request: Inference
     });
     return result;
   } catch (error) {
-    const apiError = engineErrorToApi(error);
+    const apiError = await alteredAdapterToApi(services, request, error) ?? engineErrorToApi(error);
     status = apiError.status;
     trace.fail(error, String(status));
     throw apiError;
@@ -149,6 +149,18 @@ export async function runInference(services: GatewayServices, request: Inference
       adapterTier,
     });
   }
+}
+
+/**
+ * The engine's loader found the adapter's files no longer matching their manifest: the store checks the version
+ * again (which makes it invalid and logs and counts the altered file), and the caller hears it is unavailable.
+ */
+async function alteredAdapterToApi(services: GatewayServices, request: InferenceRequest, error: unknown): Promise<ApiError | undefined> {
+  const record = request.model.adapter;
+  if (!(error instanceof EngineError) || error.code !== 'adapter_corrupt' || !record) return undefined;
+  await services.store.recheck(record.tenant, record.adapter, record.version).catch(() => undefined);
+  const entry = services.store.unavailable(record.tenant, record.adapter, record.version)?.entry;
+  return adapterUnavailable(request.model.id, unavailableReason(entry ?? { id: record.id }));
 }
 
 function engineErrorToApi(error: unknown): ApiError {

@@ -5,9 +5,9 @@
  */
 import type { AdapterRef } from '../engine/protocol.ts';
 import { parseAdapterId } from '../registry/adapter-names.ts';
-import type { AdapterRecord, AdapterStore } from '../registry/adapter-store.ts';
+import type { AdapterRecord, AdapterStore, InvalidAdapterVersion } from '../registry/adapter-store.ts';
 import type { Principal } from './auth.ts';
-import { modelNotFound } from './errors.ts';
+import { adapterUnavailable, modelNotFound } from './errors.ts';
 
 /** What the store's validator records about each adapter version. */
 export interface AdapterSummary {
@@ -15,6 +15,22 @@ export interface AdapterSummary {
   rank: number;
   targetModules: string[];
   bytes: number;
+}
+
+/** The summary a manifest carries, if well-formed and within this server's MAX_LORA_RANK; else undefined. */
+export function readAdapterSummary(value: unknown, maxLoraRank: number): AdapterSummary | undefined {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const { peftType, rank, targetModules, bytes } = value as Partial<Record<keyof AdapterSummary, unknown>>;
+  const valid =
+    peftType === 'LORA' &&
+    Number.isSafeInteger(rank) &&
+    (rank as number) >= 1 &&
+    (rank as number) <= maxLoraRank &&
+    Array.isArray(targetModules) &&
+    targetModules.every((m) => typeof m === 'string') &&
+    Number.isSafeInteger(bytes) &&
+    (bytes as number) >= 0;
+  return valid ? { peftType, rank: rank as number, targetModules: targetModules as string[], bytes: bytes as number } : undefined;
 }
 
 export interface ResolvedModel {
@@ -73,14 +89,27 @@ export class ModelResolver {
       await this.store.refresh();
       record = this.lookup(principal, wanted.tenant, wanted.adapter, wanted.version);
     }
-    if (!record) throw modelNotFound(model);
+    if (!record) {
+      const broken = this.store.unavailable(wanted.tenant, wanted.adapter, wanted.version);
+      if (broken && (principal.kind === 'admin' || broken.public || broken.entry.tenant === principal.tenant.name)) {
+        throw adapterUnavailable(model, unavailableReason(broken.entry));
+      }
+      throw modelNotFound(model);
+    }
     // `servedAs`: routers match vllm:lora_requests_info against the `model` field of requests, so running adapters
     // are reported by the id this request used (pinned to a version or not), not by the store's versioned id.
-    return { id: model, adapter: record, ref: { key: record.id, path: record.path, servedAs: model } };
+    return { id: model, adapter: record, ref: { key: record.id, path: record.path, servedAs: model, files: record.files } };
   }
 
   private lookup(principal: Principal, tenant: string, adapter: string, version?: string) {
     const record = this.store.resolve(tenant, adapter, version);
     return record && this.canUse(principal, record) ? record : null;
   }
+}
+
+/** What a tenant may be told about a stored version that cannot be served: no paths, no checksums. */
+export function unavailableReason(entry: Pick<InvalidAdapterVersion, 'id' | 'alteredFile'>): string {
+  return entry.alteredFile !== undefined
+    ? `the stored file ${entry.alteredFile} of adapter version ${entry.id} changed after it was published; publish the adapter again`
+    : `adapter version ${entry.id} is in the store but cannot be served; publish it again (an admin can see why in GET /admin/adapters)`;
 }

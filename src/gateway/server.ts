@@ -23,8 +23,7 @@ import { createApp } from './app.ts';
 import { createAuthenticator } from './auth.ts';
 import { loadGatewaySettings } from './config.ts';
 import { DEFAULT_MODEL, defaultModelPath } from './default-model.ts';
-import type { AdapterSummary } from './model-resolver.ts';
-import { ModelResolver } from './model-resolver.ts';
+import { ModelResolver, readAdapterSummary, type AdapterSummary } from './model-resolver.ts';
 import type { GatewayServices } from './services.ts';
 import { createLogger } from './logger.ts';
 import { createTenantLimiters } from './tenant-limits.ts';
@@ -88,19 +87,27 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
       }
       return { peftType: 'LORA', rank: adapter.rank, targetModules: adapter.targetModules, bytes: adapter.byteSize };
     },
+    // Trusting the manifest's summary keeps start-up from reading every stored adapter; the engine's loader
+    // verifies the checksums when it first reads a version.
+    readSummary: (value) => readAdapterSummary(value, settings.engine.maxLoraRank),
   });
-  await store.start();
   // A removed or replaced version must never be served from a cache again.
   store.on('removed', (ref) => engine.evictAdapter(ref.id));
 
   const metrics = createGatewayMetrics({ maxLora: Math.max(1, settings.engine.adapterSlots), modelName, engineAlive: () => engine.alive });
   engine.on('stats', (stats) => metrics.setSchedulerState(stats));
   engine.on('adapter-cache', (event) => metrics.recordAdapterCache(event));
+  store.on('invalid', (entry) => {
+    if (entry.alteredFile === undefined) return;
+    logger.warn('a stored adapter file changed after publishing; the version is not served', { adapter: entry.id, file: entry.alteredFile });
+    metrics.countAlteredAdapterFile(entry.alteredFile);
+  });
   const reportDiskResidency = () => {
     const records = store.list();
     const bytes = records.reduce((sum, r) => sum + Object.values(r.files).reduce((s, f) => s + f.size, 0), 0);
     metrics.setAdapterCacheResidency('disk', { bytes, entries: records.length });
   };
+  await store.start();
   reportDiskResidency();
   store.on('added', reportDiskResidency);
   store.on('removed', reportDiskResidency);

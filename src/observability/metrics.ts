@@ -72,6 +72,8 @@ export interface GatewayMetrics {
   /** An HTTP error answer; `code` is the OpenAI error code the gateway chose (a fixed word, never request text). */
   countErrorAnswer(error: { status: number; code: string | null }): void;
   recordAdapterCache(event: AdapterCacheEvent): void;
+  /** A stored adapter file found altered after publishing; `file` is one of the fixed adapter file names. */
+  countAlteredAdapterFile(file: string): void;
   /** Residency of a tier the engine does not report in its stats (the disk store). */
   setAdapterCacheResidency(tier: AdapterTier, residency: { bytes: number; entries: number }): void;
   metricsText(): Promise<string>;
@@ -233,6 +235,12 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
       registers,
     }),
   };
+  const alteredFiles = new Counter({
+    name: 'gateway_adapter_altered_files_total',
+    help: 'Stored adapter files found altered after publishing (checksum or size no longer matching the manifest).',
+    labelNames: ['file'],
+    registers,
+  });
   const adapterLoadSeconds = new Histogram({
     name: 'gateway_adapter_load_seconds',
     help: 'Time to bring an adapter into this tier.',
@@ -326,6 +334,10 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     recordAdapterCache({ tier, event, seconds }) {
       cacheEvents[event].inc({ tier });
       if (event === 'load' && seconds !== undefined) adapterLoadSeconds.observe({ tier }, seconds);
+    },
+
+    countAlteredAdapterFile(file) {
+      alteredFiles.inc({ file });
     },
 
     setAdapterCacheResidency,

@@ -30,6 +30,8 @@ export interface InvalidAdapterVersion extends AdapterVersionRef {
   path: string;
   /** What is wrong and what to do about it. */
   error: string;
+  /** The file that no longer matches the manifest, when the version was altered after publishing. */
+  alteredFile?: string;
 }
 
 export interface AdapterStoreEvents<Summary> {
@@ -105,6 +107,29 @@ export class AdapterCatalog<Summary> {
       if (candidate.kind === 'servable' && (!latest || byRecency(candidate, latest) > 0)) latest = candidate;
     }
     return latest ? publicRecord(latest, state) : null;
+  }
+
+  /**
+   * A version present on disk that cannot be served: the given one, or, without a version, the newest-named
+   * invalid one of an adapter that has no servable version at all. Null when there is none.
+   */
+  unavailable(tenant: string, adapter: string, version?: string): { entry: InvalidAdapterVersion; public: boolean } | null {
+    const state = this.adapters.get(adapterKey(tenant, adapter));
+    if (!state) return null;
+    const versions = [...state.versions.values()];
+    let found: InvalidVersion | undefined;
+    if (version !== undefined) {
+      const candidate = state.versions.get(version);
+      if (candidate?.kind === 'invalid') found = candidate;
+    } else if (versions.every((v) => v.kind === 'invalid')) {
+      found = versions.filter((v): v is InvalidVersion => v.kind === 'invalid').sort((a, b) => (a.entry.version < b.entry.version ? 1 : -1))[0];
+    }
+    return found ? { entry: found.entry, public: state.isPublic } : null;
+  }
+
+  /** The state of one adapter, when the catalog knows it. */
+  find(tenant: string, adapter: string): AdapterState<Summary> | undefined {
+    return this.adapters.get(adapterKey(tenant, adapter));
   }
 
   /** The state of one adapter, created empty when the catalog has none yet. */
@@ -193,13 +218,12 @@ export function invalidVersion(
   path: string,
   fingerprint: string,
   error: string,
+  alteredFile?: string,
 ): InvalidVersion {
   const { tenant, adapter } = state;
-  return {
-    kind: 'invalid',
-    fingerprint,
-    entry: { id: formatAdapterId({ tenant, adapter, version }), tenant, adapter, version, path, error },
-  };
+  const entry: InvalidAdapterVersion = { id: formatAdapterId({ tenant, adapter, version }), tenant, adapter, version, path, error };
+  if (alteredFile !== undefined) entry.alteredFile = alteredFile;
+  return { kind: 'invalid', fingerprint, entry };
 }
 
 export function publicRecord<Summary>(

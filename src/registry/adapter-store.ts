@@ -22,6 +22,7 @@ import { asError } from './store-files.ts';
 import { VersionVerifier } from './version-verifier.ts';
 
 export { StoreError } from './adapter-names.ts';
+export { AlteredFileError } from './version-verifier.ts';
 export type { AdapterRecord, AdapterStoreEvents, AdapterVersionRef, InvalidAdapterVersion } from './adapter-catalog.ts';
 export { ADAPTER_README_FILE, MANIFEST_FILE, type FileDigest, type Manifest } from './manifest.ts';
 
@@ -34,6 +35,13 @@ export interface AdapterStoreOptions<Summary> {
    * staging directory when called from `publish`.
    */
   validate: (dir: string) => Promise<Summary>;
+  /**
+   * Accepts the summary a version's manifest carries (returns it typed) or refuses it (undefined: the validator
+   * runs instead). Accepting lets listing trust the manifest without reading weights; whoever loads the files
+   * must then verify their checksums (`files` of the record). Without it every version is validated when first
+   * seen, which reads its weights.
+   */
+  readSummary?: (value: unknown) => Summary | undefined;
   /** Period of the rescan that finds versions published by other processes. Default 2000 ms. */
   rescanIntervalMs?: number;
   /**
@@ -67,7 +75,7 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
     this.scanner = new StoreScanner({
       layout,
       catalog: this.catalog,
-      verifier: new VersionVerifier(layout, options.validate),
+      verifier: new VersionVerifier(layout, options.validate, options.readSummary ?? (() => undefined)),
       events: this,
       activeStaging,
       stagingMaxAgeMs: options.stagingMaxAgeMs ?? 60 * 60 * 1000,
@@ -125,6 +133,21 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
   resolve(tenant: string, adapter: string, version?: string): AdapterRecord<Summary> | null {
     checkAdapterRef({ tenant, adapter, version });
     return this.catalog.resolve(tenant, adapter, version);
+  }
+
+  /** A version on disk that cannot be served (see AdapterCatalog.unavailable), with its adapter's visibility. */
+  unavailable(tenant: string, adapter: string, version?: string): { entry: InvalidAdapterVersion; public: boolean } | null {
+    checkAdapterRef({ tenant, adapter, version });
+    return this.catalog.unavailable(tenant, adapter, version);
+  }
+
+  /**
+   * Reads a servable version's files and checks them against its manifest now, as a loader found them altered:
+   * a mismatch makes the version invalid (event `invalid` with `alteredFile`) until its files change again.
+   */
+  async recheck(tenant: string, adapter: string, version: string): Promise<void> {
+    checkAdapterRef({ tenant, adapter, version });
+    await this.exclusive(() => this.scanner.recheck(tenant, adapter, version));
   }
 
   /**

@@ -19,7 +19,7 @@ import {
 import { fingerprintVersion, joinFingerprint } from './manifest.ts';
 import { asError, errorMessage, newestMtime, readdirIfPresent } from './store-files.ts';
 import type { StoreLayout } from './store-layout.ts';
-import type { VersionVerifier } from './version-verifier.ts';
+import { AlteredFileError, checkVersionFiles, type VersionVerifier } from './version-verifier.ts';
 import { readVisibility } from './visibility.ts';
 
 export interface StoreScannerOptions<Summary> {
@@ -102,7 +102,8 @@ export class StoreScanner<Summary> {
       next = await verifier.verify(state, version, path);
     } catch (err) {
       // Recorded against what was there before, so anything that changed meanwhile is checked again next scan.
-      catalog.apply(state, version, invalidVersion(state, version, path, joinFingerprint(before), errorMessage(err)));
+      const altered = err instanceof AlteredFileError ? err.file : undefined;
+      catalog.apply(state, version, invalidVersion(state, version, path, joinFingerprint(before), errorMessage(err), altered));
       return true;
     }
     const after = await fingerprintVersion(path);
@@ -118,6 +119,23 @@ export class StoreScanner<Summary> {
     }
     catalog.apply(state, version, next);
     return true;
+  }
+
+  /** Checks a servable version's checksums now; a mismatch makes it invalid against its current fingerprint. */
+  async recheck(tenant: string, adapter: string, version: string): Promise<void> {
+    const { catalog } = this.options;
+    const state = catalog.find(tenant, adapter);
+    const known = state?.versions.get(version);
+    if (!state || known?.kind !== 'servable') return;
+    const { path, files } = known.record;
+    const fingerprint = await fingerprintVersion(path);
+    if (!fingerprint) return;
+    try {
+      await checkVersionFiles(path, files);
+    } catch (err) {
+      const altered = err instanceof AlteredFileError ? err.file : undefined;
+      catalog.apply(state, version, invalidVersion(state, version, path, joinFingerprint(fingerprint), errorMessage(err), altered));
+    }
   }
 
   /** Deletes staging leftovers of crashed publishers and whatever a crash left in the trash. */

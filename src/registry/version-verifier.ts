@@ -1,9 +1,13 @@
 /**
- * Decides whether a version directory may be served: it stays inside ADAPTERS_DIR, its manifest is valid, every
- * listed file has the listed size and checksum, and the injected validator accepts the directory. A directory
- * without a manifest is checked and adopted: the verifier writes its manifest.
+ * Decides whether a version directory may be listed as servable without reading its weights: it stays inside
+ * ADAPTERS_DIR, its manifest is valid, and every listed file is a regular file of the listed size. The summary comes
+ * from the manifest when `readSummary` accepts it, else from the validator. Checksums are verified by whoever reads
+ * the files to serve them (the engine's adapter loader, on first load), so start-up does not grow with the store.
+ *
+ * A directory without a manifest is checked in full (checksums computed, validator run) and adopted: the verifier
+ * writes its manifest.
  */
-import { realpath } from 'node:fs/promises';
+import { lstat, realpath } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomically } from '../storage/durable-files.ts';
 import { StoreError } from './adapter-names.ts';
@@ -17,13 +21,25 @@ import {
   serializeManifest,
   type Manifest,
 } from './manifest.ts';
-import { digestFile, isInside, readSmallFile, type FileDigest } from './store-files.ts';
+import { digestFile, ignoreMissing, isInside, readSmallFile, type FileDigest } from './store-files.ts';
 import type { StoreLayout } from './store-layout.ts';
+
+/** A file of a published version no longer matches its manifest: altered after publishing. */
+export class AlteredFileError extends StoreError {
+  constructor(
+    readonly file: string,
+    message: string,
+  ) {
+    super('invalid_file', message);
+  }
+}
 
 export class VersionVerifier<Summary> {
   constructor(
     private readonly layout: StoreLayout,
     private readonly validate: (dir: string) => Promise<Summary>,
+    /** The summary a manifest carries, if it is well-formed and acceptable to this server; else undefined. */
+    private readonly readSummary: (value: unknown) => Summary | undefined,
   ) {}
 
   /** The servable state of the version directory; throws what is wrong with it. */
@@ -36,20 +52,24 @@ export class VersionVerifier<Summary> {
     if (manifestText === null) return this.adopt(state, version, path);
     const manifest = parseManifest(manifestText, version);
     for (const [name, expected] of Object.entries(manifest.files)) {
-      const actual = await digestFile(join(path, name));
-      if (actual === null) {
+      const info = await lstat(join(path, name)).catch(ignoreMissing);
+      if (info === null) {
         throw new StoreError('invalid_file', `${name} is listed in ${MANIFEST_FILE} but missing; publish it again`);
       }
-      if (actual.size !== expected.size || actual.sha256 !== expected.sha256) {
-        throw new StoreError(
-          'invalid_file',
-          `${name} does not match ${MANIFEST_FILE} (size ${actual.size}, sha256 ${actual.sha256}; listed size ` +
-            `${expected.size}, sha256 ${expected.sha256}): it changed after publishing. Publish a new version, or ` +
-            `delete ${MANIFEST_FILE} to have the directory checked and adopted as it is now.`,
+      if (info.isSymbolicLink()) {
+        throw new StoreError('unsafe_path', `${join(path, name)} is a symbolic link; put the file itself in the version directory`);
+      }
+      if (!info.isFile()) throw new StoreError('invalid_file', `${join(path, name)} is not a regular file`);
+      if (info.size !== expected.size) {
+        throw new AlteredFileError(
+          name,
+          `${name} does not match ${MANIFEST_FILE} (size ${info.size}; listed size ${expected.size}): it changed after ` +
+            `publishing. Publish a new version, or delete ${MANIFEST_FILE} to have the directory checked and adopted ` +
+            'as it is now.',
         );
       }
     }
-    const summary = await this.validate(path);
+    const summary = this.readSummary(manifest.summary) ?? (await this.validate(path));
     return servableVersion(state, version, path, manifest, summary);
   }
 
@@ -71,5 +91,23 @@ export class VersionVerifier<Summary> {
     const manifest: Manifest<Summary> = { version, publishedAt: new Date().toISOString(), files, summary };
     await writeFileAtomically(join(path, MANIFEST_FILE), serializeManifest(manifest), this.layout.stagingDir);
     return servableVersion(state, version, path, manifest, summary);
+  }
+}
+
+/**
+ * Reads every file a version's manifest lists and checks its size and checksum: what a loader does the first time
+ * it reads a version listed without reading its weights. Throws AlteredFileError naming the first file that differs.
+ */
+export async function checkVersionFiles(dir: string, files: Readonly<Record<string, FileDigest>>): Promise<void> {
+  for (const [name, expected] of Object.entries(files)) {
+    const actual = await digestFile(join(dir, name));
+    if (actual === null) throw new AlteredFileError(name, `${name} is listed in ${MANIFEST_FILE} but missing`);
+    if (actual.size !== expected.size || actual.sha256 !== expected.sha256) {
+      throw new AlteredFileError(
+        name,
+        `${name} does not match ${MANIFEST_FILE} (size ${actual.size}, sha256 ${actual.sha256}; listed size ` +
+          `${expected.size}, sha256 ${expected.sha256}): it changed after publishing`,
+      );
+    }
   }
 }

@@ -1,6 +1,7 @@
 /**
  * Runtime adapter slots: adapters already converted to the decoder graph's layout (A transposed, rank padded
- * to the slot rank, scale folded into B), from which batch rows copy their weights when a sequence joins.
+ * to the slot rank, scale folded into B; see slot-ready-adapter.ts), from which batch rows copy their weights when
+ * a sequence joins. Placing an adapter is a copy per graph input, cheap enough to do between engine steps.
  * Slot 0 is all zeros and means "no adapter". This module also owns the placement policy.
  *
  * Policy: an adapter is copied into a free slot, else into the least recently used slot that no running
@@ -10,10 +11,11 @@ import { projectionDims, type LoraAdapter } from '../adapters/lora.ts';
 import { elementCount } from '../formats/tensor-shape.ts';
 import { LORA_INPUTS } from '../graph/decoder-graph.ts';
 import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '../model/types.ts';
+import { layOutForSlot, type SlotReadyAdapter } from './slot-ready-adapter.ts';
 
 type LoraInputName = keyof typeof LORA_INPUTS;
 
-interface SlotLayout {
+export interface SlotLayout {
   /** Graph input holding A (transposed, [in, aGroups*R]) and the column block this module uses. */
   a: LoraInputName;
   aGroup: number;
@@ -30,7 +32,7 @@ interface SlotLayout {
   outDim: number;
 }
 
-function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
+export function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
   const kvDim = c.numKvHeads * c.headDim;
   const qBlocks = c.numHeads / c.numKvHeads;
   const qkv = { a: 'aQkv', aGroups: 3, b: 'bQkv', bBlocks: qBlocks + 2, bWidth: kvDim } as const;
@@ -94,7 +96,7 @@ export class AdapterSlots {
   private readonly rankAxes = new Map<string, RankAxis>();
 
   constructor(
-    config: LlamaConfig,
+    private readonly config: LlamaConfig,
     /** Usable adapter slots, not counting slot 0. */
     readonly capacity: number,
     readonly rank: number,
@@ -183,9 +185,10 @@ export class AdapterSlots {
   /**
    * Copies a non-resident adapter into a free slot, or into the least recently used slot nobody holds, and
    * holds it for one running sequence. Returns null when every slot is held (try again after a sequence
-   * finishes). `onEvict` names the adapter whose slot was reused. Call only between graph runs.
+   * finishes). `onEvict` names the adapter whose slot was reused. Call only between graph runs. The engine
+   * passes adapters already laid out (a copy per input); a parsed LoraAdapter is laid out here first.
    */
-  place(key: string, adapter: LoraAdapter, onEvict?: (key: string) => void): number | null {
+  place(key: string, adapter: SlotReadyAdapter | LoraAdapter, onEvict?: (key: string) => void): number | null {
     if (this.residents.has(key)) throw new Error(`adapter ${key} is already resident; hold it instead`);
     let slot = this.freeSlots.pop();
     if (slot === undefined) {
@@ -196,7 +199,7 @@ export class AdapterSlots {
       onEvict?.(victim[0]);
     }
     try {
-      this.write(slot, adapter);
+      this.write(slot, 'blocks' in adapter ? adapter : layOutForSlot(this.config, this.rank, adapter));
     } catch (error) {
       this.free(slot);
       throw error;
@@ -229,30 +232,19 @@ export class AdapterSlots {
     this.freeSlots.push(slot);
   }
 
-  /** Copies an adapter into a slot: A transposed into its group's column block, B transposed with the scale folded in. */
-  private write(slot: number, adapter: LoraAdapter): void {
+  /** Copies an adapter, already in slot layout, into a slot. */
+  private write(slot: number, adapter: SlotReadyAdapter): void {
     if (adapter.rank > this.rank) {
       throw new Error(`adapter rank ${adapter.rank} exceeds the slot rank ${this.rank}; raise MAX_LORA_RANK`);
     }
     this.clear(slot);
     this.ranks[slot] = adapter.rank;
-    const R = this.rank;
-    for (const m of adapter.modules) {
-      const layout = this.layouts[m.module];
-      const a = this.buffers.get(LORA_INPUTS[layout.a](m.layer))!;
-      const b = this.buffers.get(LORA_INPUTS[layout.b](m.layer))!;
-      const aCols = layout.aGroups * R;
-      const aBase = slot * a.size + layout.aGroup * R;
-      for (let j = 0; j < m.rank; j++) {
-        for (let i = 0; i < layout.inDim; i++) a.data[aBase + i * aCols + j] = m.A[j * layout.inDim + i];
+    for (const [name, block] of adapter.blocks) {
+      const buffer = this.buffers.get(name);
+      if (!buffer || block.length !== buffer.size) {
+        throw new Error(`adapter block ${name} does not fit this model's slots; it was laid out for another model or rank`);
       }
-      const bBase = slot * b.size + layout.bBlock * R * layout.bWidth;
-      for (let j = 0; j < m.rank; j++) {
-        for (let o = 0; o < layout.outDim; o++) {
-          const block = Math.floor(o / layout.bWidth);
-          b.data[bBase + (block * R + j) * layout.bWidth + (o % layout.bWidth)] = m.B[o * m.rank + j] * m.scale;
-        }
-      }
+      buffer.data.set(block, slot * buffer.size);
     }
   }
 
