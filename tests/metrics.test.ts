@@ -61,6 +61,7 @@ test('exposes every series under its exact name and type, with zeroed series fro
     gateway_adapter_cache_loads_total: 'counter',
     gateway_adapter_cache_evictions_total: 'counter',
     gateway_adapter_load_failures_total: 'counter',
+    gateway_adapter_altered_files_total: 'counter',
     gateway_adapter_load_seconds: 'histogram',
     gateway_adapter_cache_resident_bytes: 'gauge',
     gateway_adapter_cache_entries: 'gauge',
