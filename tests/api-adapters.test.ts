@@ -6,7 +6,7 @@ import { mkdir, readdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loraAdapterFiles, randomLoraAdapter, writeLoraAdapter, type LoraAdapterSpec } from '../src/adapters/lora-writer.ts';
 import type { LlamaConfig } from '../src/model/types.ts';
-import { stepUntilRunning } from './support/engine-steps.ts';
+import { stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
@@ -268,7 +268,7 @@ test('publishing a version while a stream runs on the previous one leaves the st
   const { engine } = gateway.services;
   engine.pause();
   const streaming = gateway.client().completions.create(request);
-  await stepUntilRunning(engine);
+  await stepUntilStreaming(engine);
   const stream = await streaming;
   const chunks = stream[Symbol.asyncIterator]();
   const first = await chunks.next();

@@ -4,7 +4,7 @@ import OpenAI from 'openai';
 import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { loadTokenizer } from '../src/tokenizer/load.ts';
-import { stepUntilRunning } from './support/engine-steps.ts';
+import { stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
 
@@ -199,7 +199,7 @@ describe('chat completions', () => {
     const streaming = client.chat.completions.create({ model: BASE_MODEL, messages: USER_PROMPT, max_tokens: 500, temperature: 0, stream: true });
     let responseId = '';
     try {
-      await stepUntilRunning(engine);
+      await stepUntilStreaming(engine);
       for await (const chunk of await streaming) {
         responseId = chunk.id;
         assert.equal(engine.stats.running, 1);

@@ -3,7 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI, { APIError } from 'openai';
 import { SseStream } from '../src/api/sse.ts';
 import { overloaded } from '../src/gateway/errors.ts';
-import { stepUntilRunning } from './support/engine-steps.ts';
+import { stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 /** Tight limits, so that every refusal can be provoked with small requests. */
@@ -199,7 +199,7 @@ describe('model, key and limits', () => {
     const { engine } = gateway.services;
     engine.pause();
     const streaming = client.chat.completions.create({ model: BASE_MODEL, messages: USER_PROMPT, max_tokens: LONG_GENERATION, stream: true });
-    await stepUntilRunning(engine);
+    await stepUntilStreaming(engine);
     const first = await streaming;
     try {
       const error = await expectApiError(

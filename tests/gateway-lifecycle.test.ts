@@ -2,7 +2,7 @@ import { after, before, test } from 'node:test';
 import type OpenAI from 'openai';
 import assert from 'node:assert/strict';
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
-import { stepUntilRunning } from './support/engine-steps.ts';
+import { stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
@@ -66,7 +66,7 @@ test('graceful shutdown lets an in-flight stream finish, refuses new work, then 
     temperature: 0,
     stream: true,
   });
-  await stepUntilRunning(engine);
+  await stepUntilStreaming(engine);
   const chunks = (await streaming)[Symbol.asyncIterator]();
   const received = [((await chunks.next()).value as OpenAI.ChatCompletionChunk).choices[0]?.delta.content ?? ''];
   // A grace far longer than the stream can take: it is the stream's end, not the clock, that ends the wait.
@@ -105,7 +105,7 @@ test('a shutdown that runs out of grace cancels in-flight streams cleanly', asyn
     headers: { authorization: `Bearer ${KEYS.acme}`, 'content-type': 'application/json' },
     body: JSON.stringify({ model: BASE_MODEL, prompt: 'Once upon a time', max_tokens: 400, temperature: 1, seed: 3, stream: true }),
   });
-  await stepUntilRunning(engine);
+  await stepUntilStreaming(engine);
   const reader = (await responding).body!.getReader();
   await reader.read();
   const closing = own.close(300);
@@ -136,7 +136,7 @@ test('vllm:lora_requests_info lists running adapters by the model ids clients se
     gateway.client().completions.create({ model, prompt: 'Once upon a time', max_tokens: 300, temperature: 1, seed: 1, stream: true }),
   );
   try {
-    await stepUntilRunning(engine, 2);
+    await stepUntilStreaming(engine, 2);
     const info = /^vllm:lora_requests_info\{([^}]*)\}/m.exec(await (await fetch(`${gateway.url}/metrics`)).text())?.[1] ?? '';
     assert.match(info, /max_lora="4"/);
     assert.deepEqual((/running_lora_adapters="([^"]*)"/.exec(info)?.[1].split(',') ?? []).sort(), [latest, pinned].sort());

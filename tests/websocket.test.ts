@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { WebSocket, type ClientOptions } from 'ws';
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { attachWebSocketApi, WEBSOCKET_PATH, type WebSocketApiOptions } from '../src/api/websocket.ts';
-import { stepUntilRunning } from './support/engine-steps.ts';
+import { stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
@@ -216,7 +216,7 @@ test('three concurrent responses on one socket interleave and each equals the sa
   for (const eventId of eventIds) {
     ids.push((await client.waitFor((event) => event.type === 'response.created' && event.client_event_id === eventId)).response.id);
   }
-  await stepUntilRunning(engine, 3);
+  await stepUntilStreaming(engine, 3);
   engine.resume();
   const terminals = await Promise.all(ids.map((id) => client.terminal(id)));
 
@@ -265,7 +265,7 @@ test('response.cancel ends a response as cancelled and frees its engine row', as
   engine.pause();
   try {
     const id = await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 });
-    await stepUntilRunning(engine);
+    await stepUntilStreaming(engine);
     await client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id);
     assert.equal(engine.stats.running, 1);
     client.send({ type: 'response.cancel', response_id: id });
@@ -290,7 +290,7 @@ test('a socket that closes mid-stream cancels the work it started', async () => 
   try {
     ids = [await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 })];
     ids.push(await client.create({ model: ADAPTER_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 }));
-    await stepUntilRunning(engine, 2);
+    await stepUntilStreaming(engine, 2);
     await Promise.all(ids.map((id) => client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id)));
     assert.equal(engine.pendingRequests, 2);
     client.socket.close();
@@ -373,7 +373,7 @@ test('closing the API cancels what is running, sends the terminal events, then c
   // Paused with the response running; the close cancels it before the engine may go on.
   engine.pause();
   const id = await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 });
-  await stepUntilRunning(engine);
+  await stepUntilStreaming(engine);
   await client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id);
   const closed = new Promise<number>((resolve) => client.socket.once('close', resolve));
   const closing = extra.close();

@@ -6,10 +6,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { loadBaseModel } from '../model/load.ts';
 import { buildDecoderGraph } from '../graph/decoder-graph.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
-import { RUN_FREELY, type EngineWorkerData, type FromWorker, type ToWorker } from './protocol.ts';
+import { DEFAULT_PREFILL_TOKEN_BUDGET, RUN_FREELY, type EngineWorkerData, type FromWorker, type ToWorker } from './protocol.ts';
 import { Scheduler } from './scheduler.ts';
-
-const DEFAULT_PREFILL_CHUNK = 512;
 
 const port = parentPort!;
 const post = (message: FromWorker) => port.postMessage(message);
@@ -48,7 +46,7 @@ async function start(options: EngineWorkerData): Promise<void> {
     {
       maxQueue: options.maxQueue,
       maxPositions,
-      prefillChunk: options.prefillChunk ?? DEFAULT_PREFILL_CHUNK,
+      prefillTokenBudget: options.prefillTokenBudget ?? DEFAULT_PREFILL_TOKEN_BUDGET,
       hostCacheBytes: options.hostCacheBytes,
     },
     {

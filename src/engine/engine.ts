@@ -91,7 +91,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       kvCacheUsage: 0,
       runningAdapters: [],
       waitingAdapters: [],
-      slots: { capacity: options.adapterSlots, resident: 0, bytes: 0 },
+      slots: { capacity: options.adapterSlots, resident: 0, bytes: 0, adapters: [] },
       host: { entries: 0, bytes: 0 },
     };
     worker.on('message', (message: FromWorker) => this.receive(message));
@@ -146,6 +146,13 @@ export class Engine extends EventEmitter<EngineEvents> {
   /** Generations submitted and not yet finished. */
   get pendingRequests(): number {
     return this.pending.size;
+  }
+
+  /** Generations that have delivered at least one token and not yet finished. */
+  get streamingRequests(): number {
+    let streaming = 0;
+    for (const pending of this.pending.values()) if (pending.tokens.length > 0) streaming++;
+    return streaming;
   }
 
   /** Drops an adapter version from the engine's caches (after it was deleted or replaced on disk). */
