@@ -138,7 +138,7 @@ async function main(): Promise<void> {
       decode_tokens_per_second_16_streams_16_adapters: round(median(lora)),
       ratio_16_adapters_vs_base: round(median(ratios), 3),
       ratio_16_adapters_vs_base_range: [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)],
-      // The adapters' added step time, next to the bytes of LoRA weights a step must read (one copy per row).
+      // The adapters' added step time, next to the bytes of LoRA weights a step must read (each adapter once).
       adapter_step_overhead_ms: round(median(lora.map((l, i) => stepMs16(l) - stepMs16(base[i])))),
       lora_weights_read_per_step_mib: round((STREAMS * loraFloatsPerRow(LORA_RANK) * 4) / 2 ** 20),
       decode_step_ms_by_context: Object.fromEntries(Object.entries(stepMs).map(([k, v]) => [k, round(v)])),

@@ -20,7 +20,6 @@
  *   (`[N·R, out]`): reads each adapter once, but every row multiplies every adapter, N times the arithmetic; on
  *   two cores this is compute-bound from N ≈ 4 on (arithmetic per byte ≈ rows/2 flop) and lost to segments.
  * - per-slot stacks gathered per row inside the graph: copies every row's adapter every pass (~15 % slower).
- * The measured ratios are in the README's benchmark section (`npm run bench`, `lora_floor`).
  */
 import type { OnnxGraphBuilder } from './onnx-builder.ts';
 
