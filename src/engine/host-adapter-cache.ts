@@ -36,6 +36,11 @@ export class HostAdapterCache {
     return this.cache.calculatedSize;
   }
 
+  /** Whether the adapter is in memory, without counting a hit or miss or refreshing its recency. */
+  has(key: string): boolean {
+    return this.cache.has(key);
+  }
+
   /** The parsed adapter if it is in memory (counted as a host hit or miss). */
   get(key: string): LoraAdapter | undefined {
     const adapter = this.cache.get(key);
@@ -53,6 +58,10 @@ export class HostAdapterCache {
         this.cache.set(ref.key, adapter);
         this.report({ tier: 'disk', event: 'load', seconds: (performance.now() - started) / 1000 });
         return adapter;
+      })
+      .catch((error: unknown) => {
+        this.report({ tier: 'disk', event: 'failure' });
+        throw error;
       })
       .finally(() => this.loading.delete(ref.key));
     this.loading.set(ref.key, load);

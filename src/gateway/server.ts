@@ -64,6 +64,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     maxLoraRank: settings.engine.maxLoraRank,
     hostCacheBytes: settings.engine.hostCacheBytes,
     maxQueue: settings.engine.maxQueue,
+    prefillTokenBudget: settings.engine.prefillTokenBudget,
     threads: settings.engine.threads,
     executionProvider: settings.engine.executionProvider,
   });
@@ -92,7 +93,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   // A removed or replaced version must never be served from a cache again.
   store.on('removed', (ref) => engine.evictAdapter(ref.id));
 
-  const metrics = createGatewayMetrics({ maxLora: Math.max(1, settings.engine.adapterSlots), modelName });
+  const metrics = createGatewayMetrics({ maxLora: Math.max(1, settings.engine.adapterSlots), modelName, engineAlive: () => engine.alive });
   engine.on('stats', (stats) => metrics.setSchedulerState(stats));
   engine.on('adapter-cache', (event) => metrics.recordAdapterCache(event));
   const reportDiskResidency = () => {
