@@ -21,6 +21,7 @@
  *   adapters).
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
+import { baseProjection, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
 import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
 
 export const GRAPH_INPUTS = {
@@ -57,8 +58,8 @@ export const LORA_INPUTS = {
   bDown: (layer: number) => `lora_b_down.${layer}`,
 } as const;
 
-// Opset 23 brings RMSNormalization, one fused node per norm.
-export const OPSET = [{ domain: '', version: 23 }];
+// Opset 23 brings RMSNormalization, one fused node per norm; onnxruntime's contrib domain, MatMulNBits.
+export const OPSET = [{ domain: '', version: 23 }, CONTRIB_OPSET];
 
 /** Symbolic axis names; the runtime feeds any size. */
 const B = 'batch';
@@ -74,6 +75,8 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
     if (!tensor) throw new Error(`weight ${name} missing from the loaded model`);
     return tensor;
   };
+  /** A projection's weight as served: block-quantized when the model has it so, else float32. */
+  const proj = (name: string) => model.quantized?.get(name) ?? w(name);
   const qDim = c.numHeads * c.headDim;
   const kvDim = c.numKvHeads * c.headDim;
   const fusedHeads = c.numHeads + 2 * c.numKvHeads;
@@ -118,14 +121,10 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
 
     // ---- attention ----
     const h = rmsNorm(g, c, x, w(`${p}.input_layernorm.weight`).data, `${p}.input_layernorm`);
-    const wQkv = g.initializer(
-      `${p}.self_attn.qkv_proj.weight_t`,
-      transposeConcat([w(`${p}.self_attn.q_proj.weight`).data, w(`${p}.self_attn.k_proj.weight`).data, w(`${p}.self_attn.v_proj.weight`).data], c.hiddenSize, [qDim, kvDim, kvDim]),
-      [c.hiddenSize, qDim + 2 * kvDim],
-    );
     const uQkv = g.op('Reshape', [g.op('MatMul', [h, loraWeights(LORA_INPUTS.aQkv(l), c.hiddenSize, `3*${R}`)]), threeLoraBlocks]);
     const loraQkv = groupedLoraDelta(g.op('Gather', [uQkv, qkvBlockSources], { axis: 2 }), LORA_INPUTS.bQkv(l), qBlocks + 2, kvDim);
-    const qkv = g.op('Reshape', [g.op('Add', [g.op('MatMul', [h, wQkv]), loraQkv]), halvesShape]);
+    const baseQkv = baseProjection(g, h, [proj(`${p}.self_attn.q_proj.weight`), proj(`${p}.self_attn.k_proj.weight`), proj(`${p}.self_attn.v_proj.weight`)], `${p}.self_attn.qkv_proj`);
+    const qkv = g.op('Reshape', [g.op('Add', [baseQkv, loraQkv]), halvesShape]);
     const rotated = g.op('Reshape', [
       g.op('Add', [g.op('Mul', [qkv, ropeCosHalves]), g.op('Mul', [swapHalves(qkv), ropeSinHalves])]),
       headsShape,
@@ -146,35 +145,32 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
       g.op('Transpose', [g.op('Reshape', [context, perHeadShape])], { perm: [0, 2, 1, 3] }),
       mergedShape,
     ]);
-    const wO = g.initializer(`${p}.self_attn.o_proj.weight_t`, transposeConcat([w(`${p}.self_attn.o_proj.weight`).data], qDim, [c.hiddenSize]), [qDim, c.hiddenSize]);
     const loraO = g.op('MatMul', [g.op('MatMul', [merged, loraWeights(LORA_INPUTS.aO(l), qDim, R)]), loraWeights(LORA_INPUTS.bO(l), R, c.hiddenSize)]);
-    x = g.op('Add', [x, g.op('Add', [g.op('MatMul', [merged, wO]), loraO])]);
+    x = g.op('Add', [x, g.op('Add', [baseProjection(g, merged, [proj(`${p}.self_attn.o_proj.weight`)], `${p}.self_attn.o_proj`), loraO])]);
 
     // ---- feed-forward (SwiGLU) ----
     const h2 = rmsNorm(g, c, x, w(`${p}.post_attention_layernorm.weight`).data, `${p}.post_attention_layernorm`);
-    const wGateUp = g.initializer(
-      `${p}.mlp.gate_up_proj.weight_t`,
-      transposeConcat([w(`${p}.mlp.gate_proj.weight`).data, w(`${p}.mlp.up_proj.weight`).data], c.hiddenSize, [c.intermediateSize, c.intermediateSize]),
-      [c.hiddenSize, 2 * c.intermediateSize],
-    );
     const u2 = g.op('MatMul', [h2, loraWeights(LORA_INPUTS.aGateUp(l), c.hiddenSize, `2*${R}`)]);
     const loraGateUp = groupedLoraDelta(g.op('Reshape', [u2, twoLoraBlocks]), LORA_INPUTS.bGateUp(l), 2, c.intermediateSize);
-    const gateUp = g.op('Add', [g.op('MatMul', [h2, wGateUp]), loraGateUp]);
+    const baseGateUp = baseProjection(g, h2, [proj(`${p}.mlp.gate_proj.weight`), proj(`${p}.mlp.up_proj.weight`)], `${p}.mlp.gate_up_proj`);
+    const gateUp = g.op('Add', [baseGateUp, loraGateUp]);
     const [gate, up] = g.opMulti('Split', [gateUp, ffnSplit], 2, { axis: 2 });
     const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
-    const wDown = g.initializer(`${p}.mlp.down_proj.weight_t`, transposeConcat([w(`${p}.mlp.down_proj.weight`).data], c.intermediateSize, [c.hiddenSize]), [c.intermediateSize, c.hiddenSize]);
     const loraDown = g.op('MatMul', [g.op('MatMul', [act, loraWeights(LORA_INPUTS.aDown(l), c.intermediateSize, R)]), loraWeights(LORA_INPUTS.bDown(l), R, c.hiddenSize)]);
-    x = g.op('Add', [x, g.op('Add', [g.op('MatMul', [act, wDown]), loraDown])]);
+    x = g.op('Add', [x, g.op('Add', [baseProjection(g, act, [proj(`${p}.mlp.down_proj.weight`)], `${p}.mlp.down_proj`), loraDown])]);
   }
 
   // Only one position's logits per row leave the graph (outputs are copied by the binding, so keep them small):
   // each row's last real token, as rows of a batched prefill are padded to the longest.
   const last = g.op('GatherElements', [x, g.input(GRAPH_INPUTS.logitsPosition, 'int64', [B, 1, c.hiddenSize])], { axis: 1 });
   const lastFlat = g.op('Reshape', [rmsNorm(g, c, last, w('model.norm.weight').data, 'model.norm'), g.constInt64([-1, c.hiddenSize])]);
-  const lmHead = c.tieWordEmbeddings
-    ? embedding
-    : g.initializer('lm_head.weight', w('lm_head.weight').data, [c.vocabSize, c.hiddenSize]);
-  g.output(g.op('Gemm', [lastFlat, lmHead], { transB: 1 }), GRAPH_OUTPUTS.logits, 'float32', [B, c.vocabSize]);
+  // The embedding lookup reads float32 rows (exact values of a quantized file's embedding); the output
+  // projection, a full matmul per step, uses the quantized form when there is one.
+  const quantizedHead = model.quantized?.get('lm_head.weight');
+  const logits = quantizedHead
+    ? quantizedMatMul(g, lastFlat, quantizedHead, 'lm_head', { inputRank: 2 })
+    : g.op('Gemm', [lastFlat, c.tieWordEmbeddings ? embedding : g.initializer('lm_head.weight', w('lm_head.weight').data, [c.vocabSize, c.hiddenSize])], { transB: 1 });
+  g.output(logits, GRAPH_OUTPUTS.logits, 'float32', [B, c.vocabSize]);
   // All layers' new keys and values in one output: [B, layers*2*kv_heads, T, head_dim], k then v per layer.
   g.output(g.op('Concat', newKeyValues, { axis: 1 }), GRAPH_OUTPUTS.newKeyValues, 'float32', [B, c.numLayers * 2 * c.numKvHeads, T, c.headDim]);
   return g.build(OPSET);
@@ -183,19 +179,4 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
 function rmsNorm(g: OnnxGraphBuilder, c: LlamaConfig, x: string, weight: Float32Array, name: string): string {
   const scale = g.initializer(`${name}.weight`, weight, [c.hiddenSize]);
   return g.op('RMSNormalization', [x, scale], { axis: -1, epsilon: { float: c.rmsNormEps } });
-}
-
-/** Transposes PyTorch `[out, in]` weights to `[in, out]` and joins several along the output axis. */
-function transposeConcat(weights: Float32Array[], inDim: number, outDims: number[]): Float32Array {
-  const totalOut = outDims.reduce((a, b) => a + b, 0);
-  const result = new Float32Array(inDim * totalOut);
-  let column = 0;
-  weights.forEach((weight, index) => {
-    const outDim = outDims[index];
-    for (let o = 0; o < outDim; o++) {
-      for (let i = 0; i < inDim; i++) result[i * totalOut + column + o] = weight[o * inDim + i];
-    }
-    column += outDim;
-  });
-  return result;
 }
