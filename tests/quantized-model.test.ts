@@ -11,6 +11,7 @@ import { ModelRunner, type RunnerOptions } from '../src/runtime/model-runner.ts'
 import { loadLoraAdapter } from '../src/adapters/lora.ts';
 import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { LORA_TARGET_MODULES, type BaseModel, type LoadQuantization, type WeightMap } from '../src/model/types.ts';
+import { TrainingModel } from '../src/training/training-model.ts';
 import { mergeAdapter } from './support/merge-adapter.ts';
 import { STORIES_HF_DIR, STORIES_QUANT_DIR } from './support/models.ts';
 
@@ -159,3 +160,11 @@ for (const quantize of ['q4', 'q8'] satisfies LoadQuantization[]) {
     }
   });
 }
+
+test('the training engine refuses a quantized base with a message saying what to train on', async () => {
+  const model = await loadBaseModel(join(STORIES_QUANT_DIR, 'stories260K-hidden192-q8_0.gguf'));
+  await assert.rejects(
+    TrainingModel.create(model, { rank: 4, alpha: 8, targetModules: ['q_proj'], dropout: 0, threads: 1 }),
+    /training over a quantized base model is not supported; train on the float model/,
+  );
+});
