@@ -106,7 +106,7 @@ export class AdapterLoader {
 
   private thread(): Worker {
     if (this.worker) return this.worker;
-    const worker = new Worker(workerEntry('adapter-loader-thread', import.meta.url), { workerData: this.options });
+    const worker = new Worker(workerEntry(new URL('./adapter-loader-thread.ts', import.meta.url)), { workerData: this.options });
     worker.on('message', (reply: LoaderReply) => {
       const pending = this.pending.get(reply.id);
       this.pending.delete(reply.id);

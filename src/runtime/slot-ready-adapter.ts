@@ -1,12 +1,12 @@
 /**
- * An adapter already in the layout of one runtime slot (A transposed into its group's column block, B transposed
+ * An adapter already in the layout of one runtime slot (A transposed into its group's block, B transposed
  * with the scale folded in, rank padded to the slot rank), so that placing it in a slot is a plain copy per graph
  * input. Built away from the engine's step loop (the adapter loader thread) and kept in this form by the host
  * cache; every buffer is its own ArrayBuffer, so it moves between threads without a copy.
  */
 import type { LoraAdapter } from '../adapters/lora.ts';
 import { elementCount } from '../formats/tensor-shape.ts';
-import { LORA_INPUTS } from '../graph/decoder-graph.ts';
+import { LORA_INPUTS } from '../graph/lora-delta.ts';
 import type { LlamaConfig } from '../model/types.ts';
 import { loraInputShapes, slotLayouts } from './adapter-slots.ts';
 
@@ -37,10 +37,9 @@ export function layOutForSlot(config: LlamaConfig, slotRank: number, adapter: Lo
     const layout = layouts[m.module];
     const a = block(layout.a, m.layer);
     const b = block(layout.b, m.layer);
-    const aCols = layout.aGroups * R;
-    const aBase = layout.aGroup * R;
+    const aBase = layout.aGroup * layout.inDim * R;
     for (let j = 0; j < m.rank; j++) {
-      for (let i = 0; i < layout.inDim; i++) a[aBase + i * aCols + j] = m.A[j * layout.inDim + i];
+      for (let i = 0; i < layout.inDim; i++) a[aBase + i * R + j] = m.A[j * layout.inDim + i];
     }
     const bBase = layout.bBlock * R * layout.bWidth;
     for (let j = 0; j < m.rank; j++) {
