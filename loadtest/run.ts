@@ -14,6 +14,7 @@ import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer
 import { createRng } from '../src/engine/random.ts';
 import { configFromHuggingFace } from '../src/model/config.ts';
 import { LORA_TARGET_MODULES } from '../src/model/types.ts';
+import { scrapeAdapterCounters, tierShares, type TierShares } from './adapter-tiers.ts';
 import { zipfSampler } from './zipf.ts';
 
 export interface LoadTestOptions {
@@ -46,6 +47,11 @@ export interface LoadTestOptions {
   /** The base model directory (its config.json shapes the generated adapters); needed with `setupAdapters`. */
   modelPath?: string;
   adapterRank: number;
+  /**
+   * After the run, replay the same requests over only the first N adapters, warmed into slots first: the
+   * all-resident baseline that the run's TTFT is compared with (0: no baseline).
+   */
+  residentBaseline: number;
   log?: (line: string) => void;
 }
 
@@ -56,6 +62,7 @@ export interface LatencySummary {
   p50: number | null;
   p90: number | null;
   p99: number | null;
+  max: number | null;
 }
 
 export interface LoadTestReport {
@@ -86,6 +93,18 @@ export interface LoadTestReport {
   /** Gaps between consecutive streamed deltas, over all requests. */
   interTokenLatencyMs: LatencySummary;
   requestLatencyMs: LatencySummary;
+  /** Which cache tier answered the run's adapter lookups (from the gateway's metrics); null without adapters. */
+  adapterTiers: TierShares | null;
+  /** The longest gap between streamed deltas over their median: how badly newcomers stalled running streams. */
+  maxInterTokenGapOverMedian: number | null;
+  /** The same requests on `residentBaseline` warmed adapters, and this run's TTFT p99 over the baseline's. */
+  residentBaseline: {
+    adapters: number;
+    timeToFirstTokenMs: LatencySummary;
+    interTokenLatencyMs: LatencySummary;
+    adapterTiers: TierShares | null;
+    ttftP99Ratio: number | null;
+  } | null;
 }
 
 export const DEFAULT_OPTIONS = {
@@ -103,6 +122,7 @@ export const DEFAULT_OPTIONS = {
   adapterPrefix: 'loadtest',
   setupAdapters: false,
   adapterRank: 8,
+  residentBaseline: 0,
 } as const satisfies Partial<LoadTestOptions>;
 
 /** Varied lengths, so prefill and decode interleave in the batch as in real traffic. */
@@ -148,6 +168,38 @@ export async function runLoadTest(options: LoadTestOptions): Promise<LoadTestRep
   const plan = Array.from({ length: options.requests }, (_, i) => ({ model: modelIds[pickModel()], prompt: PROMPTS[i % PROMPTS.length] }));
 
   log(`sending ${options.requests} ${options.mode} requests from ${options.concurrency} clients over ${modelIds.length} model(s) ...`);
+  const counted = adapterNames.length > 0;
+  const before = counted ? await scrapeAdapterCounters(url) : undefined;
+  const { outcomes, durationSeconds } = await drive(client, options, plan);
+  const adapterTiers = before ? tierShares(before, await scrapeAdapterCounters(url), succeededCount(outcomes)) : null;
+  const report = summarize(options, url, outcomes, durationSeconds, adapterTiers);
+  if (options.residentBaseline > 0 && counted) {
+    const resident = modelIds.slice(0, options.residentBaseline);
+    log(`baseline: the same requests over ${resident.length} adapters warmed into slots ...`);
+    for (const model of resident) await streamOne(client, options, { model, prompt: PROMPTS[0] });
+    const baselineBefore = await scrapeAdapterCounters(url);
+    const replay = await drive(client, options, plan.map((request, i) => ({ ...request, model: resident[i % resident.length] })));
+    const baselineTiers = tierShares(baselineBefore, await scrapeAdapterCounters(url), succeededCount(replay.outcomes));
+    const baseline = summarize(options, url, replay.outcomes, replay.durationSeconds, baselineTiers);
+    const p99 = report.timeToFirstTokenMs.p99;
+    const baselineP99 = baseline.timeToFirstTokenMs.p99;
+    report.residentBaseline = {
+      adapters: resident.length,
+      timeToFirstTokenMs: baseline.timeToFirstTokenMs,
+      interTokenLatencyMs: baseline.interTokenLatencyMs,
+      adapterTiers: baseline.adapterTiers,
+      ttftP99Ratio: p99 !== null && baselineP99 ? round(p99 / baselineP99, 3) : null,
+    };
+  }
+  return report;
+}
+
+function succeededCount(outcomes: RequestOutcome[]): number {
+  return outcomes.filter((o) => o.error === undefined).length;
+}
+
+/** Sends the plan from `options.concurrency` clients, each sending its next request when the previous one ends. */
+async function drive(client: OpenAI, options: LoadTestOptions, plan: { model: string; prompt: string }[]) {
   const outcomes: RequestOutcome[] = [];
   const startedAt = performance.now();
   const deadline = startedAt + options.durationSeconds * 1000;
@@ -158,8 +210,7 @@ export async function runLoadTest(options: LoadTestOptions): Promise<LoadTestRep
     }
   };
   await Promise.all(Array.from({ length: options.concurrency }, runClient));
-  const durationSeconds = (performance.now() - startedAt) / 1000;
-  return summarize(options, url, outcomes, durationSeconds);
+  return { outcomes, durationSeconds: (performance.now() - startedAt) / 1000 };
 }
 
 async function streamOne(
@@ -209,7 +260,13 @@ function errorKind(error: unknown): string {
   throw error;
 }
 
-function summarize(options: LoadTestOptions, url: string, outcomes: RequestOutcome[], durationSeconds: number): LoadTestReport {
+function summarize(
+  options: LoadTestOptions,
+  url: string,
+  outcomes: RequestOutcome[],
+  durationSeconds: number,
+  adapterTiers: TierShares | null,
+): LoadTestReport {
   const succeeded = outcomes.filter((o) => o.error === undefined);
   const errors: Record<string, number> = {};
   const requestsByModel: Record<string, number> = {};
@@ -219,6 +276,7 @@ function summarize(options: LoadTestOptions, url: string, outcomes: RequestOutco
   }
   const outputTokens = succeeded.reduce((sum, o) => sum + o.completionTokens, 0);
   const firstDelta = succeeded.filter((o) => o.deltaTimes.length > 0);
+  const interTokenLatencyMs = latencySummary(succeeded.flatMap((o) => o.deltaTimes.slice(1).map((t, i) => t - o.deltaTimes[i])));
   return {
     settings: {
       url,
@@ -240,8 +298,12 @@ function summarize(options: LoadTestOptions, url: string, outcomes: RequestOutco
     outputTokens,
     outputTokensPerSecond: round(outputTokens / durationSeconds, 1),
     timeToFirstTokenMs: latencySummary(firstDelta.map((o) => o.deltaTimes[0] - o.sentAt)),
-    interTokenLatencyMs: latencySummary(succeeded.flatMap((o) => o.deltaTimes.slice(1).map((t, i) => t - o.deltaTimes[i]))),
+    interTokenLatencyMs,
     requestLatencyMs: latencySummary(succeeded.map((o) => o.finishedAt - o.sentAt)),
+    adapterTiers,
+    maxInterTokenGapOverMedian:
+      interTokenLatencyMs.max !== null && interTokenLatencyMs.p50 ? round(interTokenLatencyMs.max / interTokenLatencyMs.p50, 2) : null,
+    residentBaseline: null,
   };
 }
 
@@ -255,6 +317,7 @@ export function latencySummary(values: number[]): LatencySummary {
     p50: percentile(50),
     p90: percentile(90),
     p99: percentile(99),
+    max: sorted.length === 0 ? null : round(sorted[sorted.length - 1], 2),
   };
 }
 
@@ -333,6 +396,7 @@ export function parseLoadTestArgs(argv: string[]): { options: LoadTestOptions; j
       'setup-adapters': { type: 'boolean', default: DEFAULT_OPTIONS.setupAdapters },
       'model-path': { type: 'string' },
       'adapter-rank': { type: 'string', default: String(DEFAULT_OPTIONS.adapterRank) },
+      'resident-baseline': { type: 'string', default: String(DEFAULT_OPTIONS.residentBaseline) },
       json: { type: 'boolean', default: false },
     },
   });
@@ -357,6 +421,7 @@ export function parseLoadTestArgs(argv: string[]): { options: LoadTestOptions; j
     setupAdapters: values['setup-adapters'],
     modelPath: values['model-path'],
     adapterRank: integerFlag('adapter-rank', values['adapter-rank'], 1, 1024),
+    residentBaseline: integerFlag('resident-baseline', values['resident-baseline'], 0, 100_000),
   };
   return { options, json: values.json };
 }
@@ -376,7 +441,10 @@ function integerFlag(name: string, raw: string, min: number, max: number): numbe
 }
 
 export function formatReport(report: LoadTestReport): string {
-  const latency = (s: LatencySummary) => `p50 ${s.p50} ms  p90 ${s.p90} ms  p99 ${s.p99} ms  mean ${s.mean} ms  (${s.samples} samples)`;
+  const latency = (s: LatencySummary) => `p50 ${s.p50} ms  p90 ${s.p90} ms  p99 ${s.p99} ms  max ${s.max} ms  mean ${s.mean} ms  (${s.samples} samples)`;
+  const tiers = (t: TierShares | null) =>
+    t === null ? 'no adapters' : `slot ${t.slot}  host ${t.host}  disk ${t.disk}  (${t.requests} requests, ${t.diskLoads} disk loads, evictions: slot ${t.slotEvictions}, host ${t.hostEvictions})`;
+  const baseline = report.residentBaseline;
   const errors = Object.entries(report.errors).map(([kind, count]) => `${kind}: ${count}`).join(', ') || 'none';
   return [
     `requests            ${report.requests} (${report.succeeded} ok, ${report.failed} failed; errors: ${errors})`,
@@ -387,6 +455,15 @@ export function formatReport(report: LoadTestReport): string {
     `time to first token ${latency(report.timeToFirstTokenMs)}`,
     `inter-token latency ${latency(report.interTokenLatencyMs)}`,
     `request latency     ${latency(report.requestLatencyMs)}`,
+    `max gap / median    ${report.maxInterTokenGapOverMedian}`,
+    `adapter tiers       ${tiers(report.adapterTiers)}`,
+    ...(baseline
+      ? [
+          `resident baseline   ${baseline.adapters} warmed adapters: TTFT ${latency(baseline.timeToFirstTokenMs)}`,
+          `                    inter-token ${latency(baseline.interTokenLatencyMs)}; tiers ${tiers(baseline.adapterTiers)}`,
+          `TTFT p99 / baseline ${baseline.ttftP99Ratio}`,
+        ]
+      : []),
     `requests by model   ${JSON.stringify(report.requestsByModel)}`,
   ].join('\n');
 }

@@ -23,7 +23,7 @@ describe('load test against the real gateway', () => {
   after(() => gateway.stop());
 
   it('uploads Zipf-popular adapters, streams through them and reports consistent counts', async () => {
-    const report = await runLoadTest({ ...base, adapters: 3, setupAdapters: true, modelPath: STORIES_HF_DIR, adapterRank: 4 });
+    const report = await runLoadTest({ ...base, adapters: 3, setupAdapters: true, modelPath: STORIES_HF_DIR, adapterRank: 4, residentBaseline: 2 });
 
     const uploaded = gateway.services.store.list('acme').map((record) => record.adapter).sort();
     assert.deepEqual(uploaded, ['loadtest-0', 'loadtest-1', 'loadtest-2']);
@@ -41,6 +41,19 @@ describe('load test against the real gateway', () => {
     assertOrdered(report.interTokenLatencyMs, 'ITL');
     assertOrdered(report.requestLatencyMs, 'request latency');
     assert.ok(report.requestLatencyMs.p50! >= report.timeToFirstTokenMs.p50!);
+
+    // Every request's adapter came from exactly one tier; freshly uploaded adapters are first read from disk.
+    const tiers = report.adapterTiers!;
+    assert.equal(tiers.requests, 12);
+    assert.ok(Math.abs(tiers.slot! + tiers.host! + tiers.disk! - 1) < 1e-3, JSON.stringify(tiers));
+    assert.ok(tiers.disk! > 0 && tiers.diskLoads > 0, JSON.stringify(tiers));
+    assert.ok(report.interTokenLatencyMs.max! >= report.interTokenLatencyMs.p99!);
+    assert.ok(report.maxInterTokenGapOverMedian! >= 1);
+    // The baseline replays the requests on two adapters warmed into the gateway's four slots: all slot hits.
+    const baseline = report.residentBaseline!;
+    assert.equal(baseline.adapters, 2);
+    assert.deepEqual([baseline.adapterTiers!.requests, baseline.adapterTiers!.slot], [12, 1]);
+    assert.ok(baseline.ttftP99Ratio! > 0);
   });
 
   it('drives the completions API on the base model too', async () => {

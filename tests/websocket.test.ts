@@ -207,8 +207,10 @@ test('three concurrent responses on one socket interleave and each equals the sa
     { model: ADAPTER_MODEL, input: PROMPT, max_output_tokens: 24, temperature: 0 },
   ];
   const eventIds = requests.map((_, index) => `create-${index}`);
-  // All three join the batch before any goes on (the adapter's load may take a few steps), however fast the
-  // machine is, so their deltas interleave.
+  // All three join the batch before any goes on, however fast the machine is, so their deltas interleave. The
+  // adapter is loaded first: its load runs on the loader thread in real time, while a paused engine steps only
+  // when told, so a cold load could outlast the base responses' steps.
+  await openai.completions.create({ model: ADAPTER_MODEL, prompt: PROMPT, max_tokens: 1 });
   const { engine } = gateway.services;
   engine.pause();
   requests.forEach((response, index) => client.send({ type: 'response.create', event_id: eventIds[index], response }));

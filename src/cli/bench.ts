@@ -6,13 +6,12 @@
  * speed varies by 2x from minute to minute; the adapter comparison runs three times as many pairs as the other
  * measurements have trials, and reports the spread of its per-pair ratios next to their median. `lora_floor`
  * compares the time adapters add to a step with the time to read their weights once (bench-lora-floor.ts).
+ * `stall_free` measures stall-free scheduling, cold adapters and start-up (bench-stall.ts).
  *   npm run bench [-- --json] [--trials N]
  */
-import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { randomLoraAdapter, writeLoraAdapter } from '../adapters/lora-writer.ts';
 import { Engine } from '../engine/engine.ts';
 import { elementCount } from '../formats/tensor-shape.ts';
 import type { AdapterRef } from '../engine/protocol.ts';
@@ -20,8 +19,9 @@ import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { loraInputShapes } from '../runtime/adapter-slots.ts';
 import { measureLoraFloor } from './bench-lora-floor.ts';
+import { ensureBenchAdapters } from './bench-adapters.ts';
+import { measureStallFree } from './bench-stall.ts';
 import { median, round } from './bench-stats.ts';
-import { LORA_TARGET_MODULES } from '../model/types.ts';
 
 const BENCH_DIR = resolve('.bench');
 const STREAMS = 16;
@@ -31,18 +31,6 @@ const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequency
 const LLAMA_CPP = { prefillTokensPerSecond: 330, decodeTokensPerSecond1: 40, decodeTokensPerSecond16: 178 };
 
 const log = (message: string) => process.stderr.write(`${message}\n`);
-
-async function ensureAdapters(): Promise<AdapterRef[]> {
-  const refs: AdapterRef[] = [];
-  for (let i = 0; i < STREAMS; i++) {
-    const path = join(BENCH_DIR, 'adapters', `r${LORA_RANK}-${i}`);
-    if (!existsSync(join(path, 'adapter_model.safetensors'))) {
-      await writeLoraAdapter(path, randomLoraAdapter(SMOLLM2_135M_SHAPE, { rank: LORA_RANK, targetModules: [...LORA_TARGET_MODULES], seed: 100 + i }));
-    }
-    refs.push({ key: `bench/r${LORA_RANK}-${i}`, path });
-  }
-  return refs;
-}
 
 function prompt(length: number, seed: number): number[] {
   return Array.from({ length }, (_, i) => 1 + ((seed * 7919 + i * 104729) % (SMOLLM2_135M_SHAPE.vocabSize - 1)));
@@ -90,19 +78,10 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' } } });
   const trials = Number(values.trials);
   await ensureBenchModel(BENCH_MODEL_DIR, log);
-  const adapters = await ensureAdapters();
+  const adapters = await ensureBenchAdapters(BENCH_DIR, STREAMS, LORA_RANK);
   const threads = availableParallelism();
   log(`starting the engine (${threads} threads) ...`);
-  const engine = await Engine.start({
-    modelPath: BENCH_MODEL_DIR,
-    maxBatch: STREAMS,
-    adapterSlots: STREAMS,
-    maxLoraRank: LORA_RANK,
-    hostCacheBytes: 2 * 2 ** 30,
-    maxQueue: 64,
-    maxPositions: 2048,
-    threads,
-  });
+  const engine = await Engine.start(engineOptions(threads));
   let result;
   try {
     log('prefill and single-stream decode ...');
@@ -153,9 +132,23 @@ async function main(): Promise<void> {
     await engine.close();
   }
   const loraFloor = await measureLoraFloor({ modelPath: BENCH_MODEL_DIR, adapterPaths: adapters.map((a) => a.path), rank: LORA_RANK, threads, trials: 10 * trials, log });
-  const report = { ...result, lora_floor: loraFloor };
+  const stallFree = await measureStallFree({ engineOptions: engineOptions(threads), adapters, benchDir: BENCH_DIR, trials, log });
+  const report = { ...result, lora_floor: loraFloor, stall_free: stallFree };
   if (values.json) console.log(JSON.stringify(report));
   else for (const [key, value] of Object.entries(report)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
+}
+
+function engineOptions(threads: number) {
+  return {
+    modelPath: BENCH_MODEL_DIR,
+    maxBatch: STREAMS,
+    adapterSlots: STREAMS,
+    maxLoraRank: LORA_RANK,
+    hostCacheBytes: 2 * 2 ** 30,
+    maxQueue: 64,
+    maxPositions: 2048,
+    threads,
+  };
 }
 
 /** Floats of one adapter's LoRA weights at rank `rank`, as a forward pass reads them. */

@@ -84,7 +84,7 @@ export interface LoaderThreadOptions {
   slotRank: number;
 }
 
-/** The client side of the loader thread, started on first use. */
+/** The client side of the loader thread. */
 export class AdapterLoader {
   private worker?: Worker;
   private nextId = 1;
@@ -98,6 +98,11 @@ export class AdapterLoader {
       this.pending.set(id, { resolve, reject });
       this.thread().postMessage({ id, ref } satisfies LoaderRequest);
     });
+
+  /** Starts the thread ahead of the first load, so a cold adapter does not also wait for a thread to start. */
+  start(): void {
+    this.thread();
+  }
 
   async close(): Promise<void> {
     await this.worker?.terminate();

@@ -43,6 +43,7 @@ async function start(options: EngineWorkerData): Promise<void> {
   model.weights.clear();
   const runner = await ModelRunner.fromGraph(graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions });
   const loader = new AdapterLoader({ config: model.config, slotRank: options.maxLoraRank });
+  loader.start();
   const scheduler = new Scheduler(
     runner,
     {

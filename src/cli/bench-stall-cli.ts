@@ -1,0 +1,46 @@
+/**
+ * Only the stall-free section of the benchmark (bench-stall.ts), for trying prefill budgets:
+ *   npm run bench:stall [-- --json] [--trials N] [--budget TOKENS]
+ */
+import { availableParallelism } from 'node:os';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
+import { ensureBenchAdapters } from './bench-adapters.ts';
+import { measureStallFree } from './bench-stall.ts';
+
+const BENCH_DIR = resolve('.bench');
+const log = (message: string) => process.stderr.write(`${message}\n`);
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' }, budget: { type: 'string' } },
+  });
+  await ensureBenchModel(BENCH_MODEL_DIR, log);
+  // The same adapters `npm run bench` uses for its adapter sections.
+  const adapters = await ensureBenchAdapters(BENCH_DIR, 16, 16);
+  const report = await measureStallFree({
+    engineOptions: {
+      modelPath: BENCH_MODEL_DIR,
+      maxBatch: 16,
+      adapterSlots: 16,
+      maxLoraRank: 16,
+      hostCacheBytes: 2 * 2 ** 30,
+      maxQueue: 64,
+      maxPositions: 2048,
+      threads: availableParallelism(),
+      ...(values.budget === undefined ? {} : { prefillTokenBudget: Number(values.budget) }),
+    },
+    adapters,
+    benchDir: BENCH_DIR,
+    trials: Number(values.trials),
+    log,
+  });
+  if (values.json) console.log(JSON.stringify(report));
+  else for (const [key, value] of Object.entries(report)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
+}
+
+main().catch((error: Error) => {
+  console.error(`error: ${error.message}`);
+  process.exitCode = 1;
+});

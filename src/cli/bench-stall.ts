@@ -1,0 +1,196 @@
+/**
+ * The stall-free section of `npm run bench`: what newcomers do to streams already decoding, how much later a
+ * never-used adapter gives its first token than a resident one, and how long start-up takes (the engine on the
+ * benchmark model, and listing a store of 10,000 adapters against an empty one). Every figure is a ratio or a
+ * difference between cases run interleaved in this run.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { Engine } from '../engine/engine.ts';
+import { DEFAULT_PREFILL_TOKEN_BUDGET, type AdapterRef, type EngineOptions } from '../engine/protocol.ts';
+import { AdapterStore } from '../registry/adapter-store.ts';
+import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
+import { median, round } from './bench-stats.ts';
+
+const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
+const RUNNING = 8;
+const ARRIVING = 8;
+
+export interface StallBenchOptions {
+  engineOptions: EngineOptions;
+  /** r=16 adapters on disk, at least ARRIVING + 1 of them; each trial loads them under keys never used before. */
+  adapters: AdapterRef[];
+  benchDir: string;
+  trials: number;
+  log: (message: string) => void;
+}
+
+function prompt(length: number, seed: number): number[] {
+  return Array.from({ length }, (_, i) => 1 + ((seed * 7919 + i * 104729) % (SMOLLM2_135M_SHAPE.vocabSize - 1)));
+}
+
+let freshKeys = 0;
+/** The same files under a key the engine has never seen: a cold load from the page cache. */
+function neverUsed(ref: AdapterRef): AdapterRef {
+  return { ...ref, key: `${ref.key}#cold-${++freshKeys}` };
+}
+
+/**
+ * RUNNING base-model streams decode; once each has a few tokens, ARRIVING requests arrive at once. Returns the
+ * running streams' longest inter-token gap over their median gap, from the arrival until every newcomer has its
+ * first token, and the newcomers' times to first token.
+ */
+async function burst(engine: Engine, newcomers: { adapter: AdapterRef | null; promptIds: number[] }[]) {
+  const times: number[][] = Array.from({ length: RUNNING }, () => []);
+  let arrive!: () => void;
+  const arrived = new Promise<void>((resolve) => (arrive = resolve));
+  const controller = new AbortController();
+  const streams = times.map((t, i) =>
+    engine
+      .generate({
+        promptIds: prompt(24, i),
+        adapter: null,
+        sampling: GREEDY,
+        maxTokens: 1000,
+        stopTokenIds: [],
+        signal: controller.signal,
+        onToken: () => {
+          t.push(performance.now());
+          if (times.every((s) => s.length >= 8)) arrive();
+        },
+      })
+      .catch(() => undefined),
+  );
+  await arrived;
+  const arrival = performance.now();
+  const ttft = await Promise.all(
+    newcomers.map(async (newcomer) => {
+      let first = 0;
+      await engine.generate({
+        ...newcomer,
+        sampling: GREEDY,
+        maxTokens: 4,
+        stopTokenIds: [],
+        onToken: () => (first ||= performance.now()),
+      });
+      return first - arrival;
+    }),
+  );
+  const until = arrival + Math.max(...ttft);
+  controller.abort();
+  await Promise.all(streams);
+  const gaps = (t: number[]) => t.slice(1).map((x, i) => [t[i], x - t[i]] as const);
+  const allGaps = times.flatMap((t) => gaps(t).map(([, g]) => g));
+  const during = times.flatMap((t) => gaps(t).filter(([at]) => at >= arrival - 1 && at <= until).map(([, g]) => g));
+  return { maxOverMedian: Math.max(...during) / median(allGaps), medianGapMs: median(allGaps), ttftMs: ttft };
+}
+
+/** Time to first token of one request alone, on an adapter resident in a slot or never used before. */
+async function firstToken(engine: Engine, adapter: AdapterRef): Promise<number> {
+  const started = performance.now();
+  let first = 0;
+  await engine.generate({ promptIds: prompt(24, 99), adapter, sampling: GREEDY, maxTokens: 2, stopTokenIds: [], onToken: () => (first ||= performance.now()) });
+  return first - started;
+}
+
+/** A store of `count` versions with manifests and adapter files of the sizes listed (contents never read). */
+async function ensureLargeStore(root: string, count: number, log: (message: string) => void): Promise<void> {
+  const marker = join(root, `.complete-${count}`);
+  if (existsSync(marker)) return;
+  log(`writing a store of ${count} adapter versions into ${root} ...`);
+  await rm(root, { recursive: true, force: true });
+  const config = Buffer.from(JSON.stringify({ peft_type: 'LORA', r: 16, lora_alpha: 32, target_modules: ['q_proj'] }));
+  const weights = Buffer.alloc(4096, 7);
+  const digest = (data: Buffer) => ({ size: data.byteLength, sha256: createHash('sha256').update(data).digest('hex') });
+  for (let i = 0; i < count; i++) {
+    const dir = join(root, 'bench', `a${i}`, '1');
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'adapter_config.json'), config);
+    await writeFile(join(dir, 'adapter_model.safetensors'), weights);
+    const manifest = {
+      version: '1',
+      publishedAt: new Date(0).toISOString(),
+      files: { 'adapter_config.json': digest(config), 'adapter_model.safetensors': digest(weights) },
+      summary: { peftType: 'LORA', rank: 16, targetModules: ['q_proj'], bytes: 4096 },
+    };
+    await writeFile(join(dir, 'manifest.json'), JSON.stringify(manifest));
+  }
+  await writeFile(marker, '');
+}
+
+async function storeStartSeconds(root: string): Promise<number> {
+  const store = new AdapterStore({
+    root,
+    validate: async () => {
+      throw new Error('listing must not need the validator');
+    },
+    readSummary: (value) => value,
+  });
+  const started = performance.now();
+  await store.start();
+  const seconds = (performance.now() - started) / 1000;
+  await store.stop();
+  if (store.listInvalid().length > 0) throw new Error(`the benchmark store has invalid versions: ${store.listInvalid()[0].error}`);
+  return seconds;
+}
+
+export async function measureStallFree(options: StallBenchOptions) {
+  const { trials, log, adapters } = options;
+  const large = join(options.benchDir, 'store-10000');
+  const empty = join(options.benchDir, 'store-empty');
+  await ensureLargeStore(large, 10_000, log);
+  await mkdir(empty, { recursive: true });
+  // Page cache: the adapters' files are read once, as "files in the page cache" in the targets assumes.
+  for (const ref of adapters) await readFile(join(ref.path, 'adapter_model.safetensors'));
+
+  log('start-up: engine ready on the benchmark model; listing 10,000 stored adapters against none ...');
+  const engineStart: number[] = [];
+  const storeAdds: number[] = [];
+  for (let i = 0; i < trials; i++) {
+    const started = performance.now();
+    const engine = await Engine.start(options.engineOptions);
+    engineStart.push((performance.now() - started) / 1000);
+    await engine.close();
+    const none = await storeStartSeconds(empty);
+    storeAdds.push((await storeStartSeconds(large)) - none);
+  }
+
+  log(`stalls: ${RUNNING} streams decoding while ${ARRIVING} requests arrive (cold adapters / 128-token prompts), interleaved ...`);
+  const engine = await Engine.start(options.engineOptions);
+  try {
+    const cold = [];
+    const long = [];
+    const coldTtft: number[] = [];
+    const residentTtft: number[] = [];
+    const resident = adapters[ARRIVING];
+    await firstToken(engine, resident);
+    for (let i = 0; i < trials; i++) {
+      cold.push(await burst(engine, adapters.slice(0, ARRIVING).map((ref, j) => ({ adapter: neverUsed(ref), promptIds: prompt(24, 50 + j) }))));
+      long.push(await burst(engine, Array.from({ length: ARRIVING }, (_, j) => ({ adapter: null, promptIds: prompt(128, 70 + j) }))));
+      residentTtft.push(await firstToken(engine, resident));
+      coldTtft.push(await firstToken(engine, neverUsed(adapters[i % ARRIVING])));
+    }
+    const ratios = (runs: { maxOverMedian: number }[]) => runs.map((r) => round(r.maxOverMedian, 2));
+    const coldPenalty = coldTtft.map((c, i) => c - residentTtft[i]);
+    return {
+      prefill_token_budget: options.engineOptions.prefillTokenBudget ?? DEFAULT_PREFILL_TOKEN_BUDGET,
+      stall_cold_adapters_max_gap_over_median: round(median(cold.map((r) => r.maxOverMedian)), 2),
+      stall_cold_adapters_runs: ratios(cold),
+      stall_long_prompts_max_gap_over_median: round(median(long.map((r) => r.maxOverMedian)), 2),
+      stall_long_prompts_runs: ratios(long),
+      running_median_gap_ms: round(median([...cold, ...long].map((r) => r.medianGapMs))),
+      newcomer_ttft_ms_cold_adapters_median: Math.round(median(cold.flatMap((r) => r.ttftMs))),
+      newcomer_ttft_ms_long_prompts_median: Math.round(median(long.flatMap((r) => r.ttftMs))),
+      ttft_cold_minus_resident_ms: Math.round(median(coldPenalty)),
+      ttft_cold_minus_resident_ms_runs: coldPenalty.map(Math.round),
+      startup_engine_ready_s: round(median(engineStart), 2),
+      startup_engine_ready_s_runs: engineStart.map((s) => round(s, 2)),
+      startup_added_by_10000_adapters_s: round(median(storeAdds), 2),
+      startup_added_by_10000_adapters_s_runs: storeAdds.map((s) => round(s, 2)),
+    };
+  } finally {
+    await engine.close();
+  }
+}
