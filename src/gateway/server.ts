@@ -28,6 +28,9 @@ import { ModelResolver } from './model-resolver.ts';
 import type { GatewayServices } from './services.ts';
 import { createLogger } from './logger.ts';
 import { createTenantLimiters } from './tenant-limits.ts';
+import { TrainingFileStore } from '../training/jobs/file-store.ts';
+import { JobStore } from '../training/jobs/job-store.ts';
+import { TrainingDir } from '../training/jobs/training-dir.ts';
 
 export interface RunningGateway {
   url: string;
@@ -105,6 +108,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   store.on('removed', reportDiskResidency);
   const tracing = createTracing({ serviceName: 'peft-gateway', otlpEndpoint: settings.otlpEndpoint, exporter: options.traceExporter });
 
+  const trainingDir = new TrainingDir(settings.training.dir);
   const shutdown = new AbortController();
   const services: GatewayServices = {
     settings,
@@ -118,6 +122,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     authenticator: createAuthenticator(settings),
     limiters: createTenantLimiters(settings.tenants),
     metrics,
+    training: { files: new TrainingFileStore(trainingDir), jobs: new JobStore(trainingDir) },
     tracing,
     queuedByTenant: new Map(),
     startedAt: Math.floor(Date.now() / 1000),
