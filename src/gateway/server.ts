@@ -6,19 +6,14 @@ import { serve } from '@hono/node-server';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { basename, extname } from 'node:path';
-import { stat } from 'node:fs/promises';
 import { attachWebSocketApi } from '../api/websocket.ts';
-import { AdapterError } from '../adapters/adapter-error.ts';
-import { loadLoraAdapter } from '../adapters/lora.ts';
 import { Engine } from '../engine/engine.ts';
-import { readGguf } from '../formats/gguf.ts';
 import { createGatewayMetrics } from '../observability/metrics.ts';
 import { createTracing, type TracingOptions } from '../observability/tracing.ts';
 import { AdapterStore } from '../registry/adapter-store.ts';
 import { TextGenerator } from '../serving/text-generation.ts';
-import { chatTemplateConfigFromGguf, createChatFormatter } from '../tokenizer/chat-template.ts';
-import { readTokenizerConfig } from '../tokenizer/huggingface.ts';
-import { loadTokenizer } from '../tokenizer/load.ts';
+import { loadChatFormatter, loadTokenizer } from '../tokenizer/load.ts';
+import { adapterValidator } from './adapter-validator.ts';
 import { createApp } from './app.ts';
 import { createAuthenticator } from './auth.ts';
 import { loadGatewaySettings } from './config.ts';
@@ -72,24 +67,11 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   });
   const config = engine.info.config;
   const tokenizer = await loadTokenizer(modelPath, config.eosTokenIds);
-  const isDirectory = (await stat(modelPath)).isDirectory();
-  const formatChat = createChatFormatter(
-    isDirectory ? await readTokenizerConfig(modelPath) : chatTemplateConfigFromGguf((await readGguf(modelPath)).metadata),
-  );
+  const formatChat = await loadChatFormatter(modelPath);
 
   const store = new AdapterStore<AdapterSummary>({
     root: settings.adaptersDir,
-    validate: async (dir) => {
-      const adapter = await loadLoraAdapter(dir, config);
-      if (adapter.rank > settings.engine.maxLoraRank) {
-        throw new AdapterError(
-          'invalid_config',
-          `adapter rank ${adapter.rank} exceeds this server's MAX_LORA_RANK of ${settings.engine.maxLoraRank}; ` +
-            'train the adapter with a lower rank, or raise MAX_LORA_RANK',
-        );
-      }
-      return { peftType: 'LORA', rank: adapter.rank, targetModules: adapter.targetModules, bytes: adapter.byteSize };
-    },
+    validate: adapterValidator(config, settings.engine.maxLoraRank),
   });
   await store.start();
   // A removed or replaced version must never be served from a cache again.
