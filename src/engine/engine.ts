@@ -17,7 +17,6 @@ import type {
   ToWorker,
 } from './protocol.ts';
 import type { SamplingParams } from './sampling.ts';
-import { workerEntry } from './worker-entry.ts';
 
 export interface GenerateRequest {
   /** Who the request is for (fair scheduling between tenants); defaults to one shared tenant. */
@@ -86,7 +85,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       kvCacheUsage: 0,
       runningAdapters: [],
       waitingAdapters: [],
-      slots: { capacity: options.adapterSlots, resident: 0, bytes: 0 },
+      slots: { capacity: options.adapterSlots, resident: 0, bytes: 0, adapters: [] },
       host: { entries: 0, bytes: 0 },
     };
     worker.on('message', (message: FromWorker) => this.receive(message));
@@ -99,7 +98,7 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   /** Starts the engine thread and resolves once the model is loaded and its session built. */
   static start(options: EngineOptions): Promise<Engine> {
-    const worker = new Worker(workerEntry(new URL('./engine-worker.ts', import.meta.url)), { workerData: options });
+    const worker = new Worker(workerEntry(), { workerData: options });
     return new Promise((resolve, reject) => {
       const onMessage = (message: FromWorker) => {
         if (message.type === 'ready') {
@@ -199,3 +198,14 @@ export class Engine extends EventEmitter<EngineEvents> {
   }
 }
 
+/**
+ * The worker's entry point. Running from TypeScript sources, module loader hooks are per thread, so the
+ * worker first registers tsx and then imports the TypeScript entry; compiled, it is the .js file itself.
+ */
+function workerEntry(): URL {
+  if (!import.meta.url.endsWith('.ts')) return new URL('./engine-worker.js', import.meta.url);
+  const entry = new URL('./engine-worker.ts', import.meta.url).href;
+  const tsx = import.meta.resolve('tsx/esm/api');
+  const bootstrap = `import { register } from ${JSON.stringify(tsx)}; register(); await import(${JSON.stringify(entry)});`;
+  return new URL(`data:text/javascript,${encodeURIComponent(bootstrap)}`);
+}
