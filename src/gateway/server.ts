@@ -29,6 +29,8 @@ import { TrainingDir } from '../training/jobs/training-dir.ts';
 
 export interface RunningGateway {
   url: string;
+  /** The base model served (MODEL_PATH, or the default model's resolved location). */
+  modelPath: string;
   services: GatewayServices;
   /**
    * Stops accepting, lets in-flight requests finish for up to `graceMs` (default SHUTDOWN_GRACE_SECONDS),
@@ -137,5 +139,5 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
       await store.stop();
       await tracing.shutdown();
     })());
-  return { url, services, close };
+  return { url, modelPath, services, close };
 }
