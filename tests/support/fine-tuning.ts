@@ -1,7 +1,7 @@
 /** Shared pieces of the fine-tuning tests: a dataset that teaches a made-up word, and the trainer beside a gateway. */
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
 import type OpenAI from 'openai';
-import { startTrainer, type RunningTrainer } from '../../src/training/service/trainer-service.ts';
+import { startTrainer, type RunningTrainer, type TrainerServiceOptions } from '../../src/training/service/trainer-service.ts';
 import { loadTrainerSettings } from '../../src/training/service/trainer-settings.ts';
 import type { TestGateway } from './gateway.ts';
 import { STORIES_HF_DIR } from './models.ts';
@@ -36,7 +36,11 @@ export interface TestTrainer extends RunningTrainer {
 }
 
 /** The trainer sidecar in this process, on the test gateway's adapter store and training directory. */
-export async function startTestTrainer(gateway: TestGateway, env: Record<string, string> = {}): Promise<TestTrainer> {
+export async function startTestTrainer(
+  gateway: TestGateway,
+  env: Record<string, string> = {},
+  onJobProgress?: TrainerServiceOptions['onJobProgress'],
+): Promise<TestTrainer> {
   const spans = new InMemorySpanExporter();
   const logs: string[] = [];
   const trainer = await startTrainer(
@@ -51,7 +55,7 @@ export async function startTestTrainer(gateway: TestGateway, env: Record<string,
       LOG_LEVEL: 'debug',
       ...env,
     }),
-    { traceExporter: spans, writeLog: (line) => logs.push(line) },
+    { traceExporter: spans, writeLog: (line) => logs.push(line), onJobProgress },
   );
   return { ...trainer, spans, logs };
 }

@@ -47,6 +47,8 @@ export interface RunnerContext {
   baseName: string;
   /** The frozen base model every job trains on (trainLora never changes it). */
   model: BaseModel;
+  /** Called after each optimizer step, before the cancel check (tests use it to act at an exact step). */
+  onJobProgress?: (job: FineTuningJob, progress: TrainingProgress) => void;
 }
 
 /** Checkpoint adapters kept published per job, as OpenAI keeps the last three. */
@@ -158,6 +160,7 @@ export async function runJob(context: RunnerContext, job: FineTuningJob, stopReq
     const cancelPath = jobs.cancelPath(job);
 
     const onProgress = (progress: TrainingProgress) => {
+      context.onJobProgress?.(job, progress);
       lastProgress = progress;
       metrics.recordProgress(progress, Math.max(0, progress.trainedTokens - countedTokens));
       countedTokens = Math.max(countedTokens, progress.trainedTokens);

@@ -25,6 +25,7 @@ import type { TrainerSettings } from './trainer-settings.ts';
 export interface TrainerServiceOptions {
   traceExporter?: TracingOptions['exporter'];
   writeLog?: (line: string) => void;
+  onJobProgress?: RunnerContext['onJobProgress'];
 }
 
 export interface RunningTrainer {
@@ -59,6 +60,7 @@ export async function startTrainer(settings: TrainerSettings, options: TrainerSe
     tracer: tracing.tracer,
     baseName,
     model,
+    onJobProgress: options.onJobProgress,
   };
   const scheduler = new JobScheduler(context);
 
