@@ -6,10 +6,11 @@ import { join } from 'node:path';
 import { loadBaseModel } from '../src/model/load.ts';
 import { weightsChecksum } from '../src/model/checksum.ts';
 import { ModelRunner, type RunnerOptions } from '../src/runtime/model-runner.ts';
-import { loadLoraAdapter, type LoraAdapter } from '../src/adapters/lora.ts';
+import { loadLoraAdapter } from '../src/adapters/lora.ts';
 import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
-import type { BaseModel, LoraTargetModule, WeightMap } from '../src/model/types.ts';
+import type { BaseModel, LoraTargetModule } from '../src/model/types.ts';
 import { REFERENCE, STORIES_GGUF, STORIES_HF_DIR } from './support/models.ts';
+import { mergeAdapter } from './support/merge-adapter.ts';
 
 // Slots of rank 16 hold the rank-4 and rank-8 adapters below: rows are laid out for the highest rank among them.
 const OPTIONS: RunnerOptions = { maxBatch: 8, adapterSlots: 3, maxLoraRank: 16 };
@@ -37,27 +38,6 @@ for (const [format, path] of [['Hugging Face', STORIES_HF_DIR], ['GGUF', STORIES
     assert.deepEqual(await greedy(runner, REFERENCE.promptIds, REFERENCE.greedyIds.length), REFERENCE.greedyIds);
     await runner.close();
   });
-}
-
-/** The independent computation: a copy of the base with W + scale·B·A merged into each adapted projection. */
-function mergeAdapter(base: BaseModel, adapter: LoraAdapter): BaseModel {
-  const weights: WeightMap = new Map(base.weights);
-  for (const m of adapter.modules) {
-    const group = ['q_proj', 'k_proj', 'v_proj', 'o_proj'].includes(m.module) ? 'self_attn' : 'mlp';
-    const name = `model.layers.${m.layer}.${group}.${m.module}.weight`;
-    const { shape, data } = weights.get(name)!;
-    const [out, inDim] = shape;
-    const merged = Float32Array.from(data);
-    for (let o = 0; o < out; o++) {
-      for (let i = 0; i < inDim; i++) {
-        let delta = 0;
-        for (let j = 0; j < m.rank; j++) delta += m.B[o * m.rank + j] * m.A[j * inDim + i];
-        merged[o * inDim + i] += m.scale * delta;
-      }
-    }
-    weights.set(name, { shape, data: merged });
-  }
-  return { ...base, weights };
 }
 
 async function makeAdapter(dir: string, base: BaseModel, rank: number, targets: LoraTargetModule[], seed: number, alpha: number) {

@@ -24,6 +24,7 @@
  *   adapters).
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
+import { baseProjection, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
 import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
 
 export const GRAPH_INPUTS = {
@@ -60,8 +61,8 @@ export const LORA_INPUTS = {
   bDown: (layer: number) => `lora_b_down.${layer}`,
 } as const;
 
-// Opset 23 brings RMSNormalization, one fused node per norm.
-export const OPSET = [{ domain: '', version: 23 }];
+// Opset 23 brings RMSNormalization, one fused node per norm; onnxruntime's contrib domain, MatMulNBits.
+export const OPSET = [{ domain: '', version: 23 }, CONTRIB_OPSET];
 
 /** Symbolic axis names; the runtime feeds any size. */
 const B = 'batch';
@@ -188,36 +189,29 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   /** LoRA delta from activation blocks `[B, T, n, 1, R]` and a B of n blocks of `width` columns: `[B, T, n*width]`. */
   const groupedLoraDelta = (blocks: string, name: string, n: number, width: number) =>
     g.op('Reshape', [g.op('MatMul', [blocks, loraWeights(name, 1, n, R, width)]), g.constInt64([0, 0, n * width])]);
-  /** A base projection as one transposed (and, for fused projections, concatenated) initializer. */
-  const baseWeight = (name: string, parts: string[], inDim: number, outDims: number[]) =>
-    g.initializer(name, transposeConcat(parts.map((part) => w(part).data), inDim, outDims), [inDim, outDims.reduce((a, b) => a + b, 0)]);
-  const layerWeight = (l: number, module: string) => `model.layers.${l}.${module}.weight`;
+  /** Base projections of `x` (fused when several), with each weight as served: block-quantized or float32. */
+  const base = (x: string, l: number, fused: string, modules: string[]) =>
+    baseProjection(g, x, modules.map((m) => model.quantized?.get(`model.layers.${l}.${m}.weight`) ?? w(`model.layers.${l}.${m}.weight`)), `model.layers.${l}.${fused}`);
 
   const serving: LayerImplementation = {
     normWeight: (name) => g.initializer(name, w(name).data, [c.hiddenSize]),
     qkv(l, h) {
-      const modules = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'].map((m) => layerWeight(l, m));
-      const wQkv = baseWeight(`model.layers.${l}.self_attn.qkv_proj.weight_t`, modules, c.hiddenSize, [qDim, kvDim, kvDim]);
       const uQkv = g.op('Reshape', [g.op('MatMul', [h, loraWeights(LORA_INPUTS.aQkv(l), c.hiddenSize, `3*${R}`)]), threeLoraBlocks]);
       const loraQkv = groupedLoraDelta(g.op('Gather', [uQkv, qkvBlockSources], { axis: 2 }), LORA_INPUTS.bQkv(l), qBlocks + 2, kvDim);
-      return g.op('Add', [g.op('MatMul', [h, wQkv]), loraQkv]);
+      return g.op('Add', [base(h, l, 'self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']), loraQkv]);
     },
     o(l, merged) {
-      const wO = baseWeight(`model.layers.${l}.self_attn.o_proj.weight_t`, [layerWeight(l, 'self_attn.o_proj')], qDim, [c.hiddenSize]);
       const loraO = g.op('MatMul', [g.op('MatMul', [merged, loraWeights(LORA_INPUTS.aO(l), qDim, R)]), loraWeights(LORA_INPUTS.bO(l), R, c.hiddenSize)]);
-      return g.op('Add', [g.op('MatMul', [merged, wO]), loraO]);
+      return g.op('Add', [base(merged, l, 'self_attn.o_proj', ['self_attn.o_proj']), loraO]);
     },
     gateUp(l, h2) {
-      const modules = [layerWeight(l, 'mlp.gate_proj'), layerWeight(l, 'mlp.up_proj')];
-      const wGateUp = baseWeight(`model.layers.${l}.mlp.gate_up_proj.weight_t`, modules, c.hiddenSize, [c.intermediateSize, c.intermediateSize]);
       const u2 = g.op('MatMul', [h2, loraWeights(LORA_INPUTS.aGateUp(l), c.hiddenSize, `2*${R}`)]);
       const loraGateUp = groupedLoraDelta(g.op('Reshape', [u2, twoLoraBlocks]), LORA_INPUTS.bGateUp(l), 2, c.intermediateSize);
-      return g.op('Add', [g.op('MatMul', [h2, wGateUp]), loraGateUp]);
+      return g.op('Add', [base(h2, l, 'mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj']), loraGateUp]);
     },
     down(l, act) {
-      const wDown = baseWeight(`model.layers.${l}.mlp.down_proj.weight_t`, [layerWeight(l, 'mlp.down_proj')], c.intermediateSize, [c.hiddenSize]);
       const loraDown = g.op('MatMul', [g.op('MatMul', [act, loraWeights(LORA_INPUTS.aDown(l), c.intermediateSize, R)]), loraWeights(LORA_INPUTS.bDown(l), R, c.hiddenSize)]);
-      return g.op('Add', [g.op('MatMul', [act, wDown]), loraDown]);
+      return g.op('Add', [base(act, l, 'mlp.down_proj', ['mlp.down_proj']), loraDown]);
     },
     // The cached keys (transposed) and values, then this step's own tokens under a causal mask, in one softmax.
     attend(l, qGrouped, k, v) {
@@ -243,26 +237,14 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   // each row's last real token, as rows of a batched prefill are padded to the longest.
   const last = g.op('GatherElements', [x, g.input(GRAPH_INPUTS.logitsPosition, 'int64', [B, 1, c.hiddenSize])], { axis: 1 });
   const lastFlat = g.op('Reshape', [rmsNorm(g, c, last, serving.normWeight('model.norm.weight')), g.constInt64([-1, c.hiddenSize])]);
-  const lmHead = c.tieWordEmbeddings
-    ? embedding
-    : g.initializer('lm_head.weight', w('lm_head.weight').data, [c.vocabSize, c.hiddenSize]);
-  g.output(g.op('Gemm', [lastFlat, lmHead], { transB: 1 }), GRAPH_OUTPUTS.logits, 'float32', [B, c.vocabSize]);
+  // The embedding lookup reads float32 rows (exact values of a quantized file's embedding); the output
+  // projection, a full matmul per step, uses the quantized form when there is one.
+  const quantizedHead = model.quantized?.get('lm_head.weight');
+  const logits = quantizedHead
+    ? quantizedMatMul(g, lastFlat, quantizedHead, 'lm_head', { inputRank: 2 })
+    : g.op('Gemm', [lastFlat, c.tieWordEmbeddings ? embedding : g.initializer('lm_head.weight', w('lm_head.weight').data, [c.vocabSize, c.hiddenSize])], { transB: 1 });
+  g.output(logits, GRAPH_OUTPUTS.logits, 'float32', [B, c.vocabSize]);
   // All layers' new keys and values in one output: [B, layers*2*kv_heads, T, head_dim], k then v per layer.
   g.output(g.op('Concat', newKeyValues, { axis: 1 }), GRAPH_OUTPUTS.newKeyValues, 'float32', [B, c.numLayers * 2 * c.numKvHeads, T, c.headDim]);
   return g.build(OPSET);
-}
-
-/** Transposes PyTorch `[out, in]` weights to `[in, out]` and joins several along the output axis. */
-function transposeConcat(weights: Float32Array[], inDim: number, outDims: number[]): Float32Array {
-  const totalOut = outDims.reduce((a, b) => a + b, 0);
-  const result = new Float32Array(inDim * totalOut);
-  let column = 0;
-  weights.forEach((weight, index) => {
-    const outDim = outDims[index];
-    for (let o = 0; o < outDim; o++) {
-      for (let i = 0; i < inDim; i++) result[i * totalOut + column + o] = weight[o * inDim + i];
-    }
-    column += outDim;
-  });
-  return result;
 }
