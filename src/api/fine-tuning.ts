@@ -31,10 +31,10 @@ export function registerFineTuningRoutes(app: Hono<GatewayEnv>, services: Gatewa
 
   /** Makes sure the store serves what a finished job reports before the client learns of it. */
   const servable = async (job: FineTuningJob, modelIds: string[] = job.fine_tuned_model ? [job.fine_tuned_model] : []) => {
+    const prefix = `${models.baseName}+${job.organization_id}/`;
     const missing = modelIds.some((model) => {
-      const version = model.slice(model.lastIndexOf('@') + 1);
-      const adapter = model.slice(model.indexOf('/') + 1, model.lastIndexOf('@'));
-      return store.resolve(job.organization_id, adapter, version) === null;
+      const at = model.lastIndexOf('@');
+      return store.resolve(job.organization_id, model.slice(prefix.length, at), model.slice(at + 1)) === null;
     });
     if (missing) await store.refresh();
     return job;

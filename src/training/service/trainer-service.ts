@@ -131,7 +131,8 @@ class JobScheduler {
         await jobs.release(job);
         continue;
       }
-      if (cancel && current.status !== 'running') await finishJob(this.context, current, 'cancelled', 'Fine-tuning job cancelled before it started');
+      // Not running anywhere (this trainer holds the claim and is not running it): nothing to stop first.
+      if (cancel) await finishJob(this.context, current, 'cancelled', 'Fine-tuning job cancelled');
       else if (current.status === 'validating_files') {
         const queued = await validateJob(this.context, current);
         // Straight on to training when there is room, rather than at the next poll.
