@@ -12,7 +12,7 @@ import { ApiError, invalidRequest, notFound, permissionDenied } from '../gateway
 import type { GatewayEnv, GatewayServices } from '../gateway/services.ts';
 import { DatasetError } from '../training/data/jsonl-examples.ts';
 import type { StoredFile, TrainingFileStore } from '../training/jobs/file-store.ts';
-import { isId } from '../training/jobs/training-dir.ts';
+import { isId, newestFirst } from '../training/jobs/training-dir.ts';
 import { listPage } from './list-page.ts';
 
 const UPLOAD_HELP = 'Upload multipart/form-data with a "file" field holding the JSONL dataset and a "purpose" field set to "fine-tune".';
@@ -79,7 +79,7 @@ export function owningTenant(principal: Principal): string {
 async function visibleFiles(files: TrainingFileStore, principal: Principal): Promise<StoredFile[]> {
   if (principal.kind === 'tenant') return files.list(principal.tenant.name);
   const all = (await Promise.all((await files.tenants()).map((tenant) => files.list(tenant)))).flat();
-  return all.sort((a, b) => b.created_at - a.created_at);
+  return all.sort(newestFirst);
 }
 
 /** The caller's file (any tenant's for an admin); otherwise the 404 a missing file gets. */

@@ -6,7 +6,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readJsonIfPresent } from '../../storage/json-files.ts';
 import { parseTrainingJsonl, type TrainingFormat } from '../data/jsonl-examples.ts';
-import { newId, type TrainingDir } from './training-dir.ts';
+import { newestFirst, newId, type TrainingDir } from './training-dir.ts';
 
 const META_FILE = 'file.json';
 const CONTENT_FILE = 'content.jsonl';
@@ -77,7 +77,7 @@ export class TrainingFileStore {
   async list(tenant: string): Promise<StoredFile[]> {
     const ids = await readdir(this.dir.tenantDir(tenant, 'files')).catch(() => [] as string[]);
     const files = await Promise.all(ids.map((id) => this.get(tenant, id).catch(() => null)));
-    return files.filter((file): file is StoredFile => file !== null).sort((a, b) => b.created_at - a.created_at || (a.id < b.id ? 1 : -1));
+    return files.filter((file): file is StoredFile => file !== null).sort(newestFirst);
   }
 
   async remove(file: StoredFile): Promise<void> {

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { LoraTargetModule } from '../../model/types.ts';
 import { writeFileAtomically } from '../../storage/durable-files.ts';
 import { isJsonObject, readJsonIfPresent } from '../../storage/json-files.ts';
-import { newId, type TrainingDir } from './training-dir.ts';
+import { newestFirst, newId, type TrainingDir } from './training-dir.ts';
 
 export const JOB_STATUSES = ['validating_files', 'queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
 export type JobStatus = (typeof JOB_STATUSES)[number];
@@ -134,7 +134,7 @@ export class JobStore {
         if (job) jobs.push(job);
       }
     }
-    return jobs.sort((a, b) => b.created_at - a.created_at || (a.id < b.id ? 1 : -1));
+    return jobs.sort(newestFirst);
   }
 
   /** A durable request the sidecar acts on between optimizer steps (or at once for a job that is not running). */

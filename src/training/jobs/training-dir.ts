@@ -19,15 +19,27 @@ import { join } from 'node:path';
 import { checkTenantName } from '../../registry/adapter-names.ts';
 import { syncDirectory, writeDurably } from '../../storage/durable-files.ts';
 
-const ID_ALPHABET = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789';
+/** In ASCII order, so ids compare like the times they begin with. */
+const ID_ALPHABET = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
 const ID_PATTERN = /^(file|ftjob|ftevent|ftckpt)-[A-Za-z0-9]{24}$/;
+const TIME_DIGITS = 8;
 
 export type IdPrefix = 'file' | 'ftjob' | 'ftevent' | 'ftckpt';
 
-/** OpenAI-style ids: a prefix and 24 random letters and digits. */
+/**
+ * OpenAI-style ids: a prefix and 24 letters and digits, the first 8 the creation time in milliseconds (base 62),
+ * so that items created in the same second still list in creation order; the other 16 random.
+ */
 export function newId(prefix: IdPrefix): string {
-  const bytes = randomBytes(24);
-  return `${prefix}-${Array.from(bytes, (byte) => ID_ALPHABET[byte % ID_ALPHABET.length]).join('')}`;
+  let time = '';
+  for (let rest = Date.now(), i = 0; i < TIME_DIGITS; i++, rest = Math.floor(rest / 62)) time = ID_ALPHABET[rest % 62] + time;
+  const random = Array.from(randomBytes(16), (byte) => ID_ALPHABET[byte % ID_ALPHABET.length]).join('');
+  return `${prefix}-${time}${random}`;
+}
+
+/** Newest first: ids begin with their creation time, so they order items created within the same second. */
+export function newestFirst(a: { id: string }, b: { id: string }): number {
+  return a.id < b.id ? 1 : a.id > b.id ? -1 : 0;
 }
 
 export function isId(value: string, prefix: IdPrefix): boolean {
