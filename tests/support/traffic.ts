@@ -11,6 +11,9 @@ import { REFERENCE } from './models.ts';
 /** Enough for every request below; a single request asking for more than this is refused with 429. */
 export const TRAFFIC_LIMITS = { tokensPerMinute: 400 };
 const OVER_BUDGET_MAX_TOKENS = 450;
+const CHAT_MESSAGE = 'Tell me about the sea';
+/** What the traffic sends as prompts, for tests that check none of it is shown or recorded. */
+export const TRAFFIC_PROMPTS = [REFERENCE.prompt, CHAT_MESSAGE];
 
 /** Publishes a random LoRA adapter for `tenant` and returns the model id that selects it. */
 export async function publishAdapter(gateway: TestGateway, tenant: 'acme' | 'globex', name: string, seed: number): Promise<string> {
@@ -42,7 +45,7 @@ export async function mixedTraffic(gateway: TestGateway, adapterModels: { acme: 
   const globex = gateway.client(KEYS.globex);
   await Promise.all([
     acme.completions.create({ model: BASE_MODEL, prompt: REFERENCE.prompt, max_tokens: 8, temperature: 0 }),
-    acme.chat.completions.create({ model: adapterModels.acme, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 8 }),
+    acme.chat.completions.create({ model: adapterModels.acme, messages: [{ role: 'user', content: CHAT_MESSAGE }], max_tokens: 8 }),
     globex.completions.create({ model: adapterModels.globex, prompt: REFERENCE.prompt, max_tokens: 8, temperature: 0 }),
     globex.completions.create({ model: BASE_MODEL, prompt: REFERENCE.prompt, max_tokens: 4, temperature: 0 }),
   ]);
