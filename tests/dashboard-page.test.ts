@@ -7,8 +7,8 @@ import { after, before, describe, it } from 'node:test';
 import type { Page } from 'playwright-core';
 import { parseScrape, samplesOf } from './support/exposition.ts';
 import { launchChromium, type Browser } from './support/browser.ts';
-import { KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
-import { mixedTraffic, publishAdapter, TRAFFIC_PROMPTS } from './support/traffic.ts';
+import { KEYS, type TestGateway } from './support/gateway.ts';
+import { mixedTraffic, publishAdapter, startTrafficGateway, TRAFFIC_PROMPTS } from './support/traffic.ts';
 
 /** Generous: the machine may be shared; every wait ends as soon as its condition holds. */
 const PAGE_TIMEOUT_MS = 120_000;
@@ -17,7 +17,7 @@ let gateway: TestGateway;
 let adapters: { acme: string; globex: string };
 
 before(async () => {
-  gateway = await startTestGateway({ tokensPerMinute: 400 });
+  gateway = await startTrafficGateway();
   adapters = {
     acme: await publishAdapter(gateway, 'acme', 'support', 1),
     globex: await publishAdapter(gateway, 'globex', 'faq', 2),
