@@ -6,10 +6,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { loadBaseModel } from '../model/load.ts';
 import { buildDecoderGraph } from '../graph/decoder-graph.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
-import type { EngineOptions, FromWorker, ToWorker } from './protocol.ts';
+import { DEFAULT_PREFILL_TOKEN_BUDGET, type EngineOptions, type FromWorker, type ToWorker } from './protocol.ts';
 import { Scheduler } from './scheduler.ts';
-
-const DEFAULT_PREFILL_CHUNK = 512;
 
 const port = parentPort!;
 const post = (message: FromWorker) => port.postMessage(message);
@@ -27,7 +25,7 @@ async function start(options: EngineOptions): Promise<void> {
     {
       maxQueue: options.maxQueue,
       maxPositions,
-      prefillChunk: options.prefillChunk ?? DEFAULT_PREFILL_CHUNK,
+      prefillTokenBudget: options.prefillTokenBudget ?? DEFAULT_PREFILL_TOKEN_BUDGET,
       hostCacheBytes: options.hostCacheBytes,
     },
     {

@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { LineCounter, parse as parseYaml, YAMLError } from 'yaml';
+import { DEFAULT_PREFILL_TOKEN_BUDGET } from '../engine/protocol.ts';
 import { checkTenantName, StoreError } from '../registry/adapter-names.ts';
 import { isJsonObject } from '../storage/json-files.ts';
 
@@ -35,6 +36,8 @@ export interface EngineSettings {
   maxLoraRank: number;
   hostCacheBytes: number;
   maxQueue: number;
+  /** Prompt tokens one engine step may prefill beside the decoding rows (stall-free batching). */
+  prefillTokenBudget: number;
   threads: number;
   executionProvider: ExecutionProvider;
 }
@@ -324,7 +327,11 @@ async function readTenantsFile(file: string): Promise<{ adminKeyDigests: Buffer[
 
 // ---- assembly ----
 
-function tenantsFromEnvironment(env: NodeJS.ProcessEnv): { adminKeyDigests: Buffer[]; tenants: TenantSettings[] } {
+/**
+ * Without a tenants file the one `local` tenant may fill every batch row: a development gateway driven by as many
+ * clients as MAX_BATCH_SIZE should batch them, not answer 429.
+ */
+function tenantsFromEnvironment(env: NodeJS.ProcessEnv, maxBatchSize: number): { adminKeyDigests: Buffer[]; tenants: TenantSettings[] } {
   const apiKey = envApiKey(env, 'GATEWAY_API_KEY') ?? DEVELOPMENT_API_KEY;
   const adminKey = envApiKey(env, 'GATEWAY_ADMIN_KEY') ?? DEVELOPMENT_ADMIN_KEY;
   if (apiKey === adminKey) {
@@ -332,8 +339,12 @@ function tenantsFromEnvironment(env: NodeJS.ProcessEnv): { adminKeyDigests: Buff
   }
   return {
     adminKeyDigests: [sha256Digest(adminKey)],
-    tenants: [{ name: LOCAL_TENANT_NAME, keyDigests: [sha256Digest(apiKey)], limits: BUILT_IN_TENANT_LIMITS }],
+    tenants: [{ name: LOCAL_TENANT_NAME, keyDigests: [sha256Digest(apiKey)], limits: localTenantLimits(maxBatchSize) }],
   };
+}
+
+export function localTenantLimits(maxBatchSize: number): TenantLimits {
+  return { ...BUILT_IN_TENANT_LIMITS, maxConcurrentRequests: Math.max(BUILT_IN_TENANT_LIMITS.maxConcurrentRequests, maxBatchSize) };
 }
 
 function acceptsDevelopmentKey(adminKeyDigests: readonly Buffer[], tenants: readonly TenantSettings[]): boolean {
@@ -365,6 +376,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       maxLoraRank: envInteger(env, 'MAX_LORA_RANK', 16, 1, 1024),
       hostCacheBytes: envBytes(env, 'HOST_CACHE_BYTES', GIB, 0, 1024 * GIB),
       maxQueue: envInteger(env, 'MAX_QUEUE', 256, 1, 1_000_000),
+      prefillTokenBudget: envInteger(env, 'PREFILL_TOKEN_BUDGET', DEFAULT_PREFILL_TOKEN_BUDGET, 1, 65_536),
       threads: envInteger(env, 'ENGINE_THREADS', availableParallelism(), 1, 1024),
       executionProvider: envChoice(env, 'EXECUTION_PROVIDER', ['cpu', 'cuda'] as const, 'cpu'),
     },
@@ -374,7 +386,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
     logLevel: envChoice(env, 'LOG_LEVEL', ['debug', 'info', 'warn', 'error'] as const, 'info'),
   };
   const { adminKeyDigests, tenants } =
-    configFile === undefined ? tenantsFromEnvironment(env) : await readTenantsFile(configFile);
+    configFile === undefined ? tenantsFromEnvironment(env, settings.engine.maxBatchSize) : await readTenantsFile(configFile);
   return {
     ...settings,
     configFile,

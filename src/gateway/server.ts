@@ -64,6 +64,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     maxLoraRank: settings.engine.maxLoraRank,
     hostCacheBytes: settings.engine.hostCacheBytes,
     maxQueue: settings.engine.maxQueue,
+    prefillTokenBudget: settings.engine.prefillTokenBudget,
     threads: settings.engine.threads,
     executionProvider: settings.engine.executionProvider,
   });
