@@ -13,7 +13,7 @@ const port = parentPort!;
 const post = (message: FromWorker) => port.postMessage(message);
 
 async function start(options: EngineOptions): Promise<void> {
-  const model = await loadBaseModel(options.modelPath);
+  const model = await loadBaseModel(options.modelPath, { quantize: options.quantize });
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
   const graph = buildDecoderGraph(model);
   // The graph holds the weights (in the layout the session reads); the loaded arrays would only add to the
