@@ -4,6 +4,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
+import { workerEntry } from './worker-entry.ts';
 import type {
   AdapterCacheEvent,
   AdapterRef,
@@ -98,7 +99,7 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   /** Starts the engine thread and resolves once the model is loaded and its session built. */
   static start(options: EngineOptions): Promise<Engine> {
-    const worker = new Worker(workerEntry(), { workerData: options });
+    const worker = new Worker(workerEntry(new URL('./engine-worker.ts', import.meta.url)), { workerData: options });
     return new Promise((resolve, reject) => {
       const onMessage = (message: FromWorker) => {
         if (message.type === 'ready') {
@@ -196,16 +197,4 @@ export class Engine extends EventEmitter<EngineEvents> {
     if (!this.closed) this.failure ??= error;
     for (const id of [...this.pending.keys()]) this.settle(id)?.reject(error);
   }
-}
-
-/**
- * The worker's entry point. Running from TypeScript sources, module loader hooks are per thread, so the
- * worker first registers tsx and then imports the TypeScript entry; compiled, it is the .js file itself.
- */
-function workerEntry(): URL {
-  if (!import.meta.url.endsWith('.ts')) return new URL('./engine-worker.js', import.meta.url);
-  const entry = new URL('./engine-worker.ts', import.meta.url).href;
-  const tsx = import.meta.resolve('tsx/esm/api');
-  const bootstrap = `import { register } from ${JSON.stringify(tsx)}; register(); await import(${JSON.stringify(entry)});`;
-  return new URL(`data:text/javascript,${encodeURIComponent(bootstrap)}`);
 }
