@@ -19,6 +19,7 @@ async function start(options: EngineOptions): Promise<void> {
   // The graph holds the weights (in the layout the session reads); the loaded arrays would only add to the
   // memory peak while the session loads them.
   model.weights.clear();
+  model.quantized?.clear();
   const runner = await ModelRunner.fromGraph(graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions });
   const scheduler = new Scheduler(
     runner,
