@@ -15,7 +15,8 @@ import { Engine } from '../engine/engine.ts';
 import type { AdapterRef } from '../engine/protocol.ts';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import type { LoadQuantization } from '../model/types.ts';
-import { concurrentDecode, ensureAdapters, LORA_RANK, log, median, round, singleStream, STREAMS } from './bench-workloads.ts';
+import { median, round } from './bench-stats.ts';
+import { concurrentDecode, ensureAdapters, LORA_RANK, log, singleStream, STREAMS } from './bench-workloads.ts';
 
 const FORMS = ['f32', 'q8', 'q4'] as const;
 type Form = (typeof FORMS)[number];

@@ -9,6 +9,7 @@ import type { Engine } from '../engine/engine.ts';
 import type { AdapterRef } from '../engine/protocol.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { LORA_TARGET_MODULES } from '../model/types.ts';
+import { median } from './bench-stats.ts';
 
 export const BENCH_DIR = resolve('.bench');
 export const STREAMS = 16;
@@ -33,8 +34,6 @@ export async function ensureAdapters(): Promise<AdapterRef[]> {
 function prompt(length: number, seed: number): number[] {
   return Array.from({ length }, (_, i) => 1 + ((seed * 7919 + i * 104729) % (SMOLLM2_135M_SHAPE.vocabSize - 1)));
 }
-
-export const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 
 /** Runs streams concurrently; returns the aggregate decode rate while all of them were in the batch. */
 export async function concurrentDecode(engine: Engine, adapters: (AdapterRef | null)[], tokens: number): Promise<number> {
@@ -73,8 +72,4 @@ export async function singleStream(engine: Engine, promptLength: number, tokens:
   });
   const steps = times.slice(1).map((t, i) => t - times[i]);
   return { prefillTokensPerSecond: promptLength / (prefillMs / 1000), stepMs: median(steps), tokensPerSecond: 1000 / median(steps) };
-}
-
-export function round(value: number, digits = 1): number {
-  return Number(value.toFixed(digits));
 }

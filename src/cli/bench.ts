@@ -4,8 +4,9 @@
  * relative to 16 base-model streams, decode step time against context length, and peak memory.
  * Ratios are measured within one run, with the compared cases interleaved, because this machine's absolute
  * speed varies by 2x from minute to minute; the adapter comparison runs three times as many pairs as the other
- * measurements have trials, and reports the spread of its per-pair ratios next to their median. `quantized_base`
- * compares the same model served as Q8_0 and Q4_0 with float32 (bench-quantized.ts).
+ * measurements have trials, and reports the spread of its per-pair ratios next to their median. `lora_floor`
+ * compares the time adapters add to a step with the time to read their weights once (bench-lora-floor.ts);
+ * `quantized_base` the same model served as Q8_0 and Q4_0 with float32 (bench-quantized.ts).
  *   npm run bench [-- --json] [--trials N]
  */
 import { availableParallelism } from 'node:os';
@@ -15,8 +16,10 @@ import { elementCount } from '../formats/tensor-shape.ts';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { loraInputShapes } from '../runtime/adapter-slots.ts';
-import { concurrentDecode, ensureAdapters, LORA_RANK, log, median, round, singleStream, STREAMS } from './bench-workloads.ts';
+import { measureLoraFloor } from './bench-lora-floor.ts';
 import { measureQuantizedBase } from './bench-quantized.ts';
+import { median, round } from './bench-stats.ts';
+import { concurrentDecode, ensureAdapters, LORA_RANK, log, singleStream, STREAMS } from './bench-workloads.ts';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' } } });
@@ -70,7 +73,7 @@ async function main(): Promise<void> {
       decode_tokens_per_second_16_streams_16_adapters: round(median(lora)),
       ratio_16_adapters_vs_base: round(median(ratios), 3),
       ratio_16_adapters_vs_base_range: [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)],
-      // The adapters' added step time, next to the bytes of LoRA weights a step must read (one copy per row).
+      // The adapters' added step time, next to the bytes of LoRA weights a step must read (each adapter once).
       adapter_step_overhead_ms: round(median(lora.map((l, i) => stepMs16(l) - stepMs16(base[i])))),
       lora_weights_read_per_step_mib: round((STREAMS * loraFloatsPerRow(LORA_RANK) * 4) / 2 ** 20),
       decode_step_ms_by_context: Object.fromEntries(Object.entries(stepMs).map(([k, v]) => [k, round(v)])),
@@ -81,12 +84,14 @@ async function main(): Promise<void> {
   } finally {
     await engine.close();
   }
-  const report = { ...result, quantized_base: await measureQuantizedBase({ trials, threads, adapters }) };
+  const loraFloor = await measureLoraFloor({ modelPath: BENCH_MODEL_DIR, adapterPaths: adapters.map((a) => a.path), rank: LORA_RANK, threads, trials: 10 * trials, log });
+  const quantizedBase = await measureQuantizedBase({ trials, threads, adapters });
+  const report = { ...result, lora_floor: loraFloor, quantized_base: quantizedBase };
   if (values.json) console.log(JSON.stringify(report));
   else for (const [key, value] of Object.entries(report)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
 }
 
-/** Floats of LoRA weights one batch row carries through a forward pass at slot rank `rank`. */
+/** Floats of one adapter's LoRA weights at rank `rank`, as a forward pass reads them. */
 function loraFloatsPerRow(rank: number): number {
   const perLayer = Object.values(loraInputShapes(SMOLLM2_135M_SHAPE, rank)).reduce((sum, shape) => sum + elementCount(shape), 0);
   return perLayer * SMOLLM2_135M_SHAPE.numLayers;

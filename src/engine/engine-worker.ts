@@ -6,13 +6,34 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { loadBaseModel } from '../model/load.ts';
 import { buildDecoderGraph } from '../graph/decoder-graph.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
-import { DEFAULT_PREFILL_TOKEN_BUDGET, type EngineOptions, type FromWorker, type ToWorker } from './protocol.ts';
+import { DEFAULT_PREFILL_TOKEN_BUDGET, RUN_FREELY, type EngineWorkerData, type FromWorker, type ToWorker } from './protocol.ts';
 import { Scheduler } from './scheduler.ts';
 
 const port = parentPort!;
 const post = (message: FromWorker) => port.postMessage(message);
 
-async function start(options: EngineOptions): Promise<void> {
+/**
+ * Called after each step is reported: while the engine is paused, blocks this thread (messages, timers and the
+ * scheduler alike) until the HTTP thread allows another step or resumes. Blocking here rather than in the
+ * scheduler means a paused engine has delivered everything it produced and does nothing more.
+ */
+function passStepGate(gate: Int32Array): void {
+  let announced = false;
+  for (;;) {
+    const allowed = Atomics.load(gate, 0);
+    if (allowed === RUN_FREELY) return;
+    if (allowed > 0) {
+      if (Atomics.compareExchange(gate, 0, allowed, allowed - 1) === allowed) return;
+      continue;
+    }
+    if (!announced) post({ type: 'paused' });
+    announced = true;
+    Atomics.wait(gate, 0, 0);
+  }
+}
+
+async function start(options: EngineWorkerData): Promise<void> {
+  const stepGate = new Int32Array(options.stepGate);
   const model = await loadBaseModel(options.modelPath, { quantize: options.quantize });
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
   const graph = buildDecoderGraph(model);
@@ -30,7 +51,10 @@ async function start(options: EngineOptions): Promise<void> {
       hostCacheBytes: options.hostCacheBytes,
     },
     {
-      step: (report) => post({ type: 'step', ...report }),
+      step: (report) => {
+        post({ type: 'step', ...report });
+        passStepGate(stepGate);
+      },
       failed: (id, message, code) => post({ type: 'sequence-failed', id, message, code }),
     },
   );
@@ -54,4 +78,4 @@ async function start(options: EngineOptions): Promise<void> {
   });
 }
 
-start(workerData as EngineOptions).catch((error: Error) => post({ type: 'startup-failed', message: error.message }));
+start(workerData as EngineWorkerData).catch((error: Error) => post({ type: 'startup-failed', message: error.message }));

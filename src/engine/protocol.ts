@@ -138,4 +138,16 @@ export type FromWorker =
       stats: SchedulerStats;
     }
   | { type: 'sequence-failed'; id: number; message: string; code: string }
+  /** The engine thread stopped at a step boundary because it was paused (see Engine.pause). */
+  | { type: 'paused' }
   | { type: 'closed' };
+
+/**
+ * What the engine thread starts with: its options and the step gate, one Int32 shared with the HTTP thread that
+ * says how many more steps the thread may run before it pauses (RUN_FREELY: no limit).
+ */
+export interface EngineWorkerData extends EngineOptions {
+  stepGate: SharedArrayBuffer;
+}
+
+export const RUN_FREELY = -1;

@@ -15,16 +15,19 @@
  * - RoPE tables come in as inputs (rotate-half order, one row per head of the fused q|k|v projection: value
  *   heads get cos=1, sin=0 and query heads carry the 1/sqrt(head_dim) attention scale), so the graph is
  *   independent of context length and RoPE scaling variants.
- * - LoRA: every projection has per-row A and B inputs `[B, in, R]` / `[B, R, out]` (rank zero-padded to the
- *   slot rank R, the adapter's scale folded into B; projections grouped as LORA_INPUTS says), applied as
- *   batched matmuls, so each row of one batch may use a different adapter, or none (zeros). The runtime
- *   copies an adapter's weights into a row when a sequence joins the batch, not every step: gathering
- *   per-slot weights inside the graph would copy every row's adapter on every step, which measured ~15 %
- *   slower at 16 rows. The same per-row scheme carries other PEFT families later (IA3 vectors, bottleneck
+ * - LoRA: every adapted projection adds the delta of `LoraDelta` (lora-delta.ts), which groups the batch rows by
+ *   adapter so that each distinct adapter's weights are read once per pass, while rows on different adapters,
+ *   ranks and the base model share the pass. Projections that read the same activation share one stacked A
+ *   (q|k|v and gate|up) and one matmul over B blocks of equal width (gate|up as two blocks; q|k|v as
+ *   `heads/kv_heads` blocks of q's columns, each reading q's activation, then k and v): at decode each LoRA
+ *   matmul is a stream over the adapters' weights and a node's fixed cost is comparable to streaming a small B,
+ *   so a layer's adapters cost few, large matmuls (measured ~3 ms less per 16-row step than one B per projection
+ *   on SmolLM2-135M's shape). The same per-row scheme carries other PEFT families later (IA3 vectors, bottleneck
  *   adapters).
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { baseProjection, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
+import { LORA_INPUTS, LoraDelta } from './lora-delta.ts';
 import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
 
 export const GRAPH_INPUTS = {
@@ -42,25 +45,6 @@ export const GRAPH_INPUTS = {
 
 export const GRAPH_OUTPUTS = { logits: 'logits', newKeyValues: 'new_key_values' } as const;
 
-/**
- * LoRA inputs per layer, one row per batch row. Projections that read the same activation share one stacked A
- * (q|k|v and gate|up). B is grouped into blocks of equal width, `[B, 1, groups, R, width]`, so one matmul
- * applies several projections' B: gate|up as two blocks, and q|k|v as `heads/kv_heads` blocks of q's columns
- * (q's activation repeated for each) then k and v. At decode each LoRA matmul is a stream over the rows'
- * weights and a node's fixed cost is comparable to streaming a small B, so a layer's adapter costs few, large
- * matmuls (measured ~3 ms less per 16-row step than one B per projection on SmolLM2-135M's shape).
- */
-export const LORA_INPUTS = {
-  aQkv: (layer: number) => `lora_a_qkv.${layer}`,
-  bQkv: (layer: number) => `lora_b_qkv.${layer}`,
-  aO: (layer: number) => `lora_a_o.${layer}`,
-  bO: (layer: number) => `lora_b_o.${layer}`,
-  aGateUp: (layer: number) => `lora_a_gate_up.${layer}`,
-  bGateUp: (layer: number) => `lora_b_gate_up.${layer}`,
-  aDown: (layer: number) => `lora_a_down.${layer}`,
-  bDown: (layer: number) => `lora_b_down.${layer}`,
-} as const;
-
 // Opset 23 brings RMSNormalization, one fused node per norm; onnxruntime's contrib domain, MatMulNBits.
 export const OPSET = [{ domain: '', version: 23 }, CONTRIB_OPSET];
 
@@ -68,7 +52,6 @@ export const OPSET = [{ domain: '', version: 23 }, CONTRIB_OPSET];
 const B = 'batch';
 const T = 'tokens';
 const S = 'cache_len';
-const R = 'lora_rank';
 
 /**
  * The parts of a layer that differ between the serving graph and the training graph (src/training/): where
@@ -176,19 +159,12 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const pastMask = g.input(GRAPH_INPUTS.pastMask, 'float32', [B, 1, 1, S]);
   const selfMask = g.input(GRAPH_INPUTS.selfMask, 'float32', [B, 1, 'group_tokens', T]);
   const attentionSplit = g.input(GRAPH_INPUTS.attentionSplit, 'int64', [2]);
-  // LoRA activations of stacked projections, [B, T, n*R], as n blocks [B, T, n, 1, R] for a grouped B.
-  const [threeLoraBlocks, twoLoraBlocks] = [3, 2].map((n) => g.constInt64([0, 0, n, 1, -1], `shape_lora_${n}_blocks`));
-  // Which q|k|v activation block each block of the grouped q|k|v B reads: q for each of q's blocks, then k, v.
+  const lora = new LoraDelta(g);
   const qBlocks = c.numHeads / c.numKvHeads;
-  const qkvBlockSources = g.constInt64([...new Array<number>(qBlocks).fill(0), 1, 2], 'lora_qkv_block_sources');
 
   const embedding = g.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
   const ctx = decoderContext(g, c, ropeCos, ropeSin);
 
-  const loraWeights = (name: string, ...dims: (number | string)[]) => g.input(name, 'float32', [B, ...dims]);
-  /** LoRA delta from activation blocks `[B, T, n, 1, R]` and a B of n blocks of `width` columns: `[B, T, n*width]`. */
-  const groupedLoraDelta = (blocks: string, name: string, n: number, width: number) =>
-    g.op('Reshape', [g.op('MatMul', [blocks, loraWeights(name, 1, n, R, width)]), g.constInt64([0, 0, n * width])]);
   /** Base projections of `x` (fused when several), with each weight as served: block-quantized or float32. */
   const base = (x: string, l: number, fused: string, modules: string[]) =>
     baseProjection(g, x, modules.map((m) => model.quantized?.get(`model.layers.${l}.${m}.weight`) ?? w(`model.layers.${l}.${m}.weight`)), `model.layers.${l}.${fused}`);
@@ -196,21 +172,27 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const serving: LayerImplementation = {
     normWeight: (name) => g.initializer(name, w(name).data, [c.hiddenSize]),
     qkv(l, h) {
-      const uQkv = g.op('Reshape', [g.op('MatMul', [h, loraWeights(LORA_INPUTS.aQkv(l), c.hiddenSize, `3*${R}`)]), threeLoraBlocks]);
-      const loraQkv = groupedLoraDelta(g.op('Gather', [uQkv, qkvBlockSources], { axis: 2 }), LORA_INPUTS.bQkv(l), qBlocks + 2, kvDim);
+      // q's activation feeds each of q's B blocks, then k's and v's their own.
+      const loraQkv = lora.apply(h, {
+        a: LORA_INPUTS.aQkv(l), b: LORA_INPUTS.bQkv(l), inDim: c.hiddenSize, aBlocks: 3, bBlocks: qBlocks + 2, width: kvDim,
+        blockSources: [...new Array<number>(qBlocks).fill(0), 1, 2],
+      });
       return g.op('Add', [base(h, l, 'self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']), loraQkv]);
     },
     o(l, merged) {
-      const loraO = g.op('MatMul', [g.op('MatMul', [merged, loraWeights(LORA_INPUTS.aO(l), qDim, R)]), loraWeights(LORA_INPUTS.bO(l), R, c.hiddenSize)]);
+      const loraO = lora.apply(merged, { a: LORA_INPUTS.aO(l), b: LORA_INPUTS.bO(l), inDim: qDim, aBlocks: 1, bBlocks: 1, width: c.hiddenSize });
       return g.op('Add', [base(merged, l, 'self_attn.o_proj', ['self_attn.o_proj']), loraO]);
     },
     gateUp(l, h2) {
-      const u2 = g.op('MatMul', [h2, loraWeights(LORA_INPUTS.aGateUp(l), c.hiddenSize, `2*${R}`)]);
-      const loraGateUp = groupedLoraDelta(g.op('Reshape', [u2, twoLoraBlocks]), LORA_INPUTS.bGateUp(l), 2, c.intermediateSize);
+      const loraGateUp = lora.apply(h2, {
+        a: LORA_INPUTS.aGateUp(l), b: LORA_INPUTS.bGateUp(l), inDim: c.hiddenSize, aBlocks: 2, bBlocks: 2, width: c.intermediateSize,
+      });
       return g.op('Add', [base(h2, l, 'mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj']), loraGateUp]);
     },
     down(l, act) {
-      const loraDown = g.op('MatMul', [g.op('MatMul', [act, loraWeights(LORA_INPUTS.aDown(l), c.intermediateSize, R)]), loraWeights(LORA_INPUTS.bDown(l), R, c.hiddenSize)]);
+      const loraDown = lora.apply(act, {
+        a: LORA_INPUTS.aDown(l), b: LORA_INPUTS.bDown(l), inDim: c.intermediateSize, aBlocks: 1, bBlocks: 1, width: c.hiddenSize,
+      });
       return g.op('Add', [base(act, l, 'mlp.down_proj', ['mlp.down_proj']), loraDown]);
     },
     // The cached keys (transposed) and values, then this step's own tokens under a causal mask, in one softmax.

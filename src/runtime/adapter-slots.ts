@@ -1,6 +1,6 @@
 /**
  * Runtime adapter slots: adapters already converted to the decoder graph's layout (A transposed, rank padded
- * to the slot rank, scale folded into B), from which batch rows copy their weights when a sequence joins.
+ * to the slot rank, scale folded into B), from which a pass's adapter segments copy their weights.
  * Slot 0 is all zeros and means "no adapter". This module also owns the placement policy.
  *
  * Policy: an adapter is copied into a free slot, else into the least recently used slot that no running
@@ -8,19 +8,19 @@
  */
 import { projectionDims, type LoraAdapter } from '../adapters/lora.ts';
 import { elementCount } from '../formats/tensor-shape.ts';
-import { LORA_INPUTS } from '../graph/decoder-graph.ts';
+import { LORA_INPUTS } from '../graph/lora-delta.ts';
 import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '../model/types.ts';
 
 type LoraInputName = keyof typeof LORA_INPUTS;
 
 interface SlotLayout {
-  /** Graph input holding A (transposed, [in, aGroups*R]) and the column block this module uses. */
+  /** Graph input holding A (transposed, [aGroups, in, R]) and the block this module uses. */
   a: LoraInputName;
   aGroup: number;
   aGroups: number;
   /**
-   * Graph input holding B (transposed: [R, out], or [1, bBlocks, R, bWidth] when grouped) and the first block
-   * this module's columns fill (a module wider than bWidth fills consecutive blocks).
+   * Graph input holding B (transposed, [bBlocks, R, bWidth]) and the first block this module's columns fill (a
+   * module wider than bWidth fills consecutive blocks).
    */
   b: LoraInputName;
   bBlock: number;
@@ -52,25 +52,25 @@ function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
   return layouts;
 }
 
-/** Shape of one slot (one batch row) of each LoRA graph input, for slot rank R. */
+/** Shape of one adapter's part of each LoRA graph input, at rank R: `[blocks, rows, columns]`. */
 export function loraInputShapes(c: LlamaConfig, rank: number): Record<LoraInputName, number[]> {
   const shapes = {} as Record<LoraInputName, number[]>;
   for (const layout of Object.values(slotLayouts(c))) {
-    shapes[layout.a] = [layout.inDim, layout.aGroups * rank];
-    shapes[layout.b] = layout.bBlocks === 1 ? [rank, layout.outDim] : [1, layout.bBlocks, rank, layout.bWidth];
+    shapes[layout.a] = [layout.aGroups, layout.inDim, rank];
+    shapes[layout.b] = [layout.bBlocks, rank, layout.bWidth];
   }
   return shapes;
 }
 
-/** A LoRA graph input's weights for every slot (or batch row), each `size` floats of `shape`. */
+/** A LoRA graph input's weights for every slot (or adapter segment), each `size` floats of `shape`. */
 export interface LoraBuffer {
   data: Float32Array;
   shape: number[];
   size: number;
 }
 
-/** Where the rank axis lies: the last axis of A (`[in, groups*R]`), the second to last of B (`[..., R, out]`). */
-type RankAxis = 'columns' | 'rows';
+/** Where the rank axis lies: the last axis of A (`[blocks, in, R]`), the middle one of B (`[blocks, R, width]`). */
+const RANK_AXIS = { a: 2, b: 1 } as const;
 
 export class AdapterSlots {
   /** Per graph input name (e.g. `lora_a_qkv.3`): the slots' weights, slot 0 first. */
@@ -91,7 +91,7 @@ export class AdapterSlots {
   private readonly generations: number[];
   /** Per slot: the rank of the adapter it holds (0 when empty). */
   private readonly ranks: number[];
-  private readonly rankAxes = new Map<string, RankAxis>();
+  private readonly rankAxes = new Map<string, number>();
 
   constructor(
     config: LlamaConfig,
@@ -106,7 +106,7 @@ export class AdapterSlots {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [LoraInputName, (l: number) => string][]) {
         const size = elementCount(shapes[key]);
         this.buffers.set(nameOf(l), { data: new Float32Array((capacity + 1) * size), shape: shapes[key], size });
-        this.rankAxes.set(nameOf(l), aInputs.has(key) ? 'columns' : 'rows');
+        this.rankAxes.set(nameOf(l), aInputs.has(key) ? RANK_AXIS.a : RANK_AXIS.b);
       }
     }
     this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
@@ -134,39 +134,28 @@ export class AdapterSlots {
     return this.ranks[slot];
   }
 
-  /** The per-row shape of a LoRA graph input when laid out for `rank` (at most the slot rank). */
+  /** One adapter's shape of a LoRA graph input when laid out for `rank` (at most the slot rank). */
   shapeAt(name: string, rank: number): number[] {
-    const { shape } = this.buffers.get(name)!;
-    return this.rankAxes.get(name) === 'columns'
-      ? [shape[0], (shape[1] / this.rank) * rank]
-      : shape.map((dim, axis) => (axis === shape.length - 2 ? rank : dim));
+    const axis = this.rankAxes.get(name)!;
+    return this.buffers.get(name)!.shape.map((dim, i) => (i === axis ? rank : dim));
   }
 
   /**
    * Copies a slot's weights of one graph input into `target` at `offset`, laid out for `rank`: the first
-   * `rank` entries of every rank block (the rest are the zero padding up to the slot rank).
+   * `rank` entries along the rank axis (the rest are the zero padding up to the slot rank).
    */
   copyAtRank(name: string, slot: number, rank: number, target: Float32Array, offset: number): void {
     const { data, shape, size } = this.buffers.get(name)!;
     const from = slot * size;
     if (rank === this.rank) {
       target.set(data.subarray(from, from + size), offset);
-    } else if (this.rankAxes.get(name) === 'columns') {
-      // [in, groups*R] → [in, groups*rank]: each row of A keeps the first `rank` columns of every group.
-      const groups = shape[1] / this.rank;
-      for (let i = 0, to = offset; i < shape[0]; i++) {
-        for (let g = 0; g < groups; g++, to += rank) {
-          const start = from + (i * groups + g) * this.rank;
-          target.set(data.subarray(start, start + rank), to);
-        }
-      }
-    } else {
-      // [..., R, out] → [..., rank, out]: each block of B keeps its first `rank` rows.
-      const width = shape[shape.length - 1];
-      for (let block = 0; block < size / (this.rank * width); block++) {
-        const start = from + block * this.rank * width;
-        target.set(data.subarray(start, start + rank * width), offset + block * rank * width);
-      }
+      return;
+    }
+    // Floats per step along the rank axis: 1 for A (rank last), the block width for B.
+    const inner = elementCount(shape.slice(this.rankAxes.get(name)! + 1));
+    for (let block = 0; block < size / (this.rank * inner); block++) {
+      const start = from + block * this.rank * inner;
+      target.set(data.subarray(start, start + rank * inner), offset + block * rank * inner);
     }
   }
 
@@ -229,7 +218,7 @@ export class AdapterSlots {
     this.freeSlots.push(slot);
   }
 
-  /** Copies an adapter into a slot: A transposed into its group's column block, B transposed with the scale folded in. */
+  /** Copies an adapter into a slot: A transposed into its group's block, B transposed with the scale folded in. */
   private write(slot: number, adapter: LoraAdapter): void {
     if (adapter.rank > this.rank) {
       throw new Error(`adapter rank ${adapter.rank} exceeds the slot rank ${this.rank}; raise MAX_LORA_RANK`);
@@ -241,10 +230,9 @@ export class AdapterSlots {
       const layout = this.layouts[m.module];
       const a = this.buffers.get(LORA_INPUTS[layout.a](m.layer))!;
       const b = this.buffers.get(LORA_INPUTS[layout.b](m.layer))!;
-      const aCols = layout.aGroups * R;
-      const aBase = slot * a.size + layout.aGroup * R;
+      const aBase = slot * a.size + layout.aGroup * layout.inDim * R;
       for (let j = 0; j < m.rank; j++) {
-        for (let i = 0; i < layout.inDim; i++) a.data[aBase + i * aCols + j] = m.A[j * layout.inDim + i];
+        for (let i = 0; i < layout.inDim; i++) a.data[aBase + i * R + j] = m.A[j * layout.inDim + i];
       }
       const bBase = slot * b.size + layout.bBlock * R * layout.bWidth;
       for (let j = 0; j < m.rank; j++) {

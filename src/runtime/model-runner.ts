@@ -4,13 +4,14 @@
  * `session.run` blocks its thread, so it must never run on the HTTP thread.
  */
 import * as ort from 'onnxruntime-node';
-import { buildDecoderGraph, GRAPH_INPUTS, GRAPH_OUTPUTS, LORA_INPUTS } from '../graph/decoder-graph.ts';
+import { buildDecoderGraph, GRAPH_INPUTS, GRAPH_OUTPUTS } from '../graph/decoder-graph.ts';
+import { LORA_INPUTS, LORA_SEGMENT_INPUTS } from '../graph/lora-delta.ts';
 import { type BuiltModel, EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
+import { AdapterSegments } from './adapter-segments.ts';
 import { AdapterSlots, loraInputShapes } from './adapter-slots.ts';
 import { KvCache } from './kv-cache.ts';
 import { RopeTables } from './rope.ts';
-import { RowAdapterWeights } from './row-adapter-weights.ts';
 
 export type ExecutionProvider = 'cpu' | 'cuda';
 
@@ -33,10 +34,10 @@ export interface RunnerOptions {
 /** Default boundary of the long lane; below about 500 positions the extra pass costs more than it saves. */
 const LONG_SEQUENCE_POSITIONS = 1024;
 
-/** Rows that run together in one forward pass: their KV cache (one bucket width) and adapter weights. */
+/** Rows that run together in one forward pass: their KV cache (one bucket width) and adapters. */
 export interface BatchLane {
   cache: KvCache;
-  rowWeights: RowAdapterWeights;
+  adapters: AdapterSegments;
 }
 
 /** One sequence's part of a forward pass. */
@@ -67,7 +68,7 @@ export class ModelRunner {
   readonly maxBatch: number;
   private readonly longSequencePositions: number;
   private readonly rope: RopeTables;
-  /** Rank-0 stand-ins fed when no row of a step uses an adapter, so the LoRA branch costs almost nothing. */
+  /** Rank-0 stand-ins fed when no row of a pass uses an adapter, so the LoRA branch costs almost nothing. */
   private readonly rankZeroShapes: ReturnType<typeof loraInputShapes>;
 
   private constructor(
@@ -84,7 +85,7 @@ export class ModelRunner {
     const laneLimits = maxPositions > this.longSequencePositions ? [this.longSequencePositions, maxPositions] : [maxPositions];
     this.lanes = laneLimits.map((limit) => ({
       cache: new KvCache(config, options.maxBatch, limit),
-      rowWeights: new RowAdapterWeights(this.slots, options.maxBatch),
+      adapters: new AdapterSegments(this.slots, Math.min(options.maxBatch, options.adapterSlots)),
     }));
     this.rankZeroShapes = loraInputShapes(config, 0);
   }
@@ -128,7 +129,7 @@ export class ModelRunner {
    */
   async forward(firstRow: number, rows: StepRow[], lane = 0): Promise<Float32Array> {
     const c = this.config;
-    const { cache, rowWeights } = this.lanes[lane];
+    const { cache, adapters } = this.lanes[lane];
     const batch = rows.length;
     const tokens = Math.max(...rows.map((r) => r.tokens.length));
     if (rows.some((r) => r.tokens.length === 0)) throw new Error('every row of a step must feed at least one token');
@@ -175,15 +176,18 @@ export class ModelRunner {
       feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
     }
-    const rank = rowWeights.prepare(firstRow, rows.map((r) => r.slot));
+    const plan = adapters.prepare(rows.map((r) => r.slot), tokens, firstRow === 0);
+    feeds[LORA_SEGMENT_INPUTS.segmentRows] = new ort.Tensor('int64', plan.rows, [plan.adapters, plan.segmentRows]);
+    feeds[LORA_SEGMENT_INPUTS.resultIndex] = new ort.Tensor('int64', plan.resultIndex, [batch, tokens]);
+    feeds[LORA_SEGMENT_INPUTS.rowMask] = new ort.Tensor('float32', plan.rowMask, [batch, 1, 1]);
     for (let l = 0; l < c.numLayers; l++) {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
         const name = nameOf(l);
-        if (rank > 0) {
-          const { data, shape, size } = rowWeights.buffers.get(name)!;
-          feeds[name] = new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
+        if (plan.rank > 0) {
+          const { data, shape, size } = adapters.buffers.get(name)!;
+          feeds[name] = new ort.Tensor('float32', data.subarray(0, plan.adapters * size), [plan.adapters, ...shape]);
         } else {
-          feeds[name] = new ort.Tensor('float32', EMPTY, [batch, ...this.rankZeroShapes[key]]);
+          feeds[name] = new ort.Tensor('float32', EMPTY, [1, ...this.rankZeroShapes[key]]);
         }
       }
     }
@@ -194,15 +198,14 @@ export class ModelRunner {
     return result[GRAPH_OUTPUTS.logits].data as Float32Array;
   }
 
-  /** Moves a sequence's cache row and adapter weights within a lane (to keep the lane's rows contiguous). */
+  /** Moves a sequence's cache row within a lane (to keep the lane's rows contiguous); its adapter follows its slot. */
   moveRow(from: number, to: number, lane = 0): void {
     this.lanes[lane].cache.moveRow(from, to);
-    this.lanes[lane].rowWeights.move(from, to);
   }
 
   /**
-   * Copies a sequence's `positions` cached tokens to a row of another lane. Its adapter weights follow at the
-   * lane's next forward pass, which syncs every row with its slot.
+   * Copies a sequence's `positions` cached tokens to a row of another lane. Its adapter joins that lane's stacks
+   * at the lane's next forward pass.
    */
   moveToLane(fromLane: number, fromRow: number, toLane: number, toRow: number, positions: number): void {
     this.lanes[toLane].cache.copyRowFrom(this.lanes[fromLane].cache, fromRow, toRow, positions);
