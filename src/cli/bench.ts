@@ -85,7 +85,7 @@ async function main(): Promise<void> {
     await engine.close();
   }
   const loraFloor = await measureLoraFloor({ modelPath: BENCH_MODEL_DIR, adapterPaths: adapters.map((a) => a.path), rank: LORA_RANK, threads, trials: 10 * trials, log });
-  const quantizedBase = await measureQuantizedBase({ trials, threads, adapters });
+  const quantizedBase = await measureQuantizedBase({ trials, threads });
   const report = { ...result, lora_floor: loraFloor, quantized_base: quantizedBase };
   if (values.json) console.log(JSON.stringify(report));
   else for (const [key, value] of Object.entries(report)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
