@@ -8,10 +8,13 @@ import type { LlamaConfig, LoraTargetModule } from '../src/model/types.ts';
 import { entryToFloat32, readSafetensors, writeSafetensors, type SafetensorsTensorInput } from '../src/formats/safetensors.ts';
 import { elementCount } from '../src/formats/tensor-shape.ts';
 import { AdapterError, type AdapterErrorCode } from '../src/adapters/adapter-error.ts';
-import { loadLoraAdapter, loraTensorKey, projectionDims, type LoraAdapter } from '../src/adapters/lora.ts';
+import { loraTensorKey, projectionDims, type LoraAdapter } from '../src/adapters/lora.ts';
+import { loadAdapter } from '../src/adapters/adapter.ts';
 import { parsePeftConfig, planLoraModules } from '../src/adapters/peft-config.ts';
 import { randomLoraAdapter, writeLoraAdapter, type LoraAdapterSpec } from '../src/adapters/lora-writer.ts';
 import { STORIES_HF_DIR } from './support/models.ts';
+
+const loadLoraAdapter = async (dir: string, base: LlamaConfig) => (await loadAdapter(dir, base)) as LoraAdapter;
 
 let base: LlamaConfig;
 let root: string;

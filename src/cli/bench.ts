@@ -17,7 +17,7 @@ import { elementCount } from '../formats/tensor-shape.ts';
 import type { AdapterRef } from '../engine/protocol.ts';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
-import { loraInputShapes } from '../runtime/adapter-slots.ts';
+import { loraInputShapes } from '../runtime/slot-writer.ts';
 import { LORA_TARGET_MODULES } from '../model/types.ts';
 
 const BENCH_DIR = resolve('.bench');

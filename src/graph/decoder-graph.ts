@@ -17,11 +17,12 @@
  *   batched matmuls, so each row of one batch may use a different adapter, or none (zeros). The runtime
  *   copies an adapter's weights into a row when a sequence joins the batch, not every step: gathering
  *   per-slot weights inside the graph would copy every row's adapter on every step, which measured ~15 %
- *   slower at 16 rows. The same per-row scheme carries other PEFT families later (IA3 vectors, bottleneck
- *   adapters).
+ *   slower at 16 rows. The same per-row scheme carries the other PEFT families (peft-blocks.ts): soft prompts
+ *   at the embedding, IA3 and DoRA scales around the projections, bottleneck adapters on the residual stream.
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
+import { peftBlocks } from './peft-blocks.ts';
 
 export const GRAPH_INPUTS = {
   inputIds: 'input_ids',
@@ -65,6 +66,7 @@ const B = 'batch';
 const T = 'tokens';
 const S = 'cache_len';
 const R = 'lora_rank';
+const BN = 'bottleneck_width';
 
 export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const c = model.config;
@@ -105,12 +107,13 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const headSplit = g.constInt64([c.numHeads, c.numKvHeads, c.numKvHeads], 'split_q_k_v');
   const ffnSplit = g.constInt64([c.intermediateSize, c.intermediateSize], 'split_gate_up');
 
+  const peft = peftBlocks(g, c, B, BN);
   const loraWeights = (name: string, ...dims: (number | string)[]) => g.input(name, 'float32', [B, ...dims]);
   /** LoRA delta from activation blocks `[B, T, n, 1, R]` and a B of n blocks of `width` columns: `[B, T, n*width]`. */
   const groupedLoraDelta = (blocks: string, name: string, n: number, width: number) =>
     g.op('Reshape', [g.op('MatMul', [blocks, loraWeights(name, 1, n, R, width)]), g.constInt64([0, 0, n * width])]);
 
-  let x = g.op('Gather', [embedding, inputIds], { axis: 0 });
+  let x = peft.embed(g.op('Gather', [embedding, inputIds], { axis: 0 }));
   const newKeyValues: string[] = [];
 
   for (let l = 0; l < c.numLayers; l++) {
@@ -125,7 +128,8 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
     );
     const uQkv = g.op('Reshape', [g.op('MatMul', [h, loraWeights(LORA_INPUTS.aQkv(l), c.hiddenSize, `3*${R}`)]), threeLoraBlocks]);
     const loraQkv = groupedLoraDelta(g.op('Gather', [uQkv, qkvBlockSources], { axis: 2 }), LORA_INPUTS.bQkv(l), qBlocks + 2, kvDim);
-    const qkv = g.op('Reshape', [g.op('Add', [g.op('MatMul', [h, wQkv]), loraQkv]), halvesShape]);
+    const qkv = g.op('Reshape', [peft.scaleOutput(g.op('Add', [g.op('MatMul', [h, wQkv]), loraQkv]), 'qkv', l), halvesShape]);
+    peft.probe('qkv', l, wQkv);
     const rotated = g.op('Reshape', [
       g.op('Add', [g.op('Mul', [qkv, ropeCosHalves]), g.op('Mul', [swapHalves(qkv), ropeSinHalves])]),
       headsShape,
@@ -142,13 +146,15 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
     const probs = g.op('Softmax', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 })], { axis: 3 });
     const [probsPast, probsSelf] = g.opMulti('Split', [probs, attentionSplit], 2, { axis: 3 });
     const context = g.op('Add', [g.op('MatMul', [probsPast, pastValue]), g.op('MatMul', [probsSelf, v])]);
-    const merged = g.op('Reshape', [
-      g.op('Transpose', [g.op('Reshape', [context, perHeadShape])], { perm: [0, 2, 1, 3] }),
-      mergedShape,
-    ]);
+    const merged = peft.scaleInput(
+      g.op('Reshape', [g.op('Transpose', [g.op('Reshape', [context, perHeadShape])], { perm: [0, 2, 1, 3] }), mergedShape]),
+      'o',
+      l,
+    );
     const wO = g.initializer(`${p}.self_attn.o_proj.weight_t`, transposeConcat([w(`${p}.self_attn.o_proj.weight`).data], qDim, [c.hiddenSize]), [qDim, c.hiddenSize]);
     const loraO = g.op('MatMul', [g.op('MatMul', [merged, loraWeights(LORA_INPUTS.aO(l), qDim, R)]), loraWeights(LORA_INPUTS.bO(l), R, c.hiddenSize)]);
-    x = g.op('Add', [x, g.op('Add', [g.op('MatMul', [merged, wO]), loraO])]);
+    peft.probe('o', l, wO);
+    x = peft.residualWithBottleneck(x, peft.scaleOutput(g.op('Add', [g.op('MatMul', [merged, wO]), loraO]), 'o', l), 'attention', l);
 
     // ---- feed-forward (SwiGLU) ----
     const h2 = rmsNorm(g, c, x, w(`${p}.post_attention_layernorm.weight`).data, `${p}.post_attention_layernorm`);
@@ -159,13 +165,16 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
     );
     const u2 = g.op('MatMul', [h2, loraWeights(LORA_INPUTS.aGateUp(l), c.hiddenSize, `2*${R}`)]);
     const loraGateUp = groupedLoraDelta(g.op('Reshape', [u2, twoLoraBlocks]), LORA_INPUTS.bGateUp(l), 2, c.intermediateSize);
-    const gateUp = g.op('Add', [g.op('MatMul', [h2, wGateUp]), loraGateUp]);
+    const gateUp = peft.scaleOutput(g.op('Add', [g.op('MatMul', [h2, wGateUp]), loraGateUp]), 'gate_up', l);
+    peft.probe('gate_up', l, wGateUp);
     const [gate, up] = g.opMulti('Split', [gateUp, ffnSplit], 2, { axis: 2 });
-    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
+    const act = peft.scaleInput(g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]), 'down', l);
     const wDown = g.initializer(`${p}.mlp.down_proj.weight_t`, transposeConcat([w(`${p}.mlp.down_proj.weight`).data], c.intermediateSize, [c.hiddenSize]), [c.intermediateSize, c.hiddenSize]);
     const loraDown = g.op('MatMul', [g.op('MatMul', [act, loraWeights(LORA_INPUTS.aDown(l), c.intermediateSize, R)]), loraWeights(LORA_INPUTS.bDown(l), R, c.hiddenSize)]);
-    x = g.op('Add', [x, g.op('Add', [g.op('MatMul', [act, wDown]), loraDown])]);
+    peft.probe('down', l, wDown);
+    x = peft.residualWithBottleneck(x, peft.scaleOutput(g.op('Add', [g.op('MatMul', [act, wDown]), loraDown]), 'down', l), 'output', l);
   }
+  peft.finishProbes();
 
   // Only one position's logits per row leave the graph (outputs are copied by the binding, so keep them small):
   // each row's last real token, as rows of a batched prefill are padded to the longest.

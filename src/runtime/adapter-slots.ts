@@ -1,81 +1,55 @@
 /**
- * Runtime adapter slots: adapters already converted to the decoder graph's layout (A transposed, rank padded
- * to the slot rank, scale folded into B), from which batch rows copy their weights when a sequence joins.
- * Slot 0 is all zeros and means "no adapter". This module also owns the placement policy.
+ * Runtime adapter slots: adapters already converted to the decoder graph's per-row layout (see slot-writer.ts),
+ * from which batch rows copy their weights when a sequence joins. Slot 0 is the identity and means "no adapter".
+ * This module also owns the placement policy.
  *
  * Policy: an adapter is copied into a free slot, else into the least recently used slot that no running
  * sequence holds. A slot held by a running sequence is never evicted; when every slot is held, the caller waits.
  */
-import { projectionDims, type LoraAdapter } from '../adapters/lora.ts';
+import { virtualTokensOf, type Adapter, type AdapterFamily } from '../adapters/adapter.ts';
 import { elementCount } from '../formats/tensor-shape.ts';
 import { LORA_INPUTS } from '../graph/decoder-graph.ts';
-import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '../model/types.ts';
+import { bottleneckInputShapes, peftInputShapes } from '../graph/peft-blocks.ts';
+import type { LlamaConfig } from '../model/types.ts';
+import { loraInputShapes, loraLayouts, writeAdapter, type LoraInputName } from './slot-writer.ts';
 
-type LoraInputName = keyof typeof LORA_INPUTS;
-
-interface SlotLayout {
-  /** Graph input holding A (transposed, [in, aGroups*R]) and the column block this module uses. */
-  a: LoraInputName;
-  aGroup: number;
-  aGroups: number;
-  /**
-   * Graph input holding B (transposed: [R, out], or [1, bBlocks, R, bWidth] when grouped) and the first block
-   * this module's columns fill (a module wider than bWidth fills consecutive blocks).
-   */
-  b: LoraInputName;
-  bBlock: number;
-  bBlocks: number;
-  bWidth: number;
-  inDim: number;
-  outDim: number;
-}
-
-function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
-  const kvDim = c.numKvHeads * c.headDim;
-  const qBlocks = c.numHeads / c.numKvHeads;
-  const qkv = { a: 'aQkv', aGroups: 3, b: 'bQkv', bBlocks: qBlocks + 2, bWidth: kvDim } as const;
-  const gateUp = { a: 'aGateUp', aGroups: 2, b: 'bGateUp', bBlocks: 2, bWidth: c.intermediateSize } as const;
-  const groups: Record<LoraTargetModule, Omit<SlotLayout, 'inDim' | 'outDim'>> = {
-    q_proj: { ...qkv, aGroup: 0, bBlock: 0 },
-    k_proj: { ...qkv, aGroup: 1, bBlock: qBlocks },
-    v_proj: { ...qkv, aGroup: 2, bBlock: qBlocks + 1 },
-    o_proj: { a: 'aO', aGroup: 0, aGroups: 1, b: 'bO', bBlock: 0, bBlocks: 1, bWidth: c.hiddenSize },
-    gate_proj: { ...gateUp, aGroup: 0, bBlock: 0 },
-    up_proj: { ...gateUp, aGroup: 1, bBlock: 1 },
-    down_proj: { a: 'aDown', aGroup: 0, aGroups: 1, b: 'bDown', bBlock: 0, bBlocks: 1, bWidth: c.hiddenSize },
-  };
-  const layouts = {} as Record<LoraTargetModule, SlotLayout>;
-  for (const module of LORA_TARGET_MODULES) {
-    const { inFeatures, outFeatures } = projectionDims(c, module);
-    layouts[module] = { ...groups[module], inDim: inFeatures, outDim: outFeatures };
-  }
-  return layouts;
-}
-
-/** Shape of one slot (one batch row) of each LoRA graph input, for slot rank R. */
-export function loraInputShapes(c: LlamaConfig, rank: number): Record<LoraInputName, number[]> {
-  const shapes = {} as Record<LoraInputName, number[]>;
-  for (const layout of Object.values(slotLayouts(c))) {
-    shapes[layout.a] = [layout.inDim, layout.aGroups * rank];
-    shapes[layout.b] = layout.bBlocks === 1 ? [rank, layout.outDim] : [1, layout.bBlocks, rank, layout.bWidth];
-  }
-  return shapes;
-}
-
-/** A LoRA graph input's weights for every slot (or batch row), each `size` floats of `shape`. */
+/** A graph input's weights for every slot (or batch row), each `size` floats of `shape`. */
 export interface LoraBuffer {
   data: Float32Array;
   shape: number[];
   size: number;
 }
 
-/** Where the rank axis lies: the last axis of A (`[in, groups*R]`), the second to last of B (`[..., R, out]`). */
+/**
+ * The per-row inputs fall in three groups: LoRA matrices and bottleneck matrices, each on its own rank axis
+ * (rows are laid out for the widest among them, so one group's width costs the other nothing), and fixed-width
+ * scales and biases.
+ */
+export type InputGroup = 'lora' | 'bottleneck' | 'fixed';
+export const RANK_GROUPS = ['lora', 'bottleneck'] as const;
+export type RankGroup = (typeof RANK_GROUPS)[number];
+
+/** Where the rank axis lies: the last axis (A, bottleneck down: `[in, groups*R]`), or the second to last (B: `[..., R, out]`). */
 type RankAxis = 'columns' | 'rows';
+
+/** What a slot's adapter needs besides its per-row inputs: what the runner feeds at prefill or writes into the cache. */
+export interface SlotPrompt {
+  family: AdapterFamily;
+  /** Positions taken before the prompt's tokens. */
+  virtualTokens: number;
+  /** Prompt and p-tuning: [virtualTokens, hidden]. */
+  softPrompt?: Float32Array;
+  /** Prefix tuning: [virtualTokens, layers·2·kv_dim], PEFT's layout. */
+  prefix?: Float32Array;
+}
+
+const NO_PROMPT: SlotPrompt = { family: 'lora', virtualTokens: 0 };
 
 export class AdapterSlots {
   /** Per graph input name (e.g. `lora_a_qkv.3`): the slots' weights, slot 0 first. */
   readonly buffers = new Map<string, LoraBuffer>();
-  private readonly layouts: Record<LoraTargetModule, SlotLayout>;
+  /** Per graph input name: its group and the value of "no adapter" (0, or 1 for scales). */
+  readonly groups = new Map<string, { group: InputGroup; identity: 0 | 1 }>();
   /** Adapter key → its slot; Map order is least recently used first. */
   private readonly residents = new Map<string, number>();
   /** Per slot: how many running sequences hold it. */
@@ -89,29 +63,40 @@ export class AdapterSlots {
   private readonly freeSlots: number[];
   /** Bumped on every write into a slot, so copies of its old contents can tell they are stale. */
   private readonly generations: number[];
-  /** Per slot: the rank of the adapter it holds (0 when empty). */
-  private readonly ranks: number[];
+  /** Per slot and rank group: the width the adapter it holds needs (0 when empty or unused). */
+  private readonly widths: Record<RankGroup, number[]>;
+  /** Per slot: whether its adapter sets any fixed-width input (scales, biases). */
+  private readonly fixedInUse: boolean[];
+  private readonly prompts: SlotPrompt[];
   private readonly rankAxes = new Map<string, RankAxis>();
 
   constructor(
-    config: LlamaConfig,
+    private readonly config: LlamaConfig,
     /** Usable adapter slots, not counting slot 0. */
     readonly capacity: number,
+    /** Slot width of the rank axes: the highest LoRA rank and the widest bottleneck. */
     readonly rank: number,
   ) {
-    this.layouts = slotLayouts(config);
-    const shapes = loraInputShapes(config, rank);
-    const aInputs = new Set(Object.values(this.layouts).map((layout) => layout.a));
+    const loraShapes = loraInputShapes(config, rank);
+    const aInputs = new Set(Object.values(loraLayouts(config)).map((layout) => layout.a));
+    const add = (name: string, shape: number[], group: InputGroup, identity: 0 | 1, axis?: RankAxis) => {
+      const size = elementCount(shape);
+      this.buffers.set(name, { data: new Float32Array((capacity + 1) * size).fill(identity), shape, size });
+      this.groups.set(name, { group, identity });
+      if (axis) this.rankAxes.set(name, axis);
+    };
     for (let l = 0; l < config.numLayers; l++) {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [LoraInputName, (l: number) => string][]) {
-        const size = elementCount(shapes[key]);
-        this.buffers.set(nameOf(l), { data: new Float32Array((capacity + 1) * size), shape: shapes[key], size });
-        this.rankAxes.set(nameOf(l), aInputs.has(key) ? 'columns' : 'rows');
+        add(nameOf(l), loraShapes[key], 'lora', 0, aInputs.has(key) ? 'columns' : 'rows');
       }
     }
+    for (const [name, { shape, axis }] of bottleneckInputShapes(config, rank)) add(name, shape, 'bottleneck', 0, axis);
+    for (const [name, { shape, identity }] of peftInputShapes(config)) add(name, shape, 'fixed', identity);
     this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
     this.generations = new Array(capacity + 1).fill(0);
-    this.ranks = new Array(capacity + 1).fill(0);
+    this.widths = { lora: new Array(capacity + 1).fill(0), bottleneck: new Array(capacity + 1).fill(0) };
+    this.fixedInUse = new Array(capacity + 1).fill(false);
+    this.prompts = new Array(capacity + 1).fill(NO_PROMPT);
     this.holders = new Array(capacity + 1).fill(0);
   }
 
@@ -129,9 +114,19 @@ export class AdapterSlots {
     return this.generations[slot];
   }
 
-  /** The rank of the adapter in a slot (0 for slot 0 and empty slots). */
-  rankOf(slot: number): number {
-    return this.ranks[slot];
+  /** The LoRA rank (or bottleneck width) of the adapter in a slot (0 for slot 0, empty slots and other families). */
+  widthOf(slot: number, group: RankGroup): number {
+    return this.widths[group][slot];
+  }
+
+  /** Whether the adapter in a slot sets scales or biases (IA3, DoRA, bottleneck adapters). */
+  usesFixedInputs(slot: number): boolean {
+    return this.fixedInUse[slot];
+  }
+
+  /** The virtual tokens of the adapter in a slot: soft prompt or prefix (none for other families). */
+  promptOf(slot: number): SlotPrompt {
+    return this.prompts[slot];
   }
 
   /** The per-row shape of a LoRA graph input when laid out for `rank` (at most the slot rank). */
@@ -185,7 +180,7 @@ export class AdapterSlots {
    * holds it for one running sequence. Returns null when every slot is held (try again after a sequence
    * finishes). `onEvict` names the adapter whose slot was reused. Call only between graph runs.
    */
-  place(key: string, adapter: LoraAdapter, onEvict?: (key: string) => void): number | null {
+  place(key: string, adapter: Adapter, onEvict?: (key: string) => void): number | null {
     if (this.residents.has(key)) throw new Error(`adapter ${key} is already resident; hold it instead`);
     let slot = this.freeSlots.pop();
     if (slot === undefined) {
@@ -229,38 +224,36 @@ export class AdapterSlots {
     this.freeSlots.push(slot);
   }
 
-  /** Copies an adapter into a slot: A transposed into its group's column block, B transposed with the scale folded in. */
-  private write(slot: number, adapter: LoraAdapter): void {
+  /** Copies an adapter into a slot in the graph's layout. */
+  private write(slot: number, adapter: Adapter): void {
     if (adapter.rank > this.rank) {
-      throw new Error(`adapter rank ${adapter.rank} exceeds the slot rank ${this.rank}; raise MAX_LORA_RANK`);
+      throw new Error(`adapter width ${adapter.rank} exceeds the slot width ${this.rank}; raise MAX_LORA_RANK`);
     }
     this.clear(slot);
-    this.ranks[slot] = adapter.rank;
-    const R = this.rank;
-    for (const m of adapter.modules) {
-      const layout = this.layouts[m.module];
-      const a = this.buffers.get(LORA_INPUTS[layout.a](m.layer))!;
-      const b = this.buffers.get(LORA_INPUTS[layout.b](m.layer))!;
-      const aCols = layout.aGroups * R;
-      const aBase = slot * a.size + layout.aGroup * R;
-      for (let j = 0; j < m.rank; j++) {
-        for (let i = 0; i < layout.inDim; i++) a.data[aBase + i * aCols + j] = m.A[j * layout.inDim + i];
-      }
-      const bBase = slot * b.size + layout.bBlock * R * layout.bWidth;
-      for (let j = 0; j < m.rank; j++) {
-        for (let o = 0; o < layout.outDim; o++) {
-          const block = Math.floor(o / layout.bWidth);
-          b.data[bBase + (block * R + j) * layout.bWidth + (o % layout.bWidth)] = m.B[o * m.rank + j] * m.scale;
-        }
-      }
-    }
+    writeAdapter(this.config, adapter, (name) => {
+      const { data, size } = this.buffers.get(name)!;
+      return { data, offset: slot * size };
+    }, this.rank);
+    const isBottleneck = adapter.family === 'seq_bn' || adapter.family === 'double_seq_bn' || adapter.family === 'par_bn';
+    this.widths.lora[slot] = adapter.family === 'lora' || adapter.family === 'dora' ? adapter.rank : 0;
+    this.widths.bottleneck[slot] = isBottleneck ? adapter.rank : 0;
+    this.fixedInUse[slot] = adapter.family === 'dora' || adapter.family === 'ia3' || isBottleneck;
+    this.prompts[slot] = {
+      family: adapter.family,
+      virtualTokens: virtualTokensOf(adapter),
+      ...(adapter.family === 'prompt_tuning' || adapter.family === 'p_tuning' ? { softPrompt: adapter.embeddings } : {}),
+      ...(adapter.family === 'prefix_tuning' ? { prefix: adapter.keyValues } : {}),
+    };
   }
 
   private clear(slot: number): void {
     this.generations[slot]++;
-    this.ranks[slot] = 0;
-    for (const { data, size } of this.buffers.values()) {
-      data.fill(0, slot * size, (slot + 1) * size);
+    this.widths.lora[slot] = 0;
+    this.widths.bottleneck[slot] = 0;
+    this.fixedInUse[slot] = false;
+    this.prompts[slot] = NO_PROMPT;
+    for (const [name, { data, size }] of this.buffers) {
+      data.fill(this.groups.get(name)!.identity, slot * size, (slot + 1) * size);
     }
   }
 }

@@ -4,10 +4,13 @@
  * `session.run` blocks its thread, so it must never run on the HTTP thread.
  */
 import * as ort from 'onnxruntime-node';
-import { buildDecoderGraph, GRAPH_INPUTS, GRAPH_OUTPUTS, LORA_INPUTS } from '../graph/decoder-graph.ts';
+import { buildDecoderGraph, GRAPH_INPUTS, GRAPH_OUTPUTS } from '../graph/decoder-graph.ts';
 import { type BuiltModel, EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
+import { PEFT_INPUTS, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type ProbeSite } from '../graph/peft-blocks.ts';
+import type { Adapter } from '../adapters/adapter.ts';
+import { baseRowNorms, withDoraScales, type BaseRowNorms } from './dora-scales.ts';
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
-import { AdapterSlots, loraInputShapes } from './adapter-slots.ts';
+import { AdapterSlots } from './adapter-slots.ts';
 import { KvCache } from './kv-cache.ts';
 import { RopeTables } from './rope.ts';
 import { RowAdapterWeights } from './row-adapter-weights.ts';
@@ -51,6 +54,14 @@ export interface StepRow {
 
 const MASKED = Number.NEGATIVE_INFINITY;
 const EMPTY = new Float32Array(0);
+/** One broadcast element standing for a whole per-row input that no row of the step uses. */
+const BROADCAST_IDENTITY = { 0: new Float32Array([0]), 1: new Float32Array([1]) } as const;
+
+/** Rows pushed through each layer's base projections (probeBase), per site: [layers·rows, in] row-major. */
+export interface BaseProbe {
+  rows: number;
+  inputs: Record<ProbeSite, Float32Array>;
+}
 
 export class ModelRunner {
   /**
@@ -67,13 +78,17 @@ export class ModelRunner {
   readonly maxBatch: number;
   private readonly longSequencePositions: number;
   private readonly rope: RopeTables;
-  /** Rank-0 stand-ins fed when no row of a step uses an adapter, so the LoRA branch costs almost nothing. */
-  private readonly rankZeroShapes: ReturnType<typeof loraInputShapes>;
+  /** Input width of each probe site. */
+  private readonly probeWidths: Record<ProbeSite, number>;
+  /** Row weights of the probe pass: one row, no adapter. */
+  private readonly probeRowWeights: RowAdapterWeights;
 
   private constructor(
     private readonly session: ort.InferenceSession,
     config: LlamaConfig,
     options: RunnerOptions,
+    /** Squared row norms of the base projections, for DoRA (see dora-scales.ts). */
+    private readonly baseRowNorms: BaseRowNorms,
   ) {
     this.config = config;
     this.maxBatch = options.maxBatch;
@@ -86,15 +101,19 @@ export class ModelRunner {
       cache: new KvCache(config, options.maxBatch, limit),
       rowWeights: new RowAdapterWeights(this.slots, options.maxBatch),
     }));
-    this.rankZeroShapes = loraInputShapes(config, 0);
+    this.probeRowWeights = new RowAdapterWeights(this.slots, 1);
+    this.probeWidths = Object.fromEntries(PROBE_SITES.map((site) => [site, probeSiteWidths(config)[site].in])) as Record<ProbeSite, number>;
   }
 
   static async create(model: BaseModel, options: RunnerOptions): Promise<ModelRunner> {
-    return ModelRunner.fromGraph(buildDecoderGraph(model), model.config, options);
+    return ModelRunner.fromGraph(buildDecoderGraph(model), model.config, options, baseRowNorms(model));
   }
 
-  /** A runner for a decoder graph already built (its builder's model weights may be dropped first). */
-  static async fromGraph(graph: BuiltModel, config: LlamaConfig, options: RunnerOptions): Promise<ModelRunner> {
+  /**
+   * A runner for a decoder graph already built (its builder's model weights may be dropped first, once
+   * `rowNorms` = baseRowNorms(model) is taken).
+   */
+  static async fromGraph(graph: BuiltModel, config: LlamaConfig, options: RunnerOptions, rowNorms: BaseRowNorms): Promise<ModelRunner> {
     const provider = options.executionProvider ?? 'cpu';
     let session: ort.InferenceSession;
     try {
@@ -114,7 +133,12 @@ export class ModelRunner {
       }
       throw error;
     }
-    return new ModelRunner(session, config, options);
+    return new ModelRunner(session, config, options, rowNorms);
+  }
+
+  /** Completes what an adapter needs from the base before it can take a slot (DoRA's row scales). */
+  async prepareAdapter(adapter: Adapter): Promise<Adapter> {
+    return adapter.family === 'dora' ? withDoraScales(adapter, this, this.baseRowNorms) : adapter;
   }
 
   /** The lane for a sequence that needs `positions` cache positions. */
@@ -143,6 +167,21 @@ export class ModelRunner {
     const pastMask = new Float32Array(batch * width);
     const selfMask = new Float32Array(batch * groupSize * tokens * tokens);
     const logitsPosition = new BigInt64Array(batch * c.hiddenSize);
+    // Soft prompts: their virtual tokens are the sequence's first positions, fed as embeddings.
+    const softPrompts = rows.map((row) => this.slots.promptOf(row.slot).softPrompt);
+    const anySoftPrompt = rows.some((row, b) => softPrompts[b] && row.position < this.slots.promptOf(row.slot).virtualTokens);
+    const softPrompt = anySoftPrompt ? new Float32Array(batch * tokens * c.hiddenSize) : BROADCAST_IDENTITY[0];
+    const tokenEmbeddingKept = anySoftPrompt ? new Float32Array(batch * tokens).fill(1) : BROADCAST_IDENTITY[1];
+    rows.forEach((row, b) => {
+      const embeddings = softPrompts[b];
+      if (!anySoftPrompt || !embeddings) return;
+      const virtualTokens = this.slots.promptOf(row.slot).virtualTokens;
+      for (let t = 0; t < row.tokens.length && row.position + t < virtualTokens; t++) {
+        const from = (row.position + t) * c.hiddenSize;
+        softPrompt.set(embeddings.subarray(from, from + c.hiddenSize), (b * tokens + t) * c.hiddenSize);
+        tokenEmbeddingKept[b * tokens + t] = 0;
+      }
+    });
     rows.forEach((row, b) => {
       // Padding (token 0) follows a shorter row's real tokens: causal masking keeps it out of their attention,
       // and its keys and values are never written to the cache.
@@ -168,6 +207,9 @@ export class ModelRunner {
       [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', selfMask, [batch, 1, groupSize * tokens, tokens]),
       [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(BigInt(width), BigInt(tokens)), [2]),
       [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', logitsPosition, [batch, 1, c.hiddenSize]),
+      [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', softPrompt, anySoftPrompt ? [batch, tokens, c.hiddenSize] : [1, 1, 1]),
+      [PEFT_INPUTS.tokenEmbeddingKept]: new ort.Tensor('float32', tokenEmbeddingKept, anySoftPrompt ? [batch, tokens, 1] : [1, 1, 1]),
+      ...this.emptyProbes(),
     };
     const stride = cache.rowStride;
     for (let l = 0; l < c.numLayers; l++) {
@@ -175,23 +217,85 @@ export class ModelRunner {
       feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
     }
-    const rank = rowWeights.prepare(firstRow, rows.map((r) => r.slot));
-    for (let l = 0; l < c.numLayers; l++) {
-      for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
-        const name = nameOf(l);
-        if (rank > 0) {
-          const { data, shape, size } = rowWeights.buffers.get(name)!;
-          feeds[name] = new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
-        } else {
-          feeds[name] = new ort.Tensor('float32', EMPTY, [batch, ...this.rankZeroShapes[key]]);
-        }
-      }
-    }
-
+    this.feedRowWeights(feeds, rowWeights, firstRow, rows.map((r) => r.slot));
     const result = await this.session.run(feeds);
     const newKeyValues = result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array;
     cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position), rows.map((r) => r.tokens.length));
     return result[GRAPH_OUTPUTS.logits].data as Float32Array;
+  }
+
+  /**
+   * Feeds every per-row adapter input: the rows' blocks where some row of the step uses the input, else a
+   * stand-in that costs almost nothing (rank 0 for LoRA and bottleneck matrices, one identity element for scales).
+   */
+  private feedRowWeights(feeds: Record<string, ort.Tensor>, rowWeights: RowAdapterWeights, firstRow: number, slots: number[]): void {
+    const batch = slots.length;
+    const layout = rowWeights.prepare(firstRow, slots);
+    const rowsOf = (name: string) => {
+      const { data, shape, size } = rowWeights.buffers.get(name)!;
+      return new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
+    };
+    for (const [name, { group, identity }] of this.slots.groups) {
+      if (group === 'fixed') {
+        const { shape } = this.slots.buffers.get(name)!;
+        // The activation choice is contracted by a MatMul, which does not broadcast its contracted axis.
+        const mustBeWhole = name === PEFT_INPUTS.bnActivation;
+        feeds[name] = layout.fixed || mustBeWhole
+          ? rowsOf(name)
+          : new ort.Tensor('float32', BROADCAST_IDENTITY[identity], shape.map(() => 1).concat(1));
+      } else if (layout.widths[group] > 0) {
+        feeds[name] = rowsOf(name);
+      } else {
+        const shape = this.slots.shapeAt(name, 0);
+        feeds[name] = new ort.Tensor('float32', EMPTY, [batch, ...shape]);
+      }
+    }
+  }
+
+  /** Probe inputs with no rows: ordinary steps push nothing through the base projections. */
+  private emptyProbes(): Record<string, ort.Tensor> {
+    const feeds: Record<string, ort.Tensor> = {};
+    for (let l = 0; l < this.config.numLayers; l++) {
+      for (const site of PROBE_SITES) feeds[PEFT_INPUTS.probe(site, l)] = new ort.Tensor('float32', EMPTY, [0, this.probeWidths[site]]);
+    }
+    return feeds;
+  }
+
+  /**
+   * Pushes rows through every layer's base projections, exactly as the graph's own weights compute them, and
+   * returns per site `[layers·rows, out]`. Used once per DoRA adapter for its weight norms; it runs a one-token
+   * pass beside, not in, the batch (its own empty cache), so it may run while the batch is between steps.
+   */
+  async probeBase(probe: BaseProbe): Promise<Record<ProbeSite, Float32Array>> {
+    const c = this.config;
+    const fusedHeads = c.numHeads + 2 * c.numKvHeads;
+    const cos = new Float32Array(this.rope.tokenStride);
+    const sin = new Float32Array(this.rope.tokenStride);
+    this.rope.fill(cos, sin, 0, 0);
+    const feeds: Record<string, ort.Tensor> = {
+      [GRAPH_INPUTS.inputIds]: new ort.Tensor('int64', new BigInt64Array(1), [1, 1]),
+      [GRAPH_INPUTS.ropeCos]: new ort.Tensor('float32', cos, [1, 1, fusedHeads, c.headDim]),
+      [GRAPH_INPUTS.ropeSin]: new ort.Tensor('float32', sin, [1, 1, fusedHeads, c.headDim]),
+      [GRAPH_INPUTS.pastMask]: new ort.Tensor('float32', Float32Array.of(MASKED), [1, 1, 1, 1]),
+      [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', new Float32Array(c.numHeads / c.numKvHeads), [1, 1, c.numHeads / c.numKvHeads, 1]),
+      [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(1n, 1n), [2]),
+      [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', new BigInt64Array(c.hiddenSize), [1, 1, c.hiddenSize]),
+      [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', BROADCAST_IDENTITY[0], [1, 1, 1]),
+      [PEFT_INPUTS.tokenEmbeddingKept]: new ort.Tensor('float32', BROADCAST_IDENTITY[1], [1, 1, 1]),
+    };
+    const emptyCache = new Float32Array(c.numKvHeads * c.headDim);
+    for (let l = 0; l < c.numLayers; l++) {
+      feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', emptyCache, [1, c.numKvHeads, c.headDim, 1]);
+      feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', emptyCache, [1, c.numKvHeads, 1, c.headDim]);
+      for (const site of PROBE_SITES) {
+        const width = this.probeWidths[site];
+        const layerRows = probe.inputs[site].subarray(l * probe.rows * width, (l + 1) * probe.rows * width);
+        feeds[PEFT_INPUTS.probe(site, l)] = new ort.Tensor('float32', layerRows, [probe.rows, width]);
+      }
+    }
+    this.feedRowWeights(feeds, this.probeRowWeights, 0, [0]);
+    const result = await this.session.run(feeds);
+    return Object.fromEntries(PROBE_SITES.map((site) => [site, result[PROBE_OUTPUT(site)].data as Float32Array])) as Record<ProbeSite, Float32Array>;
   }
 
   /** Moves a sequence's cache row and adapter weights within a lane (to keep the lane's rows contiguous). */
