@@ -127,6 +127,7 @@ test('a corrupt adapter fails only its own request; slot evictions keep results 
   assert.ok(bad.reason instanceof EngineError);
   assert.equal(bad.reason.code, 'invalid_adapter');
   assert.match(bad.reason.message, /adapter_model\.safetensors/);
+  assert.ok(events.some((e) => e.tier === 'disk' && e.event === 'failure'), 'the failed load is reported');
   assert.ok(good.every((r) => r.status === 'fulfilled'));
   // Three adapters through two slots: something was evicted, and c still decodes exactly as before.
   assert.ok(events.some((e) => e.tier === 'slot' && e.event === 'eviction'));

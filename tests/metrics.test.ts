@@ -3,47 +3,7 @@ import assert from 'node:assert/strict';
 import { Registry } from 'prom-client';
 import type { SchedulerStats } from '../src/engine/protocol.ts';
 import { createGatewayMetrics, type FinishedRequest } from '../src/observability/metrics.ts';
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-interface Scrape {
-  types: Map<string, string>;
-  samples: Sample[];
-}
-
-/** Reads the Prometheus text exposition format the way a scraper does: TYPE comments and sample lines. */
-function parseScrape(text: string): Scrape {
-  const types = new Map<string, string>();
-  const samples: Sample[] = [];
-  for (const line of text.split('\n')) {
-    const type = /^# TYPE (\S+) (\S+)$/.exec(line);
-    if (type) types.set(type[1], type[2]);
-    if (line === '' || line.startsWith('#')) continue;
-    const sample = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    assert.ok(sample, `unparseable sample line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const [, key, value] of (sample[2] ?? '').matchAll(/([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"/g)) labels[key] = value;
-    samples.push({ name: sample[1], labels, value: Number(sample[3]) });
-  }
-  return { types, samples };
-}
-
-function samplesOf(scrape: Scrape, name: string): Sample[] {
-  return scrape.samples.filter((sample) => sample.name === name);
-}
-
-/** The value of the one sample whose labels are exactly `labels`. */
-function valueOf(scrape: Scrape, name: string, labels: Record<string, string>): number {
-  const matches = samplesOf(scrape, name).filter(
-    (sample) => JSON.stringify(Object.entries(sample.labels).sort()) === JSON.stringify(Object.entries(labels).sort()),
-  );
-  assert.equal(matches.length, 1, `expected one ${name} sample with labels ${JSON.stringify(labels)}`);
-  return matches[0].value;
-}
+import { parseScrape, samplesOf, valueOf, type Scrape } from './support/exposition.ts';
 
 async function scrape(metrics: { metricsText(): Promise<string> }): Promise<Scrape> {
   return parseScrape(await metrics.metricsText());
@@ -61,7 +21,7 @@ const IDLE: SchedulerStats = {
   kvCacheUsage: 0,
   runningAdapters: [],
   waitingAdapters: [],
-  slots: { capacity: 4, resident: 0, bytes: 0 },
+  slots: { capacity: 4, resident: 0, bytes: 0, adapters: [] },
   host: { entries: 0, bytes: 0 },
 };
 
@@ -93,10 +53,14 @@ test('exposes every series under its exact name and type, with zeroed series fro
     'vllm:request_success_total': 'counter',
     gateway_requests_total: 'counter',
     gateway_tokens_total: 'counter',
+    gateway_adapter_cold_starts_total: 'counter',
+    gateway_errors_total: 'counter',
+    gateway_engine_up: 'gauge',
     gateway_adapter_cache_hits_total: 'counter',
     gateway_adapter_cache_misses_total: 'counter',
     gateway_adapter_cache_loads_total: 'counter',
     gateway_adapter_cache_evictions_total: 'counter',
+    gateway_adapter_load_failures_total: 'counter',
     gateway_adapter_load_seconds: 'histogram',
     gateway_adapter_cache_resident_bytes: 'gauge',
     gateway_adapter_cache_entries: 'gauge',
@@ -150,7 +114,7 @@ test('scheduler state sets the gauges and keeps only the latest lora_requests_in
     kvCacheUsage: 0.375,
     runningAdapters: ['acme/support', 'beta/faq', 'acme/support'],
     waitingAdapters: ['gamma/legal'],
-    slots: { capacity: 4, resident: 2, bytes: 65536 },
+    slots: { capacity: 4, resident: 2, bytes: 65536, adapters: ["acme/a@1", "acme/b@1"] },
     host: { entries: 5, bytes: 163840 },
   });
   const after = Date.now() / 1000;
@@ -196,7 +160,7 @@ test('adapter names that would corrupt the comma-separated lists are refused', (
 
 test('requests add their reported amounts to the counters and histograms', async () => {
   const metrics = newMetrics();
-  metrics.observeRequest(REQUEST);
+  metrics.observeRequest({ ...REQUEST, adapterTier: 'slot' });
   metrics.observeRequest({
     ...REQUEST,
     promptTokens: 7,
@@ -205,6 +169,7 @@ test('requests add their reported amounts to the counters and histograms', async
     ttftSeconds: 0.03,
     interTokenSeconds: [0.02],
     e2eSeconds: 1.2,
+    adapterTier: 'disk',
   });
   metrics.observeRequest({
     ...REQUEST,
@@ -228,6 +193,8 @@ test('requests add their reported amounts to the counters and histograms', async
   assert.equal(valueOf(scraped, 'gateway_tokens_total', { ...acme, kind: 'prompt' }), 12);
   assert.equal(valueOf(scraped, 'gateway_tokens_total', { ...acme, kind: 'completion' }), 19);
   assert.equal(valueOf(scraped, 'gateway_tokens_total', { tenant: 'beta', adapter: '', kind: 'prompt' }), 2);
+  assert.equal(valueOf(scraped, 'gateway_adapter_cold_starts_total', { ...acme, tier: 'disk' }), 1, 'slot starts are not cold');
+  assert.equal(samplesOf(scraped, 'gateway_adapter_cold_starts_total').length, 1);
 
   assert.equal(valueOf(scraped, 'vllm:prompt_tokens_total', MODEL), 14);
   assert.equal(valueOf(scraped, 'vllm:generation_tokens_total', MODEL), 19);
@@ -255,6 +222,7 @@ test('adapter cache events and residency are recorded per tier', async () => {
   metrics.recordAdapterCache({ tier: 'slot', event: 'load', seconds: 0.004 });
   metrics.recordAdapterCache({ tier: 'slot', event: 'eviction' });
   metrics.recordAdapterCache({ tier: 'disk', event: 'load', seconds: 0.3 });
+  metrics.recordAdapterCache({ tier: 'disk', event: 'failure' });
   metrics.setAdapterCacheResidency('disk', { bytes: 3 * 1024 * 1024, entries: 12 });
   metrics.setAdapterCacheResidency('disk', { bytes: 2 * 1024 * 1024, entries: 8 });
   const scraped = await scrape(metrics);
@@ -269,6 +237,8 @@ test('adapter cache events and residency are recorded per tier', async () => {
   assert.ok(Math.abs(valueOf(scraped, 'gateway_adapter_load_seconds_sum', { tier: 'slot' }) - 0.006) < 1e-9);
   assert.equal(valueOf(scraped, 'gateway_adapter_load_seconds_bucket', { tier: 'slot', le: '0.0025' }), 1);
   assert.equal(valueOf(scraped, 'gateway_adapter_load_seconds_count', { tier: 'disk' }), 1);
+  assert.equal(valueOf(scraped, 'gateway_adapter_load_failures_total', { tier: 'disk' }), 1);
+  assert.equal(valueOf(scraped, 'gateway_adapter_load_failures_total', { tier: 'host' }), 0);
   assert.equal(valueOf(scraped, 'gateway_adapter_cache_resident_bytes', { tier: 'disk' }), 2 * 1024 * 1024);
   assert.equal(valueOf(scraped, 'gateway_adapter_cache_entries', { tier: 'disk' }), 8);
 });
@@ -290,4 +260,22 @@ test('instances are independent, and a given registry receives the series', asyn
 test('options are validated', () => {
   assert.throws(() => createGatewayMetrics({ maxLora: 0, modelName: 'm' }), /maxLora must be a positive integer/);
   assert.throws(() => createGatewayMetrics({ maxLora: 1, modelName: '' }), /modelName/);
+});
+
+test('error answers are counted by status and code', async () => {
+  const metrics = newMetrics();
+  metrics.countErrorAnswer({ status: 401, code: 'invalid_api_key' });
+  metrics.countErrorAnswer({ status: 401, code: 'invalid_api_key' });
+  metrics.countErrorAnswer({ status: 500, code: null });
+  const scraped = await scrape(metrics);
+  assert.equal(valueOf(scraped, 'gateway_errors_total', { status: '401', code: 'invalid_api_key' }), 2);
+  assert.equal(valueOf(scraped, 'gateway_errors_total', { status: '500', code: '' }), 1);
+});
+
+test('gateway_engine_up reads the engine state at each scrape', async () => {
+  let alive = true;
+  const metrics = createGatewayMetrics({ maxLora: 2, modelName: MODEL.model_name, engineAlive: () => alive });
+  assert.equal(valueOf(await scrape(metrics), 'gateway_engine_up', {}), 1);
+  alive = false;
+  assert.equal(valueOf(await scrape(metrics), 'gateway_engine_up', {}), 0);
 });

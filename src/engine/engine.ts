@@ -85,7 +85,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       kvCacheUsage: 0,
       runningAdapters: [],
       waitingAdapters: [],
-      slots: { capacity: options.adapterSlots, resident: 0, bytes: 0 },
+      slots: { capacity: options.adapterSlots, resident: 0, bytes: 0, adapters: [] },
       host: { entries: 0, bytes: 0 },
     };
     worker.on('message', (message: FromWorker) => this.receive(message));

@@ -57,6 +57,10 @@ export class HostAdapterCache {
         this.report({ tier: 'disk', event: 'load', seconds: (performance.now() - started) / 1000 });
         return adapter;
       })
+      .catch((error: unknown) => {
+        this.report({ tier: 'disk', event: 'failure' });
+        throw error;
+      })
       .finally(() => this.loading.delete(ref.key));
     this.loading.set(ref.key, load);
     return load;

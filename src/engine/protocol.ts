@@ -85,7 +85,8 @@ export interface AdapterLoadEvent {
 
 export interface AdapterCacheEvent {
   tier: AdapterTier;
-  event: 'hit' | 'miss' | 'load' | 'eviction';
+  /** `failure`: a load from this tier that threw (unreadable or invalid files); the request fails. */
+  event: 'hit' | 'miss' | 'load' | 'eviction' | 'failure';
   seconds?: number;
 }
 
@@ -97,7 +98,8 @@ export interface SchedulerStats {
   /** Adapters of running and waiting sequences, each by the name its requests used (AdapterRef.servedAs). */
   runningAdapters: string[];
   waitingAdapters: string[];
-  slots: { capacity: number; resident: number; bytes: number };
+  /** `adapters`: the cache keys of the adapters resident in slots (at most `capacity` of them). */
+  slots: { capacity: number; resident: number; bytes: number; adapters: string[] };
   host: { entries: number; bytes: number };
 }
 

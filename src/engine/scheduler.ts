@@ -426,7 +426,12 @@ export class Scheduler {
       kvCacheUsage: cacheTokens / (this.runner.maxBatch * this.options.maxPositions),
       runningAdapters: adapterNames(this.running),
       waitingAdapters: adapterNames(this.waiting),
-      slots: { capacity: this.runner.slots.capacity, resident: this.runner.slots.residentAdapters.length, bytes: this.runner.slots.bytes },
+      slots: {
+        capacity: this.runner.slots.capacity,
+        resident: this.runner.slots.residentAdapters.length,
+        bytes: this.runner.slots.bytes,
+        adapters: this.runner.slots.residentAdapters,
+      },
       host: { entries: this.hostCache.entries, bytes: this.hostCache.bytes },
     };
   }

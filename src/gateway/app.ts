@@ -16,6 +16,7 @@ export function createApp(services: GatewayServices): Hono<GatewayEnv> {
   installErrorHandlers(app, {
     logUnexpected: (error, request) =>
       logger.error('unexpected error', { ...request, error: error instanceof Error ? (error.stack ?? error.message) : String(error) }),
+    onErrorAnswer: (error) => services.metrics.countErrorAnswer({ status: error.status, code: error.code }),
   });
   app.use('*', async (c, next) => {
     const started = performance.now();

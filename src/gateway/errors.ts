@@ -137,6 +137,8 @@ export function internalError(cause?: unknown): ApiError {
 export interface ErrorHandlerOptions {
   /** Receives what caused each 500 (a bug, usually); defaults to writing its stack to stderr. */
   logUnexpected?: (err: unknown, request: { method: string; path: string }) => void;
+  /** Sees every error answer, for counting by status and code. */
+  onErrorAnswer?: (error: ApiError) => void;
 }
 
 function logToStderr(err: unknown, request: { method: string; path: string }): void {
@@ -166,9 +168,12 @@ export function installErrorHandlers<E extends Env>(app: Hono<E>, options: Error
     const apiError = asApiError(err);
     // Only the method and path are logged: bodies and query strings may carry prompts or credentials.
     if (apiError.status === 500) logUnexpected(apiError.cause ?? err, { method: c.req.method, path: c.req.path });
+    options.onErrorAnswer?.(apiError);
     return toResponse(apiError);
   });
-  app.notFound((c: Context<E>) =>
-    toResponse(notFound(`Unknown route ${c.req.method} ${c.req.path}.`, null, 'unknown_route')),
-  );
+  app.notFound((c: Context<E>) => {
+    const apiError = notFound(`Unknown route ${c.req.method} ${c.req.path}.`, null, 'unknown_route');
+    options.onErrorAnswer?.(apiError);
+    return toResponse(apiError);
+  });
 }

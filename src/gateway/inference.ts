@@ -3,7 +3,7 @@
  * check, the engine call, metrics and the trace. Protocol code turns its deltas and result into wire formats.
  */
 import { EngineError } from '../engine/engine.ts';
-import type { TokenEvent } from '../engine/protocol.ts';
+import type { AdapterTier, TokenEvent } from '../engine/protocol.ts';
 import type { SamplingParams } from '../engine/sampling.ts';
 import type { GenAiOperation } from '../observability/tracing.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
@@ -100,6 +100,7 @@ export async function runInference(services: GatewayServices, request: Inference
   const tokenTimes: number[] = [];
   let result: TextGenerationResult | undefined;
   let status = 200;
+  let adapterTier: AdapterTier | undefined;
   try {
     result = await services.generator.generate({
       tenant,
@@ -111,6 +112,7 @@ export async function runInference(services: GatewayServices, request: Inference
       signal: request.signal,
       onStart: (event) => {
         leaveQueue();
+        adapterTier = event.adapterLoad?.tier;
         trace.started(event);
       },
       onDelta: (text, tokens) => {
@@ -144,6 +146,7 @@ export async function runInference(services: GatewayServices, request: Inference
       ttftSeconds: tokenTimes.length > 0 ? (tokenTimes[0] - started) / 1000 : undefined,
       interTokenSeconds: tokenTimes.slice(1).map((t, i) => (t - tokenTimes[i]) / 1000),
       e2eSeconds: (performance.now() - started) / 1000,
+      adapterTier,
     });
   }
 }

@@ -92,7 +92,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   // A removed or replaced version must never be served from a cache again.
   store.on('removed', (ref) => engine.evictAdapter(ref.id));
 
-  const metrics = createGatewayMetrics({ maxLora: Math.max(1, settings.engine.adapterSlots), modelName });
+  const metrics = createGatewayMetrics({ maxLora: Math.max(1, settings.engine.adapterSlots), modelName, engineAlive: () => engine.alive });
   engine.on('stats', (stats) => metrics.setSchedulerState(stats));
   engine.on('adapter-cache', (event) => metrics.recordAdapterCache(event));
   const reportDiskResidency = () => {

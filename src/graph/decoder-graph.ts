@@ -1,6 +1,9 @@
 /**
  * Builds the ONNX graph of a Llama-family decoder from its weights, with a JavaScript-managed KV cache and
- * multi-adapter inputs built in. Read `buildDecoderGraph` top to bottom: it is the Llama forward pass.
+ * multi-adapter inputs built in. Read `decoderLayer` then `buildDecoderGraph` top to bottom: they are the Llama
+ * forward pass. `decoderLayer` is the one description of a layer: the serving graph here and the training graphs
+ * (src/training/training-graph.ts) both build their layers with it, supplying only what differs between them
+ * (`LayerImplementation`: weight storage, how adapters apply, what attention attends over).
  *
  * Design (the measurements behind each choice are given where it is made):
  * - The KV cache lives in JavaScript and is fed zero-copy as plain inputs: per layer, keys transposed
@@ -22,7 +25,7 @@
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
-import { peftBlocks } from './peft-blocks.ts';
+import { peftBlocks, type BottleneckSite } from './peft-blocks.ts';
 
 export const GRAPH_INPUTS = {
   inputIds: 'input_ids',
@@ -68,6 +71,97 @@ const S = 'cache_len';
 const R = 'lora_rank';
 const BN = 'bottleneck_width';
 
+/**
+ * The parts of a layer that differ between the serving graph and the training graph (src/training/): where
+ * weights come from (initializers or inputs), how adapters apply (per-row slots or one trainable adapter), and
+ * what attention sees (a KV cache or only the sequence itself). Everything else about a layer is `decoderLayer`.
+ */
+export interface LayerImplementation {
+  /** The RMSNorm scale vector named `name` (a Hugging Face weight name). */
+  normWeight(name: string): string;
+  /** q|k|v projections of the normed input, concatenated: `[B, T, (heads + 2·kv_heads)·head_dim]`. */
+  qkv(layer: number, h: string): string;
+  /** Output projection of the merged heads: `[B, T, hidden]`. */
+  o(layer: number, merged: string): string;
+  /** gate|up projections, concatenated: `[B, T, 2·ffn]`. */
+  gateUp(layer: number, h: string): string;
+  /** Down projection: `[B, T, hidden]`. */
+  down(layer: number, act: string): string;
+  /** Attention context `[B, kv_heads, group·T, head_dim]` of the grouped queries over the keys and values. */
+  attend(layer: number, queriesGrouped: string, keys: string, values: string): string;
+  /** The residual stream after a sub-layer's output `h` joins `x`; `x + h` when absent (bottleneck adapters hook in here). */
+  residual?(layer: number, site: BottleneckSite, x: string, h: string): string;
+}
+
+/** Constants and RoPE tables that every layer of one graph shares. */
+export interface DecoderContext {
+  g: OnnxGraphBuilder;
+  config: LlamaConfig;
+  ropeCosHalves: string;
+  ropeSinHalves: string;
+  shapes: Record<'halves' | 'heads' | 'grouped' | 'perHead' | 'merged' | 'headSplit' | 'ffnSplit', string>;
+}
+
+/** `ropeCos`/`ropeSin` are `[B or 1, T, fused_heads, head_dim]` tables as src/runtime/rope.ts fills them. */
+export function decoderContext(g: OnnxGraphBuilder, c: LlamaConfig, ropeCos: string, ropeSin: string): DecoderContext {
+  const fusedHeads = c.numHeads + 2 * c.numKvHeads;
+  // RoPE works on heads viewed as [2, head_dim/2]: swapping the two halves (a reversed Slice, a block copy)
+  // turns rotate_half(x) into swap(x) * [-sin, sin]. A Gather over the last axis did the same 3x slower.
+  const halves = g.constInt64([0, 0, fusedHeads, 2, c.headDim / 2], 'shape_head_halves');
+  return {
+    g,
+    config: c,
+    ropeCosHalves: g.op('Reshape', [ropeCos, halves]),
+    ropeSinHalves: g.op('Reshape', [ropeSin, halves]),
+    shapes: {
+      halves,
+      heads: g.constInt64([0, 0, fusedHeads, c.headDim], 'shape_fused_heads'),
+      grouped: g.constInt64([0, c.numKvHeads, -1, c.headDim], 'shape_grouped_queries'),
+      perHead: g.constInt64([0, c.numHeads, -1, c.headDim], 'shape_query_heads'),
+      merged: g.constInt64([0, 0, c.numHeads * c.headDim], 'shape_merged_heads'),
+      headSplit: g.constInt64([c.numHeads, c.numKvHeads, c.numKvHeads], 'split_q_k_v'),
+      ffnSplit: g.constInt64([c.intermediateSize, c.intermediateSize], 'split_gate_up'),
+    },
+  };
+}
+
+/**
+ * One Llama decoder layer on `x` `[B, T, hidden]`: returns the layer's output and its rotated keys and the values
+ * `[B, kv_heads, T, head_dim]` (which serving writes into its cache).
+ */
+export function decoderLayer(ctx: DecoderContext, impl: LayerImplementation, l: number, x: string): { x: string; keys: string; values: string } {
+  const { g, shapes } = ctx;
+  const p = `model.layers.${l}`;
+
+  // ---- attention ----
+  const h = rmsNorm(g, ctx.config, x, impl.normWeight(`${p}.input_layernorm.weight`));
+  const qkv = g.op('Reshape', [impl.qkv(l, h), shapes.halves]);
+  const swapHalves = g.op('Slice', [qkv, g.constInt64([-1]), g.constInt64([-Number.MAX_SAFE_INTEGER]), g.constInt64([3]), g.constInt64([-1])]);
+  const rotated = g.op('Reshape', [
+    g.op('Add', [g.op('Mul', [qkv, ctx.ropeCosHalves]), g.op('Mul', [swapHalves, ctx.ropeSinHalves])]),
+    shapes.heads,
+  ]);
+  const [q, k, v] = g.opMulti('Split', [g.op('Transpose', [rotated], { perm: [0, 2, 1, 3] }), shapes.headSplit], 3, { axis: 1 });
+  // Queries grouped by the key/value head they share (GQA): [B, kv_heads, group*T, head_dim].
+  const context = impl.attend(l, g.op('Reshape', [q, shapes.grouped]), k, v);
+  const merged = g.op('Reshape', [
+    g.op('Transpose', [g.op('Reshape', [context, shapes.perHead])], { perm: [0, 2, 1, 3] }),
+    shapes.merged,
+  ]);
+  const residual = (site: BottleneckSite, from: string, h: string) => (impl.residual ? impl.residual(l, site, from, h) : g.op('Add', [from, h]));
+  const attended = residual('attention', x, impl.o(l, merged));
+
+  // ---- feed-forward (SwiGLU) ----
+  const h2 = rmsNorm(g, ctx.config, attended, impl.normWeight(`${p}.post_attention_layernorm.weight`));
+  const [gate, up] = g.opMulti('Split', [impl.gateUp(l, h2), shapes.ffnSplit], 2, { axis: 2 });
+  const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
+  return { x: residual('output', attended, impl.down(l, act)), keys: k, values: v };
+}
+
+export function rmsNorm(g: OnnxGraphBuilder, c: LlamaConfig, x: string, scale: string): string {
+  return g.op('RMSNormalization', [x, scale], { axis: -1, epsilon: { float: c.rmsNormEps } });
+}
+
 export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const c = model.config;
   const g = new OnnxGraphBuilder('llama_decoder');
@@ -93,93 +187,76 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const qkvBlockSources = g.constInt64([...new Array<number>(qBlocks).fill(0), 1, 2], 'lora_qkv_block_sources');
 
   const embedding = g.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
-  // RoPE works on heads viewed as [2, head_dim/2]: swapping the two halves (a reversed Slice, a block copy)
-  // turns rotate_half(x) into swap(x) * [-sin, sin]. A Gather over the last axis did the same 3x slower.
-  const halvesShape = g.constInt64([0, 0, fusedHeads, 2, c.headDim / 2], 'shape_head_halves');
-  const headsShape = g.constInt64([0, 0, fusedHeads, c.headDim], 'shape_fused_heads');
-  const ropeCosHalves = g.op('Reshape', [ropeCos, halvesShape]);
-  const ropeSinHalves = g.op('Reshape', [ropeSin, halvesShape]);
-  const swapHalves = (x: string) =>
-    g.op('Slice', [x, g.constInt64([-1]), g.constInt64([-Number.MAX_SAFE_INTEGER]), g.constInt64([3]), g.constInt64([-1])]);
-  const groupedShape = g.constInt64([0, c.numKvHeads, -1, c.headDim], 'shape_grouped_queries');
-  const perHeadShape = g.constInt64([0, c.numHeads, -1, c.headDim], 'shape_query_heads');
-  const mergedShape = g.constInt64([0, 0, qDim], 'shape_merged_heads');
-  const headSplit = g.constInt64([c.numHeads, c.numKvHeads, c.numKvHeads], 'split_q_k_v');
-  const ffnSplit = g.constInt64([c.intermediateSize, c.intermediateSize], 'split_gate_up');
+  const ctx = decoderContext(g, c, ropeCos, ropeSin);
 
   const peft = peftBlocks(g, c, B, BN);
   const loraWeights = (name: string, ...dims: (number | string)[]) => g.input(name, 'float32', [B, ...dims]);
   /** LoRA delta from activation blocks `[B, T, n, 1, R]` and a B of n blocks of `width` columns: `[B, T, n*width]`. */
   const groupedLoraDelta = (blocks: string, name: string, n: number, width: number) =>
     g.op('Reshape', [g.op('MatMul', [blocks, loraWeights(name, 1, n, R, width)]), g.constInt64([0, 0, n * width])]);
+  /** A base projection as one transposed (and, for fused projections, concatenated) initializer. */
+  const baseWeight = (name: string, parts: string[], inDim: number, outDims: number[]) =>
+    g.initializer(name, transposeConcat(parts.map((part) => w(part).data), inDim, outDims), [inDim, outDims.reduce((a, b) => a + b, 0)]);
+  const layerWeight = (l: number, module: string) => `model.layers.${l}.${module}.weight`;
+
+  const serving: LayerImplementation = {
+    normWeight: (name) => g.initializer(name, w(name).data, [c.hiddenSize]),
+    qkv(l, h) {
+      const modules = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'].map((m) => layerWeight(l, m));
+      const wQkv = baseWeight(`model.layers.${l}.self_attn.qkv_proj.weight_t`, modules, c.hiddenSize, [qDim, kvDim, kvDim]);
+      const uQkv = g.op('Reshape', [g.op('MatMul', [h, loraWeights(LORA_INPUTS.aQkv(l), c.hiddenSize, `3*${R}`)]), threeLoraBlocks]);
+      const loraQkv = groupedLoraDelta(g.op('Gather', [uQkv, qkvBlockSources], { axis: 2 }), LORA_INPUTS.bQkv(l), qBlocks + 2, kvDim);
+      peft.probe('qkv', l, wQkv);
+      return peft.scaleOutput(g.op('Add', [g.op('MatMul', [h, wQkv]), loraQkv]), 'qkv', l);
+    },
+    o(l, unscaled) {
+      const merged = peft.scaleInput(unscaled, 'o', l);
+      const wO = baseWeight(`model.layers.${l}.self_attn.o_proj.weight_t`, [layerWeight(l, 'self_attn.o_proj')], qDim, [c.hiddenSize]);
+      const loraO = g.op('MatMul', [g.op('MatMul', [merged, loraWeights(LORA_INPUTS.aO(l), qDim, R)]), loraWeights(LORA_INPUTS.bO(l), R, c.hiddenSize)]);
+      peft.probe('o', l, wO);
+      return peft.scaleOutput(g.op('Add', [g.op('MatMul', [merged, wO]), loraO]), 'o', l);
+    },
+    gateUp(l, h2) {
+      const modules = [layerWeight(l, 'mlp.gate_proj'), layerWeight(l, 'mlp.up_proj')];
+      const wGateUp = baseWeight(`model.layers.${l}.mlp.gate_up_proj.weight_t`, modules, c.hiddenSize, [c.intermediateSize, c.intermediateSize]);
+      const u2 = g.op('MatMul', [h2, loraWeights(LORA_INPUTS.aGateUp(l), c.hiddenSize, `2*${R}`)]);
+      const loraGateUp = groupedLoraDelta(g.op('Reshape', [u2, twoLoraBlocks]), LORA_INPUTS.bGateUp(l), 2, c.intermediateSize);
+      peft.probe('gate_up', l, wGateUp);
+      return peft.scaleOutput(g.op('Add', [g.op('MatMul', [h2, wGateUp]), loraGateUp]), 'gate_up', l);
+    },
+    down(l, unscaled) {
+      const act = peft.scaleInput(unscaled, 'down', l);
+      const wDown = baseWeight(`model.layers.${l}.mlp.down_proj.weight_t`, [layerWeight(l, 'mlp.down_proj')], c.intermediateSize, [c.hiddenSize]);
+      const loraDown = g.op('MatMul', [g.op('MatMul', [act, loraWeights(LORA_INPUTS.aDown(l), c.intermediateSize, R)]), loraWeights(LORA_INPUTS.bDown(l), R, c.hiddenSize)]);
+      peft.probe('down', l, wDown);
+      return peft.scaleOutput(g.op('Add', [g.op('MatMul', [act, wDown]), loraDown]), 'down', l);
+    },
+    // The cached keys (transposed) and values, then this step's own tokens under a causal mask, in one softmax.
+    attend(l, qGrouped, k, v) {
+      const pastKeyT = g.input(GRAPH_INPUTS.pastKey(l), 'float32', [B, c.numKvHeads, c.headDim, S]);
+      const pastValue = g.input(GRAPH_INPUTS.pastValue(l), 'float32', [B, c.numKvHeads, S, c.headDim]);
+      const scoresPast = g.op('Add', [g.op('MatMul', [qGrouped, pastKeyT]), pastMask]);
+      const scoresSelf = g.op('Add', [g.op('MatMul', [qGrouped, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]), selfMask]);
+      const probs = g.op('Softmax', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 })], { axis: 3 });
+      const [probsPast, probsSelf] = g.opMulti('Split', [probs, attentionSplit], 2, { axis: 3 });
+      return g.op('Add', [g.op('MatMul', [probsPast, pastValue]), g.op('MatMul', [probsSelf, v])]);
+    },
+    residual: (l, site, x, h) => peft.residualWithBottleneck(x, h, site, l),
+  };
 
   let x = peft.embed(g.op('Gather', [embedding, inputIds], { axis: 0 }));
   const newKeyValues: string[] = [];
-
   for (let l = 0; l < c.numLayers; l++) {
-    const p = `model.layers.${l}`;
-
-    // ---- attention ----
-    const h = rmsNorm(g, c, x, w(`${p}.input_layernorm.weight`).data, `${p}.input_layernorm`);
-    const wQkv = g.initializer(
-      `${p}.self_attn.qkv_proj.weight_t`,
-      transposeConcat([w(`${p}.self_attn.q_proj.weight`).data, w(`${p}.self_attn.k_proj.weight`).data, w(`${p}.self_attn.v_proj.weight`).data], c.hiddenSize, [qDim, kvDim, kvDim]),
-      [c.hiddenSize, qDim + 2 * kvDim],
-    );
-    const uQkv = g.op('Reshape', [g.op('MatMul', [h, loraWeights(LORA_INPUTS.aQkv(l), c.hiddenSize, `3*${R}`)]), threeLoraBlocks]);
-    const loraQkv = groupedLoraDelta(g.op('Gather', [uQkv, qkvBlockSources], { axis: 2 }), LORA_INPUTS.bQkv(l), qBlocks + 2, kvDim);
-    const qkv = g.op('Reshape', [peft.scaleOutput(g.op('Add', [g.op('MatMul', [h, wQkv]), loraQkv]), 'qkv', l), halvesShape]);
-    peft.probe('qkv', l, wQkv);
-    const rotated = g.op('Reshape', [
-      g.op('Add', [g.op('Mul', [qkv, ropeCosHalves]), g.op('Mul', [swapHalves(qkv), ropeSinHalves])]),
-      headsShape,
-    ]);
-    const [q, k, v] = g.opMulti('Split', [g.op('Transpose', [rotated], { perm: [0, 2, 1, 3] }), headSplit], 3, { axis: 1 });
-    newKeyValues.push(k, v);
-
-    // Queries grouped by the key/value head they share (GQA): [B, kv_heads, group*T, head_dim].
-    const qGrouped = g.op('Reshape', [q, groupedShape]);
-    const pastKeyT = g.input(GRAPH_INPUTS.pastKey(l), 'float32', [B, c.numKvHeads, c.headDim, S]);
-    const pastValue = g.input(GRAPH_INPUTS.pastValue(l), 'float32', [B, c.numKvHeads, S, c.headDim]);
-    const scoresPast = g.op('Add', [g.op('MatMul', [qGrouped, pastKeyT]), pastMask]);
-    const scoresSelf = g.op('Add', [g.op('MatMul', [qGrouped, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]), selfMask]);
-    const probs = g.op('Softmax', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 })], { axis: 3 });
-    const [probsPast, probsSelf] = g.opMulti('Split', [probs, attentionSplit], 2, { axis: 3 });
-    const context = g.op('Add', [g.op('MatMul', [probsPast, pastValue]), g.op('MatMul', [probsSelf, v])]);
-    const merged = peft.scaleInput(
-      g.op('Reshape', [g.op('Transpose', [g.op('Reshape', [context, perHeadShape])], { perm: [0, 2, 1, 3] }), mergedShape]),
-      'o',
-      l,
-    );
-    const wO = g.initializer(`${p}.self_attn.o_proj.weight_t`, transposeConcat([w(`${p}.self_attn.o_proj.weight`).data], qDim, [c.hiddenSize]), [qDim, c.hiddenSize]);
-    const loraO = g.op('MatMul', [g.op('MatMul', [merged, loraWeights(LORA_INPUTS.aO(l), qDim, R)]), loraWeights(LORA_INPUTS.bO(l), R, c.hiddenSize)]);
-    peft.probe('o', l, wO);
-    x = peft.residualWithBottleneck(x, peft.scaleOutput(g.op('Add', [g.op('MatMul', [merged, wO]), loraO]), 'o', l), 'attention', l);
-
-    // ---- feed-forward (SwiGLU) ----
-    const h2 = rmsNorm(g, c, x, w(`${p}.post_attention_layernorm.weight`).data, `${p}.post_attention_layernorm`);
-    const wGateUp = g.initializer(
-      `${p}.mlp.gate_up_proj.weight_t`,
-      transposeConcat([w(`${p}.mlp.gate_proj.weight`).data, w(`${p}.mlp.up_proj.weight`).data], c.hiddenSize, [c.intermediateSize, c.intermediateSize]),
-      [c.hiddenSize, 2 * c.intermediateSize],
-    );
-    const u2 = g.op('MatMul', [h2, loraWeights(LORA_INPUTS.aGateUp(l), c.hiddenSize, `2*${R}`)]);
-    const loraGateUp = groupedLoraDelta(g.op('Reshape', [u2, twoLoraBlocks]), LORA_INPUTS.bGateUp(l), 2, c.intermediateSize);
-    const gateUp = peft.scaleOutput(g.op('Add', [g.op('MatMul', [h2, wGateUp]), loraGateUp]), 'gate_up', l);
-    peft.probe('gate_up', l, wGateUp);
-    const [gate, up] = g.opMulti('Split', [gateUp, ffnSplit], 2, { axis: 2 });
-    const act = peft.scaleInput(g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]), 'down', l);
-    const wDown = g.initializer(`${p}.mlp.down_proj.weight_t`, transposeConcat([w(`${p}.mlp.down_proj.weight`).data], c.intermediateSize, [c.hiddenSize]), [c.intermediateSize, c.hiddenSize]);
-    const loraDown = g.op('MatMul', [g.op('MatMul', [act, loraWeights(LORA_INPUTS.aDown(l), c.intermediateSize, R)]), loraWeights(LORA_INPUTS.bDown(l), R, c.hiddenSize)]);
-    peft.probe('down', l, wDown);
-    x = peft.residualWithBottleneck(x, peft.scaleOutput(g.op('Add', [g.op('MatMul', [act, wDown]), loraDown]), 'down', l), 'output', l);
+    const layer = decoderLayer(ctx, serving, l, x);
+    x = layer.x;
+    newKeyValues.push(layer.keys, layer.values);
   }
   peft.finishProbes();
 
   // Only one position's logits per row leave the graph (outputs are copied by the binding, so keep them small):
   // each row's last real token, as rows of a batched prefill are padded to the longest.
   const last = g.op('GatherElements', [x, g.input(GRAPH_INPUTS.logitsPosition, 'int64', [B, 1, c.hiddenSize])], { axis: 1 });
-  const lastFlat = g.op('Reshape', [rmsNorm(g, c, last, w('model.norm.weight').data, 'model.norm'), g.constInt64([-1, c.hiddenSize])]);
+  const lastFlat = g.op('Reshape', [rmsNorm(g, c, last, serving.normWeight('model.norm.weight')), g.constInt64([-1, c.hiddenSize])]);
   const lmHead = c.tieWordEmbeddings
     ? embedding
     : g.initializer('lm_head.weight', w('lm_head.weight').data, [c.vocabSize, c.hiddenSize]);
@@ -187,11 +264,6 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   // All layers' new keys and values in one output: [B, layers*2*kv_heads, T, head_dim], k then v per layer.
   g.output(g.op('Concat', newKeyValues, { axis: 1 }), GRAPH_OUTPUTS.newKeyValues, 'float32', [B, c.numLayers * 2 * c.numKvHeads, T, c.headDim]);
   return g.build(OPSET);
-}
-
-function rmsNorm(g: OnnxGraphBuilder, c: LlamaConfig, x: string, weight: Float32Array, name: string): string {
-  const scale = g.initializer(`${name}.weight`, weight, [c.hiddenSize]);
-  return g.op('RMSNormalization', [x, scale], { axis: -1, epsilon: { float: c.rmsNormEps } });
 }
 
 /** Transposes PyTorch `[out, in]` weights to `[in, out]` and joins several along the output axis. */

@@ -26,6 +26,20 @@ const EXTERNAL_ALIGNMENT = 64;
 /** Small constants (shapes, indices) stay inline: shape inference must read them while loading the graph. */
 const INLINE_LIMIT = 1024;
 
+/** One operation as it was appended, for passes that read the graph back (the autodiff in src/training/). */
+export interface GraphOp {
+  opType: string;
+  inputs: string[];
+  outputs: string[];
+  attributes: Record<string, AttributeValue>;
+}
+
+/** A graph input or initializer: its element type and dimensions. */
+export interface ValueDeclaration {
+  type: ElementType;
+  dims: Dim[];
+}
+
 export interface BuiltModel {
   /** Serialised ModelProto (graph and initializer metadata only). */
   modelBytes: Uint8Array;
@@ -38,6 +52,9 @@ export class OnnxGraphBuilder {
   private readonly inputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
   private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
   private readonly initializers: { name: string; dims: number[]; type: ElementType; bytes: Uint8Array }[] = [];
+  private readonly ops: GraphOp[] = [];
+  private readonly declarations = new Map<string, ValueDeclaration>();
+  private readonly int64Constants = new Map<string, number[]>();
   private readonly usedNames = new Set<string>();
   private counter = 0;
 
@@ -46,10 +63,12 @@ export class OnnxGraphBuilder {
   input(name: string, type: ElementType, dims: Dim[]): string {
     this.claim(name);
     this.inputs.push(valueInfo(name, type, dims));
+    this.declarations.set(name, { type, dims });
     return name;
   }
 
-  output(value: string, name: string, type: ElementType, dims: Dim[]): void {
+  /** Without `dims`, the output's shape is left for onnxruntime to infer. */
+  output(value: string, name: string, type: ElementType, dims?: Dim[]): void {
     this.op('Identity', [value], {}, name);
     this.outputs.push(valueInfo(name, type, dims));
   }
@@ -62,12 +81,35 @@ export class OnnxGraphBuilder {
   initializer(name: string, data: Float32Array | BigInt64Array, dims: number[]): string {
     this.claim(name);
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    this.initializers.push({ name, dims, type: data instanceof Float32Array ? 'float32' : 'int64', bytes });
+    const type = data instanceof Float32Array ? 'float32' : 'int64';
+    this.initializers.push({ name, dims, type, bytes });
+    this.declarations.set(name, { type, dims });
     return name;
   }
 
   constInt64(values: number[], name = this.fresh('const')): string {
+    this.int64Constants.set(name, values);
     return this.initializer(name, BigInt64Array.from(values, BigInt), [values.length]);
+  }
+
+  /** A float scalar constant (rank 0), inline in the graph. */
+  constFloat(value: number, name = this.fresh('const')): string {
+    return this.initializer(name, Float32Array.of(value), []);
+  }
+
+  /** The operations appended so far, in order. */
+  get operations(): readonly GraphOp[] {
+    return this.ops;
+  }
+
+  /** Type and dimensions of a graph input or initializer; undefined for values operations compute. */
+  declaration(name: string): ValueDeclaration | undefined {
+    return this.declarations.get(name);
+  }
+
+  /** The values of a constant made by `constInt64`. */
+  int64Constant(name: string): number[] | undefined {
+    return this.int64Constants.get(name);
   }
 
   /** Appends one operation and returns the name of its (first) output. */
@@ -84,6 +126,7 @@ export class OnnxGraphBuilder {
   ): string[] {
     const outputs = outputNames ?? Array.from({ length: outputCount }, () => this.fresh(opType.toLowerCase()));
     for (const name of outputs) this.claim(name);
+    this.ops.push({ opType, inputs, outputs, attributes });
     this.nodes.push(
       onnx.NodeProto.create({
         opType,
@@ -150,16 +193,9 @@ export class OnnxGraphBuilder {
   }
 }
 
-function valueInfo(name: string, type: ElementType, dims: Dim[]) {
-  return onnx.ValueInfoProto.create({
-    name,
-    type: {
-      tensorType: {
-        elemType: ELEMENT_TYPES[type],
-        shape: { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) },
-      },
-    },
-  });
+function valueInfo(name: string, type: ElementType, dims?: Dim[]) {
+  const shape = dims && { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) };
+  return onnx.ValueInfoProto.create({ name, type: { tensorType: { elemType: ELEMENT_TYPES[type], ...(shape ? { shape } : {}) } } });
 }
 
 function attribute(name: string, value: AttributeValue) {

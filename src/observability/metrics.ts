@@ -38,6 +38,8 @@ export interface FinishedRequest {
   /** Gap before each token after the first. */
   interTokenSeconds: readonly number[];
   e2eSeconds: number;
+  /** Where the request's adapter was found when it started; absent for the base model or a request that never started. */
+  adapterTier?: AdapterTier;
 }
 
 /** A request refused before the engine saw it (auth, rate limit, unknown adapter, bad input). */
@@ -53,6 +55,8 @@ export interface GatewayMetricsOptions {
   maxLora: number;
   /** Served base model name, the `model_name` label on every `vllm:` series (vLLM labels LoRA requests this way too). */
   modelName: string;
+  /** Read at every scrape into `gateway_engine_up`; absent: always up. */
+  engineAlive?: () => boolean;
   /** Registry to register into; a fresh one by default so several instances can live in one process. */
   registry?: Registry;
 }
@@ -65,6 +69,8 @@ export interface GatewayMetrics {
   setSchedulerState(stats: SchedulerStats): void;
   observeRequest(request: FinishedRequest): void;
   countRejectedRequest(request: RejectedRequest): void;
+  /** An HTTP error answer; `code` is the OpenAI error code the gateway chose (a fixed word, never request text). */
+  countErrorAnswer(error: { status: number; code: string | null }): void;
   recordAdapterCache(event: AdapterCacheEvent): void;
   /** Residency of a tier the engine does not report in its stats (the disk store). */
   setAdapterCacheResidency(tier: AdapterTier, residency: { bytes: number; entries: number }): void;
@@ -174,6 +180,27 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     labelNames: ['tenant', 'adapter', 'kind'],
     registers,
   });
+  const coldStarts = new Counter({
+    name: 'gateway_adapter_cold_starts_total',
+    help: 'Requests whose adapter was not in a runtime slot when they started, by the tier it was found in.',
+    labelNames: ['tenant', 'adapter', 'tier'],
+    registers,
+  });
+  const engineAlive = options.engineAlive ?? (() => true);
+  new Gauge({
+    name: 'gateway_engine_up',
+    help: '1 while the engine thread runs, 0 once it has died (the pod still answers scrapes until it is restarted).',
+    registers,
+    collect() {
+      this.set(engineAlive() ? 1 : 0);
+    },
+  });
+  const errorAnswers = new Counter({
+    name: 'gateway_errors_total',
+    help: 'HTTP error answers, by status and OpenAI error code.',
+    labelNames: ['status', 'code'],
+    registers,
+  });
   const cacheEvents: Record<AdapterCacheEvent['event'], Counter<'tier'>> = {
     hit: new Counter({
       name: 'gateway_adapter_cache_hits_total',
@@ -196,6 +223,12 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     eviction: new Counter({
       name: 'gateway_adapter_cache_evictions_total',
       help: 'Adapters evicted from this tier to make room.',
+      labelNames: ['tier'],
+      registers,
+    }),
+    failure: new Counter({
+      name: 'gateway_adapter_load_failures_total',
+      help: 'Loads from this tier that failed (unreadable or invalid adapter files).',
       labelNames: ['tier'],
       registers,
     }),
@@ -259,7 +292,7 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     kvCacheUsage: 0,
     runningAdapters: [],
     waitingAdapters: [],
-    slots: { capacity: maxLora, resident: 0, bytes: 0 },
+    slots: { capacity: maxLora, resident: 0, bytes: 0, adapters: [] },
     host: { entries: 0, bytes: 0 },
   });
 
@@ -279,10 +312,15 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
       if (request.ttftSeconds !== undefined) ttft.observe(model, request.ttftSeconds);
       for (const gap of request.interTokenSeconds) interToken.observe(model, gap);
       e2e.observe(model, request.e2eSeconds);
+      if (request.adapterTier !== undefined && request.adapterTier !== 'slot') coldStarts.inc({ ...owner, tier: request.adapterTier });
     },
 
     countRejectedRequest(request) {
       gatewayRequests.inc({ tenant: request.tenant, adapter: request.adapter, status: String(request.status) });
+    },
+
+    countErrorAnswer({ status, code }) {
+      errorAnswers.inc({ status: String(status), code: code ?? '' });
     },
 
     recordAdapterCache({ tier, event, seconds }) {

@@ -1,0 +1,99 @@
+/**
+ * `manifest.json`, written last into every servable version directory: which files make the version, with their
+ * sizes and checksums, and what the validator reported. README.md beside this file describes the format.
+ */
+import { lstat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ADAPTER_WEIGHTS_FILE } from '../adapters/lora.ts';
+import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
+import { isJsonObject } from '../storage/json-files.ts';
+import { StoreError } from './adapter-names.ts';
+import { ignoreMissing, parseJson, statFingerprint, type FileDigest } from './store-files.ts';
+
+export type { FileDigest } from './store-files.ts';
+
+export const ADAPTER_README_FILE = 'README.md';
+export const MANIFEST_FILE = 'manifest.json';
+export const MAX_MANIFEST_BYTES = 1 << 20;
+
+export const REQUIRED_FILES = [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE];
+export const ADAPTER_FILES = new Set([...REQUIRED_FILES, ADAPTER_README_FILE]);
+
+/** `manifest.json` in every servable version directory. */
+export interface Manifest<Summary = unknown> {
+  version: string;
+  /** ISO 8601; the newest one is an adapter's latest version. */
+  publishedAt: string;
+  files: Record<string, FileDigest>;
+  /** What the validator reported; optional for external publishers, which do not run it. */
+  summary?: Summary;
+}
+
+export function serializeManifest(manifest: Manifest): string {
+  return JSON.stringify(manifest, null, 2) + '\n';
+}
+
+export function parseManifest(text: string, version: string): Manifest {
+  const value = parseJson(text);
+  const fix = 'publish the version again, or delete the file to have the directory checked and adopted as it is';
+  if (!value) throw new StoreError('invalid_file', `${MANIFEST_FILE} is not a JSON object; ${fix}`);
+  if (value.version !== version) {
+    throw new StoreError(
+      'invalid_file',
+      `${MANIFEST_FILE} names version ${JSON.stringify(value.version)} but lies in directory "${version}"; ${fix}`,
+    );
+  }
+  const publishedAtMs = typeof value.publishedAt === 'string' ? Date.parse(value.publishedAt) : NaN;
+  if (!Number.isFinite(publishedAtMs)) {
+    throw new StoreError('invalid_file', `${MANIFEST_FILE} needs "publishedAt" as an ISO 8601 time; ${fix}`);
+  }
+  const files = value.files;
+  if (!isJsonObject(files)) {
+    throw new StoreError('invalid_file', `${MANIFEST_FILE} needs "files": {name: {size, sha256}}; ${fix}`);
+  }
+  const digests: Record<string, FileDigest> = {};
+  for (const [name, digest] of Object.entries(files as Record<string, unknown>)) {
+    if (!ADAPTER_FILES.has(name)) {
+      const what = `${MANIFEST_FILE} lists ${JSON.stringify(name)}, which is not an adapter file`;
+      throw new StoreError('invalid_file', `${what}; ${fix}`);
+    }
+    const { size, sha256 } = (digest ?? {}) as Partial<FileDigest>;
+    if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || !/^[0-9a-f]{64}$/.test(sha256 ?? '')) {
+      throw new StoreError('invalid_file', `${MANIFEST_FILE} needs {size, sha256 (64 hex digits)} for ${name}; ${fix}`);
+    }
+    digests[name] = { size, sha256: sha256 as string };
+  }
+  for (const name of REQUIRED_FILES) {
+    if (!digests[name]) throw new StoreError('invalid_file', `${MANIFEST_FILE} does not list ${name}; ${fix}`);
+  }
+  return { version, publishedAt: new Date(publishedAtMs).toISOString(), files: digests, summary: value.summary };
+}
+
+export function sameFiles(a: Record<string, FileDigest>, b: Record<string, FileDigest>): boolean {
+  const names = Object.keys(a);
+  return (
+    names.length === Object.keys(b).length &&
+    names.every((name) => b[name]?.sha256 === a[name].sha256 && b[name].size === a[name].size)
+  );
+}
+
+/** Stat identity of one version directory's files, split so a manifest the store writes itself can be told apart. */
+export interface VersionFingerprint {
+  adapterFiles: string;
+  manifest: string;
+}
+
+export async function fingerprintVersion(dir: string): Promise<VersionFingerprint | null> {
+  const info = await lstat(dir).catch(ignoreMissing);
+  if (!info?.isDirectory()) return null;
+  const adapterFiles: string[] = [];
+  for (const name of ADAPTER_FILES) {
+    adapterFiles.push(`${name}=${statFingerprint(await lstat(join(dir, name)).catch(ignoreMissing))}`);
+  }
+  const manifest = statFingerprint(await lstat(join(dir, MANIFEST_FILE)).catch(ignoreMissing));
+  return { adapterFiles: adapterFiles.join(','), manifest };
+}
+
+export function joinFingerprint(fingerprint: VersionFingerprint): string {
+  return `${fingerprint.adapterFiles};${MANIFEST_FILE}=${fingerprint.manifest}`;
+}

@@ -1,0 +1,137 @@
+/**
+ * Brings the catalog in line with the disk: lists tenants, adapters and versions, verifies versions whose files
+ * changed since they were last seen, forgets what disappeared, and sweeps what crashed publishers and deletes left
+ * behind in `.staging/` and `.trash/`.
+ */
+import type { EventEmitter } from 'node:events';
+import type { Dirent } from 'node:fs';
+import { readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { isValidName, isValidVersion } from './adapter-names.ts';
+import {
+  adapterKey,
+  invalidVersion,
+  type AdapterCatalog,
+  type AdapterState,
+  type AdapterStoreEvents,
+  type VersionState,
+} from './adapter-catalog.ts';
+import { fingerprintVersion, joinFingerprint } from './manifest.ts';
+import { asError, errorMessage, newestMtime, readdirIfPresent } from './store-files.ts';
+import type { StoreLayout } from './store-layout.ts';
+import type { VersionVerifier } from './version-verifier.ts';
+import { readVisibility } from './visibility.ts';
+
+export interface StoreScannerOptions<Summary> {
+  layout: StoreLayout;
+  catalog: AdapterCatalog<Summary>;
+  verifier: VersionVerifier<Summary>;
+  events: EventEmitter<AdapterStoreEvents<Summary>>;
+  /** Staging directories of publishes in progress in this process, which the sweep must not delete. */
+  activeStaging: ReadonlySet<string>;
+  /** Entries of `.staging/` untouched for this long are leftovers of a crashed publisher. */
+  stagingMaxAgeMs: number;
+}
+
+export class StoreScanner<Summary> {
+  constructor(private readonly options: StoreScannerOptions<Summary>) {}
+
+  async scan(): Promise<void> {
+    const { layout, catalog, events } = this.options;
+    await layout.prepare();
+    await this.sweep().catch((err) => events.emit('scanFailed', asError(err)));
+    const seen = new Set<string>();
+    // An unreadable directory must not look like a deleted one: versions are only forgotten after a full listing.
+    let complete = true;
+    for (const tenantEntry of await readdir(layout.root, { withFileTypes: true })) {
+      if (!tenantEntry.isDirectory() || !isValidName(tenantEntry.name)) continue;
+      const tenant = tenantEntry.name;
+      let adapterEntries: Dirent[];
+      try {
+        adapterEntries = await readdirIfPresent(layout.pathInside(tenant));
+      } catch (err) {
+        complete = false;
+        events.emit('scanFailed', asError(err));
+        continue;
+      }
+      for (const adapterEntry of adapterEntries) {
+        if (!adapterEntry.isDirectory() || !isValidName(adapterEntry.name)) continue;
+        const adapter = adapterEntry.name;
+        seen.add(adapterKey(tenant, adapter));
+        try {
+          await this.scanAdapter(tenant, adapter);
+        } catch (err) {
+          events.emit('scanFailed', asError(err));
+        }
+      }
+    }
+    if (complete) catalog.forgetAllBut(seen);
+  }
+
+  private async scanAdapter(tenant: string, adapter: string): Promise<void> {
+    const { layout, catalog } = this.options;
+    const adapterDir = layout.pathInside(tenant, adapter);
+    const state = catalog.adapterState(tenant, adapter);
+    await readVisibility(state, adapterDir);
+    const present = new Set<string>();
+    for (const entry of await readdirIfPresent(adapterDir)) {
+      const version = entry.name;
+      if (!isValidVersion(version)) continue;
+      const path = layout.pathInside(tenant, adapter, version);
+      if (entry.isSymbolicLink()) {
+        present.add(version);
+        const error =
+          `${path} is a symbolic link; the store serves only real directories inside ADAPTERS_DIR. ` +
+          'Move the version directory itself into place instead.';
+        catalog.apply(state, version, invalidVersion(state, version, path, 'symbolic-link', error));
+      } else if (entry.isDirectory() && (await this.examineVersion(state, version, path))) {
+        present.add(version);
+      }
+    }
+    for (const version of [...state.versions.keys()]) if (!present.has(version)) catalog.forget(state, version);
+  }
+
+  /** Verifies a version directory whose files changed since it was last seen. False if it vanished meanwhile. */
+  private async examineVersion(state: AdapterState<Summary>, version: string, path: string): Promise<boolean> {
+    const { catalog, verifier } = this.options;
+    const before = await fingerprintVersion(path);
+    if (!before) return false;
+    if (state.versions.get(version)?.fingerprint === joinFingerprint(before)) return true;
+    let next: VersionState<Summary>;
+    try {
+      next = await verifier.verify(state, version, path);
+    } catch (err) {
+      // Recorded against what was there before, so anything that changed meanwhile is checked again next scan.
+      catalog.apply(state, version, invalidVersion(state, version, path, joinFingerprint(before), errorMessage(err)));
+      return true;
+    }
+    const after = await fingerprintVersion(path);
+    if (!after) return false;
+    // A manifest may have appeared (written by adoption), but the files served must be exactly those verified.
+    const changed =
+      after.adapterFiles !== before.adapterFiles || (before.manifest !== '-' && after.manifest !== before.manifest);
+    if (changed) {
+      const error = 'files changed while being verified; they will be checked again once they stop changing';
+      next = invalidVersion(state, version, path, joinFingerprint(before), error);
+    } else {
+      next.fingerprint = joinFingerprint(after);
+    }
+    catalog.apply(state, version, next);
+    return true;
+  }
+
+  /** Deletes staging leftovers of crashed publishers and whatever a crash left in the trash. */
+  private async sweep(): Promise<void> {
+    const { layout, activeStaging, stagingMaxAgeMs } = this.options;
+    const now = Date.now();
+    for (const entry of await readdirIfPresent(layout.stagingDir)) {
+      const path = join(layout.stagingDir, entry.name);
+      if (activeStaging.has(path)) continue;
+      const touched = await newestMtime(path);
+      if (touched !== null && now - touched >= stagingMaxAgeMs) await rm(path, { recursive: true, force: true });
+    }
+    for (const entry of await readdirIfPresent(layout.trashDir)) {
+      await rm(join(layout.trashDir, entry.name), { recursive: true, force: true });
+    }
+  }
+}

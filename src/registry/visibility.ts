@@ -1,0 +1,25 @@
+/**
+ * `visibility.json` beside an adapter's versions: whether tenants other than the owner may use it.
+ */
+import { lstat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomically } from '../storage/durable-files.ts';
+import { VISIBILITY_FILE } from './adapter-names.ts';
+import type { AdapterState } from './adapter-catalog.ts';
+import { MAX_MANIFEST_BYTES } from './manifest.ts';
+import { ignoreMissing, parseJson, readSmallFile, statFingerprint } from './store-files.ts';
+
+/** Reads the file into the adapter's state, unless it is unchanged since last read. */
+export async function readVisibility(state: AdapterState<unknown>, adapterDir: string): Promise<void> {
+  const path = join(adapterDir, VISIBILITY_FILE);
+  const fingerprint = statFingerprint(await lstat(path).catch(ignoreMissing));
+  if (fingerprint === state.visibilityFingerprint) return;
+  const text = await readSmallFile(path, MAX_MANIFEST_BYTES).catch(() => null);
+  // Anything but a well-formed `{"public": true}` keeps the adapter private: the safe reading of a damaged file.
+  state.isPublic = text !== null && parseJson(text)?.public === true;
+  state.visibilityFingerprint = fingerprint;
+}
+
+export async function writeVisibility(adapterDir: string, isPublic: boolean, stagingDir: string): Promise<void> {
+  await writeFileAtomically(join(adapterDir, VISIBILITY_FILE), JSON.stringify({ public: isPublic }) + '\n', stagingDir);
+}

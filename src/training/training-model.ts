@@ -1,0 +1,257 @@
+/**
+ * Runs the training graphs over a packed batch: the embedding lookup in JavaScript, each layer's forward pass
+ * (keeping only its input), the head's loss and gradient in row chunks (so the [rows, vocab] logits stay small),
+ * and each layer's recomputed forward plus backward pass in reverse order, adding LoRA gradients into one flat
+ * buffer laid out like the parameters.
+ */
+import type { BaseModel } from '../model/types.ts';
+import { RopeTables } from '../runtime/rope.ts';
+import { createRng } from '../engine/random.ts';
+import { LoraParameterLayout } from './lora-parameters.ts';
+import { createTrainingSession, float32Tensor, int64Tensor, type ort } from './ort-session.ts';
+import {
+  buildHeadGraph,
+  buildLayerGraph,
+  HEAD_GRAPH,
+  LAYER_GRAPH,
+  LORA_INPUT_OF,
+  type LoraActivation,
+  NORM_ROLES,
+  projectionWeightRole,
+} from './training-graph.ts';
+import type { LoraTargetModule } from '../model/types.ts';
+
+/** Sequences right-padded to one length; padding is never attended to by real tokens (causal) nor a target. */
+export interface PackedBatch {
+  rows: number;
+  tokens: number;
+  /** [rows·tokens] input ids. */
+  inputIds: Int32Array;
+  /** [rows·tokens] the next token at each position (0 where there is none). */
+  labels: BigInt64Array;
+  /** [rows·tokens] each position's weight in the loss (0 for positions whose next token is not a target). */
+  tokenWeights: Float32Array;
+}
+
+export interface TrainingModelSettings {
+  rank: number;
+  alpha: number;
+  targetModules: LoraTargetModule[];
+  dropout: number;
+  threads: number;
+  /** Rows of hidden states per head run: bounds the logits buffer to headRows × vocab floats. */
+  headRows?: number;
+}
+
+/** Seeds of one micro-batch's dropout masks, per layer and activation, so the recomputation draws the same masks. */
+export type DropoutSeeds = number[][];
+
+const ACTIVATIONS: LoraActivation[] = ['attention_input', 'attention_output', 'ffn_input', 'ffn_hidden'];
+const DEFAULT_HEAD_ROWS = 256;
+
+type Feeds = Record<string, ort.Tensor>;
+
+export class TrainingModel {
+  private readonly rope: RopeTables;
+  private readonly ropeCache = new Map<number, Feeds>();
+  private readonly layerWeights: Feeds[];
+  private readonly headWeights: Feeds;
+  private readonly activationWidths: Record<LoraActivation, number>;
+  private readonly activations: LoraActivation[];
+
+  private constructor(
+    readonly model: BaseModel,
+    readonly layout: LoraParameterLayout,
+    private readonly settings: TrainingModelSettings,
+    private readonly sessions: { forward: ort.InferenceSession; forwardEval: ort.InferenceSession; backward: ort.InferenceSession; head: ort.InferenceSession; headLoss: ort.InferenceSession; headLogits?: ort.InferenceSession },
+  ) {
+    const c = model.config;
+    this.rope = new RopeTables(c);
+    const weight = (name: string) => {
+      const tensor = model.weights.get(name);
+      if (!tensor) throw new Error(`weight ${name} missing from the loaded model`);
+      return float32Tensor(tensor.data, tensor.shape);
+    };
+    const roles = [...NORM_ROLES, ...(['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const).map(projectionWeightRole)];
+    this.layerWeights = Array.from({ length: c.numLayers }, (_, l) =>
+      Object.fromEntries(roles.map((role) => [LAYER_GRAPH.weight(role), weight(`model.layers.${l}.${role}`)])),
+    );
+    this.headWeights = {
+      [HEAD_GRAPH.normWeight]: weight('model.norm.weight'),
+      [HEAD_GRAPH.lmHead]: weight(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'),
+    };
+    this.activationWidths = { attention_input: c.hiddenSize, attention_output: c.numHeads * c.headDim, ffn_input: c.hiddenSize, ffn_hidden: c.intermediateSize };
+    this.activations = ACTIVATIONS.filter((activation) => settings.targetModules.some((m) => LORA_INPUT_OF[m] === activation));
+  }
+
+  static async create(model: BaseModel, settings: TrainingModelSettings): Promise<TrainingModel> {
+    const c = model.config;
+    const lora = { rank: settings.rank, alpha: settings.alpha, targetModules: settings.targetModules };
+    const session = (graph: ReturnType<typeof buildHeadGraph>) => createTrainingSession(graph, settings.threads);
+    const dropout = settings.dropout > 0;
+    const sessions = {
+      forward: await session(buildLayerGraph(c, { ...lora, dropout }, false)),
+      forwardEval: dropout ? await session(buildLayerGraph(c, { ...lora, dropout: false }, false)) : undefined,
+      backward: await session(buildLayerGraph(c, { ...lora, dropout }, true)),
+      head: await session(buildHeadGraph(c, 'backward')),
+      headLoss: await session(buildHeadGraph(c, 'loss')),
+    };
+    const layout = new LoraParameterLayout(c, settings.rank, settings.targetModules);
+    return new TrainingModel(model, layout, settings, { ...sessions, forwardEval: sessions.forwardEval ?? sessions.forward });
+  }
+
+  async close(): Promise<void> {
+    const sessions = new Set(Object.values(this.sessions));
+    for (const session of sessions) await session?.release();
+  }
+
+  /**
+   * Loss of the batch (Σ weight · NLL) and its gradient, added into `gradients` (laid out like `parameters`).
+   * `dropoutSeeds` of null trains without dropout.
+   */
+  async lossAndGradients(batch: PackedBatch, parameters: Float32Array, gradients: Float32Array, dropoutSeeds: DropoutSeeds | null): Promise<number> {
+    const c = this.model.config;
+    const dims = [batch.rows, batch.tokens, c.hiddenSize];
+    const inputs: Float32Array[] = [this.embed(batch)];
+    for (let l = 0; l < c.numLayers; l++) {
+      const feeds = this.layerFeeds(l, batch, parameters, inputs[l], dropoutSeeds?.[l] ?? 'ones');
+      inputs.push((await this.sessions.forward.run(feeds))[LAYER_GRAPH.hiddenOut].data as Float32Array);
+    }
+    const last = inputs.pop()!;
+    const { loss, hiddenGrad } = await this.head(batch, last, true);
+    let upstream = hiddenGrad!;
+    for (let l = c.numLayers - 1; l >= 0; l--) {
+      const feeds = this.layerFeeds(l, batch, parameters, inputs[l], dropoutSeeds?.[l] ?? 'ones');
+      feeds[LAYER_GRAPH.hiddenOutGrad] = float32Tensor(upstream, dims);
+      const out = await this.sessions.backward.run(feeds);
+      inputs.pop();
+      upstream = out[LAYER_GRAPH.hiddenGrad].data as Float32Array;
+      for (const slot of this.layout.slotsOfLayer(l)) {
+        const name = slot.matrix === 'A' ? LAYER_GRAPH.gradA(slot.module) : LAYER_GRAPH.gradB(slot.module);
+        const gradient = out[name].data as Float32Array;
+        const target = this.layout.view(gradients, slot);
+        for (let i = 0; i < target.length; i++) target[i] += gradient[i];
+      }
+    }
+    return loss;
+  }
+
+  /** Loss of the batch without dropout or gradients (validation). */
+  async loss(batch: PackedBatch, parameters: Float32Array): Promise<number> {
+    return (await this.head(batch, await this.lastHidden(batch, parameters), false)).loss;
+  }
+
+  /** Logits of every position, `[rows·tokens, vocab]`, for checking the training forward against serving. */
+  async logits(batch: PackedBatch, parameters: Float32Array): Promise<Float32Array> {
+    const c = this.model.config;
+    this.sessions.headLogits ??= await createTrainingSession(buildHeadGraph(c, 'logits'), this.settings.threads);
+    const hidden = await this.lastHidden(batch, parameters);
+    const rows = batch.rows * batch.tokens;
+    const out = await this.sessions.headLogits.run({ ...this.headWeights, [HEAD_GRAPH.hidden]: float32Tensor(hidden, [rows, c.hiddenSize]) });
+    return out[HEAD_GRAPH.logits].data as Float32Array;
+  }
+
+  /** Per layer, one seed per dropout mask, drawn from `seed`. */
+  dropoutSeeds(seed: number): DropoutSeeds {
+    const rng = createRng(seed);
+    return Array.from({ length: this.model.config.numLayers }, () => this.activations.map(() => Math.floor(rng() * 2 ** 32)));
+  }
+
+  private async lastHidden(batch: PackedBatch, parameters: Float32Array): Promise<Float32Array> {
+    let hidden = this.embed(batch);
+    for (let l = 0; l < this.model.config.numLayers; l++) {
+      const feeds = this.layerFeeds(l, batch, parameters, hidden, 'none');
+      hidden = (await this.sessions.forwardEval.run(feeds))[LAYER_GRAPH.hiddenOut].data as Float32Array;
+    }
+    return hidden;
+  }
+
+  private async head(batch: PackedBatch, hidden: Float32Array, backward: boolean): Promise<{ loss: number; hiddenGrad?: Float32Array }> {
+    const h = this.model.config.hiddenSize;
+    const totalRows = batch.rows * batch.tokens;
+    const chunk = this.settings.headRows ?? DEFAULT_HEAD_ROWS;
+    const hiddenGrad = backward ? new Float32Array(hidden.length) : undefined;
+    let loss = 0;
+    for (let start = 0; start < totalRows; start += chunk) {
+      const end = Math.min(totalRows, start + chunk);
+      const weights = batch.tokenWeights.subarray(start, end);
+      if (!weights.some((w) => w !== 0)) continue; // no target in these rows: no loss, no gradient
+      const rows = end - start;
+      const out = await (backward ? this.sessions.head : this.sessions.headLoss).run({
+        ...this.headWeights,
+        [HEAD_GRAPH.hidden]: float32Tensor(hidden.subarray(start * h, end * h), [rows, h]),
+        [HEAD_GRAPH.labels]: int64Tensor(batch.labels.subarray(start, end), [rows, 1]),
+        [HEAD_GRAPH.tokenWeights]: float32Tensor(weights, [rows, 1]),
+      });
+      loss += (out[HEAD_GRAPH.loss].data as Float32Array)[0];
+      hiddenGrad?.set(out[HEAD_GRAPH.hiddenGrad].data as Float32Array, start * h);
+    }
+    return { loss, hiddenGrad };
+  }
+
+  private embed(batch: PackedBatch): Float32Array {
+    const h = this.model.config.hiddenSize;
+    const table = this.model.weights.get('model.embed_tokens.weight')!.data;
+    const out = new Float32Array(batch.rows * batch.tokens * h);
+    batch.inputIds.forEach((id, i) => out.set(table.subarray(id * h, (id + 1) * h), i * h));
+    return out;
+  }
+
+  /** `masks`: the layer's dropout seeds, masks of ones (dropout off in a dropout graph), or none (evaluation graph). */
+  private layerFeeds(layer: number, batch: PackedBatch, parameters: Float32Array, hidden: Float32Array, masks: number[] | 'ones' | 'none'): Feeds {
+    const c = this.model.config;
+    const feeds: Feeds = { ...this.layerWeights[layer], ...this.positionFeeds(batch.tokens) };
+    feeds[LAYER_GRAPH.hidden] = float32Tensor(hidden, [batch.rows, batch.tokens, c.hiddenSize]);
+    for (const slot of this.layout.slotsOfLayer(layer)) {
+      const name = slot.matrix === 'A' ? LAYER_GRAPH.loraA(slot.module) : LAYER_GRAPH.loraB(slot.module);
+      feeds[name] = float32Tensor(this.layout.view(parameters, slot), slot.shape);
+    }
+    if (this.settings.dropout > 0 && masks !== 'none') {
+      this.activations.forEach((activation, i) => {
+        const width = this.activationWidths[activation];
+        const mask = new Float32Array(batch.rows * batch.tokens * width);
+        if (masks === 'ones') mask.fill(1);
+        else fillDropoutMask(mask, this.settings.dropout, masks[i]);
+        feeds[LAYER_GRAPH.dropoutMask(activation)] = float32Tensor(mask, [batch.rows, batch.tokens, width]);
+      });
+    }
+    return feeds;
+  }
+
+  /** RoPE tables and the causal mask for sequences of `tokens` positions (the same for every row and layer). */
+  private positionFeeds(tokens: number): Feeds {
+    const cached = this.ropeCache.get(tokens);
+    if (cached) return cached;
+    const c = this.model.config;
+    const fusedHeads = c.numHeads + 2 * c.numKvHeads;
+    const cos = new Float32Array(tokens * this.rope.tokenStride);
+    const sin = new Float32Array(tokens * this.rope.tokenStride);
+    for (let t = 0; t < tokens; t++) this.rope.fill(cos, sin, t, t);
+    // Grouped queries are [group·T] rows: row g·T + i is query position i.
+    const group = c.numHeads / c.numKvHeads;
+    const mask = new Float32Array(group * tokens * tokens);
+    for (let row = 0; row < group * tokens; row++) mask.fill(Number.NEGATIVE_INFINITY, row * tokens + (row % tokens) + 1, (row + 1) * tokens);
+    const feeds = {
+      [LAYER_GRAPH.ropeCos]: float32Tensor(cos, [1, tokens, fusedHeads, c.headDim]),
+      [LAYER_GRAPH.ropeSin]: float32Tensor(sin, [1, tokens, fusedHeads, c.headDim]),
+      [LAYER_GRAPH.causalMask]: float32Tensor(mask, [1, 1, group * tokens, tokens]),
+    };
+    this.ropeCache.set(tokens, feeds);
+    return feeds;
+  }
+}
+
+/**
+ * Inverted dropout: each element is 0 with probability p, else 1/(1−p). 16 random bits per element (two per
+ * draw) resolve p to 1/65536.
+ */
+export function fillDropoutMask(mask: Float32Array, p: number, seed: number): void {
+  const rng = createRng(seed);
+  const threshold = Math.round(p * 65536);
+  const keep = 1 / (1 - p);
+  for (let i = 0; i < mask.length; i += 2) {
+    const bits = Math.floor(rng() * 4294967296);
+    mask[i] = (bits & 0xffff) < threshold ? 0 : keep;
+    if (i + 1 < mask.length) mask[i + 1] = bits >>> 16 < threshold ? 0 : keep;
+  }
+}
