@@ -135,7 +135,7 @@ test('an uploaded adapter is published as version 1 and serves at once, differen
   for (const [name, data] of files) {
     assert.deepEqual(record.files[name], { size: data.byteLength, sha256: createHash('sha256').update(data).digest('hex') });
   }
-  assert.deepEqual(record.summary, { peftType: 'LORA', rank: 4, targetModules: ['q_proj', 'v_proj', 'down_proj'], bytes: record.summary.bytes });
+  assert.deepEqual(record.summary, { family: 'lora', rank: 4, targetModules: ['q_proj', 'v_proj', 'down_proj'], virtualTokens: 0, bytes: record.summary.bytes });
   assert.equal(record.public, false);
 
   const adapted = await complete(`${BASE_MODEL}+acme/story`);

@@ -6,13 +6,10 @@ import { join } from 'node:path';
 import { loadBaseModel } from '../src/model/load.ts';
 import { weightsChecksum } from '../src/model/checksum.ts';
 import { ModelRunner, type RunnerOptions } from '../src/runtime/model-runner.ts';
-import type { LoraAdapter } from '../src/adapters/lora.ts';
-import { loadAdapter } from '../src/adapters/adapter.ts';
+import { loadLoraAdapter, type LoraAdapter } from '../src/adapters/lora.ts';
 import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
-import type { BaseModel, LlamaConfig, LoraTargetModule, WeightMap } from '../src/model/types.ts';
+import type { BaseModel, LoraTargetModule, WeightMap } from '../src/model/types.ts';
 import { REFERENCE, STORIES_GGUF, STORIES_HF_DIR } from './support/models.ts';
-
-const loadLoraAdapter = async (dir: string, base: LlamaConfig) => (await loadAdapter(dir, base)) as LoraAdapter;
 
 // Slots of rank 16 hold the rank-4 and rank-8 adapters below: rows are laid out for the highest rank among them.
 const OPTIONS: RunnerOptions = { maxBatch: 8, adapterSlots: 3, maxLoraRank: 16 };

@@ -4,7 +4,7 @@
  * failure an AdapterError naming the file and tensor.
  */
 import { readdir, readFile } from 'node:fs/promises';
-import { extname } from 'node:path';
+import { extname, join } from 'node:path';
 import { entryToFloat32, parseSafetensors, SafetensorsError, type SafetensorsEntry, type SafetensorsFile } from '../formats/safetensors.ts';
 import { AdapterError, type AdapterErrorCode } from './adapter-error.ts';
 
@@ -31,6 +31,27 @@ export async function listAdapterFiles(dir: string, weightsFile: string): Promis
     );
   }
   return files;
+}
+
+export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
+
+/**
+ * Reads an adapter directory: `adapter_config.json`, then the weights file the config calls for
+ * (`weightsFor` names it and what kind of adapter needs it, or throws for a config of no known format).
+ */
+export async function readAdapterDirectory(
+  dir: string,
+  weightsFor: (json: unknown) => { file: string; kind: string },
+  anyWeightsFile: string,
+): Promise<{ json: unknown; weights: SafetensorsFile }> {
+  const files = await listAdapterFiles(dir, anyWeightsFile);
+  if (!files.includes(ADAPTER_CONFIG_FILE)) {
+    throw new AdapterError('missing_file', `${ADAPTER_CONFIG_FILE} is missing; an adapter needs ${ADAPTER_CONFIG_FILE} and its weights (${anyWeightsFile})`);
+  }
+  const json = await readJsonFile(join(dir, ADAPTER_CONFIG_FILE), ADAPTER_CONFIG_FILE);
+  const { file, kind } = weightsFor(json);
+  if (!files.includes(file)) throw new AdapterError('missing_file', `${file} is missing; ${kind} needs ${ADAPTER_CONFIG_FILE} and ${file}`);
+  return { json, weights: await readSafetensorsFile(join(dir, file), file) };
 }
 
 export async function readJsonFile(path: string, fileName: string): Promise<unknown> {

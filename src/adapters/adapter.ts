@@ -4,10 +4,9 @@
  * tuning; weights in adapter_model.safetensors), an AdapterHub config holds `config` and `version` (bottleneck
  * adapters; weights in adapter.safetensors).
  */
-import { join } from 'node:path';
 import type { LlamaConfig } from '../model/types.ts';
 import { isJsonObject } from '../storage/json-files.ts';
-import { listAdapterFiles, readJsonFile, readSafetensorsFile } from './adapter-files.ts';
+import { readAdapterDirectory } from './adapter-files.ts';
 import { AdapterError } from './adapter-error.ts';
 import { BOTTLENECK_WEIGHTS_FILE, parseBottleneckAdapter, type BottleneckAdapter } from './bottleneck.ts';
 import { parseIa3Adapter, type Ia3Adapter } from './ia3.ts';
@@ -23,15 +22,39 @@ export const ADAPTER_WEIGHTS_FILES = [ADAPTER_WEIGHTS_FILE, BOTTLENECK_WEIGHTS_F
 
 const PEFT_TYPES = ['LORA', 'IA3', 'PROMPT_TUNING', 'P_TUNING', 'PREFIX_TUNING'] as const;
 
+/** What the adapter store records about each adapter version (its manifest's summary). */
+export interface AdapterSummary {
+  family: AdapterFamily;
+  /** LoRA or DoRA rank, bottleneck width; 0 for families without either. */
+  rank: number;
+  /** The projections adapted (LoRA, DoRA, IA3); empty for the other families. */
+  targetModules: string[];
+  /** Positions taken before the prompt (prompt and prefix tuning). */
+  virtualTokens: number;
+  bytes: number;
+}
+
+export function summarizeAdapter(adapter: Adapter): AdapterSummary {
+  return {
+    family: adapter.family,
+    rank: adapter.rank,
+    targetModules: 'targetModules' in adapter ? adapter.targetModules : [],
+    virtualTokens: virtualTokensOf(adapter),
+    bytes: adapter.byteSize,
+  };
+}
+
 /** Positions an adapter's virtual tokens take before the prompt (prompt and prefix tuning), else 0. */
 export function virtualTokensOf(adapter: Adapter): number {
   return 'virtualTokens' in adapter ? adapter.virtualTokens : 0;
 }
 
 /** Which format a config belongs to, and so which weights file it needs. */
-function formatOf(json: unknown): 'peft' | 'adapterhub' {
-  if (isJsonObject(json) && 'peft_type' in json) return 'peft';
-  if (isJsonObject(json) && 'config' in json && 'version' in json) return 'adapterhub';
+function formatOf(json: unknown): { format: 'peft' | 'adapterhub'; file: string; kind: string } {
+  if (isJsonObject(json) && 'peft_type' in json) return { format: 'peft', file: ADAPTER_WEIGHTS_FILE, kind: 'a PEFT adapter' };
+  if (isJsonObject(json) && 'config' in json && 'version' in json) {
+    return { format: 'adapterhub', file: BOTTLENECK_WEIGHTS_FILE, kind: 'an AdapterHub adapter' };
+  }
   throw new AdapterError(
     'invalid_config',
     `${ADAPTER_CONFIG_FILE}: neither a Hugging Face PEFT config (with "peft_type") nor an AdapterHub adapters config (with "config" and "version")`,
@@ -40,23 +63,9 @@ function formatOf(json: unknown): 'peft' | 'adapterhub' {
 
 /** Loads an adapter directory of either format and validates it against `base`. */
 export async function loadAdapter(dir: string, base: LlamaConfig): Promise<Adapter> {
-  const files = await listAdapterFiles(dir, ADAPTER_WEIGHTS_FILE);
-  if (!files.includes(ADAPTER_CONFIG_FILE)) {
-    throw new AdapterError(
-      'missing_file',
-      `${ADAPTER_CONFIG_FILE} is missing; an adapter needs ${ADAPTER_CONFIG_FILE} and its weights (${ADAPTER_WEIGHTS_FILES.join(' or ')})`,
-    );
-  }
-  const json = await readJsonFile(join(dir, ADAPTER_CONFIG_FILE), ADAPTER_CONFIG_FILE);
-  const format = formatOf(json);
-  const weightsFile = format === 'peft' ? ADAPTER_WEIGHTS_FILE : BOTTLENECK_WEIGHTS_FILE;
-  if (!files.includes(weightsFile)) {
-    const kind = format === 'peft' ? 'a PEFT adapter' : 'an AdapterHub adapter';
-    throw new AdapterError('missing_file', `${weightsFile} is missing; ${kind} needs ${ADAPTER_CONFIG_FILE} and ${weightsFile}`);
-  }
-  const weights = await readSafetensorsFile(join(dir, weightsFile), weightsFile);
+  const { json, weights } = await readAdapterDirectory(dir, formatOf, ADAPTER_WEIGHTS_FILES.join(' or '));
   const config = json as Record<string, unknown>;
-  if (format === 'adapterhub') return parseBottleneckAdapter(config, weights, base);
+  if (formatOf(json).format === 'adapterhub') return parseBottleneckAdapter(config, weights, base);
   const peftType = config.peft_type;
   switch (peftType) {
     case 'LORA':

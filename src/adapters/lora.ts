@@ -12,7 +12,7 @@
  */
 import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '../model/types.ts';
 import type { SafetensorsEntry, SafetensorsFile } from '../formats/safetensors.ts';
-import { readFloatTensor, tensorError as weightsError } from './adapter-files.ts';
+import { readAdapterDirectory, readFloatTensor, tensorError as weightsError } from './adapter-files.ts';
 import {
   ADAPTER_CONFIG_FILE,
   isLoraTargetModule,
@@ -193,4 +193,11 @@ export function parseLoraAdapter(configJson: unknown, weights: SafetensorsFile, 
     byteSize: modules.reduce((total, { A, B, magnitude }) => total + A.byteLength + B.byteLength + (magnitude?.byteLength ?? 0), 0),
     config,
   };
+}
+
+/** Loads a PEFT LoRA (or DoRA) directory and validates it against `base`; other families are refused. */
+export async function loadLoraAdapter(dir: string, base: LlamaConfig): Promise<LoraAdapter> {
+  const weightsFor = () => ({ file: ADAPTER_WEIGHTS_FILE, kind: 'a PEFT LoRA adapter' });
+  const { json, weights } = await readAdapterDirectory(dir, weightsFor, ADAPTER_WEIGHTS_FILE);
+  return parseLoraAdapter(json, weights, base);
 }

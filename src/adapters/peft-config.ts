@@ -10,7 +10,8 @@ import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '..
 import { AdapterError } from './adapter-error.ts';
 import { isJsonObject, type JsonObject } from '../storage/json-files.ts';
 
-export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
+export { ADAPTER_CONFIG_FILE } from './adapter-files.ts';
+import { ADAPTER_CONFIG_FILE } from './adapter-files.ts';
 
 /** PEFT's two spellings of a module set: names (exact or as a dotted suffix), or one regex over full names. */
 export type ModuleSelector = { kind: 'names'; names: string[] } | { kind: 'regex'; pattern: string };

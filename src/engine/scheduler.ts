@@ -8,7 +8,7 @@
  */
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { AdapterError } from '../adapters/adapter-error.ts';
-import type { LoraAdapter } from '../adapters/lora.ts';
+import type { Adapter } from '../adapters/adapter.ts';
 import type { ModelRunner } from '../runtime/model-runner.ts';
 import { HostAdapterCache } from './host-adapter-cache.ts';
 import type {
@@ -57,7 +57,14 @@ interface Sequence {
   cancelled: boolean;
   finish?: FinishReason;
   /** Parsed adapter waiting for a free slot. */
-  adapter?: LoraAdapter;
+  adapter?: Adapter;
+  /**
+   * What the prefill feeds: the prompt, after a soft prompt's virtual tokens (placeholders the runner replaces
+   * with their embeddings), starting at cache position `offset` (a prefix's length: its keys and values are
+   * written into the cache when the sequence joins). Set when the sequence gets its slot.
+   */
+  feed: number[];
+  offset: number;
   adapterLoading?: boolean;
   adapterLoad?: AdapterLoadEvent;
 }
@@ -84,7 +91,12 @@ export class Scheduler {
   ) {
     this.vocabSize = runner.config.vocabSize;
     this.lanes = runner.lanes.map(() => []);
-    this.hostCache = new HostAdapterCache(runner.config, options.hostCacheBytes, (event) => this.report.adapterCache.push(event));
+    this.hostCache = new HostAdapterCache(
+      runner.config,
+      options.hostCacheBytes,
+      (event) => this.report.adapterCache.push(event),
+      (adapter) => runner.prepareAdapter(adapter),
+    );
   }
 
   submit(request: SequenceRequest): void {
@@ -114,6 +126,8 @@ export class Scheduler {
       generated: 0,
       slot: NO_SLOT,
       cancelled: false,
+      feed: request.promptIds,
+      offset: 0,
     });
     this.kick();
   }
@@ -249,6 +263,7 @@ export class Scheduler {
       if (slot === null) continue;
       this.waiting.splice(this.waiting.indexOf(sequence), 1);
       sequence.slot = slot;
+      if (!this.placeVirtualTokens(sequence)) continue;
       group.push(sequence);
       longest = Math.max(longest, sequence.request.promptIds.length);
       // The counts per tenant changed, so every waiting sequence is a candidate again.
@@ -259,11 +274,12 @@ export class Scheduler {
       for (let lane = 0; lane < this.lanes.length; lane++) {
         // Longest prompt first: the rows still prefilling in each chunk are then a prefix of the lane's group.
         const laneGroup = group
-          .filter((s) => this.runner.laneFor(s.request.promptIds.length + 1) === lane)
-          .sort((a, b) => b.request.promptIds.length - a.request.promptIds.length);
+          .filter((s) => this.runner.laneFor(s.offset + s.feed.length + 1) === lane)
+          .sort((a, b) => b.feed.length - a.feed.length);
         if (laneGroup.length === 0) continue;
         const firstRow = this.lanes[lane].length;
         this.lanes[lane].push(...laneGroup);
+        laneGroup.forEach((s, i) => this.runner.writePrefix(lane, firstRow + i, s.slot));
         await this.prefill(laneGroup, firstRow, lane);
       }
     } catch (error) {
@@ -322,6 +338,29 @@ export class Scheduler {
     return slot;
   }
 
+  /**
+   * Lays out the prefill of a sequence that just got its slot: a soft prompt's virtual tokens before the prompt,
+   * or a prefix's positions before it. Virtual tokens count against the context like real ones: a sequence they
+   * push past it fails (and gives its slot back), returning false.
+   */
+  private placeVirtualTokens(sequence: Sequence): boolean {
+    const { virtualTokens, softPrompt, prefix } = this.runner.slots.promptOf(sequence.slot);
+    const prompt = sequence.request.promptIds;
+    if (virtualTokens > 0 && virtualTokens + prompt.length >= this.options.maxPositions) {
+      this.runner.slots.release(sequence.slot);
+      sequence.slot = NO_SLOT;
+      this.sink.failed(
+        sequence.request.id,
+        `the prompt has ${prompt.length} tokens and the adapter adds ${virtualTokens} virtual tokens; this model accepts 1 to ${this.options.maxPositions - 1} in all`,
+        'context_length_exceeded',
+      );
+      return false;
+    }
+    if (softPrompt) sequence.feed = [...new Array<number>(virtualTokens).fill(0), ...prompt];
+    if (prefix) sequence.offset = virtualTokens;
+    return true;
+  }
+
   private startLoad(sequence: Sequence): void {
     const ref = sequence.request.adapter!;
     sequence.adapterLoading = true;
@@ -346,17 +385,16 @@ export class Scheduler {
   private async prefill(group: Sequence[], firstRow: number, lane: number): Promise<void> {
     const started = performance.now();
     const chunk = this.options.prefillChunk;
-    for (let start = 0; start < group[0].request.promptIds.length; start += chunk) {
-      const active = group.filter((s) => s.request.promptIds.length > start);
+    for (let start = 0; start < group[0].feed.length; start += chunk) {
+      const active = group.filter((s) => s.feed.length > start);
       const logits = await this.runner.forward(
         firstRow,
-        active.map((s) => ({ tokens: s.request.promptIds.slice(start, start + chunk), position: start, slot: s.slot })),
+        active.map((s) => ({ tokens: s.feed.slice(start, start + chunk), position: s.offset + start, slot: s.slot })),
         lane,
       );
       active.forEach((sequence, row) => {
-        const prompt = sequence.request.promptIds;
-        if (prompt.length > start + chunk) return;
-        sequence.position = prompt.length;
+        if (sequence.feed.length > start + chunk) return;
+        sequence.position = sequence.offset + sequence.feed.length;
         this.report.started.push({
           id: sequence.request.id,
           queueMs: started - sequence.submittedAt,

@@ -9,7 +9,7 @@ import { basename, extname } from 'node:path';
 import { stat } from 'node:fs/promises';
 import { attachWebSocketApi } from '../api/websocket.ts';
 import { AdapterError } from '../adapters/adapter-error.ts';
-import { loadLoraAdapter } from '../adapters/lora.ts';
+import { loadAdapter, summarizeAdapter, virtualTokensOf } from '../adapters/adapter.ts';
 import { Engine } from '../engine/engine.ts';
 import { readGguf } from '../formats/gguf.ts';
 import { createGatewayMetrics } from '../observability/metrics.ts';
@@ -77,15 +77,21 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   const store = new AdapterStore<AdapterSummary>({
     root: settings.adaptersDir,
     validate: async (dir) => {
-      const adapter = await loadLoraAdapter(dir, config);
+      const adapter = await loadAdapter(dir, config);
       if (adapter.rank > settings.engine.maxLoraRank) {
         throw new AdapterError(
           'invalid_config',
-          `adapter rank ${adapter.rank} exceeds this server's MAX_LORA_RANK of ${settings.engine.maxLoraRank}; ` +
-            'train the adapter with a lower rank, or raise MAX_LORA_RANK',
+          `adapter rank (or bottleneck width) ${adapter.rank} exceeds this server's MAX_LORA_RANK of ${settings.engine.maxLoraRank}; ` +
+            'train the adapter with a lower rank (or a higher reduction_factor), or raise MAX_LORA_RANK',
         );
       }
-      return { peftType: 'LORA', rank: adapter.rank, targetModules: adapter.targetModules, bytes: adapter.byteSize };
+      if (virtualTokensOf(adapter) >= engine.info.maxPositions - 1) {
+        throw new AdapterError(
+          'invalid_config',
+          `the adapter's ${virtualTokensOf(adapter)} virtual tokens leave no room for a prompt in this model's context of ${engine.info.maxPositions} positions; train it with fewer num_virtual_tokens`,
+        );
+      }
+      return summarizeAdapter(adapter);
     },
   });
   await store.start();

@@ -298,6 +298,12 @@ export class ModelRunner {
     return Object.fromEntries(PROBE_SITES.map((site) => [site, result[PROBE_OUTPUT(site)].data as Float32Array])) as Record<ProbeSite, Float32Array>;
   }
 
+  /** Writes the prefix of the adapter in `slot` (prefix tuning; nothing for other families) into a lane's row. */
+  writePrefix(lane: number, row: number, slot: number): void {
+    const { prefix, virtualTokens } = this.slots.promptOf(slot);
+    if (prefix) this.lanes[lane].cache.writePrefix(row, prefix, virtualTokens);
+  }
+
   /** Moves a sequence's cache row and adapter weights within a lane (to keep the lane's rows contiguous). */
   moveRow(from: number, to: number, lane = 0): void {
     this.lanes[lane].cache.moveRow(from, to);
