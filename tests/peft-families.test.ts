@@ -145,7 +145,13 @@ const PROMPTS = [[1, 403, 407, 261, 378], [1, 338, 286, 393], [1, 291, 376, 298,
 const FED = [432, 383, 286];
 
 /** A row of a runner: its slot, and how its sequence is laid out in the cache (virtual tokens first). */
-async function placeRow(runner: ModelRunner, entry: Case | null, key: string) {
+interface PlacedRow {
+  slot: number;
+  virtual: number;
+  softPrompt: boolean;
+}
+
+async function placeRow(runner: ModelRunner, entry: Case | null, key: string): Promise<PlacedRow> {
   if (!entry) return { slot: 0, virtual: 0, softPrompt: false };
   const slot = runner.slots.holdIfResident(key) ?? runner.slots.place(key, await runner.prepareAdapter(entry.adapter!))!;
   const prompt = runner.slots.promptOf(slot);
@@ -155,7 +161,7 @@ async function placeRow(runner: ModelRunner, entry: Case | null, key: string) {
 /** Prefill then decode FED.length tokens for each row in its own cache row, the decode steps of all rows batched. */
 async function run(runner: ModelRunner, rows: { entry: Case | null; prompt: number[] }[]): Promise<Float32Array[][]> {
   const vocab = runner.config.vocabSize;
-  const placed = [];
+  const placed: PlacedRow[] = [];
   const out: Float32Array[][] = rows.map(() => []);
   for (const [b, row] of rows.entries()) {
     const p = await placeRow(runner, row.entry, row.entry?.name ?? '');
