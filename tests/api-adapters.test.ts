@@ -359,7 +359,7 @@ test('the admin listing shows every tenant, including versions on disk that cann
   const ids = listing.body.data.map((a: { id: string }) => a.id);
   assert.ok(ids.includes('acme/story') && ids.includes('globex/report'), ids.join(', '));
   const invalid = listing.body.invalid.find((entry: { id: string }) => entry.id === 'globex/report@broken');
-  assert.match(invalid.error, /adapter_model\.safetensors is missing/);
+  assert.match(invalid.error, /adapter_model\.safetensors or adapter\.safetensors is missing/);
   assert.equal(invalid.path, undefined);
 
   const acmeList = await call('GET', '/v1/adapters');
