@@ -1,10 +1,12 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { createHash, randomUUID } from 'node:crypto';
 import { mkdir, readdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loraAdapterFiles, randomLoraAdapter, writeLoraAdapter, type LoraAdapterSpec } from '../src/adapters/lora-writer.ts';
 import type { LlamaConfig } from '../src/model/types.ts';
+import { stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
@@ -262,13 +264,22 @@ test('publishing a version while a stream runs on the previous one leaves the st
   };
   const alone = await streamText(await gateway.client().completions.create(request));
 
-  const stream = await gateway.client().completions.create(request);
+  // Paused once the stream has its first token, the stream is still running when v2 is published.
+  const { engine } = gateway.services;
+  engine.pause();
+  const streaming = gateway.client().completions.create(request);
+  await stepUntilStreaming(engine);
+  const stream = await streaming;
   const chunks = stream[Symbol.asyncIterator]();
   const first = await chunks.next();
   assert.ok(!first.done);
-  const published = await upload('/v1/adapters/acme/live', partsOf(await adapterFiles(adapterSpec(13))));
-  assert.equal(published.status, 201);
-  assert.ok(gateway.services.engine.pendingRequests > 0, 'the stream had already finished when v2 was published');
+  try {
+    const published = await upload('/v1/adapters/acme/live', partsOf(await adapterFiles(adapterSpec(13))));
+    assert.equal(published.status, 201);
+    assert.equal(engine.pendingRequests, 1);
+  } finally {
+    engine.resume();
+  }
   const during = (first.value.choices[0]?.text ?? '') + (await streamText({ [Symbol.asyncIterator]: () => chunks }));
   assert.equal(during, alone);
 
@@ -281,11 +292,13 @@ test('a version renamed into ADAPTERS_DIR by another process is served without a
   const staging = join(gateway.adaptersDir, '.staging', randomUUID());
   await writeLoraAdapter(staging, adapterSpec(14));
   await mkdir(join(gateway.adaptersDir, 'acme', 'sidecar'), { recursive: true });
-  await rename(staging, join(gateway.adaptersDir, 'acme', 'sidecar', '1'));
 
   const model = `${BASE_MODEL}+acme/sidecar`;
-  const deadline = Date.now() + 5000;
-  while ((await modelStatus(model)) !== 'ok' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  // The store's watcher or periodic rescan picks it up; wait for that event, not for a time.
+  const added = once(gateway.services.store, 'added');
+  await rename(staging, join(gateway.adaptersDir, 'acme', 'sidecar', '1'));
+  await added;
+  assert.equal(await modelStatus(model), 'ok');
   assert.notEqual(await complete(model), await complete(BASE_MODEL));
   const listed = await call('GET', '/v1/adapters');
   assert.ok(listed.body.data.some((a: { id: string }) => a.id === 'acme/sidecar'));

@@ -4,6 +4,7 @@ import OpenAI from 'openai';
 import type { ChatCompletionChunk } from 'openai/resources/chat/completions';
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { loadTokenizer } from '../src/tokenizer/load.ts';
+import { stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
 
@@ -191,22 +192,25 @@ describe('chat completions', () => {
   });
 
   test('a client that disconnects mid-stream cancels its generation', async () => {
-    const stream = await client.chat.completions.create({ model: BASE_MODEL, messages: USER_PROMPT, max_tokens: 500, stream: true });
+    const { engine } = gateway.services;
+    // Paused, the engine samples one token per step the test allows: the generation is still running when
+    // the client leaves, and goes no further than the steps run until the server notices.
+    engine.pause();
+    const streaming = client.chat.completions.create({ model: BASE_MODEL, messages: USER_PROMPT, max_tokens: 500, temperature: 0, stream: true });
     let responseId = '';
-    let received = 0;
-    for await (const chunk of stream) {
-      responseId = chunk.id;
-      if (++received === 3) {
-        assert.equal(gateway.services.engine.stats.running, 1);
+    try {
+      await stepUntilStreaming(engine);
+      for await (const chunk of await streaming) {
+        responseId = chunk.id;
+        assert.equal(engine.stats.running, 1);
         // Leaving the loop aborts the HTTP request: the connection closes mid-stream.
         break;
       }
+      while (engine.pendingRequests > 0) await engine.step();
+    } finally {
+      engine.resume();
     }
-
-    const deadline = Date.now() + 2000;
-    while (gateway.services.engine.pendingRequests > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
-    assert.equal(gateway.services.engine.pendingRequests, 0);
-    assert.equal(gateway.services.engine.stats.running, 0);
+    assert.equal(engine.stats.running, 0);
     const span = gateway.traces.getFinishedSpans().find((s) => s.attributes['gen_ai.response.id'] === responseId);
     assert.deepEqual(span?.attributes['gen_ai.response.finish_reasons'], ['cancelled']);
     assert.ok(Number(span?.attributes['gen_ai.usage.output_tokens']) < 500);

@@ -3,6 +3,7 @@ import { after, before, describe, test } from 'node:test';
 import OpenAI, { APIError } from 'openai';
 import { SseStream } from '../src/api/sse.ts';
 import { overloaded } from '../src/gateway/errors.ts';
+import { stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 /** Tight limits, so that every refusal can be provoked with small requests. */
@@ -194,9 +195,12 @@ describe('model, key and limits', () => {
   });
 
   test('a second concurrent request over max_concurrent_requests is a RateLimitError with Retry-After', async () => {
-    const first = await client.chat.completions.create({ model: BASE_MODEL, messages: USER_PROMPT, max_tokens: LONG_GENERATION, stream: true });
-    // Reading one chunk and no more keeps the first request running while the second arrives.
-    await first[Symbol.asyncIterator]().next();
+    // The engine pauses once the first request runs: it is still running when the second arrives.
+    const { engine } = gateway.services;
+    engine.pause();
+    const streaming = client.chat.completions.create({ model: BASE_MODEL, messages: USER_PROMPT, max_tokens: LONG_GENERATION, stream: true });
+    await stepUntilStreaming(engine);
+    const first = await streaming;
     try {
       const error = await expectApiError(
         client.chat.completions.create({ model: BASE_MODEL, messages: USER_PROMPT, max_tokens: 4 }),
@@ -207,6 +211,7 @@ describe('model, key and limits', () => {
       assert.equal(gateway.services.engine.pendingRequests, 1);
     } finally {
       first.controller.abort();
+      engine.resume();
     }
   });
 });

@@ -89,22 +89,20 @@ test('generation stops at an end-of-sequence id', async () => {
 test('cancellation ends a sequence within a step and frees its row', async () => {
   const controller = new AbortController();
   let seen = 0;
-  const result = await engine.generate(
-    request({
-      adapter: adapters.a,
-      maxTokens: 400,
-      stopTokenIds: [],
-      signal: controller.signal,
-      onToken: () => {
-        if (++seen === 3) controller.abort();
-      },
-    }),
+  // Paused (after the step that delivered its first token), the engine has produced exactly the tokens delivered
+  // so far when the cancel is sent, on any machine.
+  engine.pause();
+  const generation = engine.generate(
+    request({ adapter: adapters.a, maxTokens: 400, stopTokenIds: [], signal: controller.signal, onToken: () => seen++ }),
   );
+  await engine.whenPaused();
+  while (seen === 0) await engine.step();
+  controller.abort();
+  engine.resume();
+  const result = await generation;
   assert.equal(result.reason, 'cancelled');
-  // The worker retires a cancelled sequence before its next step; with this tiny model a step takes about a
-  // millisecond, so a few more steps may run while the cancel message crosses threads. Without cancellation it
-  // would generate all 400 tokens.
-  assert.ok(result.completionTokens < 30, `cancelled after ${result.completionTokens} tokens`);
+  // The cancel message waits for the thread's next turn between steps: at most one more step runs before it.
+  assert.ok(seen > 0 && result.completionTokens <= seen + 1, `cancelled after ${result.completionTokens} tokens, ${seen} seen when paused`);
   assert.equal(engine.stats.running, 0);
 });
 

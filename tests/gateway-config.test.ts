@@ -63,6 +63,7 @@ test('an empty environment gives the documented defaults and the development key
     maxLoraRank: 16,
     hostCacheBytes: 1024 ** 3,
     maxQueue: 256,
+    prefillTokenBudget: 64,
     threads: availableParallelism(),
     executionProvider: 'cpu',
   });
@@ -72,7 +73,8 @@ test('an empty environment gives the documented defaults and the development key
   assert.equal(settings.usingDevelopmentKeys, true);
   assert.equal(settings.tenants.length, 1);
   assert.equal(settings.tenants[0].name, 'local');
-  assert.deepEqual(settings.tenants[0].limits, BUILT_IN_TENANT_LIMITS);
+  // The development tenant may fill every batch row (MAX_BATCH_SIZE 16 by default), not only the built-in 8.
+  assert.deepEqual(settings.tenants[0].limits, { ...BUILT_IN_TENANT_LIMITS, maxConcurrentRequests: 16 });
   assert.deepEqual(settings.tenants[0].keyDigests.map((d) => d.toString('hex')), [sha256Hex('sk-local-dev')]);
   assert.deepEqual(settings.adminKeyDigests.map((d) => d.toString('hex')), [sha256Hex('sk-admin-dev')]);
 });
@@ -91,6 +93,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
     MAX_LORA_RANK: '16',
     HOST_CACHE_BYTES: '512 MiB',
     MAX_QUEUE: '1000',
+    PREFILL_TOKEN_BUDGET: '128',
     ENGINE_THREADS: '3',
     EXECUTION_PROVIDER: 'cuda',
     OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318',
@@ -112,6 +115,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
     maxLoraRank: 16,
     hostCacheBytes: 512 * 1024 * 1024,
     maxQueue: 1000,
+    prefillTokenBudget: 128,
     threads: 3,
     executionProvider: 'cuda',
   });
@@ -119,6 +123,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
   assert.equal(settings.logLevel, 'debug');
   assert.equal(settings.configFile, undefined);
   assert.equal(settings.usingDevelopmentKeys, false);
+  assert.equal(settings.tenants[0].limits.maxConcurrentRequests, 32);
   assert.deepEqual(settings.tenants[0].keyDigests.map((d) => d.toString('hex')), [sha256Hex('sk-tenant-secret-1')]);
   assert.deepEqual(settings.adminKeyDigests.map((d) => d.toString('hex')), [sha256Hex('sk-admin-secret-1')]);
   assert.doesNotMatch(dump(settings), /secret/);

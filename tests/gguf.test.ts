@@ -162,7 +162,7 @@ describe('the real stories260K.gguf', () => {
     );
   });
 
-  test('a copy patched to a quantized type is refused when its tensor is read', async () => {
+  test('a copy patched to a quantized type is refused when its tensor is read as floats', async () => {
     const original = await readFile(STORIES_GGUF);
     const patched = Buffer.from(original);
     // Tensor info layout: name, u32 n_dims (2), two u64 dims, then the u32 type.
@@ -177,7 +177,7 @@ describe('the real stories260K.gguf', () => {
     assert.equal(file.tensors.get('token_embd.weight')!.typeName, 'Q8_0');
     assert.throws(() => ggufTensorToFloat32(file, 'token_embd.weight'), (error: unknown) => {
       assert.ok(error instanceof GgufError);
-      assert.match(error.message, /tensor "token_embd\.weight" has type Q8_0; only F32\/F16 GGUF files are supported/);
+      assert.match(error.message, /tensor "token_embd\.weight" has type Q8_0; supported GGUF tensor types are F32, F16 and Q4_0/);
       return true;
     });
   });
@@ -276,7 +276,7 @@ describe('files built here', () => {
     assert.deepEqual([...ggufTensorToFloat32(file, 'b')], [1, -2, 0.5, 65504, 2 ** -24, -0]);
   });
 
-  test('quantized and BF16 tensors are refused naming the tensor and its type', () => {
+  test('quantized and BF16 tensors are refused as floats naming the tensor and its type', () => {
     const file = parseGguf(
       buildGguf({
         tensors: [
@@ -288,9 +288,9 @@ describe('files built here', () => {
     assert.equal(file.tensors.get('blk.0.attn_q.weight')!.typeName, 'Q4_0');
     assert.throws(
       () => ggufTensorToFloat32(file, 'blk.0.attn_q.weight'),
-      /tensor "blk\.0\.attn_q\.weight" has type Q4_0; only F32\/F16 GGUF files are supported/,
+      /tensor "blk\.0\.attn_q\.weight" has type Q4_0; supported GGUF tensor types are F32, F16 and Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K/,
     );
-    assert.throws(() => ggufTensorToFloat32(file, 'bf'), /tensor "bf" has type BF16; only F32\/F16/);
+    assert.throws(() => ggufTensorToFloat32(file, 'bf'), /tensor "bf" has type BF16; supported GGUF tensor types/);
     assert.throws(() => ggufTensorToFloat32(file, 'missing'), /GGUF has no tensor "missing"/);
   });
 

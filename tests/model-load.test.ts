@@ -283,13 +283,13 @@ describe('refusals', () => {
     assert.equal(configFromGguf(new Map(metadata).set('llama.rope.freq_base', 500000), tensors).ropeTheta, 500000);
   });
 
-  test('a quantized GGUF is refused at load naming the tensor and type', async () => {
+  test('a GGUF with a tensor type this runtime does not serve is refused at load naming the tensor and type', async () => {
     const patched = Buffer.from(await readFile(STORIES_GGUF));
     const name = Buffer.from('blk.1.ffn_up.weight');
-    // Tensor info layout: name, u32 n_dims (2), two u64 dims, then the u32 type (8 = Q8_0; 64 is a multiple of its block).
-    patched.writeUInt32LE(8, patched.indexOf(name) + name.byteLength + 4 + 2 * 8);
+    // Tensor info layout: name, u32 n_dims (2), two u64 dims, then the u32 type (3 = Q4_1; 64 is a multiple of its block).
+    patched.writeUInt32LE(3, patched.indexOf(name) + name.byteLength + 4 + 2 * 8);
     const path = join(dir, 'quantized.gguf');
     await writeFile(path, patched);
-    await assert.rejects(loadBaseModel(path), /tensor "blk\.1\.ffn_up\.weight" has type Q8_0; only F32\/F16 GGUF files are supported/);
+    await assert.rejects(loadBaseModel(path), /tensor "blk\.1\.ffn_up\.weight" has type Q4_1; supported GGUF tensor types are F32, F16 and Q4_0/);
   });
 });

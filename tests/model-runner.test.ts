@@ -6,10 +6,11 @@ import { join } from 'node:path';
 import { loadBaseModel } from '../src/model/load.ts';
 import { weightsChecksum } from '../src/model/checksum.ts';
 import { ModelRunner, type RunnerOptions } from '../src/runtime/model-runner.ts';
-import { loadLoraAdapter, type LoraAdapter } from '../src/adapters/lora.ts';
+import { loadLoraAdapter } from '../src/adapters/lora.ts';
 import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
-import type { BaseModel, LoraTargetModule, WeightMap } from '../src/model/types.ts';
+import type { BaseModel, LoraTargetModule } from '../src/model/types.ts';
 import { REFERENCE, STORIES_GGUF, STORIES_HF_DIR } from './support/models.ts';
+import { mergeAdapter } from './support/merge-adapter.ts';
 
 // Slots of rank 16 hold the rank-4 and rank-8 adapters below: rows are laid out for the highest rank among them.
 const OPTIONS: RunnerOptions = { maxBatch: 8, adapterSlots: 3, maxLoraRank: 16 };
@@ -37,27 +38,6 @@ for (const [format, path] of [['Hugging Face', STORIES_HF_DIR], ['GGUF', STORIES
     assert.deepEqual(await greedy(runner, REFERENCE.promptIds, REFERENCE.greedyIds.length), REFERENCE.greedyIds);
     await runner.close();
   });
-}
-
-/** The independent computation: a copy of the base with W + scale·B·A merged into each adapted projection. */
-function mergeAdapter(base: BaseModel, adapter: LoraAdapter): BaseModel {
-  const weights: WeightMap = new Map(base.weights);
-  for (const m of adapter.modules) {
-    const group = ['q_proj', 'k_proj', 'v_proj', 'o_proj'].includes(m.module) ? 'self_attn' : 'mlp';
-    const name = `model.layers.${m.layer}.${group}.${m.module}.weight`;
-    const { shape, data } = weights.get(name)!;
-    const [out, inDim] = shape;
-    const merged = Float32Array.from(data);
-    for (let o = 0; o < out; o++) {
-      for (let i = 0; i < inDim; i++) {
-        let delta = 0;
-        for (let j = 0; j < m.rank; j++) delta += m.B[o * m.rank + j] * m.A[j * inDim + i];
-        merged[o * inDim + i] += m.scale * delta;
-      }
-    }
-    weights.set(name, { shape, data: merged });
-  }
-  return { ...base, weights };
 }
 
 async function makeAdapter(dir: string, base: BaseModel, rank: number, targets: LoraTargetModule[], seed: number, alpha: number) {
@@ -102,7 +82,7 @@ test('a batch mixing base rows and adapters of different ranks equals merged wei
       })));
       for (let b = 0; b < rows.length; b++) batched[b].push(logits.slice(b * base.config.vocabSize, (b + 1) * base.config.vocabSize));
     }
-    assert.equal(runner.lanes[0].rowWeights.rank, 8, 'the rows are laid out for their highest adapter rank, not the slot rank');
+    assert.equal(runner.lanes[0].adapters.rank, 8, 'the rows are laid out for their highest adapter rank, not the slot rank');
     // Once only rank-4 rows remain, the layout shrinks to rank 4 and they still match (checked below).
     const smallRows = rows.flatMap((row, b) => (row.adapter === 'small' ? [b] : []));
     for (const b of smallRows) runner.moveRow(b, smallRows.indexOf(b));
@@ -111,7 +91,7 @@ test('a batch mixing base rows and adapters of different ranks equals merged wei
       position: rows[b].prompt.length + fed.length,
       slot: slots.small,
     })));
-    assert.equal(runner.lanes[0].rowWeights.rank, 4);
+    assert.equal(runner.lanes[0].adapters.rank, 4);
     smallRows.forEach((b, i) => batched[b].push(smallLogits.slice(i * base.config.vocabSize, (i + 1) * base.config.vocabSize)));
     await runner.close();
 
@@ -141,6 +121,72 @@ test('a batch mixing base rows and adapters of different ranks equals merged wei
     assert.ok(worst < 1e-4, `max abs logit difference ${worst}`);
     assert.ok(adapterEffect > 0.05, `adapters must visibly change the logits (max change ${adapterEffect})`);
     assert.equal(weightsChecksum(base.weights), base.checksum, 'base weights unchanged');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('rows sharing adapters, prefilled and decoded together, each equal their adapter merged into the weights', async () => {
+  const base = await loadBaseModel(STORIES_HF_DIR);
+  const vocab = base.config.vocabSize;
+  const dir = await mkdtemp(join(tmpdir(), 'lora-shared-'));
+  try {
+    const all: LoraTargetModule[] = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+    const adapters = [await makeAdapter(join(dir, 'a'), base, 8, all, 3, 16), await makeAdapter(join(dir, 'b'), base, 8, all, 4, 8)];
+    const runner = await ModelRunner.create(base, OPTIONS);
+    const slots = adapters.map((adapter, i) => runner.slots.place(`shared-${i}`, adapter)!);
+    // Four rows on adapter 0 (one segment of four rows), two on adapter 1, one on the base model; prompts of
+    // different lengths, so the pass pads rows and every token of a row must find its own result.
+    const rows = [
+      { adapter: 0, prompt: [1, 403, 407, 261, 378] },
+      { adapter: 1, prompt: [1, 338, 286] },
+      { adapter: 0, prompt: [1, 291, 376] },
+      { adapter: null, prompt: [1, 317, 394, 421] },
+      { adapter: 0, prompt: [1, 403] },
+      { adapter: 1, prompt: [1, 298, 315, 421, 395, 317] },
+      { adapter: 0, prompt: [1, 426, 338, 401] },
+    ];
+    const slotOf = (row: (typeof rows)[number]) => (row.adapter === null ? 0 : slots[row.adapter]);
+    const batched = [Float32Array.from(await runner.forward(0, rows.map((row) => ({ tokens: row.prompt, position: 0, slot: slotOf(row) }))))];
+    batched.push(Float32Array.from(await runner.forward(0, rows.map((row, b) => ({ tokens: [432 + b], position: row.prompt.length, slot: slotOf(row) })))));
+    // Each row alone, on the same runner (row 7 of the cache) with its adapter's slot: the same result, up to the
+    // float rounding that batch size changes in any matmul (as for prompts prefilled together, below).
+    let worstAlone = 0;
+    for (const [b, row] of rows.entries()) {
+      const alone = [
+        Float32Array.from(await runner.forward(7, [{ tokens: row.prompt, position: 0, slot: slotOf(row) }])),
+        Float32Array.from(await runner.forward(7, [{ tokens: [432 + b], position: row.prompt.length, slot: slotOf(row) }])),
+      ];
+      for (const [step, logits] of alone.entries()) {
+        for (let v = 0; v < vocab; v++) worstAlone = Math.max(worstAlone, Math.abs(logits[v] - batched[step][b * vocab + v]));
+      }
+    }
+    await runner.close();
+    assert.ok(worstAlone < 1e-4, `max abs logit difference from each row alone ${worstAlone}`);
+
+    // The independent computation: each row on the model with its adapter merged in. Merging rounds W + s·B·A
+    // once per weight, the runner rounds x·W and s·(x·Aᵀ)·Bᵀ separately, so they agree to float32 precision
+    // relative to the logits' size (these strong adapters reach logits of ~14).
+    let worst = 0;
+    let largest = 0;
+    for (const [i, adapter] of [...adapters, null].entries()) {
+      const alone = await ModelRunner.create(adapter ? mergeAdapter(base, adapter) : base, OPTIONS);
+      for (const [b, row] of rows.entries()) {
+        if (row.adapter !== (adapter ? i : null)) continue;
+        const expected = [
+          Float32Array.from(await alone.forward(0, [{ tokens: row.prompt, position: 0, slot: 0 }])),
+          Float32Array.from(await alone.forward(0, [{ tokens: [432 + b], position: row.prompt.length, slot: 0 }])),
+        ];
+        for (const [step, logits] of expected.entries()) {
+          for (let v = 0; v < vocab; v++) {
+            worst = Math.max(worst, Math.abs(logits[v] - batched[step][b * vocab + v]));
+            largest = Math.max(largest, Math.abs(logits[v]));
+          }
+        }
+      }
+      await alone.close();
+    }
+    assert.ok(worst < 1e-5 * largest, `max abs logit difference ${worst} against logits up to ${largest}`);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { WebSocket, type ClientOptions } from 'ws';
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { attachWebSocketApi, WEBSOCKET_PATH, type WebSocketApiOptions } from '../src/api/websocket.ts';
+import { stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
@@ -50,13 +51,10 @@ class Client {
   }
 
   /** The first event, received already or to come, that matches. */
-  waitFor(predicate: (event: ServerEvent) => boolean, timeoutMs = 10_000): Promise<ServerEvent> {
+  waitFor(predicate: (event: ServerEvent) => boolean): Promise<ServerEvent> {
     const seen = this.events.find(predicate);
     if (seen) return Promise.resolve(seen);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no matching event within ${timeoutMs} ms; got ${JSON.stringify(this.events.slice(-5))}`)), timeoutMs);
-      this.#waiters.push({ predicate, resolve: (event) => (clearTimeout(timer), resolve(event)) });
-    });
+    return new Promise((resolve) => this.#waiters.push({ predicate, resolve }));
   }
 
   /** Sends response.create and returns the id from the response.created that answers it. */
@@ -67,8 +65,8 @@ class Client {
     return created.response.id;
   }
 
-  terminal(responseId: string, timeoutMs?: number): Promise<ServerEvent> {
-    return this.waitFor((event) => TERMINAL_TYPES.has(event.type) && event.response.id === responseId, timeoutMs);
+  terminal(responseId: string): Promise<ServerEvent> {
+    return this.waitFor((event) => TERMINAL_TYPES.has(event.type) && event.response.id === responseId);
   }
 
   deltas(responseId: string): string[] {
@@ -105,12 +103,24 @@ function connectAs(key: string = KEYS.acme): Promise<Client> {
   return connect(wsUrl(), [], { headers: { authorization: `Bearer ${key}` } });
 }
 
-async function until(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`${what} did not happen within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
+/** Resolves once `condition` holds: it is checked after each engine step, which is when engine state changes. */
+function afterSteps(condition: () => boolean): Promise<void> {
+  const { engine } = gateway.services;
+  if (condition()) return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (!condition()) return;
+      engine.off('stats', check);
+      resolve();
+    };
+    engine.on('stats', check);
+  });
+}
+
+/** Runs a paused engine step by step until nothing is pending in it. */
+async function stepUntilIdle(): Promise<void> {
+  const { engine } = gateway.services;
+  while (engine.pendingRequests > 0) await engine.step();
 }
 
 /** An extra HTTP server carrying the WebSocket API over the test gateway's services, with options of its own. */
@@ -197,11 +207,17 @@ test('three concurrent responses on one socket interleave and each equals the sa
     { model: ADAPTER_MODEL, input: PROMPT, max_output_tokens: 24, temperature: 0 },
   ];
   const eventIds = requests.map((_, index) => `create-${index}`);
+  // All three join the batch before any goes on (the adapter's load may take a few steps), however fast the
+  // machine is, so their deltas interleave.
+  const { engine } = gateway.services;
+  engine.pause();
   requests.forEach((response, index) => client.send({ type: 'response.create', event_id: eventIds[index], response }));
   const ids: string[] = [];
   for (const eventId of eventIds) {
     ids.push((await client.waitFor((event) => event.type === 'response.created' && event.client_event_id === eventId)).response.id);
   }
+  await stepUntilStreaming(engine, 3);
+  engine.resume();
   const terminals = await Promise.all(ids.map((id) => client.terminal(id)));
 
   const expected = await Promise.all([
@@ -241,29 +257,48 @@ test('three concurrent responses on one socket interleave and each equals the sa
   client.close();
 });
 
-test('response.cancel ends a response as cancelled and frees its engine row within a second', async () => {
+test('response.cancel ends a response as cancelled and frees its engine row', async () => {
+  const { engine } = gateway.services;
   const client = await connectAs();
-  const id = await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 });
-  await client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id);
-  assert.equal(gateway.services.engine.stats.running, 1);
-  client.send({ type: 'response.cancel', response_id: id });
-  const terminal = await client.terminal(id);
-  assert.equal(terminal.type, 'response.cancelled');
-  assert.ok(terminal.response.usage.output_tokens > 0 && terminal.response.usage.output_tokens < 400);
-  assert.ok(terminal.response.usage.input_tokens > 0);
-  await until(() => gateway.services.engine.stats.running === 0, 1000, 'the engine freeing the row');
+  // Paused, the engine samples one token per step the test allows: the response is still running when the
+  // cancel arrives, however fast this machine is.
+  engine.pause();
+  try {
+    const id = await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 });
+    await stepUntilStreaming(engine);
+    await client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id);
+    assert.equal(engine.stats.running, 1);
+    client.send({ type: 'response.cancel', response_id: id });
+    const terminal = client.terminal(id);
+    await stepUntilIdle();
+    assert.equal((await terminal).type, 'response.cancelled');
+    assert.ok((await terminal).response.usage.output_tokens > 0 && (await terminal).response.usage.output_tokens < 400);
+    assert.ok((await terminal).response.usage.input_tokens > 0);
+    assert.equal(engine.stats.running, 0);
+  } finally {
+    engine.resume();
+  }
   assert.equal(client.events.filter((event) => TERMINAL_TYPES.has(event.type)).length, 1, 'exactly one terminal event');
   client.close();
 });
 
 test('a socket that closes mid-stream cancels the work it started', async () => {
+  const { engine } = gateway.services;
   const client = await connectAs();
-  const ids = [await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 })];
-  ids.push(await client.create({ model: ADAPTER_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 }));
-  await Promise.all(ids.map((id) => client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id)));
-  assert.equal(gateway.services.engine.pendingRequests, 2);
-  client.socket.close();
-  await until(() => gateway.services.engine.pendingRequests === 0 && gateway.services.engine.stats.running === 0, 1000, 'the engine dropping the work');
+  engine.pause();
+  let ids: string[];
+  try {
+    ids = [await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 })];
+    ids.push(await client.create({ model: ADAPTER_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 }));
+    await stepUntilStreaming(engine, 2);
+    await Promise.all(ids.map((id) => client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id)));
+    assert.equal(engine.pendingRequests, 2);
+    client.socket.close();
+    await stepUntilIdle();
+  } finally {
+    engine.resume();
+  }
+  assert.equal(engine.stats.running, 0);
   // Cancelled, not finished: each trace records why its generation ended.
   const spans = gateway.traces.getFinishedSpans().filter((span) => ids.includes(span.attributes['gen_ai.response.id'] as string));
   assert.deepEqual(spans.map((span) => span.attributes['gen_ai.response.finish_reasons']), [['cancelled'], ['cancelled']]);
@@ -282,7 +317,8 @@ test('malformed messages get an error event and the socket stays usable', async 
   client.send({ type: 'response.create' });
   await client.waitFor((event) => event.type === 'error' && event.error.param === 'response');
   client.socket.send(Buffer.from('{}'), { binary: true });
-  await until(() => client.events.filter((event) => event.type === 'error').length === 5, 2000, 'an error for the binary frame');
+  await client.waitFor((event) => event.type === 'error' && /binary frames/.test(event.error.message));
+  assert.equal(client.events.filter((event) => event.type === 'error').length, 5);
 
   const id = await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 3, temperature: 0 });
   assert.equal((await client.terminal(id)).type, 'response.incomplete');
@@ -314,10 +350,13 @@ test('a bad response.create fails its response with the HTTP API error: unknown 
 test('a socket may have at most 16 responses in progress; the next one fails with 429', async () => {
   const client = await connectAs();
   const eventIds = Array.from({ length: 17 }, (_, index) => `limit-${index}`);
-  // Long enough that the first 16 are still running when the 17th arrives, even if the frames arrive apart.
   const response = { model: BASE_MODEL, input: PROMPT, max_tokens: 30, temperature: 0 };
+  // Paused, the engine finishes none of the first 16 before the 17th arrives, even if the frames arrive apart.
+  gateway.services.engine.pause();
   for (const eventId of eventIds) client.send({ type: 'response.create', event_id: eventId, response });
   const created = await Promise.all(eventIds.map((eventId) => client.waitFor((event) => event.type === 'response.created' && event.client_event_id === eventId)));
+  assert.equal((await client.terminal(created[16].response.id)).type, 'response.failed');
+  gateway.services.engine.resume();
   const terminals = await Promise.all(created.map((event) => client.terminal(event.response.id)));
   assert.deepEqual(terminals.slice(0, 16).map((event) => event.type), Array(16).fill('response.incomplete'));
   assert.equal(terminals[16].type, 'response.failed');
@@ -330,10 +369,16 @@ test('closing the API cancels what is running, sends the terminal events, then c
   const extra = await extraServer({}, { port: 0, host: '127.0.0.1' });
   const { port } = extra.server.address() as { port: number };
   const client = await connect(`ws://127.0.0.1:${port}${WEBSOCKET_PATH}`, [], { headers: { authorization: `Bearer ${KEYS.acme}` } });
+  const { engine } = gateway.services;
+  // Paused with the response running; the close cancels it before the engine may go on.
+  engine.pause();
   const id = await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 });
+  await stepUntilStreaming(engine);
   await client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id);
   const closed = new Promise<number>((resolve) => client.socket.once('close', resolve));
-  await extra.close();
+  const closing = extra.close();
+  engine.resume();
+  await closing;
   assert.equal(await closed, 1001);
   assert.equal(client.events.at(-1)?.type, 'response.cancelled');
   assert.equal(gateway.services.engine.pendingRequests, 0);
@@ -341,7 +386,9 @@ test('closing the API cancels what is running, sends the terminal events, then c
 
 // ---- liveness and slow readers ----
 
-test('a client that does not answer pings is terminated; one that does stays connected', async () => {
+test('a client that does not answer pings is terminated; one that does stays connected', async (t) => {
+  // The heartbeat runs on mocked interval timers: each tick is one heartbeat, whatever the machine's speed.
+  t.mock.timers.enable({ apis: ['setInterval'] });
   const extra = await extraServer({ pingIntervalMs: 200 }, { port: 0, host: '127.0.0.1' });
   try {
     const { port } = extra.server.address() as { port: number };
@@ -349,7 +396,14 @@ test('a client that does not answer pings is terminated; one that does stays con
     const headers = { authorization: `Bearer ${KEYS.acme}` };
     const silent = await connect(url, [], { headers, autoPong: false });
     const answering = await connect(url, [], { headers });
+    const pinged = [silent, answering].map((client) => new Promise((resolve) => client.socket.once('ping', resolve)));
+    t.mock.timers.tick(200);
+    await Promise.all(pinged);
+    // The pong went out before this message: once its answer is back, the server has seen the pong.
+    answering.send('not json');
+    await answering.waitFor((event) => event.type === 'error');
     const closed = new Promise<number>((resolve) => silent.socket.once('close', resolve));
+    t.mock.timers.tick(200);
     assert.equal(await closed, 1006, 'terminated without a close frame');
     assert.equal(answering.socket.readyState, WebSocket.OPEN);
     answering.close();
@@ -372,13 +426,20 @@ test('a client that stops reading gets its responses failed as slow_consumer, an
   try {
     const client = await connect(`ws+unix://${socketPath}:${WEBSOCKET_PATH}`, [], { headers: { authorization: `Bearer ${KEYS.acme}` } });
     client.socket.pause();
+    // All eight reach the paused engine before any of them produces events, so all eight are cut off together.
+    const { engine } = gateway.services;
+    engine.pause();
     for (let index = 0; index < 8; index++) {
       client.send({ type: 'response.create', response: { model: BASE_MODEL, input: `${PROMPT} ${index}`, max_tokens: 400, temperature: 1, seed: index } });
     }
-    await until(() => gateway.services.engine.pendingRequests > 0, 5000, 'the responses starting');
-    await until(() => gateway.services.engine.pendingRequests === 0, 15_000, 'every response ending');
+    while (engine.pendingRequests < 8) await new Promise((resolve) => setImmediate(resolve));
+    engine.resume();
+    await afterSteps(() => engine.pendingRequests === 0);
     client.socket.resume();
-    await until(() => client.events.filter((event) => TERMINAL_TYPES.has(event.type)).length === 8, 5000, 'eight terminal events');
+    const terminals = new Promise<void>((resolve) => {
+      client.socket.on('message', () => client.events.filter((event) => TERMINAL_TYPES.has(event.type)).length === 8 && resolve());
+    });
+    await terminals;
 
     const failed = client.events.filter((event) => event.type === 'response.failed');
     assert.ok(failed.length > 0, 'some response was stopped');

@@ -13,6 +13,7 @@ import { ia3AdapterFiles, promptLearningAdapterFiles, randomIa3Adapter, randomPr
 import type { AdapterRef } from '../engine/protocol.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { LORA_TARGET_MODULES } from '../model/types.ts';
+import { median, round } from './bench-stats.ts';
 
 const VIRTUAL_TOKENS = 20;
 /** 576 / 36 = 16: bottlenecks as wide as the LoRA reference's rank. */
@@ -42,8 +43,6 @@ async function ensureFamilyAdapters(benchDir: string, family: string, streams: n
   return refs;
 }
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
-const round = (value: number) => Number(value.toFixed(3));
 
 /**
  * Per family: the median ratio of its 16-adapter decode rate to the 16 base streams' (and the range over pairs),
@@ -72,7 +71,7 @@ export async function benchFamilies(options: {
   return Object.fromEntries(
     Object.entries(ratios).map(([family, values]) => [
       family,
-      { ratio_vs_base: round(median(values)), range: [round(Math.min(...values)), round(Math.max(...values))], relative_to_lora_r16: round(median(values) / lora) },
+      { ratio_vs_base: round(median(values), 3), range: [round(Math.min(...values), 3), round(Math.max(...values), 3)], relative_to_lora_r16: round(median(values) / lora, 3) },
     ]),
   );
 }

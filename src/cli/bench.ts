@@ -4,7 +4,8 @@
  * relative to 16 base-model streams, decode step time against context length, and peak memory.
  * Ratios are measured within one run, with the compared cases interleaved, because this machine's absolute
  * speed varies by 2x from minute to minute; the adapter comparison runs three times as many pairs as the other
- * measurements have trials, and reports the spread of its per-pair ratios next to their median.
+ * measurements have trials, and reports the spread of its per-pair ratios next to their median. `lora_floor`
+ * compares the time adapters add to a step with the time to read their weights once (bench-lora-floor.ts).
  *   npm run bench [-- --json] [--trials N]
  */
 import { existsSync } from 'node:fs';
@@ -17,7 +18,9 @@ import { elementCount } from '../formats/tensor-shape.ts';
 import type { AdapterRef } from '../engine/protocol.ts';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
-import { loraInputShapes } from '../runtime/slot-writer.ts';
+import { loraInputShapes } from '../runtime/adapter-slots.ts';
+import { measureLoraFloor } from './bench-lora-floor.ts';
+import { median, round } from './bench-stats.ts';
 import { LORA_TARGET_MODULES } from '../model/types.ts';
 import { benchFamilies } from './bench-families.ts';
 
@@ -45,8 +48,6 @@ async function ensureAdapters(): Promise<AdapterRef[]> {
 function prompt(length: number, seed: number): number[] {
   return Array.from({ length }, (_, i) => 1 + ((seed * 7919 + i * 104729) % (SMOLLM2_135M_SHAPE.vocabSize - 1)));
 }
-
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 
 /** Runs streams concurrently; returns the aggregate decode rate while all of them were in the batch. */
 async function concurrentDecode(engine: Engine, adapters: (AdapterRef | null)[], tokens: number): Promise<number> {
@@ -103,6 +104,7 @@ async function main(): Promise<void> {
     maxPositions: 2048,
     threads,
   });
+  let result;
   try {
     log('prefill and single-stream decode ...');
     const prefill = [];
@@ -127,7 +129,7 @@ async function main(): Promise<void> {
 
     const ratios = lora.map((l, i) => l / base[i]);
     const stepMs16 = (tokensPerSecond: number) => (STREAMS * 1000) / tokensPerSecond;
-    const result = {
+    result = {
       model: 'SmolLM2-135M shape, random weights, float32',
       threads,
       trials,
@@ -137,7 +139,7 @@ async function main(): Promise<void> {
       decode_tokens_per_second_16_streams_16_adapters: round(median(lora)),
       ratio_16_adapters_vs_base: round(median(ratios), 3),
       ratio_16_adapters_vs_base_range: [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)],
-      // The adapters' added step time, next to the bytes of LoRA weights a step must read (one copy per row).
+      // The adapters' added step time, next to the bytes of LoRA weights a step must read (each adapter once).
       adapter_step_overhead_ms: round(median(lora.map((l, i) => stepMs16(l) - stepMs16(base[i])))),
       lora_weights_read_per_step_mib: round((STREAMS * loraFloatsPerRow(LORA_RANK) * 4) / 2 ** 20),
       decode_step_ms_by_context: Object.fromEntries(Object.entries(stepMs).map(([k, v]) => [k, round(v)])),
@@ -149,21 +151,19 @@ async function main(): Promise<void> {
       peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
       rss_after_run_mib: Math.round(process.memoryUsage().rss / 2 ** 20),
     };
-    if (values.json) console.log(JSON.stringify(result));
-    else for (const [key, value] of Object.entries(result)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
   } finally {
     await engine.close();
   }
+  const loraFloor = await measureLoraFloor({ modelPath: BENCH_MODEL_DIR, adapterPaths: adapters.map((a) => a.path), rank: LORA_RANK, threads, trials: 10 * trials, log });
+  const report = { ...result, lora_floor: loraFloor };
+  if (values.json) console.log(JSON.stringify(report));
+  else for (const [key, value] of Object.entries(report)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
 }
 
-/** Floats of LoRA weights one batch row carries through a forward pass at slot rank `rank`. */
+/** Floats of one adapter's LoRA weights at rank `rank`, as a forward pass reads them. */
 function loraFloatsPerRow(rank: number): number {
   const perLayer = Object.values(loraInputShapes(SMOLLM2_135M_SHAPE, rank)).reduce((sum, shape) => sum + elementCount(shape), 0);
   return perLayer * SMOLLM2_135M_SHAPE.numLayers;
-}
-
-function round(value: number, digits = 1): number {
-  return Number(value.toFixed(digits));
 }
 
 main().catch((error: Error) => {

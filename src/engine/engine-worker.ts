@@ -7,15 +7,34 @@ import { loadBaseModel } from '../model/load.ts';
 import { buildDecoderGraph } from '../graph/decoder-graph.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
 import { baseRowNorms } from '../runtime/dora-scales.ts';
-import type { EngineOptions, FromWorker, ToWorker } from './protocol.ts';
+import { DEFAULT_PREFILL_TOKEN_BUDGET, RUN_FREELY, type EngineWorkerData, type FromWorker, type ToWorker } from './protocol.ts';
 import { Scheduler } from './scheduler.ts';
-
-const DEFAULT_PREFILL_CHUNK = 512;
 
 const port = parentPort!;
 const post = (message: FromWorker) => port.postMessage(message);
 
-async function start(options: EngineOptions): Promise<void> {
+/**
+ * Called after each step is reported: while the engine is paused, blocks this thread (messages, timers and the
+ * scheduler alike) until the HTTP thread allows another step or resumes. Blocking here rather than in the
+ * scheduler means a paused engine has delivered everything it produced and does nothing more.
+ */
+function passStepGate(gate: Int32Array): void {
+  let announced = false;
+  for (;;) {
+    const allowed = Atomics.load(gate, 0);
+    if (allowed === RUN_FREELY) return;
+    if (allowed > 0) {
+      if (Atomics.compareExchange(gate, 0, allowed, allowed - 1) === allowed) return;
+      continue;
+    }
+    if (!announced) post({ type: 'paused' });
+    announced = true;
+    Atomics.wait(gate, 0, 0);
+  }
+}
+
+async function start(options: EngineWorkerData): Promise<void> {
+  const stepGate = new Int32Array(options.stepGate);
   const model = await loadBaseModel(options.modelPath);
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
   const graph = buildDecoderGraph(model);
@@ -29,11 +48,14 @@ async function start(options: EngineOptions): Promise<void> {
     {
       maxQueue: options.maxQueue,
       maxPositions,
-      prefillChunk: options.prefillChunk ?? DEFAULT_PREFILL_CHUNK,
+      prefillTokenBudget: options.prefillTokenBudget ?? DEFAULT_PREFILL_TOKEN_BUDGET,
       hostCacheBytes: options.hostCacheBytes,
     },
     {
-      step: (report) => post({ type: 'step', ...report }),
+      step: (report) => {
+        post({ type: 'step', ...report });
+        passStepGate(stepGate);
+      },
       failed: (id, message, code) => post({ type: 'sequence-failed', id, message, code }),
     },
   );
@@ -57,4 +79,4 @@ async function start(options: EngineOptions): Promise<void> {
   });
 }
 
-start(workerData as EngineOptions).catch((error: Error) => post({ type: 'startup-failed', message: error.message }));
+start(workerData as EngineWorkerData).catch((error: Error) => post({ type: 'startup-failed', message: error.message }));

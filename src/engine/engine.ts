@@ -4,6 +4,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { Worker } from 'node:worker_threads';
+import { workerEntry } from './worker-entry.ts';
 import type {
   AdapterCacheEvent,
   AdapterRef,
@@ -16,6 +17,7 @@ import type {
   TokenEvent,
   ToWorker,
 } from './protocol.ts';
+import { RUN_FREELY } from './protocol.ts';
 import type { SamplingParams } from './sampling.ts';
 
 export interface GenerateRequest {
@@ -72,11 +74,16 @@ export class Engine extends EventEmitter<EngineEvents> {
   private failure: EngineError | null = null;
   /** The scheduler's state after its latest step. */
   stats: SchedulerStats;
+  /** Whether the engine thread has reported that it stopped at a step boundary, and who waits for that. */
+  private isPaused = false;
+  private pausedWaiters: (() => void)[] = [];
 
   private constructor(
     private readonly worker: Worker,
     readonly info: ModelInfo,
     readonly options: EngineOptions,
+    /** Steps the engine thread may still run before pausing (see pause()), shared with it. */
+    private readonly stepGate: Int32Array,
   ) {
     super();
     this.stats = {
@@ -98,13 +105,15 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   /** Starts the engine thread and resolves once the model is loaded and its session built. */
   static start(options: EngineOptions): Promise<Engine> {
-    const worker = new Worker(workerEntry(), { workerData: options });
+    const stepGate = new Int32Array(new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT));
+    stepGate[0] = RUN_FREELY;
+    const worker = new Worker(workerEntry(new URL('./engine-worker.ts', import.meta.url)), { workerData: { ...options, stepGate: stepGate.buffer } });
     return new Promise((resolve, reject) => {
       const onMessage = (message: FromWorker) => {
         if (message.type === 'ready') {
           worker.off('message', onMessage);
           worker.off('error', reject);
-          resolve(new Engine(worker, message.info, options));
+          resolve(new Engine(worker, message.info, options, stepGate));
         } else if (message.type === 'startup-failed') {
           void worker.terminate();
           reject(new Error(`could not load the model at ${options.modelPath}: ${message.message}`));
@@ -140,14 +149,52 @@ export class Engine extends EventEmitter<EngineEvents> {
     return this.pending.size;
   }
 
+  /** Generations that have delivered at least one token and not yet finished. */
+  get streamingRequests(): number {
+    let streaming = 0;
+    for (const pending of this.pending.values()) if (pending.tokens.length > 0) streaming++;
+    return streaming;
+  }
+
   /** Drops an adapter version from the engine's caches (after it was deleted or replaced on disk). */
   evictAdapter(key: string): void {
     this.post({ type: 'evict-adapter', key });
   }
 
+  /**
+   * Stops the engine thread at its next step boundary, after it has reported that step, until step() or
+   * resume(): nothing is sampled, cancelled or admitted meanwhile. It makes what the engine has done at a given
+   * moment exact, independent of the machine's speed (tests and debugging rely on this).
+   */
+  pause(): void {
+    Atomics.store(this.stepGate, 0, 0);
+  }
+
+  /** Resolves once the engine thread has stopped at a step boundary because it is paused. */
+  whenPaused(): Promise<void> {
+    if (this.isPaused) return Promise.resolve();
+    return new Promise((resolve) => this.pausedWaiters.push(resolve));
+  }
+
+  /** While paused: runs one more step, and resolves once the engine thread has paused again after it. */
+  step(): Promise<void> {
+    this.isPaused = false;
+    const paused = this.whenPaused();
+    Atomics.add(this.stepGate, 0, 1);
+    Atomics.notify(this.stepGate, 0);
+    return paused;
+  }
+
+  resume(): void {
+    this.isPaused = false;
+    Atomics.store(this.stepGate, 0, RUN_FREELY);
+    Atomics.notify(this.stepGate, 0);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.resume();
     if (this.exited) return;
     const exited = new Promise((resolve) => this.worker.once('exit', resolve));
     this.post({ type: 'shutdown' });
@@ -176,6 +223,9 @@ export class Engine extends EventEmitter<EngineEvents> {
       this.emit('stats', message.stats);
     } else if (message.type === 'sequence-failed') {
       this.settle(message.id)?.reject(new EngineError(message.message, message.code));
+    } else if (message.type === 'paused') {
+      this.isPaused = true;
+      for (const resolve of this.pausedWaiters.splice(0)) resolve();
     }
   }
 
@@ -196,16 +246,4 @@ export class Engine extends EventEmitter<EngineEvents> {
     if (!this.closed) this.failure ??= error;
     for (const id of [...this.pending.keys()]) this.settle(id)?.reject(error);
   }
-}
-
-/**
- * The worker's entry point. Running from TypeScript sources, module loader hooks are per thread, so the
- * worker first registers tsx and then imports the TypeScript entry; compiled, it is the .js file itself.
- */
-function workerEntry(): URL {
-  if (!import.meta.url.endsWith('.ts')) return new URL('./engine-worker.js', import.meta.url);
-  const entry = new URL('./engine-worker.ts', import.meta.url).href;
-  const tsx = import.meta.resolve('tsx/esm/api');
-  const bootstrap = `import { register } from ${JSON.stringify(tsx)}; register(); await import(${JSON.stringify(entry)});`;
-  return new URL(`data:text/javascript,${encodeURIComponent(bootstrap)}`);
 }

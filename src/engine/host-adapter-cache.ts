@@ -38,6 +38,11 @@ export class HostAdapterCache {
     return this.cache.calculatedSize;
   }
 
+  /** Whether the adapter is in memory, without counting a hit or miss or refreshing its recency. */
+  has(key: string): boolean {
+    return this.cache.has(key);
+  }
+
   /** The parsed adapter if it is in memory (counted as a host hit or miss). */
   get(key: string): Adapter | undefined {
     const adapter = this.cache.get(key);

@@ -6,6 +6,9 @@ import type { ExecutionProvider } from '../runtime/model-runner.ts';
 import type { LlamaConfig } from '../model/types.ts';
 import type { SamplingParams } from './sampling.ts';
 
+/** Chosen by measurement on the SmolLM2-135M shape; see the engine README and `npm run bench`. */
+export const DEFAULT_PREFILL_TOKEN_BUDGET = 64;
+
 export interface EngineOptions {
   /** A GGUF file or a Hugging Face model directory. */
   modelPath: string;
@@ -21,8 +24,12 @@ export interface EngineOptions {
   maxQueue: number;
   /** Longest prompt + completion; defaults to the model's context length. */
   maxPositions?: number;
-  /** Prompt tokens per prefill pass; longer prompts are prefilled in several passes. */
-  prefillChunk?: number;
+  /**
+   * Most prompt tokens one engine step prefills beside the decoding rows (rows × padded width); longer prompts
+   * are split across steps. Smaller keeps running streams smoother, larger gives new requests their first token
+   * sooner. Default DEFAULT_PREFILL_TOKEN_BUDGET.
+   */
+  prefillTokenBudget?: number;
   threads?: number;
   executionProvider?: ExecutionProvider;
   /** Sequences longer than this many positions decode in a separate pass (ModelRunner.lanes); default 1024. */
@@ -129,4 +136,16 @@ export type FromWorker =
       stats: SchedulerStats;
     }
   | { type: 'sequence-failed'; id: number; message: string; code: string }
+  /** The engine thread stopped at a step boundary because it was paused (see Engine.pause). */
+  | { type: 'paused' }
   | { type: 'closed' };
+
+/**
+ * What the engine thread starts with: its options and the step gate, one Int32 shared with the HTTP thread that
+ * says how many more steps the thread may run before it pauses (RUN_FREELY: no limit).
+ */
+export interface EngineWorkerData extends EngineOptions {
+  stepGate: SharedArrayBuffer;
+}
+
+export const RUN_FREELY = -1;

@@ -1,16 +1,19 @@
 /**
- * Continuous batching. Sequences wait in a queue, join the running batch between decode steps (prefilled in
- * their own cache row), decode together one token per step, and leave as soon as they finish or are
- * cancelled, so a long generation never holds up a short one. Runs on the engine worker thread.
+ * Continuous batching without stalls. Sequences wait in a queue, take a batch row between steps, prefill their
+ * prompt in budget-sized chunks (prefill-plan.ts) while the rows already decoding advance one token in every
+ * step, decode together, and leave as soon as they finish or are cancelled. A burst of new or long prompts thus
+ * delays running streams by at most one prefill budget per step. Runs on the engine worker thread.
  *
- * A sequence on an adapter joins only once its adapter sits in a runtime slot; loading it from disk happens
- * in the background while the batch keeps decoding.
+ * A sequence on an adapter takes a row only once its adapter sits in a runtime slot; loading it from disk starts
+ * when the sequence is submitted and happens in the background while the batch keeps stepping.
  */
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { AdapterError } from '../adapters/adapter-error.ts';
 import type { Adapter } from '../adapters/adapter.ts';
 import type { ModelRunner } from '../runtime/model-runner.ts';
+import { BatchRows } from './batch-rows.ts';
 import { HostAdapterCache } from './host-adapter-cache.ts';
+import { planPrefillPass } from './prefill-plan.ts';
 import type {
   AdapterCacheEvent,
   AdapterLoadEvent,
@@ -26,7 +29,8 @@ import { TokenSampler } from './sampling.ts';
 export interface SchedulerOptions {
   maxQueue: number;
   maxPositions: number;
-  prefillChunk: number;
+  /** Most prompt tokens (rows × padded width) one step prefills beside the decoding rows. */
+  prefillTokenBudget: number;
   hostCacheBytes: number;
 }
 
@@ -48,7 +52,9 @@ interface Sequence {
   request: SequenceRequest;
   sampler: TokenSampler;
   submittedAt: number;
-  /** Tokens of this sequence in the KV cache. */
+  /** When its first prompt chunk was fed; the prefill time reported runs from here. */
+  prefillStartedAt?: number;
+  /** Tokens of this sequence in the KV cache (while prefilling: prompt tokens fed so far). */
   position: number;
   /** The last sampled token, fed at the next decode step. */
   nextToken: number;
@@ -61,7 +67,7 @@ interface Sequence {
   /**
    * What the prefill feeds: the prompt, after a soft prompt's virtual tokens (placeholders the runner replaces
    * with their embeddings), starting at cache position `offset` (a prefix's length: its keys and values are
-   * written into the cache when the sequence joins). Set when the sequence gets its slot.
+   * written into the cache when the sequence takes its row). Set when the sequence gets its slot.
    */
   feed: number[];
   offset: number;
@@ -71,13 +77,10 @@ interface Sequence {
 
 const NO_SLOT = -1;
 
-/** Prompt chunks' worth of tokens one prefill pass may carry (rows × the longest chunk among them). */
-const PREFILL_CHUNKS_PER_PASS = 4;
-
 export class Scheduler {
   private readonly waiting: Sequence[] = [];
-  /** Per batch lane (ModelRunner.lanes), the running sequences; index = row in the lane, rows stay contiguous. */
-  private readonly lanes: Sequence[][];
+  /** Sequences holding a batch row, decoding or prefilling. */
+  private readonly batch: BatchRows<Sequence>;
   private readonly hostCache: HostAdapterCache;
   private report: Omit<StepReport, 'stats'> = { started: [], tokens: [], finished: [], adapterCache: [] };
   private looping = false;
@@ -90,7 +93,7 @@ export class Scheduler {
     private readonly sink: SchedulerSink,
   ) {
     this.vocabSize = runner.config.vocabSize;
-    this.lanes = runner.lanes.map(() => []);
+    this.batch = new BatchRows(runner);
     this.hostCache = new HostAdapterCache(
       runner.config,
       options.hostCacheBytes,
@@ -117,23 +120,33 @@ export class Scheduler {
       this.sink.failed(request.id, `token id ${outOfVocabulary} is outside the vocabulary (0..${this.vocabSize - 1})`, 'invalid_prompt');
       return;
     }
-    this.waiting.push({
+    const sequence: Sequence = {
       request,
       sampler: new TokenSampler(request.sampling, this.vocabSize),
       submittedAt: performance.now(),
       position: 0,
+      feed: request.promptIds,
+      offset: 0,
       nextToken: -1,
       generated: 0,
       slot: NO_SLOT,
       cancelled: false,
-      feed: request.promptIds,
-      offset: 0,
-    });
+    };
+    this.waiting.push(sequence);
+    this.prefetch(sequence);
     this.kick();
   }
 
+  /** Starts reading a cold adapter as soon as its sequence is accepted, not when a batch row frees up. */
+  private prefetch(sequence: Sequence): void {
+    const key = sequence.request.adapter?.key;
+    if (key === undefined || this.runner.slots.residentAdapters.includes(key) || this.hostCache.has(key)) return;
+    this.report.adapterCache.push({ tier: 'host', event: 'miss' });
+    this.startLoad(sequence);
+  }
+
   private get running(): Sequence[] {
-    return this.lanes.flat();
+    return this.batch.all;
   }
 
   cancel(id: number): void {
@@ -161,8 +174,8 @@ export class Scheduler {
     try {
       while (this.waiting.length > 0 || this.running.length > 0) {
         this.retire();
-        await this.admit();
-        if (this.running.length > 0) await this.decode();
+        this.admit();
+        if (this.running.length > 0) await this.step();
         this.flush();
         if (this.running.length === 0 && this.waiting.every((s) => s.adapterLoading)) {
           // Nothing runs and everything waiting needs an adapter still loading: sleep until a load ends.
@@ -178,7 +191,7 @@ export class Scheduler {
     }
   }
 
-  /** Removes finished and cancelled sequences, keeping the running rows contiguous. */
+  /** Removes finished and cancelled sequences, keeping the rows of each lane contiguous. */
   private retire(): void {
     for (let i = this.waiting.length - 1; i >= 0; i--) {
       const sequence = this.waiting[i];
@@ -186,40 +199,8 @@ export class Scheduler {
       this.waiting.splice(i, 1);
       this.finish(sequence, 'cancelled');
     }
-    this.lanes.forEach((running, lane) => {
-      for (let row = running.length - 1; row >= 0; row--) {
-        const sequence = running[row];
-        if (!sequence.cancelled && !sequence.finish) continue;
-        this.finish(sequence, sequence.cancelled && !sequence.finish ? 'cancelled' : sequence.finish!);
-        this.removeRow(lane, row);
-      }
-      this.runner.lanes[lane].cache.shrinkToFit(running.length, Math.max(0, ...running.map((s) => s.position + 1)));
-    });
-  }
-
-  /** Takes a row out of a lane, moving the lane's last row into its place to keep the rows contiguous. */
-  private removeRow(lane: number, row: number): void {
-    const running = this.lanes[lane];
-    const last = running.length - 1;
-    if (row !== last) {
-      running[row] = running[last];
-      this.runner.moveRow(last, row, lane);
-    }
-    running.pop();
-  }
-
-  /** Moves sequences that will outgrow their lane at the next step into the lane for their length. */
-  private promote(): void {
-    this.lanes.forEach((running, lane) => {
-      for (let row = running.length - 1; row >= 0; row--) {
-        const sequence = running[row];
-        const target = this.runner.laneFor(sequence.position + 1);
-        if (target === lane) continue;
-        this.runner.moveToLane(lane, row, target, this.lanes[target].length, sequence.position);
-        this.lanes[target].push(sequence);
-        this.removeRow(lane, row);
-      }
-    });
+    const done = this.batch.removeWhere((sequence) => sequence.cancelled || sequence.finish !== undefined);
+    for (const sequence of done) this.finish(sequence, sequence.cancelled && !sequence.finish ? 'cancelled' : sequence.finish!);
   }
 
   private finish(sequence: Sequence, reason: FinishReason): void {
@@ -234,24 +215,17 @@ export class Scheduler {
   }
 
   /**
-   * Moves waiting sequences into the batch while it has room, and prefills the newcomers together in one pass
-   * per prompt chunk. Fair across tenants: the next candidate is the oldest sequence of the tenant with the
-   * fewest sequences running, so one tenant's burst cannot starve others. A pass holds at most
-   * PREFILL_CHUNKS_PER_PASS chunks' worth of (padded) tokens, so a burst of long prompts cannot stall decoding
-   * for long or blow up attention's memory; the rest join after the next decode step.
+   * Gives waiting sequences free batch rows, where they prefill over the next steps. Fair across tenants: the
+   * next candidate is the oldest sequence of the tenant with the fewest sequences holding rows, so one tenant's
+   * burst cannot starve others. A sequence whose adapter is still loading, or finds every slot held, stays in
+   * the queue without a row.
    */
-  private async admit(): Promise<void> {
-    const chunk = this.options.prefillChunk;
-    const group: Sequence[] = [];
-    let longest = 0;
+  private admit(): void {
     let tried = new Set<Sequence>();
-    const runningCount = this.running.length;
-    while (runningCount + group.length < this.runner.maxBatch) {
-      const sequence = this.nextCandidate(tried, group);
+    while (this.batch.count < this.runner.maxBatch) {
+      const sequence = this.nextCandidate(tried);
       if (!sequence) break;
       tried.add(sequence);
-      const passTokens = (group.length + 1) * Math.min(chunk, Math.max(longest, sequence.request.promptIds.length));
-      if (group.length > 0 && passTokens > chunk * PREFILL_CHUNKS_PER_PASS) break;
       let slot: number | null;
       try {
         slot = this.placeAdapter(sequence);
@@ -264,34 +238,27 @@ export class Scheduler {
       this.waiting.splice(this.waiting.indexOf(sequence), 1);
       sequence.slot = slot;
       if (!this.placeVirtualTokens(sequence)) continue;
-      group.push(sequence);
-      longest = Math.max(longest, sequence.request.promptIds.length);
+      const lane = this.runner.laneFor(sequence.offset + sequence.feed.length + 1);
+      this.batch.addPrefilling(lane, sequence);
+      this.runner.writePrefix(lane, this.batch.firstPrefillRow(lane) + this.batch.prefilling(lane).length - 1, slot);
       // The counts per tenant changed, so every waiting sequence is a candidate again.
       tried = new Set();
     }
-    if (group.length === 0) return;
-    try {
-      for (let lane = 0; lane < this.lanes.length; lane++) {
-        // Longest prompt first: the rows still prefilling in each chunk are then a prefix of the lane's group.
-        const laneGroup = group
-          .filter((s) => this.runner.laneFor(s.offset + s.feed.length + 1) === lane)
-          .sort((a, b) => b.feed.length - a.feed.length);
-        if (laneGroup.length === 0) continue;
-        const firstRow = this.lanes[lane].length;
-        this.lanes[lane].push(...laneGroup);
-        laneGroup.forEach((s, i) => this.runner.writePrefix(lane, firstRow + i, s.slot));
-        await this.prefill(laneGroup, firstRow, lane);
-      }
-    } catch (error) {
-      this.failRunning(error as Error);
-      return;
-    }
-    this.retire();
   }
 
-  private nextCandidate(tried: Set<Sequence>, admitted: Sequence[]): Sequence | undefined {
+  /** One engine step: every decoding row advances one token, then at most one prefill budget of prompt tokens. */
+  private async step(): Promise<void> {
+    try {
+      await this.decode();
+      await this.prefillChunk();
+    } catch (error) {
+      this.failRunning(error as Error);
+    }
+  }
+
+  private nextCandidate(tried: Set<Sequence>): Sequence | undefined {
     const runningByTenant = new Map<string, number>();
-    for (const s of [...this.running, ...admitted]) runningByTenant.set(s.request.tenant, (runningByTenant.get(s.request.tenant) ?? 0) + 1);
+    for (const s of this.running) runningByTenant.set(s.request.tenant, (runningByTenant.get(s.request.tenant) ?? 0) + 1);
     let best: Sequence | undefined;
     let bestRunning = Infinity;
     for (const sequence of this.waiting) {
@@ -357,7 +324,7 @@ export class Scheduler {
       return false;
     }
     if (softPrompt) sequence.feed = [...new Array<number>(virtualTokens).fill(0), ...prompt];
-    if (prefix) sequence.offset = virtualTokens;
+    if (prefix) sequence.offset = sequence.position = virtualTokens;
     return true;
   }
 
@@ -381,50 +348,61 @@ export class Scheduler {
     );
   }
 
-  /** Prefills a group (longest prompt first) in a lane's rows from `firstRow` on, then samples each first token. */
-  private async prefill(group: Sequence[], firstRow: number, lane: number): Promise<void> {
-    const started = performance.now();
-    const chunk = this.options.prefillChunk;
-    for (let start = 0; start < group[0].feed.length; start += chunk) {
-      const active = group.filter((s) => s.feed.length > start);
-      const logits = await this.runner.forward(
-        firstRow,
-        active.map((s) => ({ tokens: s.feed.slice(start, start + chunk), position: s.offset + start, slot: s.slot })),
-        lane,
-      );
-      active.forEach((sequence, row) => {
-        if (sequence.feed.length > start + chunk) return;
-        sequence.position = sequence.offset + sequence.feed.length;
-        this.report.started.push({
-          id: sequence.request.id,
-          queueMs: started - sequence.submittedAt,
-          prefillMs: performance.now() - started,
-          adapterLoad: sequence.adapterLoad,
-        });
-        this.accept(sequence, logits.subarray(row * this.vocabSize, (row + 1) * this.vocabSize));
+  /** Each lane with decoding rows runs one pass that feeds every one of them its last sampled token. */
+  private async decode(): Promise<void> {
+    this.batch.promote();
+    for (let lane = 0; lane < this.batch.laneCount; lane++) {
+      const decoding = this.batch.decoding(lane);
+      if (decoding.length === 0) continue;
+      const logits = await this.runner.forward(0, decoding.map((s) => ({ tokens: [s.nextToken], position: s.position, slot: s.slot })), lane);
+      decoding.forEach((sequence, row) => {
+        sequence.position++;
+        if (!sequence.finish) this.accept(sequence, this.rowLogits(logits, row));
       });
     }
   }
 
-  /** One decode step: each lane with sequences runs its own forward pass. */
-  private async decode(): Promise<void> {
-    this.promote();
-    for (let lane = 0; lane < this.lanes.length; lane++) {
-      const running = this.lanes[lane];
-      if (running.length === 0) continue;
-      let logits: Float32Array;
-      try {
-        logits = await this.runner.forward(0, running.map((s) => ({ tokens: [s.nextToken], position: s.position, slot: s.slot })), lane);
-      } catch (error) {
-        this.failRunning(error as Error);
-        return;
-      }
-      running.forEach((sequence, row) => {
-        sequence.position++;
-        if (!sequence.finish) this.accept(sequence, logits.subarray(row * this.vocabSize, (row + 1) * this.vocabSize));
-      });
+  /**
+   * Feeds the next prompt chunk(s) of the lane whose first prefilling sequence arrived earliest, within the
+   * prefill budget. Sequences whose prompt is complete sample their first token and decode from the next step.
+   */
+  private async prefillChunk(): Promise<void> {
+    let lane = -1;
+    for (let candidate = 0; candidate < this.batch.laneCount; candidate++) {
+      const first = this.batch.prefilling(candidate)[0];
+      if (first && (lane < 0 || first.submittedAt < this.batch.prefilling(lane)[0].submittedAt)) lane = candidate;
     }
-    this.retire();
+    if (lane < 0) return;
+    const prefilling = this.batch.prefilling(lane);
+    const pass = planPrefillPass(prefilling.map((s) => s.offset + s.feed.length - s.position), this.options.prefillTokenBudget)!;
+    const fed = prefilling.slice(0, pass.rows);
+    const now = performance.now();
+    for (const sequence of fed) sequence.prefillStartedAt ??= now;
+    const logits = await this.runner.forward(
+      this.batch.firstPrefillRow(lane),
+      fed.map((s) => ({ tokens: s.feed.slice(s.position - s.offset, s.position - s.offset + pass.width), position: s.position, slot: s.slot })),
+      lane,
+    );
+    let completed = 0;
+    fed.forEach((sequence, row) => {
+      const end = sequence.offset + sequence.feed.length;
+      sequence.position = Math.min(end, sequence.position + pass.width);
+      if (sequence.position < end) return;
+      completed++;
+      this.report.started.push({
+        id: sequence.request.id,
+        queueMs: sequence.prefillStartedAt! - sequence.submittedAt,
+        prefillMs: performance.now() - sequence.prefillStartedAt!,
+        adapterLoad: sequence.adapterLoad,
+      });
+      this.accept(sequence, this.rowLogits(logits, row));
+    });
+    // planPrefillPass guarantees the completed rows are the first ones of the pass.
+    this.batch.startDecoding(lane, completed);
+  }
+
+  private rowLogits(logits: Float32Array, row: number): Float32Array {
+    return logits.subarray(row * this.vocabSize, (row + 1) * this.vocabSize);
   }
 
   /** Samples the next token from a row's logits and decides whether the sequence is done. */
@@ -442,7 +420,7 @@ export class Scheduler {
 
   /** A failed forward pass leaves the batch's state unknown: end every running sequence with the error. */
   private failRunning(error: Error): void {
-    for (const sequence of this.lanes.flatMap((running) => running.splice(0))) {
+    for (const sequence of this.batch.clear()) {
       if (sequence.slot > 0) this.runner.slots.release(sequence.slot);
       this.sink.failed(sequence.request.id, `inference failed: ${error.message}`, 'engine_error');
     }

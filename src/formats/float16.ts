@@ -34,8 +34,13 @@ function halfToFloatTable(): Float32Array {
   return table;
 }
 
+/** IEEE half bits → its value. */
+export function halfToFloat(bits: number): number {
+  return halfToFloatTable()[bits];
+}
+
 /** float32 → IEEE half bits, rounding to nearest even; overflow becomes infinity, NaN stays NaN. */
-function floatToHalfBits(value: number): number {
+export function floatToHalfBits(value: number): number {
   scratch[0] = value;
   const bits = scratchBits[0];
   const sign = (bits >>> 16) & 0x8000;

@@ -5,6 +5,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import { decodeFloats } from './float16.ts';
+import { QUANTIZED_GGML_TYPES } from './ggml-quants.ts';
+import { elementCount } from './tensor-shape.ts';
 
 export interface GgufTensorInfo {
   name: string;
@@ -343,20 +345,30 @@ export async function readGguf(path: string): Promise<GgufFile> {
   return parseGguf(new Uint8Array(file.buffer, file.byteOffset, file.byteLength), path);
 }
 
-/** F32 and F16 tensors as float32 (row-major, a fresh copy); quantized and other types are refused. */
+/** A tensor's bytes as stored (ggml blocks for quantized types): a view into the file buffer. */
+export function ggufTensorBytes(file: GgufFile, name: string): Uint8Array {
+  const tensor = file.tensors.get(name);
+  if (!tensor) throw new GgufError(`GGUF has no tensor "${name}"`);
+  const traits = GGML_TYPES[tensor.type];
+  const start = file.dataOffset + tensor.offset;
+  // parseGguf checked that every tensor's extent lies within the data section.
+  return file.buffer.subarray(start, start + (elementCount(tensor.shape) / traits.blockSize) * traits.blockBytes);
+}
+
+/** Whether a tensor's type is one this runtime serves quantized (see ggml-quants.ts). */
+export function isServedQuantizedType(tensor: GgufTensorInfo): boolean {
+  return QUANTIZED_GGML_TYPES.includes(tensor.typeName);
+}
+
+/** F32 and F16 tensors as float32 (row-major, a fresh copy); other types are refused. */
 export function ggufTensorToFloat32(file: GgufFile, name: string): Float32Array {
   const tensor = file.tensors.get(name);
   if (!tensor) throw new GgufError(`GGUF has no tensor "${name}"`);
   if (tensor.type !== GGML_TYPE_F32 && tensor.type !== GGML_TYPE_F16) {
     throw new GgufError(
-      `tensor "${name}" has type ${tensor.typeName}; only F32/F16 GGUF files are supported — ` +
-        'use an F32 or F16 export of the model (or its Hugging Face safetensors checkpoint)',
+      `tensor "${name}" has type ${tensor.typeName}; supported GGUF tensor types are F32, F16 and ` +
+        `${QUANTIZED_GGML_TYPES.join(', ')} — re-quantize the model to one of them (Q4_K_M and Q5_K_M files use only these)`,
     );
   }
-  const elements = tensor.shape.reduce((product, dim) => product * dim, 1);
-  const width = tensor.type === GGML_TYPE_F32 ? 4 : 2;
-  const start = file.dataOffset + tensor.offset;
-  const end = start + elements * width;
-  if (end > file.buffer.byteLength) throw new GgufError(`tensor "${name}" runs past the end of the file (truncated?)`);
-  return decodeFloats(file.buffer.subarray(start, end), tensor.type === GGML_TYPE_F32 ? 'F32' : 'F16');
+  return decodeFloats(ggufTensorBytes(file, name), tensor.type === GGML_TYPE_F32 ? 'F32' : 'F16');
 }

@@ -9,6 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { LineCounter, parse as parseYaml, YAMLError } from 'yaml';
+import { DEFAULT_PREFILL_TOKEN_BUDGET } from '../engine/protocol.ts';
 import { checkTenantName, StoreError } from '../registry/adapter-names.ts';
 import { isJsonObject } from '../storage/json-files.ts';
 
@@ -35,8 +36,20 @@ export interface EngineSettings {
   maxLoraRank: number;
   hostCacheBytes: number;
   maxQueue: number;
+  /** Prompt tokens one engine step may prefill beside the decoding rows (stall-free batching). */
+  prefillTokenBudget: number;
   threads: number;
   executionProvider: ExecutionProvider;
+}
+
+/** Fine-tuning: where files and jobs live, per-tenant limits, and whether `npm start` runs the trainer sidecar. */
+export interface TrainingSettings {
+  dir: string;
+  maxFileBytes: number;
+  maxActiveJobsPerTenant: number;
+  maxStoredBytesPerTenant: number;
+  /** `child`: `npm start` starts the sidecar as a child process; `external`: it runs separately (`npm run trainer`). */
+  trainer: 'child' | 'external';
 }
 
 export interface GatewaySettings {
@@ -48,6 +61,7 @@ export interface GatewaySettings {
   maxBodyBytes: number;
   maxAdapterBytes: number;
   engine: EngineSettings;
+  training: TrainingSettings;
   /** How often WebSocket clients are pinged; one that misses a pong is disconnected. */
   webSocketPingSeconds: number;
   /** How long a shutdown lets in-flight requests finish before cancelling them. */
@@ -95,12 +109,12 @@ export function sha256Digest(key: string): Buffer {
 // ---- environment variables ----
 
 /** Empty values count as unset, as orchestrators often render an absent variable as `NAME=`. */
-function envString(env: NodeJS.ProcessEnv, name: string): string | undefined {
+export function envString(env: NodeJS.ProcessEnv, name: string): string | undefined {
   const value = env[name]?.trim();
   return value ? value : undefined;
 }
 
-function envInteger(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+export function envInteger(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
   const raw = envString(env, name);
   if (raw === undefined) return fallback;
   const value = /^\d+$/.test(raw) ? Number(raw) : NaN;
@@ -111,7 +125,7 @@ function envInteger(env: NodeJS.ProcessEnv, name: string, fallback: number, min:
 }
 
 /** Byte counts accept a binary unit (`512MiB`) because raw byte counts of this size are easy to get wrong. */
-function envBytes(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+export function envBytes(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
   const raw = envString(env, name);
   if (raw === undefined) return fallback;
   const match = /^(\d+)\s*(KiB|MiB|GiB)?$/.exec(raw);
@@ -125,7 +139,7 @@ function envBytes(env: NodeJS.ProcessEnv, name: string, fallback: number, min: n
   return value;
 }
 
-function envChoice<T extends string>(env: NodeJS.ProcessEnv, name: string, choices: readonly T[], fallback: T): T {
+export function envChoice<T extends string>(env: NodeJS.ProcessEnv, name: string, choices: readonly T[], fallback: T): T {
   const raw = envString(env, name);
   if (raw === undefined) return fallback;
   if (!(choices as readonly string[]).includes(raw)) {
@@ -134,7 +148,7 @@ function envChoice<T extends string>(env: NodeJS.ProcessEnv, name: string, choic
   return raw as T;
 }
 
-function envHost(env: NodeJS.ProcessEnv): string {
+export function envHost(env: NodeJS.ProcessEnv): string {
   const host = envString(env, 'HOST') ?? '127.0.0.1';
   if (!isIP(host) && !/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(host)) {
     throw new ConfigError(`HOST must be an IP address or host name (0.0.0.0 to listen on every interface), got ${JSON.stringify(host)}`);
@@ -142,7 +156,7 @@ function envHost(env: NodeJS.ProcessEnv): string {
   return host;
 }
 
-function envUrl(env: NodeJS.ProcessEnv, name: string): string | undefined {
+export function envUrl(env: NodeJS.ProcessEnv, name: string): string | undefined {
   const raw = envString(env, name);
   if (raw === undefined) return undefined;
   let protocol: string;
@@ -324,7 +338,11 @@ async function readTenantsFile(file: string): Promise<{ adminKeyDigests: Buffer[
 
 // ---- assembly ----
 
-function tenantsFromEnvironment(env: NodeJS.ProcessEnv): { adminKeyDigests: Buffer[]; tenants: TenantSettings[] } {
+/**
+ * Without a tenants file the one `local` tenant may fill every batch row: a development gateway driven by as many
+ * clients as MAX_BATCH_SIZE should batch them, not answer 429.
+ */
+function tenantsFromEnvironment(env: NodeJS.ProcessEnv, maxBatchSize: number): { adminKeyDigests: Buffer[]; tenants: TenantSettings[] } {
   const apiKey = envApiKey(env, 'GATEWAY_API_KEY') ?? DEVELOPMENT_API_KEY;
   const adminKey = envApiKey(env, 'GATEWAY_ADMIN_KEY') ?? DEVELOPMENT_ADMIN_KEY;
   if (apiKey === adminKey) {
@@ -332,8 +350,12 @@ function tenantsFromEnvironment(env: NodeJS.ProcessEnv): { adminKeyDigests: Buff
   }
   return {
     adminKeyDigests: [sha256Digest(adminKey)],
-    tenants: [{ name: LOCAL_TENANT_NAME, keyDigests: [sha256Digest(apiKey)], limits: BUILT_IN_TENANT_LIMITS }],
+    tenants: [{ name: LOCAL_TENANT_NAME, keyDigests: [sha256Digest(apiKey)], limits: localTenantLimits(maxBatchSize) }],
   };
+}
+
+export function localTenantLimits(maxBatchSize: number): TenantLimits {
+  return { ...BUILT_IN_TENANT_LIMITS, maxConcurrentRequests: Math.max(BUILT_IN_TENANT_LIMITS.maxConcurrentRequests, maxBatchSize) };
 }
 
 function acceptsDevelopmentKey(adminKeyDigests: readonly Buffer[], tenants: readonly TenantSettings[]): boolean {
@@ -365,8 +387,16 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       maxLoraRank: envInteger(env, 'MAX_LORA_RANK', 16, 1, 1024),
       hostCacheBytes: envBytes(env, 'HOST_CACHE_BYTES', GIB, 0, 1024 * GIB),
       maxQueue: envInteger(env, 'MAX_QUEUE', 256, 1, 1_000_000),
+      prefillTokenBudget: envInteger(env, 'PREFILL_TOKEN_BUDGET', DEFAULT_PREFILL_TOKEN_BUDGET, 1, 65_536),
       threads: envInteger(env, 'ENGINE_THREADS', availableParallelism(), 1, 1024),
       executionProvider: envChoice(env, 'EXECUTION_PROVIDER', ['cpu', 'cuda'] as const, 'cpu'),
+    },
+    training: {
+      dir: envString(env, 'TRAINING_DIR') ?? 'training',
+      maxFileBytes: envBytes(env, 'MAX_FILE_BYTES', 64 * MIB, KIB, 64 * GIB),
+      maxActiveJobsPerTenant: envInteger(env, 'MAX_ACTIVE_JOBS_PER_TENANT', 4, 1, 100_000),
+      maxStoredBytesPerTenant: envBytes(env, 'MAX_STORED_BYTES_PER_TENANT', GIB, KIB, 1024 * GIB),
+      trainer: envChoice(env, 'TRAINER', ['child', 'external'] as const, 'child'),
     },
     webSocketPingSeconds: envInteger(env, 'WS_PING_INTERVAL_SECONDS', 30, 1, 3600),
     shutdownGraceSeconds: envInteger(env, 'SHUTDOWN_GRACE_SECONDS', 10, 0, 3600),
@@ -374,7 +404,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
     logLevel: envChoice(env, 'LOG_LEVEL', ['debug', 'info', 'warn', 'error'] as const, 'info'),
   };
   const { adminKeyDigests, tenants } =
-    configFile === undefined ? tenantsFromEnvironment(env) : await readTenantsFile(configFile);
+    configFile === undefined ? tenantsFromEnvironment(env, settings.engine.maxBatchSize) : await readTenantsFile(configFile);
   return {
     ...settings,
     configFile,

@@ -15,17 +15,22 @@
  * - RoPE tables come in as inputs (rotate-half order, one row per head of the fused q|k|v projection: value
  *   heads get cos=1, sin=0 and query heads carry the 1/sqrt(head_dim) attention scale), so the graph is
  *   independent of context length and RoPE scaling variants.
- * - LoRA: every projection has per-row A and B inputs `[B, in, R]` / `[B, R, out]` (rank zero-padded to the
- *   slot rank R, the adapter's scale folded into B; projections grouped as LORA_INPUTS says), applied as
- *   batched matmuls, so each row of one batch may use a different adapter, or none (zeros). The runtime
- *   copies an adapter's weights into a row when a sequence joins the batch, not every step: gathering
- *   per-slot weights inside the graph would copy every row's adapter on every step, which measured ~15 %
- *   slower at 16 rows. The same per-row scheme carries the other PEFT families (peft-blocks.ts): soft prompts
- *   at the embedding, IA3 and DoRA scales around the projections, bottleneck adapters on the residual stream.
+ * - LoRA: every adapted projection adds the delta of `LoraDelta` (lora-delta.ts), which groups the batch rows by
+ *   adapter so that each distinct adapter's weights are read once per pass, while rows on different adapters,
+ *   ranks and the base model share the pass. Projections that read the same activation share one stacked A
+ *   (q|k|v and gate|up) and one matmul over B blocks of equal width (gate|up as two blocks; q|k|v as
+ *   `heads/kv_heads` blocks of q's columns, each reading q's activation, then k and v): at decode each LoRA
+ *   matmul is a stream over the adapters' weights and a node's fixed cost is comparable to streaming a small B,
+ *   so a layer's adapters cost few, large matmuls (measured ~3 ms less per 16-row step than one B per projection
+ *   on SmolLM2-135M's shape).
+ * - The other PEFT families have per-row inputs (peft-blocks.ts): soft prompts at the embedding, IA3 and DoRA
+ *   scales around the projections, bottleneck adapters on the residual stream, and DoRA's base probes.
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
+import { baseProjection, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
+import { LORA_INPUTS, LoraDelta } from './lora-delta.ts';
 import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
-import { peftBlocks, type BottleneckSite } from './peft-blocks.ts';
+import { peftBlocks, type BottleneckSite, type ProbeSite } from './peft-blocks.ts';
 
 export const GRAPH_INPUTS = {
   inputIds: 'input_ids',
@@ -42,34 +47,13 @@ export const GRAPH_INPUTS = {
 
 export const GRAPH_OUTPUTS = { logits: 'logits', newKeyValues: 'new_key_values' } as const;
 
-/**
- * LoRA inputs per layer, one row per batch row. Projections that read the same activation share one stacked A
- * (q|k|v and gate|up). B is grouped into blocks of equal width, `[B, 1, groups, R, width]`, so one matmul
- * applies several projections' B: gate|up as two blocks, and q|k|v as `heads/kv_heads` blocks of q's columns
- * (q's activation repeated for each) then k and v. At decode each LoRA matmul is a stream over the rows'
- * weights and a node's fixed cost is comparable to streaming a small B, so a layer's adapter costs few, large
- * matmuls (measured ~3 ms less per 16-row step than one B per projection on SmolLM2-135M's shape).
- */
-export const LORA_INPUTS = {
-  aQkv: (layer: number) => `lora_a_qkv.${layer}`,
-  bQkv: (layer: number) => `lora_b_qkv.${layer}`,
-  aO: (layer: number) => `lora_a_o.${layer}`,
-  bO: (layer: number) => `lora_b_o.${layer}`,
-  aGateUp: (layer: number) => `lora_a_gate_up.${layer}`,
-  bGateUp: (layer: number) => `lora_b_gate_up.${layer}`,
-  aDown: (layer: number) => `lora_a_down.${layer}`,
-  bDown: (layer: number) => `lora_b_down.${layer}`,
-} as const;
-
-// Opset 23 brings RMSNormalization, one fused node per norm.
-export const OPSET = [{ domain: '', version: 23 }];
+// Opset 23 brings RMSNormalization, one fused node per norm; onnxruntime's contrib domain, MatMulNBits.
+export const OPSET = [{ domain: '', version: 23 }, CONTRIB_OPSET];
 
 /** Symbolic axis names; the runtime feeds any size. */
 const B = 'batch';
 const T = 'tokens';
 const S = 'cache_len';
-const R = 'lora_rank';
-const BN = 'bottleneck_width';
 
 /**
  * The parts of a layer that differ between the serving graph and the training graph (src/training/): where
@@ -180,56 +164,50 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const pastMask = g.input(GRAPH_INPUTS.pastMask, 'float32', [B, 1, 1, S]);
   const selfMask = g.input(GRAPH_INPUTS.selfMask, 'float32', [B, 1, 'group_tokens', T]);
   const attentionSplit = g.input(GRAPH_INPUTS.attentionSplit, 'int64', [2]);
-  // LoRA activations of stacked projections, [B, T, n*R], as n blocks [B, T, n, 1, R] for a grouped B.
-  const [threeLoraBlocks, twoLoraBlocks] = [3, 2].map((n) => g.constInt64([0, 0, n, 1, -1], `shape_lora_${n}_blocks`));
-  // Which q|k|v activation block each block of the grouped q|k|v B reads: q for each of q's blocks, then k, v.
+  const lora = new LoraDelta(g);
+  const peft = peftBlocks(g, c, B, 'bottleneck_width');
   const qBlocks = c.numHeads / c.numKvHeads;
-  const qkvBlockSources = g.constInt64([...new Array<number>(qBlocks).fill(0), 1, 2], 'lora_qkv_block_sources');
 
   const embedding = g.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
   const ctx = decoderContext(g, c, ropeCos, ropeSin);
 
-  const peft = peftBlocks(g, c, B, BN);
-  const loraWeights = (name: string, ...dims: (number | string)[]) => g.input(name, 'float32', [B, ...dims]);
-  /** LoRA delta from activation blocks `[B, T, n, 1, R]` and a B of n blocks of `width` columns: `[B, T, n*width]`. */
-  const groupedLoraDelta = (blocks: string, name: string, n: number, width: number) =>
-    g.op('Reshape', [g.op('MatMul', [blocks, loraWeights(name, 1, n, R, width)]), g.constInt64([0, 0, n * width])]);
-  /** A base projection as one transposed (and, for fused projections, concatenated) initializer. */
-  const baseWeight = (name: string, parts: string[], inDim: number, outDims: number[]) =>
-    g.initializer(name, transposeConcat(parts.map((part) => w(part).data), inDim, outDims), [inDim, outDims.reduce((a, b) => a + b, 0)]);
-  const layerWeight = (l: number, module: string) => `model.layers.${l}.${module}.weight`;
+  /** Base projections of `x` (fused when several), with each weight as served: block-quantized or float32. */
+  const base = (x: string, l: number, fused: string, modules: string[], inputRank = 3) =>
+    baseProjection(g, x, modules.map((m) => model.quantized?.get(`model.layers.${l}.${m}.weight`) ?? w(`model.layers.${l}.${m}.weight`)), `model.layers.${l}.${fused}`, { inputRank });
+  /** A layer's base projection group, applied to the activation and to the layer's DoRA probe rows. */
+  const probed = (x: string, l: number, site: ProbeSite, fused: string, modules: string[]) => {
+    peft.probe(site, l, (rows) => base(rows, l, fused, modules, 2));
+    return base(x, l, fused, modules);
+  };
 
   const serving: LayerImplementation = {
     normWeight: (name) => g.initializer(name, w(name).data, [c.hiddenSize]),
     qkv(l, h) {
-      const modules = ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj'].map((m) => layerWeight(l, m));
-      const wQkv = baseWeight(`model.layers.${l}.self_attn.qkv_proj.weight_t`, modules, c.hiddenSize, [qDim, kvDim, kvDim]);
-      const uQkv = g.op('Reshape', [g.op('MatMul', [h, loraWeights(LORA_INPUTS.aQkv(l), c.hiddenSize, `3*${R}`)]), threeLoraBlocks]);
-      const loraQkv = groupedLoraDelta(g.op('Gather', [uQkv, qkvBlockSources], { axis: 2 }), LORA_INPUTS.bQkv(l), qBlocks + 2, kvDim);
-      peft.probe('qkv', l, wQkv);
-      return peft.scaleOutput(g.op('Add', [g.op('MatMul', [h, wQkv]), loraQkv]), 'qkv', l);
+      // q's activation feeds each of q's B blocks, then k's and v's their own.
+      const loraQkv = lora.apply(h, {
+        a: LORA_INPUTS.aQkv(l), b: LORA_INPUTS.bQkv(l), inDim: c.hiddenSize, aBlocks: 3, bBlocks: qBlocks + 2, width: kvDim,
+        blockSources: [...new Array<number>(qBlocks).fill(0), 1, 2],
+      });
+      const qkv = probed(h, l, 'qkv', 'self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']);
+      return peft.scaleOutput(g.op('Add', [qkv, loraQkv]), 'qkv', l);
     },
     o(l, unscaled) {
       const merged = peft.scaleInput(unscaled, 'o', l);
-      const wO = baseWeight(`model.layers.${l}.self_attn.o_proj.weight_t`, [layerWeight(l, 'self_attn.o_proj')], qDim, [c.hiddenSize]);
-      const loraO = g.op('MatMul', [g.op('MatMul', [merged, loraWeights(LORA_INPUTS.aO(l), qDim, R)]), loraWeights(LORA_INPUTS.bO(l), R, c.hiddenSize)]);
-      peft.probe('o', l, wO);
-      return peft.scaleOutput(g.op('Add', [g.op('MatMul', [merged, wO]), loraO]), 'o', l);
+      const loraO = lora.apply(merged, { a: LORA_INPUTS.aO(l), b: LORA_INPUTS.bO(l), inDim: qDim, aBlocks: 1, bBlocks: 1, width: c.hiddenSize });
+      return peft.scaleOutput(g.op('Add', [probed(merged, l, 'o', 'self_attn.o_proj', ['self_attn.o_proj']), loraO]), 'o', l);
     },
     gateUp(l, h2) {
-      const modules = [layerWeight(l, 'mlp.gate_proj'), layerWeight(l, 'mlp.up_proj')];
-      const wGateUp = baseWeight(`model.layers.${l}.mlp.gate_up_proj.weight_t`, modules, c.hiddenSize, [c.intermediateSize, c.intermediateSize]);
-      const u2 = g.op('MatMul', [h2, loraWeights(LORA_INPUTS.aGateUp(l), c.hiddenSize, `2*${R}`)]);
-      const loraGateUp = groupedLoraDelta(g.op('Reshape', [u2, twoLoraBlocks]), LORA_INPUTS.bGateUp(l), 2, c.intermediateSize);
-      peft.probe('gate_up', l, wGateUp);
-      return peft.scaleOutput(g.op('Add', [g.op('MatMul', [h2, wGateUp]), loraGateUp]), 'gate_up', l);
+      const loraGateUp = lora.apply(h2, {
+        a: LORA_INPUTS.aGateUp(l), b: LORA_INPUTS.bGateUp(l), inDim: c.hiddenSize, aBlocks: 2, bBlocks: 2, width: c.intermediateSize,
+      });
+      return peft.scaleOutput(g.op('Add', [probed(h2, l, 'gate_up', 'mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj']), loraGateUp]), 'gate_up', l);
     },
     down(l, unscaled) {
       const act = peft.scaleInput(unscaled, 'down', l);
-      const wDown = baseWeight(`model.layers.${l}.mlp.down_proj.weight_t`, [layerWeight(l, 'mlp.down_proj')], c.intermediateSize, [c.hiddenSize]);
-      const loraDown = g.op('MatMul', [g.op('MatMul', [act, loraWeights(LORA_INPUTS.aDown(l), c.intermediateSize, R)]), loraWeights(LORA_INPUTS.bDown(l), R, c.hiddenSize)]);
-      peft.probe('down', l, wDown);
-      return peft.scaleOutput(g.op('Add', [g.op('MatMul', [act, wDown]), loraDown]), 'down', l);
+      const loraDown = lora.apply(act, {
+        a: LORA_INPUTS.aDown(l), b: LORA_INPUTS.bDown(l), inDim: c.intermediateSize, aBlocks: 1, bBlocks: 1, width: c.hiddenSize,
+      });
+      return peft.scaleOutput(g.op('Add', [probed(act, l, 'down', 'mlp.down_proj', ['mlp.down_proj']), loraDown]), 'down', l);
     },
     // The cached keys (transposed) and values, then this step's own tokens under a causal mask, in one softmax.
     attend(l, qGrouped, k, v) {
@@ -257,26 +235,14 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   // each row's last real token, as rows of a batched prefill are padded to the longest.
   const last = g.op('GatherElements', [x, g.input(GRAPH_INPUTS.logitsPosition, 'int64', [B, 1, c.hiddenSize])], { axis: 1 });
   const lastFlat = g.op('Reshape', [rmsNorm(g, c, last, serving.normWeight('model.norm.weight')), g.constInt64([-1, c.hiddenSize])]);
-  const lmHead = c.tieWordEmbeddings
-    ? embedding
-    : g.initializer('lm_head.weight', w('lm_head.weight').data, [c.vocabSize, c.hiddenSize]);
-  g.output(g.op('Gemm', [lastFlat, lmHead], { transB: 1 }), GRAPH_OUTPUTS.logits, 'float32', [B, c.vocabSize]);
+  // The embedding lookup reads float32 rows (exact values of a quantized file's embedding); the output
+  // projection, a full matmul per step, uses the quantized form when there is one.
+  const quantizedHead = model.quantized?.get('lm_head.weight');
+  const logits = quantizedHead
+    ? quantizedMatMul(g, lastFlat, quantizedHead, 'lm_head', { inputRank: 2 })
+    : g.op('Gemm', [lastFlat, c.tieWordEmbeddings ? embedding : g.initializer('lm_head.weight', w('lm_head.weight').data, [c.vocabSize, c.hiddenSize])], { transB: 1 });
+  g.output(logits, GRAPH_OUTPUTS.logits, 'float32', [B, c.vocabSize]);
   // All layers' new keys and values in one output: [B, layers*2*kv_heads, T, head_dim], k then v per layer.
   g.output(g.op('Concat', newKeyValues, { axis: 1 }), GRAPH_OUTPUTS.newKeyValues, 'float32', [B, c.numLayers * 2 * c.numKvHeads, T, c.headDim]);
   return g.build(OPSET);
-}
-
-/** Transposes PyTorch `[out, in]` weights to `[in, out]` and joins several along the output axis. */
-function transposeConcat(weights: Float32Array[], inDim: number, outDims: number[]): Float32Array {
-  const totalOut = outDims.reduce((a, b) => a + b, 0);
-  const result = new Float32Array(inDim * totalOut);
-  let column = 0;
-  weights.forEach((weight, index) => {
-    const outDim = outDims[index];
-    for (let o = 0; o < outDim; o++) {
-      for (let i = 0; i < inDim; i++) result[i * totalOut + column + o] = weight[o * inDim + i];
-    }
-    column += outDim;
-  });
-  return result;
 }

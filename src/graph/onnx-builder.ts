@@ -8,9 +8,15 @@ import onnxProto from 'onnx-proto';
 const { onnx } = onnxProto;
 
 const DataType = onnx.TensorProto.DataType;
-export type ElementType = 'float32' | 'int64';
+export type ElementType = 'float32' | 'int64' | 'uint8';
 
-const ELEMENT_TYPES: Record<ElementType, number> = { float32: DataType.FLOAT, int64: DataType.INT64 };
+const ELEMENT_TYPES: Record<ElementType, number> = { float32: DataType.FLOAT, int64: DataType.INT64, uint8: DataType.UINT8 };
+
+/** Initializer data and the element type each typed array stores. */
+type InitializerData = Float32Array | BigInt64Array | Uint8Array;
+function elementTypeOf(data: InitializerData): ElementType {
+  return data instanceof Float32Array ? 'float32' : data instanceof BigInt64Array ? 'int64' : 'uint8';
+}
 
 /** Dimensions are numbers or symbolic names (dynamic axes). */
 export type Dim = number | string;
@@ -29,6 +35,8 @@ const INLINE_LIMIT = 1024;
 /** One operation as it was appended, for passes that read the graph back (the autodiff in src/training/). */
 export interface GraphOp {
   opType: string;
+  /** Set for operators outside ONNX's own domain (e.g. `com.microsoft`). */
+  domain?: string;
   inputs: string[];
   outputs: string[];
   attributes: Record<string, AttributeValue>;
@@ -78,13 +86,21 @@ export class OnnxGraphBuilder {
    * copies it into that buffer (a copy per tensor would hold the weights twice while the graph is built), so
    * callers must not change it before then.
    */
-  initializer(name: string, data: Float32Array | BigInt64Array, dims: number[]): string {
+  initializer(name: string, data: InitializerData, dims: number[]): string {
     this.claim(name);
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    const type = data instanceof Float32Array ? 'float32' : 'int64';
+    const type = elementTypeOf(data);
     this.initializers.push({ name, dims, type, bytes });
     this.declarations.set(name, { type, dims });
     return name;
+  }
+
+  /**
+   * An initializer several parts of the graph read: created by `data()` on first use, then only referenced (a
+   * projection applied to more than one input keeps one copy of its weights).
+   */
+  sharedInitializer(name: string, data: () => InitializerData, dims: number[]): string {
+    return this.usedNames.has(name) ? name : this.initializer(name, data(), dims);
   }
 
   constInt64(values: number[], name = this.fresh('const')): string {
@@ -117,19 +133,26 @@ export class OnnxGraphBuilder {
     return this.opMulti(opType, inputs, 1, attributes, outputName ? [outputName] : undefined)[0];
   }
 
+  /** An operator from another domain than ONNX's own (e.g. onnxruntime's `com.microsoft` contrib operators). */
+  domainOp(domain: string, opType: string, inputs: string[], attributes: Record<string, AttributeValue> = {}): string {
+    return this.opMulti(opType, inputs, 1, attributes, undefined, domain)[0];
+  }
+
   opMulti(
     opType: string,
     inputs: string[],
     outputCount: number,
     attributes: Record<string, AttributeValue> = {},
     outputNames?: string[],
+    domain?: string,
   ): string[] {
     const outputs = outputNames ?? Array.from({ length: outputCount }, () => this.fresh(opType.toLowerCase()));
     for (const name of outputs) this.claim(name);
-    this.ops.push({ opType, inputs, outputs, attributes });
+    this.ops.push({ opType, ...(domain ? { domain } : {}), inputs, outputs, attributes });
     this.nodes.push(
       onnx.NodeProto.create({
         opType,
+        ...(domain ? { domain } : {}),
         name: this.fresh(`${opType}_node`),
         input: inputs,
         output: outputs,

@@ -153,10 +153,9 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig, B: string, R: st
       return g.op('Add', [g.op('Add', [x, h]), delta]);
     },
 
-    /** Pushes the layer's probe rows for `site` through the same base weights the layer uses. */
-    probe(site: ProbeSite, layer: number, weightT: string): void {
-      const rows = g.input(PEFT_INPUTS.probe(site, layer), 'float32', ['probe_rows', probeWidths[site].in]);
-      probes.get(site)!.push(g.op('MatMul', [rows, weightT]));
+    /** Pushes the layer's probe rows for `site` through `project`, the layer's own base projection of that group. */
+    probe(site: ProbeSite, layer: number, project: (rows: string) => string): void {
+      probes.get(site)!.push(project(g.input(PEFT_INPUTS.probe(site, layer), 'float32', ['probe_rows', probeWidths[site].in])));
     },
 
     /** Declares the probe outputs; call after every layer. */

@@ -1,42 +1,56 @@
 /**
  * Loads a base model — a GGUF file or a Hugging Face directory (single or sharded safetensors) — into the
  * canonical layout of types.ts: Hugging Face names, float32, row-major, q/k rows in rotate-half order.
+ * Projection and output weights stored quantized in a GGUF stay quantized (re-laid for MatMulNBits, see
+ * formats/ggml-quants.ts); `quantize` quantizes float ones the same way on load.
  * Every expected tensor must be present with the expected shape and nothing that would change the
  * architecture may be left over, so a model that loads is a model the runtime computes correctly.
  */
 import { stat } from 'node:fs/promises';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { entryToFloat32, readSafetensors, type SafetensorsEntry } from '../formats/safetensors.ts';
-import { ggufTensorToFloat32, readGguf } from '../formats/gguf.ts';
+import { ggufTensorBytes, ggufTensorToFloat32, isServedQuantizedType, readGguf } from '../formats/gguf.ts';
+import { ggmlBlocksToQuantizedMatrix } from '../formats/ggml-quants.ts';
+import { dequantizeMatrix, permuteQuantizedRows } from './quantized-matrix.ts';
+import { quantizeMatrix } from './quantize.ts';
 import { configFromGguf, configFromHuggingFace } from './config.ts';
 import { weightsChecksum } from './checksum.ts';
 import { llamaWeightShapes } from './weight-shapes.ts';
-import type { BaseModel, LlamaConfig, WeightMap } from './types.ts';
+import { LORA_TARGET_MODULES, type BaseModel, type LlamaConfig, type LoadQuantization, type QuantizedMatrix, type WeightMap } from './types.ts';
 import { isJsonObject, readJsonIfPresent } from '../storage/json-files.ts';
 
 /** A tensor found in a file, under its canonical name, decoded only once it has passed the shape checks. */
 interface TensorSource {
   shape: number[];
   read(): Float32Array;
+  /** Present when the file stores the tensor quantized: its blocks, not expanded to float. */
+  readQuantized?(): QuantizedMatrix;
 }
 
-export async function loadBaseModel(path: string): Promise<BaseModel> {
+export interface LoadOptions {
+  /** Quantize float projection and output weights on load (llama.cpp's Q8_0 or Q4_0 numerics). */
+  quantize?: LoadQuantization;
+}
+
+type LoadedWeights = Pick<BaseModel, 'weights' | 'quantized'>;
+
+export async function loadBaseModel(path: string, options: LoadOptions = {}): Promise<BaseModel> {
   const location = resolve(path);
   const info = await stat(location).catch((error: NodeJS.ErrnoException) => {
     throw error.code === 'ENOENT' ? new Error(`model path ${location} does not exist`) : error;
   });
   const loaded = info.isDirectory()
-    ? await loadHuggingFaceDirectory(location)
+    ? await loadHuggingFaceDirectory(location, options)
     : location.endsWith('.gguf')
-      ? await loadGgufFile(location)
+      ? await loadGgufFile(location, options)
       : undefined;
   if (!loaded) {
     throw new Error(`model path ${location} is neither a .gguf file nor a Hugging Face directory with config.json`);
   }
-  return { ...loaded, checksum: weightsChecksum(loaded.weights) };
+  return { ...loaded, checksum: weightsChecksum(loaded.weights, loaded.quantized) };
 }
 
-async function loadGgufFile(path: string): Promise<Omit<BaseModel, 'checksum'>> {
+async function loadGgufFile(path: string, options: LoadOptions): Promise<Omit<BaseModel, 'checksum'>> {
   const file = await readGguf(path);
   const config = configFromGguf(file.metadata, file.tensors);
   const sources = new Map<string, TensorSource>();
@@ -48,13 +62,20 @@ async function loadGgufFile(path: string): Promise<Omit<BaseModel, 'checksum'>> 
       : name.endsWith('self_attn.k_proj.weight')
         ? config.numKvHeads
         : undefined;
-    const read = () => ggufTensorToFloat32(file, tensor.name);
-    sources.set(name, {
-      shape: tensor.shape,
-      read: heads === undefined ? read : () => interleavedToRotateHalfRows(read(), heads, config.headDim, tensor.shape[1]),
-    });
+    const rowOrder = heads === undefined ? undefined : rotateHalfRowOrder(heads, config.headDim);
+    if (isServedQuantizedType(tensor)) {
+      const [rows, columns] = tensor.shape.length === 2 ? tensor.shape : [1, tensor.shape[0]];
+      const readQuantized = () => {
+        const matrix = ggmlBlocksToQuantizedMatrix(tensor.typeName, rows, columns, ggufTensorBytes(file, tensor.name));
+        return rowOrder ? permuteQuantizedRows(matrix, rowOrder) : matrix;
+      };
+      sources.set(name, { shape: tensor.shape, readQuantized, read: () => dequantizeMatrix(readQuantized()) });
+    } else {
+      const read = () => ggufTensorToFloat32(file, tensor.name);
+      sources.set(name, { shape: tensor.shape, read: rowOrder ? () => permuteFloatRows(read(), rowOrder, tensor.shape[1]) : read });
+    }
   }
-  return { config, weights: assembleWeights(config, sources, path), source: { format: 'gguf', path } };
+  return { config, ...assembleWeights(config, sources, path, options), source: { format: 'gguf', path } };
 }
 
 const GGUF_BLOCK_TENSORS: Record<string, string> = {
@@ -88,22 +109,26 @@ function canonicalNameFromGguf(name: string): string {
 /**
  * llama.cpp's llama architecture rotates adjacent pairs (2i, 2i+1) of each head; Hugging Face rotates
  * (i, i + headDim/2). Reordering the rows of q and k per head makes the two equivalent: Hugging Face row
- * j < headDim/2 of a head is GGUF row 2j, and row j + headDim/2 is GGUF row 2j+1.
+ * j < headDim/2 of a head is GGUF row 2j, and row j + headDim/2 is GGUF row 2j+1. Returns, for each row of
+ * the result, the GGUF row it comes from.
  */
-function interleavedToRotateHalfRows(weight: Float32Array, heads: number, headDim: number, columns: number): Float32Array {
-  const out = new Float32Array(weight.length);
+function rotateHalfRowOrder(heads: number, headDim: number): number[] {
+  const order: number[] = [];
   const half = headDim / 2;
   for (let head = 0; head < heads; head++) {
     const base = head * headDim;
-    for (let j = 0; j < half; j++) {
-      out.set(weight.subarray((base + 2 * j) * columns, (base + 2 * j + 1) * columns), (base + j) * columns);
-      out.set(weight.subarray((base + 2 * j + 1) * columns, (base + 2 * j + 2) * columns), (base + half + j) * columns);
-    }
+    for (let j = 0; j < headDim; j++) order.push(base + (j < half ? 2 * j : 2 * (j - half) + 1));
   }
+  return order;
+}
+
+function permuteFloatRows(weight: Float32Array, order: readonly number[], columns: number): Float32Array {
+  const out = new Float32Array(weight.length);
+  order.forEach((from, to) => out.set(weight.subarray(from * columns, (from + 1) * columns), to * columns));
   return out;
 }
 
-async function loadHuggingFaceDirectory(directory: string): Promise<Omit<BaseModel, 'checksum'>> {
+async function loadHuggingFaceDirectory(directory: string, options: LoadOptions): Promise<Omit<BaseModel, 'checksum'>> {
   const configJson = await readJsonIfPresent(join(directory, 'config.json'));
   if (configJson === undefined) {
     throw new Error(`${directory} has no config.json; a Hugging Face model directory needs one`);
@@ -118,7 +143,7 @@ async function loadHuggingFaceDirectory(directory: string): Promise<Omit<BaseMod
     if (entry.name === 'lm_head.weight' && config.tieWordEmbeddings) continue;
     sources.set(entry.name, { shape: entry.shape, read: () => entryToFloat32(entry) });
   }
-  return { config, weights: assembleWeights(config, sources, directory), source: { format: 'hf', path: directory } };
+  return { config, ...assembleWeights(config, sources, directory, options), source: { format: 'hf', path: directory } };
 }
 
 const SINGLE_FILE = 'model.safetensors';
@@ -165,7 +190,24 @@ async function readSafetensorsEntries(directory: string): Promise<SafetensorsEnt
   return entries;
 }
 
-function assembleWeights(config: LlamaConfig, sources: Map<string, TensorSource>, where: string): WeightMap {
+const PROJECTION_SUFFIXES = LORA_TARGET_MODULES.map((module) => `.${module}.weight`);
+const OUTPUT_PROJECTION = 'lm_head.weight';
+
+/** Weights the graph multiplies by (the projections and the output projection): the ones served quantized. */
+function isMatmulWeight(name: string): boolean {
+  return name === OUTPUT_PROJECTION || PROJECTION_SUFFIXES.some((suffix) => name.endsWith(suffix));
+}
+
+/**
+ * On-load quantization's type for one weight: the output projection always gets Q8_0 (llama.cpp, too, keeps it
+ * above the file's type), and rows that are not whole 32-value blocks stay float, as llama.cpp falls back for them.
+ */
+function loadQuantizationFor(name: string, shape: readonly number[], quantize: LoadQuantization | undefined): LoadQuantization | undefined {
+  if (!quantize || shape[1] % 32 !== 0) return undefined;
+  return name === OUTPUT_PROJECTION ? 'q8' : quantize;
+}
+
+function assembleWeights(config: LlamaConfig, sources: Map<string, TensorSource>, where: string, options: LoadOptions): LoadedWeights {
   const expected = llamaWeightShapes(config);
   for (const name of sources.keys()) {
     if (!expected.has(name)) {
@@ -176,15 +218,28 @@ function assembleWeights(config: LlamaConfig, sources: Map<string, TensorSource>
     }
   }
   const weights: WeightMap = new Map();
+  const quantized = new Map<string, QuantizedMatrix>();
+  /** Serves `source` under `name` quantized when the file or `options` say so; true if it did. */
+  const serveQuantized = (name: string, shape: number[], source: TensorSource): boolean => {
+    if (source.readQuantized) quantized.set(name, source.readQuantized());
+    else {
+      const kind = loadQuantizationFor(name, shape, options.quantize);
+      if (!kind) return false;
+      quantized.set(name, quantizeMatrix(source.read(), shape, kind));
+    }
+    return true;
+  };
   for (const [name, shape] of expected) {
     const source = sources.get(name);
     if (!source) throw new Error(`${where}: missing tensor "${name}" (expected shape [${shape.join(', ')}])`);
     if (source.shape.length !== shape.length || source.shape.some((dim, i) => dim !== shape[i])) {
       throw new Error(`${where}: tensor "${name}" has shape [${source.shape.join(', ')}], expected [${shape.join(', ')}]`);
     }
-    weights.set(name, { shape, data: source.read() });
+    if (!(isMatmulWeight(name) && serveQuantized(name, shape, source))) weights.set(name, { shape, data: source.read() });
   }
-  return weights;
+  // A tied output projection reuses the embedding: the lookup keeps float32 rows, the projection its quantized form.
+  if (config.tieWordEmbeddings) serveQuantized(OUTPUT_PROJECTION, [config.vocabSize, config.hiddenSize], sources.get('model.embed_tokens.weight')!);
+  return { weights, quantized };
 }
 
 async function exists(path: string): Promise<boolean> {

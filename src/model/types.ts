@@ -49,10 +49,40 @@ export type LoraTargetModule = (typeof LORA_TARGET_MODULES)[number];
  */
 export type WeightMap = Map<string, F32Tensor>;
 
+/**
+ * A weight matrix `[rows, columns]` (PyTorch `[out, in]`) kept block-quantized, in the layout onnxruntime's
+ * `com.microsoft.MatMulNBits` reads: for column c of row r, with `b = c / blockSize`,
+ *   value = scales[r·blocks + b] · (code − 2^(bits−1)) + offsets[r·columns/32 + c/32]   (offsets only when present)
+ * Codes are unsigned, `blockSize·bits/8` bytes per block, a row's blocks contiguous; 4-bit codes two per byte,
+ * the lower-numbered column in the low nibble. The zero point is always MatMulNBits' default, 2^(bits−1).
+ */
+export interface QuantizedMatrix {
+  shape: [rows: number, columns: number];
+  /** Where the values came from: the GGUF type (`Q4_0`, `Q4_K`, ...) or the on-load quantization's. */
+  sourceType: string;
+  bits: 4 | 8;
+  blockSize: number;
+  codes: Uint8Array;
+  scales: Float32Array;
+  /** K-quants' sub-block minimums: one additive term per row and 32 columns, `[rows, columns/32]`. */
+  offsets?: Float32Array;
+}
+
+/** Columns that share one entry of `QuantizedMatrix.offsets` (the K-quants' sub-block width). */
+export const QUANTIZED_OFFSET_BLOCK = 32;
+
+/** Quantization applied at load to float weights: llama.cpp's Q8_0 or Q4_0. */
+export type LoadQuantization = 'q8' | 'q4';
+
 export interface BaseModel {
   config: LlamaConfig;
   weights: WeightMap;
-  /** sha256 over the canonical weights (names, shapes, bytes), recorded at load. */
+  /**
+   * Projection weights (and the output projection) served block-quantized, under their canonical names; a
+   * name here is absent from `weights`. Absent or empty for a float model.
+   */
+  quantized?: Map<string, QuantizedMatrix>;
+  /** sha256 over the weights as served (names, shapes, bytes; quantized ones in their served form), recorded at load. */
   checksum: string;
   source: { format: 'gguf' | 'hf'; path: string };
 }

@@ -1,40 +1,95 @@
 /**
- * Runtime adapter slots: adapters already converted to the decoder graph's per-row layout (see slot-writer.ts),
- * from which batch rows copy their weights when a sequence joins. Slot 0 is the identity and means "no adapter".
- * This module also owns the placement policy.
+ * Runtime adapter slots: adapters already converted to the decoder graph's layout (A transposed, rank padded
+ * to the slot rank, scale folded into B), from which a pass's adapter segments copy their weights; and the other
+ * PEFT families' per-row inputs (slot-writer.ts), from which batch rows copy theirs (row-family-weights.ts).
+ * Slot 0 is the identity and means "no adapter". This module also owns the placement policy.
  *
  * Policy: an adapter is copied into a free slot, else into the least recently used slot that no running
  * sequence holds. A slot held by a running sequence is never evicted; when every slot is held, the caller waits.
  */
 import { virtualTokensOf, type Adapter, type AdapterFamily } from '../adapters/adapter.ts';
-import { elementCount } from '../formats/tensor-shape.ts';
-import { LORA_INPUTS } from '../graph/decoder-graph.ts';
+import { projectionDims } from '../adapters/lora.ts';
 import { bottleneckInputShapes, peftInputShapes } from '../graph/peft-blocks.ts';
-import type { LlamaConfig } from '../model/types.ts';
-import { loraInputShapes, loraLayouts, writeAdapter, type LoraInputName } from './slot-writer.ts';
+import { writeFamilyInputs } from './slot-writer.ts';
+import { elementCount } from '../formats/tensor-shape.ts';
+import { LORA_INPUTS } from '../graph/lora-delta.ts';
+import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '../model/types.ts';
 
-/** A graph input's weights for every slot (or batch row), each `size` floats of `shape`. */
+type LoraInputName = keyof typeof LORA_INPUTS;
+
+interface SlotLayout {
+  /** Graph input holding A (transposed, [aGroups, in, R]) and the block this module uses. */
+  a: LoraInputName;
+  aGroup: number;
+  aGroups: number;
+  /**
+   * Graph input holding B (transposed, [bBlocks, R, bWidth]) and the first block this module's columns fill (a
+   * module wider than bWidth fills consecutive blocks).
+   */
+  b: LoraInputName;
+  bBlock: number;
+  bBlocks: number;
+  bWidth: number;
+  inDim: number;
+  outDim: number;
+}
+
+function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
+  const kvDim = c.numKvHeads * c.headDim;
+  const qBlocks = c.numHeads / c.numKvHeads;
+  const qkv = { a: 'aQkv', aGroups: 3, b: 'bQkv', bBlocks: qBlocks + 2, bWidth: kvDim } as const;
+  const gateUp = { a: 'aGateUp', aGroups: 2, b: 'bGateUp', bBlocks: 2, bWidth: c.intermediateSize } as const;
+  const groups: Record<LoraTargetModule, Omit<SlotLayout, 'inDim' | 'outDim'>> = {
+    q_proj: { ...qkv, aGroup: 0, bBlock: 0 },
+    k_proj: { ...qkv, aGroup: 1, bBlock: qBlocks },
+    v_proj: { ...qkv, aGroup: 2, bBlock: qBlocks + 1 },
+    o_proj: { a: 'aO', aGroup: 0, aGroups: 1, b: 'bO', bBlock: 0, bBlocks: 1, bWidth: c.hiddenSize },
+    gate_proj: { ...gateUp, aGroup: 0, bBlock: 0 },
+    up_proj: { ...gateUp, aGroup: 1, bBlock: 1 },
+    down_proj: { a: 'aDown', aGroup: 0, aGroups: 1, b: 'bDown', bBlock: 0, bBlocks: 1, bWidth: c.hiddenSize },
+  };
+  const layouts = {} as Record<LoraTargetModule, SlotLayout>;
+  for (const module of LORA_TARGET_MODULES) {
+    const { inFeatures, outFeatures } = projectionDims(c, module);
+    layouts[module] = { ...groups[module], inDim: inFeatures, outDim: outFeatures };
+  }
+  return layouts;
+}
+
+/** Shape of one adapter's part of each LoRA graph input, at rank R: `[blocks, rows, columns]`. */
+export function loraInputShapes(c: LlamaConfig, rank: number): Record<LoraInputName, number[]> {
+  const shapes = {} as Record<LoraInputName, number[]>;
+  for (const layout of Object.values(slotLayouts(c))) {
+    shapes[layout.a] = [layout.aGroups, layout.inDim, rank];
+    shapes[layout.b] = [layout.bBlocks, rank, layout.bWidth];
+  }
+  return shapes;
+}
+
+/** A LoRA graph input's weights for every slot (or adapter segment), each `size` floats of `shape`. */
 export interface LoraBuffer {
   data: Float32Array;
   shape: number[];
   size: number;
 }
 
-/**
- * The per-row inputs fall in three groups: LoRA matrices and bottleneck matrices, each on its own rank axis
- * (rows are laid out for the widest among them, so one group's width costs the other nothing), and fixed-width
- * scales and biases.
- */
-export type InputGroup = 'lora' | 'bottleneck' | 'fixed';
-export const RANK_GROUPS = ['lora', 'bottleneck'] as const;
-export type RankGroup = (typeof RANK_GROUPS)[number];
+/** Where the rank axis lies: the last axis of A (`[blocks, in, R]`), the middle one of B (`[blocks, R, width]`). */
+const RANK_AXIS = { a: 2, b: 1 } as const;
 
-/** Where the rank axis lies: the last axis (A, bottleneck down: `[in, groups*R]`), or the second to last (B: `[..., R, out]`). */
-type RankAxis = 'columns' | 'rows';
+/**
+ * The other families' per-row inputs: bottleneck matrices on their own width axis (`bottleneck`), and
+ * fixed-width scales and biases (`fixed`), each with the value that means "no adapter" (0, or 1 for scales).
+ */
+export interface FamilyInput {
+  group: 'bottleneck' | 'fixed';
+  identity: 0 | 1;
+  /** Bottleneck inputs: the index of the width axis. */
+  axis?: number;
+}
 
 /** What a slot's adapter needs besides its per-row inputs: what the runner feeds at prefill or writes into the cache. */
 export interface SlotPrompt {
-  family: AdapterFamily;
+  family: AdapterFamily | null;
   /** Positions taken before the prompt's tokens. */
   virtualTokens: number;
   /** Prompt and p-tuning: [virtualTokens, hidden]. */
@@ -43,13 +98,12 @@ export interface SlotPrompt {
   prefix?: Float32Array;
 }
 
-const NO_PROMPT: SlotPrompt = { family: 'lora', virtualTokens: 0 };
+const NO_PROMPT: SlotPrompt = { family: null, virtualTokens: 0 };
 
 export class AdapterSlots {
   /** Per graph input name (e.g. `lora_a_qkv.3`): the slots' weights, slot 0 first. */
   readonly buffers = new Map<string, LoraBuffer>();
-  /** Per graph input name: its group and the value of "no adapter" (0, or 1 for scales). */
-  readonly groups = new Map<string, { group: InputGroup; identity: 0 | 1 }>();
+  private readonly layouts: Record<LoraTargetModule, SlotLayout>;
   /** Adapter key → its slot; Map order is least recently used first. */
   private readonly residents = new Map<string, number>();
   /** Per slot: how many running sequences hold it. */
@@ -63,40 +117,49 @@ export class AdapterSlots {
   private readonly freeSlots: number[];
   /** Bumped on every write into a slot, so copies of its old contents can tell they are stale. */
   private readonly generations: number[];
-  /** Per slot and rank group: the width the adapter it holds needs (0 when empty or unused). */
-  private readonly widths: Record<RankGroup, number[]>;
-  /** Per slot: whether its adapter sets any fixed-width input (scales, biases). */
+  /** Per slot: the rank of the adapter it holds (0 when empty). */
+  private readonly ranks: number[];
+  private readonly rankAxes = new Map<string, number>();
+  /** Per graph input name of the other families: the slots' values, slot 0 first. */
+  readonly familyBuffers = new Map<string, LoraBuffer>();
+  readonly familyInputs = new Map<string, FamilyInput>();
+  /** Per slot: the bottleneck width of its adapter (0 for other families). */
+  private readonly bottleneckWidths: number[];
+  /** Per slot: whether its adapter sets any fixed-width input (IA3, DoRA, bottleneck adapters). */
   private readonly fixedInUse: boolean[];
   private readonly prompts: SlotPrompt[];
-  private readonly rankAxes = new Map<string, RankAxis>();
 
   constructor(
     private readonly config: LlamaConfig,
     /** Usable adapter slots, not counting slot 0. */
     readonly capacity: number,
-    /** Slot width of the rank axes: the highest LoRA rank and the widest bottleneck. */
     readonly rank: number,
   ) {
-    const loraShapes = loraInputShapes(config, rank);
-    const aInputs = new Set(Object.values(loraLayouts(config)).map((layout) => layout.a));
-    const add = (name: string, shape: number[], group: InputGroup, identity: 0 | 1, axis?: RankAxis) => {
-      const size = elementCount(shape);
-      this.buffers.set(name, { data: new Float32Array((capacity + 1) * size).fill(identity), shape, size });
-      this.groups.set(name, { group, identity });
-      if (axis) this.rankAxes.set(name, axis);
-    };
+    this.layouts = slotLayouts(config);
+    const shapes = loraInputShapes(config, rank);
+    const aInputs = new Set(Object.values(this.layouts).map((layout) => layout.a));
     for (let l = 0; l < config.numLayers; l++) {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [LoraInputName, (l: number) => string][]) {
-        add(nameOf(l), loraShapes[key], 'lora', 0, aInputs.has(key) ? 'columns' : 'rows');
+        const size = elementCount(shapes[key]);
+        this.buffers.set(nameOf(l), { data: new Float32Array((capacity + 1) * size), shape: shapes[key], size });
+        this.rankAxes.set(nameOf(l), aInputs.has(key) ? RANK_AXIS.a : RANK_AXIS.b);
       }
     }
-    for (const [name, { shape, axis }] of bottleneckInputShapes(config, rank)) add(name, shape, 'bottleneck', 0, axis);
-    for (const [name, { shape, identity }] of peftInputShapes(config)) add(name, shape, 'fixed', identity);
-    this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
-    this.generations = new Array(capacity + 1).fill(0);
-    this.widths = { lora: new Array(capacity + 1).fill(0), bottleneck: new Array(capacity + 1).fill(0) };
+    const addFamilyInput = (name: string, shape: number[], input: FamilyInput) => {
+      const size = elementCount(shape);
+      this.familyBuffers.set(name, { data: new Float32Array((capacity + 1) * size).fill(input.identity), shape, size });
+      this.familyInputs.set(name, input);
+    };
+    for (const [name, { shape, axis }] of bottleneckInputShapes(config, rank)) {
+      addFamilyInput(name, shape, { group: 'bottleneck', identity: 0, axis: axis === 'columns' ? shape.length - 1 : shape.length - 2 });
+    }
+    for (const [name, { shape, identity }] of peftInputShapes(config)) addFamilyInput(name, shape, { group: 'fixed', identity });
+    this.bottleneckWidths = new Array(capacity + 1).fill(0);
     this.fixedInUse = new Array(capacity + 1).fill(false);
     this.prompts = new Array(capacity + 1).fill(NO_PROMPT);
+    this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
+    this.generations = new Array(capacity + 1).fill(0);
+    this.ranks = new Array(capacity + 1).fill(0);
     this.holders = new Array(capacity + 1).fill(0);
   }
 
@@ -106,7 +169,7 @@ export class AdapterSlots {
 
   get bytes(): number {
     let total = 0;
-    for (const { data } of this.buffers.values()) total += data.byteLength;
+    for (const { data } of [...this.buffers.values(), ...this.familyBuffers.values()]) total += data.byteLength;
     return total;
   }
 
@@ -114,9 +177,14 @@ export class AdapterSlots {
     return this.generations[slot];
   }
 
-  /** The LoRA rank (or bottleneck width) of the adapter in a slot (0 for slot 0, empty slots and other families). */
-  widthOf(slot: number, group: RankGroup): number {
-    return this.widths[group][slot];
+  /** The rank of the adapter in a slot (0 for slot 0 and empty slots). */
+  rankOf(slot: number): number {
+    return this.ranks[slot];
+  }
+
+  /** The bottleneck width of the adapter in a slot (0 for slot 0, empty slots and other families). */
+  bottleneckWidthOf(slot: number): number {
+    return this.bottleneckWidths[slot];
   }
 
   /** Whether the adapter in a slot sets scales or biases (IA3, DoRA, bottleneck adapters). */
@@ -129,39 +197,50 @@ export class AdapterSlots {
     return this.prompts[slot];
   }
 
-  /** The per-row shape of a LoRA graph input when laid out for `rank` (at most the slot rank). */
+  /** One row's shape of a bottleneck input at `width`, or of a fixed input. */
+  familyShapeAt(name: string, width: number): number[] {
+    const { axis } = this.familyInputs.get(name)!;
+    return this.familyBuffers.get(name)!.shape.map((dim, i) => (i === axis ? width : dim));
+  }
+
+  /** Copies a slot's block of a family input into `target` at `offset`, bottleneck inputs laid out for `width`. */
+  copyFamilyInput(name: string, slot: number, width: number, target: Float32Array, offset: number): void {
+    const { data, shape, size } = this.familyBuffers.get(name)!;
+    const { axis } = this.familyInputs.get(name)!;
+    const from = slot * size;
+    if (axis === undefined || width === this.rank) {
+      target.set(data.subarray(from, from + size), offset);
+      return;
+    }
+    const inner = elementCount(shape.slice(axis + 1));
+    for (let block = 0; block < size / (this.rank * inner); block++) {
+      const start = from + block * this.rank * inner;
+      target.set(data.subarray(start, start + width * inner), offset + block * width * inner);
+    }
+  }
+
+  /** One adapter's shape of a LoRA graph input when laid out for `rank` (at most the slot rank). */
   shapeAt(name: string, rank: number): number[] {
-    const { shape } = this.buffers.get(name)!;
-    return this.rankAxes.get(name) === 'columns'
-      ? [shape[0], (shape[1] / this.rank) * rank]
-      : shape.map((dim, axis) => (axis === shape.length - 2 ? rank : dim));
+    const axis = this.rankAxes.get(name)!;
+    return this.buffers.get(name)!.shape.map((dim, i) => (i === axis ? rank : dim));
   }
 
   /**
    * Copies a slot's weights of one graph input into `target` at `offset`, laid out for `rank`: the first
-   * `rank` entries of every rank block (the rest are the zero padding up to the slot rank).
+   * `rank` entries along the rank axis (the rest are the zero padding up to the slot rank).
    */
   copyAtRank(name: string, slot: number, rank: number, target: Float32Array, offset: number): void {
     const { data, shape, size } = this.buffers.get(name)!;
     const from = slot * size;
     if (rank === this.rank) {
       target.set(data.subarray(from, from + size), offset);
-    } else if (this.rankAxes.get(name) === 'columns') {
-      // [in, groups*R] → [in, groups*rank]: each row of A keeps the first `rank` columns of every group.
-      const groups = shape[1] / this.rank;
-      for (let i = 0, to = offset; i < shape[0]; i++) {
-        for (let g = 0; g < groups; g++, to += rank) {
-          const start = from + (i * groups + g) * this.rank;
-          target.set(data.subarray(start, start + rank), to);
-        }
-      }
-    } else {
-      // [..., R, out] → [..., rank, out]: each block of B keeps its first `rank` rows.
-      const width = shape[shape.length - 1];
-      for (let block = 0; block < size / (this.rank * width); block++) {
-        const start = from + block * this.rank * width;
-        target.set(data.subarray(start, start + rank * width), offset + block * rank * width);
-      }
+      return;
+    }
+    // Floats per step along the rank axis: 1 for A (rank last), the block width for B.
+    const inner = elementCount(shape.slice(this.rankAxes.get(name)! + 1));
+    for (let block = 0; block < size / (this.rank * inner); block++) {
+      const start = from + block * this.rank * inner;
+      target.set(data.subarray(start, start + rank * inner), offset + block * rank * inner);
     }
   }
 
@@ -224,19 +303,18 @@ export class AdapterSlots {
     this.freeSlots.push(slot);
   }
 
-  /** Copies an adapter into a slot in the graph's layout. */
+  /**
+   * Copies an adapter into a slot: LoRA's A transposed into its group's block, B transposed with the scale folded
+   * in; the other families' inputs as slot-writer.ts lays them out.
+   */
   private write(slot: number, adapter: Adapter): void {
     if (adapter.rank > this.rank) {
-      throw new Error(`adapter width ${adapter.rank} exceeds the slot width ${this.rank}; raise MAX_LORA_RANK`);
+      throw new Error(`adapter rank ${adapter.rank} exceeds the slot rank ${this.rank}; raise MAX_LORA_RANK`);
     }
     this.clear(slot);
-    writeAdapter(this.config, adapter, (name) => {
-      const { data, size } = this.buffers.get(name)!;
-      return { data, offset: slot * size };
-    }, this.rank);
+    writeFamilyInputs(this.config, adapter, (name) => ({ data: this.familyBuffers.get(name)!.data, offset: slot * this.familyBuffers.get(name)!.size }), this.rank);
     const isBottleneck = adapter.family === 'seq_bn' || adapter.family === 'double_seq_bn' || adapter.family === 'par_bn';
-    this.widths.lora[slot] = adapter.family === 'lora' || adapter.family === 'dora' ? adapter.rank : 0;
-    this.widths.bottleneck[slot] = isBottleneck ? adapter.rank : 0;
+    this.bottleneckWidths[slot] = isBottleneck ? adapter.rank : 0;
     this.fixedInUse[slot] = adapter.family === 'dora' || adapter.family === 'ia3' || isBottleneck;
     this.prompts[slot] = {
       family: adapter.family,
@@ -244,16 +322,38 @@ export class AdapterSlots {
       ...(adapter.family === 'prompt_tuning' || adapter.family === 'p_tuning' ? { softPrompt: adapter.embeddings } : {}),
       ...(adapter.family === 'prefix_tuning' ? { prefix: adapter.keyValues } : {}),
     };
+    if (adapter.family !== 'lora' && adapter.family !== 'dora') return;
+    this.ranks[slot] = adapter.rank;
+    const R = this.rank;
+    for (const m of adapter.modules) {
+      const layout = this.layouts[m.module];
+      const a = this.buffers.get(LORA_INPUTS[layout.a](m.layer))!;
+      const b = this.buffers.get(LORA_INPUTS[layout.b](m.layer))!;
+      const aBase = slot * a.size + layout.aGroup * layout.inDim * R;
+      for (let j = 0; j < m.rank; j++) {
+        for (let i = 0; i < layout.inDim; i++) a.data[aBase + i * R + j] = m.A[j * layout.inDim + i];
+      }
+      const bBase = slot * b.size + layout.bBlock * R * layout.bWidth;
+      for (let j = 0; j < m.rank; j++) {
+        for (let o = 0; o < layout.outDim; o++) {
+          const block = Math.floor(o / layout.bWidth);
+          b.data[bBase + (block * R + j) * layout.bWidth + (o % layout.bWidth)] = m.B[o * m.rank + j] * m.scale;
+        }
+      }
+    }
   }
 
   private clear(slot: number): void {
     this.generations[slot]++;
-    this.widths.lora[slot] = 0;
-    this.widths.bottleneck[slot] = 0;
+    this.ranks[slot] = 0;
+    this.bottleneckWidths[slot] = 0;
     this.fixedInUse[slot] = false;
     this.prompts[slot] = NO_PROMPT;
-    for (const [name, { data, size }] of this.buffers) {
-      data.fill(this.groups.get(name)!.identity, slot * size, (slot + 1) * size);
+    for (const { data, size } of this.buffers.values()) {
+      data.fill(0, slot * size, (slot + 1) * size);
+    }
+    for (const [name, { data, size }] of this.familyBuffers) {
+      data.fill(this.familyInputs.get(name)!.identity, slot * size, (slot + 1) * size);
     }
   }
 }

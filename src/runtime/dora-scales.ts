@@ -11,9 +11,10 @@
 import type { LoraAdapter, LoraModuleWeights } from '../adapters/lora.ts';
 import { loraModuleName } from '../adapters/peft-config.ts';
 import { PROBE_SITES, probeSiteWidths, type ProbeSite } from '../graph/peft-blocks.ts';
+import { dequantizeMatrix } from '../model/quantized-matrix.ts';
 import { LORA_TARGET_MODULES, type BaseModel } from '../model/types.ts';
 import type { BaseProbe, ModelRunner } from './model-runner.ts';
-import { loraLayouts } from './slot-writer.ts';
+import { scaledLayouts } from './slot-writer.ts';
 
 /** Per projection (`model.layers.3.self_attn.q_proj`): the squared norm of each row of its base weight. */
 export type BaseRowNorms = Map<string, Float64Array>;
@@ -23,13 +24,16 @@ export function baseRowNorms(model: BaseModel): BaseRowNorms {
   for (let layer = 0; layer < model.config.numLayers; layer++) {
     for (const module of LORA_TARGET_MODULES) {
       const name = loraModuleName(layer, module);
-      const weight = model.weights.get(`${name}.weight`);
-      if (!weight) throw new Error(`weight ${name}.weight missing from the loaded model`);
-      const [rows, columns] = weight.shape;
+      // Quantized projections count with the values the graph computes with, as PEFT dequantizes them for DoRA.
+      const float = model.weights.get(`${name}.weight`);
+      const quantized = model.quantized?.get(`${name}.weight`);
+      if (!float && !quantized) throw new Error(`weight ${name}.weight missing from the loaded model`);
+      const [rows, columns] = (float ?? quantized!).shape;
+      const data = float ? float.data : dequantizeMatrix(quantized!);
       const squares = new Float64Array(rows);
       for (let o = 0; o < rows; o++) {
         let sum = 0;
-        for (let i = 0; i < columns; i++) sum += weight.data[o * columns + i] ** 2;
+        for (let i = 0; i < columns; i++) sum += data[o * columns + i] ** 2;
         squares[o] = sum;
       }
       norms.set(name, squares);
@@ -41,7 +45,7 @@ export function baseRowNorms(model: BaseModel): BaseRowNorms {
 /** The adapter with `outputScales` filled in (returned as a new object; the parsed adapter is not changed). */
 export async function withDoraScales(adapter: LoraAdapter, runner: ModelRunner, norms: BaseRowNorms): Promise<LoraAdapter> {
   const c = runner.config;
-  const layouts = loraLayouts(c);
+  const layouts = scaledLayouts(c);
   // Each module's A rows go into its site's probe block of its layer, after the modules before it there.
   const placement = adapter.modules.map(() => ({ site: 'qkv' as ProbeSite, row: 0 }));
   const used = new Map<string, number>();
@@ -62,7 +66,7 @@ export async function withDoraScales(adapter: LoraAdapter, runner: ModelRunner, 
   const outputScales = adapter.modules.map((m, index) => {
     const { site, row } = placement[index];
     const layout = layouts[m.module];
-    const projected = (j: number, o: number) => outputs[site][(m.layer * rows + row + j) * widths[site].out + layout.scaledOffset + o];
+    const projected = (j: number, o: number) => outputs[site][(m.layer * rows + row + j) * widths[site].out + layout.offset + o];
     return rowScales(m, norms.get(loraModuleName(m.layer, m.module))!, projected, layout.outDim, layout.inDim);
   });
   return { ...adapter, outputScales };

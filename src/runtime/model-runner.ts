@@ -5,15 +5,17 @@
  */
 import * as ort from 'onnxruntime-node';
 import { buildDecoderGraph, GRAPH_INPUTS, GRAPH_OUTPUTS } from '../graph/decoder-graph.ts';
+import { LORA_INPUTS, LORA_SEGMENT_INPUTS } from '../graph/lora-delta.ts';
 import { type BuiltModel, EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
 import { PEFT_INPUTS, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type ProbeSite } from '../graph/peft-blocks.ts';
 import type { Adapter } from '../adapters/adapter.ts';
-import { baseRowNorms, withDoraScales, type BaseRowNorms } from './dora-scales.ts';
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
-import { AdapterSlots } from './adapter-slots.ts';
+import { AdapterSegments } from './adapter-segments.ts';
+import { AdapterSlots, loraInputShapes } from './adapter-slots.ts';
+import { baseRowNorms, withDoraScales, type BaseRowNorms } from './dora-scales.ts';
 import { KvCache } from './kv-cache.ts';
 import { RopeTables } from './rope.ts';
-import { RowAdapterWeights } from './row-adapter-weights.ts';
+import { RowFamilyWeights } from './row-family-weights.ts';
 
 export type ExecutionProvider = 'cpu' | 'cuda';
 
@@ -36,10 +38,12 @@ export interface RunnerOptions {
 /** Default boundary of the long lane; below about 500 positions the extra pass costs more than it saves. */
 const LONG_SEQUENCE_POSITIONS = 1024;
 
-/** Rows that run together in one forward pass: their KV cache (one bucket width) and adapter weights. */
+/** Rows that run together in one forward pass: their KV cache (one bucket width) and adapters. */
 export interface BatchLane {
   cache: KvCache;
-  rowWeights: RowAdapterWeights;
+  adapters: AdapterSegments;
+  /** The rows' inputs of the PEFT families beside LoRA (scales, bottleneck adapters). */
+  families: RowFamilyWeights;
 }
 
 /** One sequence's part of a forward pass. */
@@ -53,7 +57,6 @@ export interface StepRow {
 }
 
 const MASKED = Number.NEGATIVE_INFINITY;
-const EMPTY = new Float32Array(0);
 /** One broadcast element standing for a whole per-row input that no row of the step uses. */
 const BROADCAST_IDENTITY = { 0: new Float32Array([0]), 1: new Float32Array([1]) } as const;
 
@@ -62,6 +65,7 @@ export interface BaseProbe {
   rows: number;
   inputs: Record<ProbeSite, Float32Array>;
 }
+const EMPTY = new Float32Array(0);
 
 export class ModelRunner {
   /**
@@ -78,10 +82,12 @@ export class ModelRunner {
   readonly maxBatch: number;
   private readonly longSequencePositions: number;
   private readonly rope: RopeTables;
+  /** Rank-0 stand-ins fed when no row of a pass uses an adapter, so the LoRA branch costs almost nothing. */
+  private readonly rankZeroShapes: ReturnType<typeof loraInputShapes>;
   /** Input width of each probe site. */
   private readonly probeWidths: Record<ProbeSite, number>;
-  /** Row weights of the probe pass: one row, no adapter. */
-  private readonly probeRowWeights: RowAdapterWeights;
+  /** The probe pass's one row, on no adapter. */
+  private readonly probeRow: { adapters: AdapterSegments; families: RowFamilyWeights };
 
   private constructor(
     private readonly session: ort.InferenceSession,
@@ -99,10 +105,12 @@ export class ModelRunner {
     const laneLimits = maxPositions > this.longSequencePositions ? [this.longSequencePositions, maxPositions] : [maxPositions];
     this.lanes = laneLimits.map((limit) => ({
       cache: new KvCache(config, options.maxBatch, limit),
-      rowWeights: new RowAdapterWeights(this.slots, options.maxBatch),
+      adapters: new AdapterSegments(this.slots, Math.min(options.maxBatch, options.adapterSlots)),
+      families: new RowFamilyWeights(this.slots, options.maxBatch),
     }));
-    this.probeRowWeights = new RowAdapterWeights(this.slots, 1);
+    this.rankZeroShapes = loraInputShapes(config, 0);
     this.probeWidths = Object.fromEntries(PROBE_SITES.map((site) => [site, probeSiteWidths(config)[site].in])) as Record<ProbeSite, number>;
+    this.probeRow = { adapters: new AdapterSegments(this.slots, 1), families: new RowFamilyWeights(this.slots, 1) };
   }
 
   static async create(model: BaseModel, options: RunnerOptions): Promise<ModelRunner> {
@@ -152,7 +160,7 @@ export class ModelRunner {
    */
   async forward(firstRow: number, rows: StepRow[], lane = 0): Promise<Float32Array> {
     const c = this.config;
-    const { cache, rowWeights } = this.lanes[lane];
+    const { cache, adapters, families } = this.lanes[lane];
     const batch = rows.length;
     const tokens = Math.max(...rows.map((r) => r.tokens.length));
     if (rows.some((r) => r.tokens.length === 0)) throw new Error('every row of a step must feed at least one token');
@@ -168,14 +176,13 @@ export class ModelRunner {
     const selfMask = new Float32Array(batch * groupSize * tokens * tokens);
     const logitsPosition = new BigInt64Array(batch * c.hiddenSize);
     // Soft prompts: their virtual tokens are the sequence's first positions, fed as embeddings.
-    const softPrompts = rows.map((row) => this.slots.promptOf(row.slot).softPrompt);
-    const anySoftPrompt = rows.some((row, b) => softPrompts[b] && row.position < this.slots.promptOf(row.slot).virtualTokens);
+    const prompts = rows.map((row) => this.slots.promptOf(row.slot));
+    const anySoftPrompt = rows.some((row, b) => prompts[b].softPrompt && row.position < prompts[b].virtualTokens);
     const softPrompt = anySoftPrompt ? new Float32Array(batch * tokens * c.hiddenSize) : BROADCAST_IDENTITY[0];
     const tokenEmbeddingKept = anySoftPrompt ? new Float32Array(batch * tokens).fill(1) : BROADCAST_IDENTITY[1];
     rows.forEach((row, b) => {
-      const embeddings = softPrompts[b];
+      const { softPrompt: embeddings, virtualTokens } = prompts[b];
       if (!anySoftPrompt || !embeddings) return;
-      const virtualTokens = this.slots.promptOf(row.slot).virtualTokens;
       for (let t = 0; t < row.tokens.length && row.position + t < virtualTokens; t++) {
         const from = (row.position + t) * c.hiddenSize;
         softPrompt.set(embeddings.subarray(from, from + c.hiddenSize), (b * tokens + t) * c.hiddenSize);
@@ -217,7 +224,8 @@ export class ModelRunner {
       feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
     }
-    this.feedRowWeights(feeds, rowWeights, firstRow, rows.map((r) => r.slot));
+    this.feedAdapters(feeds, { adapters, families }, firstRow, rows.map((r) => r.slot), tokens);
+
     const result = await this.session.run(feeds);
     const newKeyValues = result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array;
     cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position), rows.map((r) => r.tokens.length));
@@ -225,34 +233,52 @@ export class ModelRunner {
   }
 
   /**
-   * Feeds every per-row adapter input: the rows' blocks where some row of the step uses the input, else a
-   * stand-in that costs almost nothing (rank 0 for LoRA and bottleneck matrices, one identity element for scales).
+   * Feeds every adapter input for rows [firstRow, firstRow + slots.length): LoRA by segment, the other families
+   * per row, each with a stand-in that costs almost nothing when no row of the pass uses it (rank 0 for LoRA and
+   * bottleneck matrices, one identity element for scales and biases).
    */
-  private feedRowWeights(feeds: Record<string, ort.Tensor>, rowWeights: RowAdapterWeights, firstRow: number, slots: number[]): void {
+  private feedAdapters(
+    feeds: Record<string, ort.Tensor>,
+    { adapters, families }: { adapters: AdapterSegments; families: RowFamilyWeights },
+    firstRow: number,
+    slots: number[],
+    tokens: number,
+  ): void {
+    const c = this.config;
     const batch = slots.length;
-    const layout = rowWeights.prepare(firstRow, slots);
+    const plan = adapters.prepare(slots, tokens, firstRow === 0);
+    feeds[LORA_SEGMENT_INPUTS.segmentRows] = new ort.Tensor('int64', plan.rows, [plan.adapters, plan.segmentRows]);
+    feeds[LORA_SEGMENT_INPUTS.resultIndex] = new ort.Tensor('int64', plan.resultIndex, [batch, tokens]);
+    feeds[LORA_SEGMENT_INPUTS.rowMask] = new ort.Tensor('float32', plan.rowMask, [batch, 1, 1]);
+    for (let l = 0; l < c.numLayers; l++) {
+      for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
+        const name = nameOf(l);
+        if (plan.rank > 0) {
+          const { data, shape, size } = adapters.buffers.get(name)!;
+          feeds[name] = new ort.Tensor('float32', data.subarray(0, plan.adapters * size), [plan.adapters, ...shape]);
+        } else {
+          feeds[name] = new ort.Tensor('float32', EMPTY, [1, ...this.rankZeroShapes[key]]);
+        }
+      }
+    }
+    const layout = families.prepare(firstRow, slots);
     const rowsOf = (name: string) => {
-      const { data, shape, size } = rowWeights.buffers.get(name)!;
+      const { data, shape, size } = families.buffers.get(name)!;
       return new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
     };
-    for (const [name, { group, identity }] of this.slots.groups) {
+    for (const [name, { group, identity }] of this.slots.familyInputs) {
+      const { shape } = this.slots.familyBuffers.get(name)!;
       if (group === 'fixed') {
-        const { shape } = this.slots.buffers.get(name)!;
         // The activation choice is contracted by a MatMul, which does not broadcast its contracted axis.
-        const mustBeWhole = name === PEFT_INPUTS.bnActivation;
-        feeds[name] = layout.fixed || mustBeWhole
-          ? rowsOf(name)
-          : new ort.Tensor('float32', BROADCAST_IDENTITY[identity], shape.map(() => 1).concat(1));
-      } else if (layout.widths[group] > 0) {
-        feeds[name] = rowsOf(name);
+        const whole = layout.fixed || name === PEFT_INPUTS.bnActivation;
+        feeds[name] = whole ? rowsOf(name) : new ort.Tensor('float32', BROADCAST_IDENTITY[identity], [1, ...shape.map(() => 1)]);
       } else {
-        const shape = this.slots.shapeAt(name, 0);
-        feeds[name] = new ort.Tensor('float32', EMPTY, [batch, ...shape]);
+        feeds[name] = layout.bottleneckWidth > 0 ? rowsOf(name) : new ort.Tensor('float32', EMPTY, [batch, ...this.slots.familyShapeAt(name, 0)]);
       }
     }
   }
 
-  /** Probe inputs with no rows: ordinary steps push nothing through the base projections. */
+  /** Probe inputs with no rows: ordinary passes push nothing through the base projections. */
   private emptyProbes(): Record<string, ort.Tensor> {
     const feeds: Record<string, ort.Tensor> = {};
     for (let l = 0; l < this.config.numLayers; l++) {
@@ -264,11 +290,12 @@ export class ModelRunner {
   /**
    * Pushes rows through every layer's base projections, exactly as the graph's own weights compute them, and
    * returns per site `[layers·rows, out]`. Used once per DoRA adapter for its weight norms; it runs a one-token
-   * pass beside, not in, the batch (its own empty cache), so it may run while the batch is between steps.
+   * pass beside, not in, the batch (its own empty cache and adapter rows).
    */
   async probeBase(probe: BaseProbe): Promise<Record<ProbeSite, Float32Array>> {
     const c = this.config;
     const fusedHeads = c.numHeads + 2 * c.numKvHeads;
+    const group = c.numHeads / c.numKvHeads;
     const cos = new Float32Array(this.rope.tokenStride);
     const sin = new Float32Array(this.rope.tokenStride);
     this.rope.fill(cos, sin, 0, 0);
@@ -277,7 +304,7 @@ export class ModelRunner {
       [GRAPH_INPUTS.ropeCos]: new ort.Tensor('float32', cos, [1, 1, fusedHeads, c.headDim]),
       [GRAPH_INPUTS.ropeSin]: new ort.Tensor('float32', sin, [1, 1, fusedHeads, c.headDim]),
       [GRAPH_INPUTS.pastMask]: new ort.Tensor('float32', Float32Array.of(MASKED), [1, 1, 1, 1]),
-      [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', new Float32Array(c.numHeads / c.numKvHeads), [1, 1, c.numHeads / c.numKvHeads, 1]),
+      [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', new Float32Array(group), [1, 1, group, 1]),
       [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(1n, 1n), [2]),
       [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', new BigInt64Array(c.hiddenSize), [1, 1, c.hiddenSize]),
       [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', BROADCAST_IDENTITY[0], [1, 1, 1]),
@@ -289,11 +316,10 @@ export class ModelRunner {
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', emptyCache, [1, c.numKvHeads, 1, c.headDim]);
       for (const site of PROBE_SITES) {
         const width = this.probeWidths[site];
-        const layerRows = probe.inputs[site].subarray(l * probe.rows * width, (l + 1) * probe.rows * width);
-        feeds[PEFT_INPUTS.probe(site, l)] = new ort.Tensor('float32', layerRows, [probe.rows, width]);
+        feeds[PEFT_INPUTS.probe(site, l)] = new ort.Tensor('float32', probe.inputs[site].subarray(l * probe.rows * width, (l + 1) * probe.rows * width), [probe.rows, width]);
       }
     }
-    this.feedRowWeights(feeds, this.probeRowWeights, 0, [0]);
+    this.feedAdapters(feeds, this.probeRow, 0, [0], 1);
     const result = await this.session.run(feeds);
     return Object.fromEntries(PROBE_SITES.map((site) => [site, result[PROBE_OUTPUT(site)].data as Float32Array])) as Record<ProbeSite, Float32Array>;
   }
@@ -304,15 +330,18 @@ export class ModelRunner {
     if (prefix) this.lanes[lane].cache.writePrefix(row, prefix, virtualTokens);
   }
 
-  /** Moves a sequence's cache row and adapter weights within a lane (to keep the lane's rows contiguous). */
+  /**
+   * Moves a sequence's cache row within a lane (to keep the lane's rows contiguous) with its family inputs; its
+   * LoRA follows its slot.
+   */
   moveRow(from: number, to: number, lane = 0): void {
     this.lanes[lane].cache.moveRow(from, to);
-    this.lanes[lane].rowWeights.move(from, to);
+    this.lanes[lane].families.move(from, to);
   }
 
   /**
-   * Copies a sequence's `positions` cached tokens to a row of another lane. Its adapter weights follow at the
-   * lane's next forward pass, which syncs every row with its slot.
+   * Copies a sequence's `positions` cached tokens to a row of another lane. Its adapter joins that lane's stacks
+   * at the lane's next forward pass.
    */
   moveToLane(fromLane: number, fromRow: number, toLane: number, toRow: number, positions: number): void {
     this.lanes[toLane].cache.copyRowFrom(this.lanes[fromLane].cache, fromRow, toRow, positions);

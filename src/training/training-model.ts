@@ -85,6 +85,12 @@ export class TrainingModel {
   }
 
   static async create(model: BaseModel, settings: TrainingModelSettings): Promise<TrainingModel> {
+    if (model.quantized?.size) {
+      throw new Error(
+        'training over a quantized base model is not supported; train on the float model (an F32/F16 GGUF or the ' +
+          'Hugging Face checkpoint, without QUANTIZE) — the adapter it produces serves over the quantized base unchanged',
+      );
+    }
     const c = model.config;
     const lora = { rank: settings.rank, alpha: settings.alpha, targetModules: settings.targetModules };
     const session = (graph: ReturnType<typeof buildHeadGraph>) => createTrainingSession(graph, settings.threads);

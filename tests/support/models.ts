@@ -20,3 +20,6 @@ export const REFERENCE = {
   ],
   text: 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw',
 };
+
+/** stories260K quantized by llama.cpp, with llama.cpp's reference outputs (see the models README). */
+export const STORIES_QUANT_DIR = resolve(MODELS_DIR, 'stories260K-quant');

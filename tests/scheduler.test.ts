@@ -1,0 +1,123 @@
+/**
+ * The scheduling rules, checked step by step on the real model: each StepReport is one engine step, and every
+ * forward pass is recorded as it reaches the runner. Nothing here depends on how fast the machine is: requests
+ * are submitted from inside the step callbacks, and the assertions count steps, not milliseconds.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { planPrefillPass } from '../src/engine/prefill-plan.ts';
+import type { SequenceRequest } from '../src/engine/protocol.ts';
+import { Scheduler, type StepReport } from '../src/engine/scheduler.ts';
+import { loadBaseModel } from '../src/model/load.ts';
+import { ModelRunner, type StepRow } from '../src/runtime/model-runner.ts';
+import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
+
+const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
+const BUDGET = 8;
+/** A 40-token prompt: the reference prompt followed by the reference continuation. */
+const LONG_PROMPT = [...REFERENCE.promptIds, ...REFERENCE.greedyIds.slice(0, 35)];
+
+interface Pass {
+  firstRow: number;
+  rows: { tokens: number; position: number }[];
+}
+
+let runner: ModelRunner;
+const passes: Pass[] = [];
+
+before(async () => {
+  runner = await ModelRunner.create(await loadBaseModel(STORIES_HF_DIR), { maxBatch: 4, adapterSlots: 2, maxLoraRank: 8 });
+  const forward = runner.forward.bind(runner);
+  runner.forward = (firstRow: number, rows: StepRow[], lane?: number) => {
+    passes.push({ firstRow, rows: rows.map((r) => ({ tokens: r.tokens.length, position: r.position })) });
+    return forward(firstRow, rows, lane);
+  };
+});
+
+after(async () => {
+  await runner.close();
+});
+
+let nextId = 1;
+function request(promptIds: number[], maxTokens: number): SequenceRequest {
+  return { id: nextId++, tenant: 't', promptIds, adapter: null, sampling: GREEDY, maxTokens, stopTokenIds: [] };
+}
+
+/** A scheduler whose steps go to `onStep`; resolves each sequence's tokens when it finishes. */
+function createScheduler(onStep: (report: StepReport, scheduler: Scheduler) => void = () => {}) {
+  const tokens = new Map<number, number[]>();
+  const finished = new Map<number, () => void>();
+  const scheduler: Scheduler = new Scheduler(
+    runner,
+    { maxQueue: 8, maxPositions: 256, prefillTokenBudget: BUDGET, hostCacheBytes: 1 << 20 },
+    {
+      step(report) {
+        for (const t of report.tokens) tokens.set(t.id, [...(tokens.get(t.id) ?? []), t.token]);
+        onStep(report, scheduler);
+        for (const f of report.finished) finished.get(f.id)?.();
+      },
+      failed(id, message) {
+        throw new Error(`sequence ${id} failed: ${message}`);
+      },
+    },
+  );
+  const run = (req: SequenceRequest) =>
+    new Promise<number[]>((resolve) => {
+      finished.set(req.id, () => resolve(tokens.get(req.id) ?? []));
+      scheduler.submit(req);
+    });
+  return { scheduler, run };
+}
+
+test('the prefill plan keeps every pass within the budget and lets only leading rows finish', () => {
+  assert.deepEqual(planPrefillPass([], 64), null);
+  assert.deepEqual(planPrefillPass([200, 5], 64), { rows: 1, width: 64 });
+  assert.deepEqual(planPrefillPass([64, 5], 64), { rows: 1, width: 64 });
+  assert.deepEqual(planPrefillPass([10, 10, 10, 200], 64), { rows: 3, width: 10 });
+  assert.deepEqual(planPrefillPass([5, 25, 25, 25], 64), { rows: 2, width: 25 });
+  assert.deepEqual(planPrefillPass([25, 25, 25, 25, 25, 25, 25, 25], 128), { rows: 5, width: 25 });
+  for (const remaining of [[1], [3, 70, 2], [63, 1, 1], [16, 16, 16, 16, 16], [40, 30, 20, 10]]) {
+    const pass = planPrefillPass(remaining, 64)!;
+    assert.ok(pass.rows * pass.width <= 64, `${remaining}: ${pass.rows} × ${pass.width}`);
+    const finishing = remaining.slice(0, pass.rows).map((r) => r <= pass.width);
+    assert.ok(finishing.every((f, i) => f || i === 0), `${remaining}: only a lone first row may stay unfinished`);
+  }
+});
+
+test('a long prompt is split across steps while every decoding row advances in every step', async () => {
+  const alone = await createScheduler().run(request(LONG_PROMPT, 6));
+
+  const streaming = request(REFERENCE.promptIds, 40);
+  const long = request(LONG_PROMPT, 6);
+  const stepsAfterArrival: StepReport[] = [];
+  let submitted = false;
+  let passesBefore = 0;
+  let longDone!: Promise<number[]>;
+  const { run } = createScheduler((report) => {
+    if (submitted) stepsAfterArrival.push(report);
+    // The long prompt arrives once the first stream decodes: from then on, watch every step.
+    if (!submitted && report.tokens.some((t) => t.id === streaming.id)) {
+      submitted = true;
+      passesBefore = passes.length;
+      longDone = run(long);
+    }
+  });
+  const streamed = await run(streaming);
+  const longTokens = await longDone;
+
+  const startStep = stepsAfterArrival.findIndex((r) => r.started.some((s) => s.id === long.id));
+  assert.ok(startStep >= 0, 'the long prompt started');
+  // 40 prompt tokens under a budget of 8: five steps of prefill, the last of which samples the first token.
+  assert.equal(startStep, Math.ceil(LONG_PROMPT.length / BUDGET) - 1);
+  for (const [i, report] of stepsAfterArrival.slice(0, startStep + 1).entries()) {
+    assert.equal(report.tokens.filter((t) => t.id === streaming.id).length, 1, `step ${i}: the decoding stream advanced once`);
+  }
+  const prefillPasses = passes.slice(passesBefore).filter((p) => p.rows.some((r) => r.tokens > 1));
+  assert.equal(prefillPasses.length, Math.ceil(LONG_PROMPT.length / BUDGET));
+  for (const pass of prefillPasses) assert.ok(pass.rows.length * Math.max(...pass.rows.map((r) => r.tokens)) <= BUDGET);
+  assert.deepEqual(prefillPasses.map((p) => p.rows[0].position), [0, 8, 16, 24, 32]);
+
+  // Splitting the prompt changes nothing in what is generated.
+  assert.deepEqual(longTokens, alone);
+  assert.deepEqual(streamed.slice(0, 32), REFERENCE.greedyIds);
+});
