@@ -19,7 +19,8 @@ import { loraInputShapes } from '../runtime/adapter-slots.ts';
 import { measureLoraFloor } from './bench-lora-floor.ts';
 import { measureQuantizedBase } from './bench-quantized.ts';
 import { median, round } from './bench-stats.ts';
-import { concurrentDecode, ensureAdapters, LORA_RANK, log, singleStream, STREAMS } from './bench-workloads.ts';
+import { BENCH_DIR, concurrentDecode, ensureAdapters, LORA_RANK, log, singleStream, STREAMS } from './bench-workloads.ts';
+import { benchFamilies } from './bench-families.ts';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' } } });
@@ -78,6 +79,7 @@ async function main(): Promise<void> {
       lora_weights_read_per_step_mib: round((STREAMS * loraFloatsPerRow(LORA_RANK) * 4) / 2 ** 20),
       decode_step_ms_by_context: Object.fromEntries(Object.entries(stepMs).map(([k, v]) => [k, round(v)])),
       step_growth_1024_vs_64: round(stepMs[1024] / stepMs[64], 3),
+      peft_families_16_streams: await benchFamilies({ benchDir: BENCH_DIR, streams: STREAMS, pairs: trials, concurrentDecode: (a, t) => concurrentDecode(engine, a, t), log }),
       peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
       rss_after_run_mib: Math.round(process.memoryUsage().rss / 2 ** 20),
     };
