@@ -9,7 +9,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
-import { prepareAdapter, type LoadAdapter } from '../src/engine/adapter-loader.ts';
+import { adapterLoaderFor, type LoadAdapter } from '../src/engine/adapter-loader.ts';
 import { planPrefillPass } from '../src/engine/prefill-plan.ts';
 import type { AdapterRef, SequenceRequest } from '../src/engine/protocol.ts';
 import { Scheduler, type StepReport } from '../src/engine/scheduler.ts';
@@ -33,8 +33,8 @@ let runner: ModelRunner;
 let dir: string;
 let adapter: AdapterRef;
 const passes: Pass[] = [];
-/** The loader the engine's loader thread runs, here on the test's thread. */
-const load: LoadAdapter = (ref) => prepareAdapter(ref, runner.config, SLOT_RANK, new Map());
+/** The engine's own loader: verifies, reads and validates adapter files. */
+const load: LoadAdapter = (ref) => adapterLoaderFor(runner.config)(ref);
 
 before(async () => {
   const model = await loadBaseModel(STORIES_HF_DIR);

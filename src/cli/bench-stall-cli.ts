@@ -3,14 +3,10 @@
  *   npm run bench:stall [-- --json] [--trials N] [--budget TOKENS]
  */
 import { availableParallelism } from 'node:os';
-import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
-import { ensureBenchAdapters } from './bench-adapters.ts';
 import { measureStallFree } from './bench-stall.ts';
-
-const BENCH_DIR = resolve('.bench');
-const log = (message: string) => process.stderr.write(`${message}\n`);
+import { BENCH_DIR, ensureAdapters, log } from './bench-workloads.ts';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -18,7 +14,7 @@ async function main(): Promise<void> {
   });
   await ensureBenchModel(BENCH_MODEL_DIR, log);
   // The same adapters `npm run bench` uses for its adapter sections.
-  const adapters = await ensureBenchAdapters(BENCH_DIR, 16, 16);
+  const adapters = await ensureAdapters();
   const report = await measureStallFree({
     engineOptions: {
       modelPath: BENCH_MODEL_DIR,

@@ -113,7 +113,7 @@ async function ensureLargeStore(root: string, count: number, log: (message: stri
       version: '1',
       publishedAt: new Date(0).toISOString(),
       files: { 'adapter_config.json': digest(config), 'adapter_model.safetensors': digest(weights) },
-      summary: { peftType: 'LORA', rank: 16, targetModules: ['q_proj'], bytes: 4096 },
+      summary: { family: 'lora', rank: 16, targetModules: ['q_proj'], virtualTokens: 0, bytes: 4096 },
     };
     await writeFile(join(dir, 'manifest.json'), JSON.stringify(manifest));
   }

@@ -9,28 +9,27 @@ import type { AdapterRecord, AdapterStore, InvalidAdapterVersion } from '../regi
 import type { Principal } from './auth.ts';
 import { adapterUnavailable, modelNotFound } from './errors.ts';
 
-/** What the store's validator records about each adapter version. */
-export interface AdapterSummary {
-  peftType: 'LORA';
-  rank: number;
-  targetModules: string[];
-  bytes: number;
-}
+export type { AdapterSummary } from '../adapters/adapter.ts';
+import type { AdapterSummary } from '../adapters/adapter.ts';
 
-/** The summary a manifest carries, if well-formed and within this server's MAX_LORA_RANK; else undefined. */
+/**
+ * The summary a manifest carries, if it is a well-formed LoRA summary within this server's MAX_LORA_RANK; else
+ * undefined, and the store runs the validator (the other families' checks need their files).
+ */
 export function readAdapterSummary(value: unknown, maxLoraRank: number): AdapterSummary | undefined {
   if (typeof value !== 'object' || value === null) return undefined;
-  const { peftType, rank, targetModules, bytes } = value as Partial<Record<keyof AdapterSummary, unknown>>;
+  const { family, rank, targetModules, virtualTokens, bytes } = value as Partial<Record<keyof AdapterSummary, unknown>>;
+  const count = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;
   const valid =
-    peftType === 'LORA' &&
-    Number.isSafeInteger(rank) &&
-    (rank as number) >= 1 &&
-    (rank as number) <= maxLoraRank &&
+    family === 'lora' &&
+    count(rank) &&
+    rank >= 1 &&
+    rank <= maxLoraRank &&
     Array.isArray(targetModules) &&
     targetModules.every((m) => typeof m === 'string') &&
-    Number.isSafeInteger(bytes) &&
-    (bytes as number) >= 0;
-  return valid ? { peftType, rank: rank as number, targetModules: targetModules as string[], bytes: bytes as number } : undefined;
+    virtualTokens === 0 &&
+    count(bytes);
+  return valid ? { family, rank, targetModules: targetModules as string[], virtualTokens, bytes } : undefined;
 }
 
 export interface ResolvedModel {
