@@ -208,7 +208,7 @@ test('three concurrent responses on one socket interleave and each equals the sa
   ];
   const eventIds = requests.map((_, index) => `create-${index}`);
   // All three join the batch before any goes on, however fast the machine is, so their deltas interleave. The
-  // adapter is loaded first: its load runs on the loader thread in real time, while a paused engine steps only
+  // adapter is loaded first: its files are read in real time, while a paused engine steps only
   // when told, so a cold load could outlast the base responses' steps.
   await openai.completions.create({ model: ADAPTER_MODEL, prompt: PROMPT, max_tokens: 1 });
   const { engine } = gateway.services;
