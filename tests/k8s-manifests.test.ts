@@ -6,6 +6,7 @@ import { basename, dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parseAllDocuments } from 'yaml';
 import { loadGatewaySettings } from '../src/gateway/config.ts';
+import { loadTrainerSettings } from '../src/training/service/trainer-settings.ts';
 import { startTestGateway, type TestGateway } from './support/gateway.ts';
 import { REPO_ROOT } from './support/models.ts';
 
@@ -48,7 +49,38 @@ function mountedVolume(mountPath: string): Json {
   return pod.volumes.find((volume: Json) => volume.name === mount.name);
 }
 
+/** The trainer container's environment: the shared ConfigMap, then its own variables (the pod name as TRAINER_ID). */
+function trainerEnvironment(trainer: Json): Record<string, string> {
+  const own = (trainer.env ?? []).map((entry: Json) => [entry.name, entry.value ?? `<${entry.valueFrom.fieldRef.fieldPath}>`]);
+  return { ...single('ConfigMap', trainer.envFrom[0].configMapRef.name).data, ...Object.fromEntries(own) };
+}
+
 describe('Kubernetes manifests', () => {
+  it('runs the trainer sidecar as a second container sharing the adapter store and the training directory', () => {
+    assert.equal(env.TRAINER, 'external', 'the gateway container must not start its own trainer child');
+    const trainer = pod.containers.find((c: Json) => c.name === 'trainer');
+    assert.ok(trainer, 'a trainer container');
+    assert.deepEqual(trainer.command.slice(-1), ['src/trainer-main.ts']);
+    const trainerEnv = trainerEnvironment(trainer);
+    const settings = loadTrainerSettings(trainerEnv);
+    const source = readFileSync(join(REPO_ROOT, 'src/training/service/trainer-settings.ts'), 'utf8');
+    const known = new Set([...source.matchAll(/\benv[A-Z]\w*\(env, '([A-Z0-9_]+)'/g)].map((match) => match[1]));
+    for (const entry of trainer.env) assert.ok(known.has(entry.name), `${entry.name} is not read by trainer-settings.ts`);
+    const claimAt = (c: Json, path: string) => {
+      const mount = c.volumeMounts.find((m: Json) => m.mountPath === path);
+      assert.ok(mount, `${c.name} mounts nothing at ${path}`);
+      return pod.volumes.find((volume: Json) => volume.name === mount.name).persistentVolumeClaim.claimName;
+    };
+    assert.equal(claimAt(trainer, settings.adaptersDir), claimAt(container, env.ADAPTERS_DIR));
+    assert.equal(claimAt(trainer, settings.trainingDir), claimAt(container, env.TRAINING_DIR));
+    assert.notEqual(claimAt(trainer, settings.trainingDir), claimAt(trainer, settings.adaptersDir), 'jobs never inside the adapter store');
+    assert.deepEqual(single('PersistentVolumeClaim', claimAt(trainer, settings.trainingDir)).spec.accessModes, ['ReadWriteMany']);
+    assert.equal(trainer.ports[0].containerPort, settings.port);
+    assert.equal(trainer.livenessProbe.httpGet.path, '/health');
+    assert.equal(settings.host, '0.0.0.0', 'metrics reachable by Prometheus');
+  });
+
+
   it('every file is valid YAML made of named Kubernetes resources', () => {
     assert.ok(manifests.length >= 8, `${manifests.length} documents`);
     for (const { file, document } of manifests) {

@@ -1,6 +1,6 @@
 /** Prompt fields to token ids, the same for every protocol (HTTP completions, WebSocket responses). */
 import { invalidRequest } from '../gateway/errors.ts';
-import { ChatTemplateError, type ChatFormatter } from '../tokenizer/chat-template.ts';
+import { ChatTemplateError, encodeChatPrompt, type ChatFormatter } from '../tokenizer/chat-template.ts';
 import type { Tokenizer } from '../tokenizer/tokenizer.ts';
 import { parseChatMessages, parseCompletionPrompt } from './request-fields.ts';
 
@@ -12,8 +12,7 @@ export function chatPromptIds(formatChat: ChatFormatter, tokenizer: Tokenizer, m
     if (error instanceof ChatTemplateError) throw invalidRequest(error.message, 'messages');
     throw error;
   }
-  // Special tokens are parsed in the rendered template only; message text itself was never special.
-  return tokenizer.encode(prompt.text, { addBos: prompt.addBos, parseSpecialTokens: true });
+  return encodeChatPrompt(tokenizer, prompt);
 }
 
 /** A raw prompt (text or token ids) continued as is; `param` names the field in errors. */

@@ -333,7 +333,7 @@ export function parseCompletionPrompt(value: unknown, vocabSize: number, param =
 // ---- primitives ----
 
 
-function optional(body: JsonObject, key: string): unknown {
+export function optional(body: JsonObject, key: string): unknown {
   const value = body[key];
   return value === null ? undefined : value;
 }
@@ -346,7 +346,7 @@ function describe(value: unknown): string {
   return text.length > 40 ? `${text.slice(0, 40)}…` : text;
 }
 
-function invalidValue(param: string, expected: string, got: unknown): ApiError {
+export function invalidValue(param: string, expected: string, got: unknown): ApiError {
   return invalidRequest(`Invalid value for '${param}': expected ${expected}, got ${describe(got)}.`, param, 'invalid_value');
 }
 

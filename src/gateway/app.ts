@@ -1,14 +1,19 @@
 /**
  * The HTTP surface: health and metrics without credentials, the OpenAI-compatible API and adapter routes for
- * tenants (and admins), admin routes for admins only. Routes live in src/api/; this file only wires them.
+ * tenants (and admins), admin routes and the live dashboard page for admins only. Routes live in src/api/; this file only wires them.
  */
 import { Hono, type MiddlewareHandler } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { registerAdapterRoutes } from '../api/adapters.ts';
 import { registerCompletionRoutes } from '../api/completions.ts';
+import { registerDashboardRoutes } from '../api/dashboard.ts';
+import { registerFileRoutes } from '../api/files.ts';
+import { registerFineTuningRoutes } from '../api/fine-tuning.ts';
 import { registerModelRoutes } from '../api/models.ts';
 import { installErrorHandlers, invalidApiKey, payloadTooLarge, permissionDenied } from './errors.ts';
 import type { GatewayEnv, GatewayServices } from './services.ts';
+
+const MULTIPART_OVERHEAD_BYTES = 64 * 1024;
 
 export function createApp(services: GatewayServices): Hono<GatewayEnv> {
   const app = new Hono<GatewayEnv>();
@@ -22,8 +27,8 @@ export function createApp(services: GatewayServices): Hono<GatewayEnv> {
     const started = performance.now();
     await next();
     const principal = c.get('principal');
-    // Probes and scrapes arrive every few seconds: only worth a line when debugging.
-    const routine = c.req.path === '/health' || c.req.path === '/ready' || c.req.path === '/metrics';
+    // Probes, scrapes and the live page's polls arrive every few seconds: only worth a line when debugging.
+    const routine = ['/health', '/ready', '/metrics', '/dashboard/data'].includes(c.req.path);
     (routine ? logger.debug : logger.info)('request', {
       method: c.req.method,
       path: c.req.path,
@@ -48,11 +53,20 @@ export function createApp(services: GatewayServices): Hono<GatewayEnv> {
   // Adapter uploads carry weights; everything else is JSON and gets the small limit.
   app.use('/v1/adapters/*', limitBody(services.settings.maxAdapterBytes));
   app.use('/admin/*', limitBody(services.settings.maxBodyBytes));
-  app.use('/v1/*', async (c, next) => (c.req.path.startsWith('/v1/adapters') ? next() : limitBody(services.settings.maxBodyBytes)(c, next)));
+  // Dataset uploads: the file plus the multipart framing around it; the files route checks the file's own size.
+  app.post('/v1/files', limitBody(services.settings.training.maxFileBytes + MULTIPART_OVERHEAD_BYTES));
+  app.use('/v1/*', async (c, next) =>
+    c.req.path.startsWith('/v1/adapters') || (c.req.path === '/v1/files' && c.req.method === 'POST')
+      ? next()
+      : limitBody(services.settings.maxBodyBytes)(c, next),
+  );
 
   registerModelRoutes(app, services);
   registerCompletionRoutes(app, services);
   registerAdapterRoutes(app, services);
+  registerDashboardRoutes(app, services);
+  registerFileRoutes(app, services);
+  registerFineTuningRoutes(app, services);
   return app;
 }
 

@@ -42,6 +42,16 @@ export interface EngineSettings {
   executionProvider: ExecutionProvider;
 }
 
+/** Fine-tuning: where files and jobs live, per-tenant limits, and whether `npm start` runs the trainer sidecar. */
+export interface TrainingSettings {
+  dir: string;
+  maxFileBytes: number;
+  maxActiveJobsPerTenant: number;
+  maxStoredBytesPerTenant: number;
+  /** `child`: `npm start` starts the sidecar as a child process; `external`: it runs separately (`npm run trainer`). */
+  trainer: 'child' | 'external';
+}
+
 export interface GatewaySettings {
   port: number;
   host: string;
@@ -51,6 +61,7 @@ export interface GatewaySettings {
   maxBodyBytes: number;
   maxAdapterBytes: number;
   engine: EngineSettings;
+  training: TrainingSettings;
   /** How often WebSocket clients are pinged; one that misses a pong is disconnected. */
   webSocketPingSeconds: number;
   /** How long a shutdown lets in-flight requests finish before cancelling them. */
@@ -98,12 +109,12 @@ export function sha256Digest(key: string): Buffer {
 // ---- environment variables ----
 
 /** Empty values count as unset, as orchestrators often render an absent variable as `NAME=`. */
-function envString(env: NodeJS.ProcessEnv, name: string): string | undefined {
+export function envString(env: NodeJS.ProcessEnv, name: string): string | undefined {
   const value = env[name]?.trim();
   return value ? value : undefined;
 }
 
-function envInteger(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+export function envInteger(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
   const raw = envString(env, name);
   if (raw === undefined) return fallback;
   const value = /^\d+$/.test(raw) ? Number(raw) : NaN;
@@ -114,7 +125,7 @@ function envInteger(env: NodeJS.ProcessEnv, name: string, fallback: number, min:
 }
 
 /** Byte counts accept a binary unit (`512MiB`) because raw byte counts of this size are easy to get wrong. */
-function envBytes(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
+export function envBytes(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
   const raw = envString(env, name);
   if (raw === undefined) return fallback;
   const match = /^(\d+)\s*(KiB|MiB|GiB)?$/.exec(raw);
@@ -128,7 +139,7 @@ function envBytes(env: NodeJS.ProcessEnv, name: string, fallback: number, min: n
   return value;
 }
 
-function envChoice<T extends string>(env: NodeJS.ProcessEnv, name: string, choices: readonly T[], fallback: T): T {
+export function envChoice<T extends string>(env: NodeJS.ProcessEnv, name: string, choices: readonly T[], fallback: T): T {
   const raw = envString(env, name);
   if (raw === undefined) return fallback;
   if (!(choices as readonly string[]).includes(raw)) {
@@ -137,7 +148,7 @@ function envChoice<T extends string>(env: NodeJS.ProcessEnv, name: string, choic
   return raw as T;
 }
 
-function envHost(env: NodeJS.ProcessEnv): string {
+export function envHost(env: NodeJS.ProcessEnv): string {
   const host = envString(env, 'HOST') ?? '127.0.0.1';
   if (!isIP(host) && !/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(host)) {
     throw new ConfigError(`HOST must be an IP address or host name (0.0.0.0 to listen on every interface), got ${JSON.stringify(host)}`);
@@ -145,7 +156,7 @@ function envHost(env: NodeJS.ProcessEnv): string {
   return host;
 }
 
-function envUrl(env: NodeJS.ProcessEnv, name: string): string | undefined {
+export function envUrl(env: NodeJS.ProcessEnv, name: string): string | undefined {
   const raw = envString(env, name);
   if (raw === undefined) return undefined;
   let protocol: string;
@@ -381,6 +392,13 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       prefillTokenBudget: envInteger(env, 'PREFILL_TOKEN_BUDGET', DEFAULT_PREFILL_TOKEN_BUDGET, 1, 65_536),
       threads: envInteger(env, 'ENGINE_THREADS', availableParallelism(), 1, 1024),
       executionProvider: envChoice(env, 'EXECUTION_PROVIDER', ['cpu', 'cuda'] as const, 'cpu'),
+    },
+    training: {
+      dir: envString(env, 'TRAINING_DIR') ?? 'training',
+      maxFileBytes: envBytes(env, 'MAX_FILE_BYTES', 64 * MIB, KIB, 64 * GIB),
+      maxActiveJobsPerTenant: envInteger(env, 'MAX_ACTIVE_JOBS_PER_TENANT', 4, 1, 100_000),
+      maxStoredBytesPerTenant: envBytes(env, 'MAX_STORED_BYTES_PER_TENANT', GIB, KIB, 1024 * GIB),
+      trainer: envChoice(env, 'TRAINER', ['child', 'external'] as const, 'child'),
     },
     webSocketPingSeconds: envInteger(env, 'WS_PING_INTERVAL_SECONDS', 30, 1, 3600),
     shutdownGraceSeconds: envInteger(env, 'SHUTDOWN_GRACE_SECONDS', 10, 0, 3600),

@@ -6,19 +6,14 @@ import { serve } from '@hono/node-server';
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { basename, extname } from 'node:path';
-import { stat } from 'node:fs/promises';
 import { attachWebSocketApi } from '../api/websocket.ts';
-import { AdapterError } from '../adapters/adapter-error.ts';
-import { loadLoraAdapter } from '../adapters/lora.ts';
 import { Engine } from '../engine/engine.ts';
-import { readGguf } from '../formats/gguf.ts';
 import { createGatewayMetrics } from '../observability/metrics.ts';
 import { createTracing, type TracingOptions } from '../observability/tracing.ts';
 import { AdapterStore } from '../registry/adapter-store.ts';
 import { TextGenerator } from '../serving/text-generation.ts';
-import { chatTemplateConfigFromGguf, createChatFormatter } from '../tokenizer/chat-template.ts';
-import { readTokenizerConfig } from '../tokenizer/huggingface.ts';
-import { loadTokenizer } from '../tokenizer/load.ts';
+import { loadChatFormatter, loadTokenizer } from '../tokenizer/load.ts';
+import { adapterValidator } from './adapter-validator.ts';
 import { createApp } from './app.ts';
 import { createAuthenticator } from './auth.ts';
 import { loadGatewaySettings } from './config.ts';
@@ -28,9 +23,14 @@ import { ModelResolver } from './model-resolver.ts';
 import type { GatewayServices } from './services.ts';
 import { createLogger } from './logger.ts';
 import { createTenantLimiters } from './tenant-limits.ts';
+import { TrainingFileStore } from '../training/jobs/file-store.ts';
+import { JobStore } from '../training/jobs/job-store.ts';
+import { TrainingDir } from '../training/jobs/training-dir.ts';
 
 export interface RunningGateway {
   url: string;
+  /** The base model served (MODEL_PATH, or the default model's resolved location). */
+  modelPath: string;
   services: GatewayServices;
   /**
    * Stops accepting, lets in-flight requests finish for up to `graceMs` (default SHUTDOWN_GRACE_SECONDS),
@@ -70,24 +70,11 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   });
   const config = engine.info.config;
   const tokenizer = await loadTokenizer(modelPath, config.eosTokenIds);
-  const isDirectory = (await stat(modelPath)).isDirectory();
-  const formatChat = createChatFormatter(
-    isDirectory ? await readTokenizerConfig(modelPath) : chatTemplateConfigFromGguf((await readGguf(modelPath)).metadata),
-  );
+  const formatChat = await loadChatFormatter(modelPath);
 
   const store = new AdapterStore<AdapterSummary>({
     root: settings.adaptersDir,
-    validate: async (dir) => {
-      const adapter = await loadLoraAdapter(dir, config);
-      if (adapter.rank > settings.engine.maxLoraRank) {
-        throw new AdapterError(
-          'invalid_config',
-          `adapter rank ${adapter.rank} exceeds this server's MAX_LORA_RANK of ${settings.engine.maxLoraRank}; ` +
-            'train the adapter with a lower rank, or raise MAX_LORA_RANK',
-        );
-      }
-      return { peftType: 'LORA', rank: adapter.rank, targetModules: adapter.targetModules, bytes: adapter.byteSize };
-    },
+    validate: adapterValidator(config, settings.engine.maxLoraRank),
   });
   await store.start();
   // A removed or replaced version must never be served from a cache again.
@@ -106,6 +93,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   store.on('removed', reportDiskResidency);
   const tracing = createTracing({ serviceName: 'peft-gateway', otlpEndpoint: settings.otlpEndpoint, exporter: options.traceExporter });
 
+  const trainingDir = new TrainingDir(settings.training.dir);
   const shutdown = new AbortController();
   const services: GatewayServices = {
     settings,
@@ -119,6 +107,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     authenticator: createAuthenticator(settings),
     limiters: createTenantLimiters(settings.tenants),
     metrics,
+    training: { files: new TrainingFileStore(trainingDir), jobs: new JobStore(trainingDir) },
     tracing,
     queuedByTenant: new Map(),
     startedAt: Math.floor(Date.now() / 1000),
@@ -151,5 +140,5 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
       await store.stop();
       await tracing.shutdown();
     })());
-  return { url, services, close };
+  return { url, modelPath, services, close };
 }

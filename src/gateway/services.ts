@@ -11,6 +11,8 @@ import type { GatewaySettings } from './config.ts';
 import type { Logger } from './logger.ts';
 import type { AdapterSummary, ModelResolver } from './model-resolver.ts';
 import type { TenantLimiter } from './tenant-limits.ts';
+import type { TrainingFileStore } from '../training/jobs/file-store.ts';
+import type { JobStore } from '../training/jobs/job-store.ts';
 
 export interface GatewayServices {
   settings: GatewaySettings;
@@ -24,6 +26,8 @@ export interface GatewayServices {
   authenticator: Authenticator;
   limiters: ReadonlyMap<string, TenantLimiter>;
   metrics: GatewayMetrics;
+  /** Fine-tuning files and jobs in TRAINING_DIR; the trainer sidecar does the training. */
+  training: { files: TrainingFileStore; jobs: JobStore };
   tracing: Tracing;
   /** Per tenant: requests submitted to the engine and not yet started (for `max_queued_requests`). */
   queuedByTenant: Map<string, number>;

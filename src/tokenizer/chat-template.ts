@@ -3,7 +3,7 @@
  * the variables transformers' apply_chat_template provides), or a plain fallback for models without one.
  */
 import { Template } from '@huggingface/jinja';
-import { tokenContent } from './tokenizer.ts';
+import { tokenContent, type Tokenizer } from './tokenizer.ts';
 
 export interface ChatMessage {
   role: string;
@@ -22,6 +22,14 @@ export interface ChatPrompt {
 }
 
 export type ChatFormatter = (messages: ChatMessage[]) => ChatPrompt;
+
+/**
+ * A rendered chat prompt's token ids, as serving feeds them to the model (and training, so an adapter learns on
+ * exactly what it will be served). Special tokens are parsed: the template writes them itself.
+ */
+export function encodeChatPrompt(tokenizer: Tokenizer, prompt: ChatPrompt): number[] {
+  return tokenizer.encode(prompt.text, { addBos: prompt.addBos, parseSpecialTokens: true });
+}
 
 /** A chat template that does not parse, or that refuses the messages (e.g. roles that do not alternate). */
 export class ChatTemplateError extends Error {

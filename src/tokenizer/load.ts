@@ -1,7 +1,8 @@
-/** Picks the tokenizer for a model path: a Hugging Face directory or the vocabulary inside a GGUF file. */
+/** Picks the tokenizer and chat template for a model path: a Hugging Face directory or the vocabulary inside a GGUF file. */
 import { stat } from 'node:fs/promises';
 import { readGguf } from '../formats/gguf.ts';
-import { loadHuggingFaceTokenizer } from './huggingface.ts';
+import { chatTemplateConfigFromGguf, createChatFormatter, type ChatFormatter } from './chat-template.ts';
+import { loadHuggingFaceTokenizer, readTokenizerConfig } from './huggingface.ts';
 import { sentencePieceFromGgufMetadata } from './sentencepiece.ts';
 import type { Tokenizer } from './tokenizer.ts';
 
@@ -16,4 +17,12 @@ export async function loadTokenizer(modelPath: string, eosTokenIds: number[]): P
     return sentencePieceFromGgufMetadata(metadata, eosTokenIds);
   }
   throw new Error(`${modelPath} is neither a Hugging Face model directory nor a .gguf file`);
+}
+
+/** The model's chat template (tokenizer_config.json, or a GGUF file's metadata) as a formatter. */
+export async function loadChatFormatter(modelPath: string): Promise<ChatFormatter> {
+  const isDirectory = (await stat(modelPath)).isDirectory();
+  return createChatFormatter(
+    isDirectory ? await readTokenizerConfig(modelPath) : chatTemplateConfigFromGguf((await readGguf(modelPath)).metadata),
+  );
 }

@@ -12,6 +12,7 @@ export const BASE_MODEL = 'stories260K-hf';
 
 export interface TestGateway extends RunningGateway {
   adaptersDir: string;
+  trainingDir: string;
   traces: InMemorySpanExporter;
   /** An official OpenAI client for a key (default: tenant acme), with retries off so tests see each answer. */
   client(key?: string, options?: ConstructorParameters<typeof OpenAI>[0]): OpenAI;
@@ -26,6 +27,7 @@ export async function startTestGateway(
 ): Promise<TestGateway> {
   const dir = await mkdtemp(join(tmpdir(), 'gateway-'));
   const adaptersDir = join(dir, 'adapters');
+  const trainingDir = join(dir, 'training');
   const configPath = join(dir, 'gateway.yaml');
   const tenantLimits = { max_concurrent_requests: limits.maxConcurrentRequests ?? 16, tokens_per_minute: limits.tokensPerMinute ?? 1_000_000 };
   await writeFile(
@@ -42,6 +44,7 @@ export async function startTestGateway(
       HOST: '127.0.0.1',
       MODEL_PATH: STORIES_HF_DIR,
       ADAPTERS_DIR: adaptersDir,
+      TRAINING_DIR: trainingDir,
       GATEWAY_CONFIG: configPath,
       MAX_BATCH_SIZE: '8',
       ADAPTER_SLOTS: '4',
@@ -54,6 +57,7 @@ export async function startTestGateway(
   return {
     ...gateway,
     adaptersDir,
+    trainingDir,
     traces,
     client: (key = KEYS.acme, options = {}) => new OpenAI({ apiKey: key, baseURL: `${gateway.url}/v1`, maxRetries: 0, ...options }),
     stop: async () => {

@@ -1,0 +1,125 @@
+/**
+ * Fine-tuning beside serving, measured in one run through the real HTTP API (gateway and trainer sidecar in this
+ * process, training on its own worker thread):
+ *   - serving slowdown: base-model decode throughput of concurrent streams while a fine-tuning job runs, against
+ *     the same load with the trainer idle, in interleaved trial pairs (ratio per pair, median and spread);
+ *   - publish latency: from the first API response reporting a job `succeeded` to the first successful chat
+ *     completion on its `fine_tuned_model` (goal < 1 s).
+ *   npm run bench:fine-tuning [-- --json] [--model PATH] [--trials N] [--streams N] [--max-tokens N]
+ *                             [--engine-threads N] [--trainer-threads N]
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import OpenAI, { toFile } from 'openai';
+import { startGateway } from '../gateway/server.ts';
+import { startTrainer } from '../training/service/trainer-service.ts';
+import { loadTrainerSettings } from '../training/service/trainer-settings.ts';
+
+const log = (message: string) => process.stderr.write(`${message}\n`);
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+const FINISHED = new Set(['succeeded', 'failed', 'cancelled']);
+
+const { values } = parseArgs({
+  options: {
+    json: { type: 'boolean', default: false },
+    model: { type: 'string', default: resolve('../shared/models/stories260K-hf') },
+    trials: { type: 'string', default: '3' },
+    streams: { type: 'string', default: '4' },
+    'max-tokens': { type: 'string', default: '64' },
+    'engine-threads': { type: 'string', default: '2' },
+    'trainer-threads': { type: 'string', default: '1' },
+  },
+});
+const trials = Number(values.trials);
+const streams = Number(values.streams);
+const maxTokens = Number(values['max-tokens']);
+
+const dir = await mkdtemp(join(tmpdir(), 'bench-fine-tuning-'));
+const shared = { MODEL_PATH: values.model, ADAPTERS_DIR: join(dir, 'adapters'), TRAINING_DIR: join(dir, 'training'), LOG_LEVEL: 'warn' };
+await writeFile(join(dir, 'tenants.json'), JSON.stringify({ tenants: { bench: { keys: [{ key: 'sk-bench' }], limits: { tokens_per_minute: 1e9, max_concurrent_requests: 64 } } } }));
+const gateway = await startGateway({ ...shared, PORT: '0', ENGINE_THREADS: values['engine-threads'], GATEWAY_CONFIG: join(dir, 'tenants.json') });
+const trainer = await startTrainer(
+  loadTrainerSettings({ ...shared, TRAINER_PORT: '0', TRAINER_THREADS: values['trainer-threads'], TRAINER_POLL_MS: '20', TRAINER_CHECKPOINT_STEPS: '1000000' }),
+);
+const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'sk-bench', maxRetries: 0 });
+const base = gateway.services.models.baseName;
+
+try {
+  const stories = Array.from({ length: 32 }, (_, i) => JSON.stringify({ text: `Once upon a time, there was a cat number ${i}. It liked to run and play.` }));
+  const file = await client.files.create({ file: await toFile(Buffer.from(stories.join('\n')), 'bench.jsonl'), purpose: 'fine-tune' });
+  const createJob = (epochs: number) =>
+    client.fineTuning.jobs.create({ model: base, training_file: file.id, hyperparameters: { n_epochs: epochs, batch_size: 4 } });
+  const waitFor = async (id: string, done: (job: OpenAI.FineTuning.FineTuningJob) => boolean | Promise<boolean>, pollMs: number) => {
+    for (;;) {
+      const job = await client.fineTuning.jobs.retrieve(id);
+      if (await done(job)) return job;
+      await new Promise((r) => setTimeout(r, pollMs));
+    }
+  };
+
+  /** Aggregate completion tokens/s of `streams` concurrent greedy base-model completions. */
+  const serve = async () => {
+    const started = performance.now();
+    const results = await Promise.all(
+      Array.from({ length: streams }, (_, i) =>
+        client.completions.create({ model: base, prompt: `Once upon a time ${i}`, max_tokens: maxTokens, temperature: 0 }),
+      ),
+    );
+    const tokens = results.reduce((sum, r) => sum + (r.usage?.completion_tokens ?? 0), 0);
+    return tokens / ((performance.now() - started) / 1000);
+  };
+
+  await serve(); // warm-up
+  const ratios: number[] = [];
+  const idleRates: number[] = [];
+  const busyRates: number[] = [];
+  for (let trial = 0; trial < trials; trial++) {
+    const idle = await serve();
+    const job = await createJob(50);
+    await waitFor(job.id, async (j) => j.status === 'running' && (await client.fineTuning.jobs.listEvents(j.id)).data.some((e) => e.type === 'metrics'), 20);
+    const busy = await serve();
+    await client.fineTuning.jobs.cancel(job.id);
+    await waitFor(job.id, (j) => FINISHED.has(j.status), 20);
+    idleRates.push(idle);
+    busyRates.push(busy);
+    ratios.push(busy / idle);
+    log(`trial ${trial + 1}: serving ${idle.toFixed(1)} tokens/s idle, ${busy.toFixed(1)} while training (×${(busy / idle).toFixed(2)})`);
+  }
+
+  const latencies: number[] = [];
+  for (let trial = 0; trial < trials; trial++) {
+    const job = await createJob(1);
+    const done = await waitFor(job.id, (j) => FINISHED.has(j.status), 5);
+    if (done.status !== 'succeeded') throw new Error(`job ${job.id} ended ${done.status}: ${JSON.stringify(done.error)}`);
+    const seen = performance.now();
+    await client.chat.completions.create({ model: done.fine_tuned_model!, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 1 });
+    latencies.push((performance.now() - seen) / 1000);
+    log(`trial ${trial + 1}: first chat on ${done.fine_tuned_model} ${(latencies.at(-1)! * 1000).toFixed(0)} ms after the job reported succeeded`);
+  }
+
+  const report = {
+    model: base,
+    engineThreads: Number(values['engine-threads']),
+    trainerThreads: Number(values['trainer-threads']),
+    streams,
+    servingWhileTraining: {
+      ratioMedian: median(ratios),
+      ratioMin: Math.min(...ratios),
+      ratioMax: Math.max(...ratios),
+      idleTokensPerSecond: idleRates,
+      trainingTokensPerSecond: busyRates,
+    },
+    succeededToFirstChatSeconds: { median: median(latencies), max: Math.max(...latencies), all: latencies },
+  };
+  if (values.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+  else {
+    log(`serving while a job trains: ×${report.servingWhileTraining.ratioMedian.toFixed(2)} of idle (pairs ${report.servingWhileTraining.ratioMin.toFixed(2)}–${report.servingWhileTraining.ratioMax.toFixed(2)})`);
+    log(`succeeded → first chat: median ${(report.succeededToFirstChatSeconds.median * 1000).toFixed(0)} ms, max ${(report.succeededToFirstChatSeconds.max * 1000).toFixed(0)} ms`);
+  }
+} finally {
+  await trainer.close();
+  await gateway.close(1000);
+  await rm(dir, { recursive: true, force: true });
+}

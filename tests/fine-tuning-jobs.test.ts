@@ -1,0 +1,202 @@
+/**
+ * Durable jobs: cancellation (before start, at an exact step, through the API), bad files failing validation with
+ * the line named, and a trainer process killed with SIGKILL — resuming from its last checkpoint, or failing with a
+ * clear error when the checkpoint is damaged — without ever exposing a half-written adapter. Also `npm start` alone
+ * running the trainer as a child process.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import OpenAI, { toFile } from 'openai';
+import type { FineTuningJob as StoredJob } from '../src/training/jobs/job-store.ts';
+import { JobStore } from '../src/training/jobs/job-store.ts';
+import { TrainingDir } from '../src/training/jobs/training-dir.ts';
+import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
+import { asJsonl, madeUpWordStories, startTestTrainer, waitForJob } from './support/fine-tuning.ts';
+import { REPO_ROOT, STORIES_HF_DIR } from './support/models.ts';
+
+let gateway: TestGateway;
+let client: OpenAI;
+let trainingFile: string;
+before(async () => {
+  gateway = await startTestGateway();
+  client = gateway.client(KEYS.acme);
+  trainingFile = (await client.files.create({ file: await toFile(Buffer.from(asJsonl(madeUpWordStories(24))), 't.jsonl'), purpose: 'fine-tune' })).id;
+});
+after(() => gateway.stop());
+
+/** A job far longer than any test waits for: every test ends it by cancelling or failing it. */
+const longJob = (extra: Record<string, unknown> = {}) =>
+  client.fineTuning.jobs.create({
+    model: BASE_MODEL,
+    training_file: trainingFile,
+    seed: 1,
+    method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 50, batch_size: 1 } } },
+    lora_r: 4,
+    ...extra,
+  } as never);
+
+const finished = (job: { status: string }) => ['succeeded', 'failed', 'cancelled'].includes(job.status);
+const stepsOf = async (id: string) => {
+  const events = await client.fineTuning.jobs.listEvents(id, { limit: 1000 });
+  return events.data.filter((e) => e.type === 'metrics').map((e) => (e.data as { step: number }).step);
+};
+
+test('cancel: a queued job is cancelled before it starts; a running one within one optimizer step', async () => {
+  const jobs = new JobStore(new TrainingDir(gateway.trainingDir));
+  const queued = await longJob();
+  await client.fineTuning.jobs.cancel(queued.id);
+  const CANCEL_AT = 3;
+  const trainer = await startTestTrainer(gateway, {}, (job, progress) => {
+    // Exactly at step 3, the way the API's cancel records it.
+    if (progress.step === CANCEL_AT) writeFileSync(jobs.cancelPath(job as StoredJob), 'now');
+  });
+  try {
+    const first = await waitForJob(client, queued.id, finished, trainer);
+    assert.equal(first.status, 'cancelled');
+    assert.deepEqual(await stepsOf(queued.id), [], 'it never ran');
+
+    const running = await longJob();
+    const stopped = await waitForJob(client, running.id, finished, trainer);
+    assert.equal(stopped.status, 'cancelled');
+    assert.equal(stopped.fine_tuned_model, null);
+    const steps = await stepsOf(running.id);
+    assert.ok(Math.max(...steps) <= CANCEL_AT + 1, `stopped at step ${Math.max(...steps)}, cancelled at ${CANCEL_AT}`);
+    assert.equal(gateway.services.store.list('acme').length, 0, 'nothing published');
+
+    // Through the API, while it runs.
+    const viaApi = await longJob();
+    await waitForJob(client, viaApi.id, async (job) => job.status === 'running' && (await stepsOf(viaApi.id)).length > 0, trainer);
+    await client.fineTuning.jobs.cancel(viaApi.id);
+    assert.equal((await waitForJob(client, viaApi.id, finished, trainer)).status, 'cancelled');
+    const cancelError = await client.fineTuning.jobs.cancel(viaApi.id).catch((error: InstanceType<typeof OpenAI.APIError>) => error);
+    assert.equal((cancelError as InstanceType<typeof OpenAI.APIError>).status, 400);
+  } finally {
+    await trainer.close();
+  }
+});
+
+test('a file that passes upload but not tokenisation fails the job, naming the line', async () => {
+  const rows = Array.from({ length: 10 }, (_, i) => ({ prompt: i === 6 ? 'Once upon a time there was a little girl named Lily' : 'Hi', completion: ' there' }));
+  const file = await client.files.create({ file: await toFile(Buffer.from(rows.map((r) => JSON.stringify(r)).join('\n')), 'pc.jsonl'), purpose: 'fine-tune' });
+  const job = await client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id, max_length: 6 } as never);
+  const trainer = await startTestTrainer(gateway);
+  try {
+    const failed = await waitForJob(client, job.id, finished, trainer);
+    assert.equal(failed.status, 'failed');
+    assert.equal(failed.error?.code, 'invalid_training_file');
+    assert.equal(failed.error?.param, 'training_file');
+    assert.match(failed.error!.message, /line 7: its prompt alone is \d+ tokens, which leaves nothing to learn within max_length 6/);
+  } finally {
+    await trainer.close();
+  }
+});
+
+/** `npm run trainer` as its own process. */
+function trainerProcess(env: Record<string, string>): { child: ChildProcess; exited: Promise<number | null> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/trainer-main.ts')], {
+    cwd: REPO_ROOT,
+    env: {
+      ...process.env,
+      MODEL_PATH: STORIES_HF_DIR,
+      ADAPTERS_DIR: gateway.adaptersDir,
+      TRAINING_DIR: gateway.trainingDir,
+      TRAINER_THREADS: '1',
+      TRAINER_PORT: '0',
+      TRAINER_POLL_MS: '20',
+      TRAINER_ID: 'killed-trainer',
+      LOG_LEVEL: 'warn',
+      ...env,
+    },
+    stdio: 'ignore',
+  });
+  return { child, exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))) };
+}
+
+async function killAfterCheckpoint(id: string): Promise<void> {
+  const trainer = trainerProcess({ TRAINER_CHECKPOINT_STEPS: '2' });
+  await waitForJob(client, id, async () => (await client.fineTuning.jobs.checkpoints.list(id)).data.length > 0);
+  trainer.child.kill('SIGKILL');
+  await trainer.exited;
+}
+
+test('a trainer killed with SIGKILL resumes the job from its last checkpoint; a damaged checkpoint fails it clearly', async () => {
+  const jobs = new JobStore(new TrainingDir(gateway.trainingDir));
+
+  const damaged = await longJob({ suffix: 'damaged' });
+  await killAfterCheckpoint(damaged.id);
+  assert.equal((await client.fineTuning.jobs.retrieve(damaged.id)).status, 'running', 'the job outlives the process');
+  const stored = (await jobs.get('acme', damaged.id))!;
+  await writeFile(jobs.jobPath(stored, 'state.safetensors'), 'not a checkpoint');
+  let restarted = trainerProcess({ TRAINER_CHECKPOINT_STEPS: '2' });
+  const failed = await waitForJob(client, damaged.id, finished);
+  assert.equal(failed.status, 'failed');
+  assert.equal(failed.error?.code, 'checkpoint_unreadable');
+  assert.match(failed.error!.message, /last checkpoint is damaged .* so it cannot resume/);
+  restarted.child.kill('SIGTERM');
+  assert.equal(await restarted.exited, 0);
+
+  const resumed = await longJob({ suffix: 'resumed' });
+  await killAfterCheckpoint(resumed.id);
+  const checkpoint = (await client.fineTuning.jobs.checkpoints.list(resumed.id)).data[0].step_number;
+  restarted = trainerProcess({ TRAINER_CHECKPOINT_STEPS: '1000' });
+  try {
+    const resumeMessage = `The trainer restarted: resuming from the checkpoint at step ${checkpoint}`;
+    const eventsAfterResume = async () => {
+      const events = (await client.fineTuning.jobs.listEvents(resumed.id, { limit: 1000 })).data.reverse();
+      const at = events.findIndex((e) => e.message === resumeMessage);
+      return at < 0 ? [] : events.slice(at + 1).filter((e) => e.type === 'metrics');
+    };
+    await waitForJob(client, resumed.id, async () => (await eventsAfterResume()).length > 0);
+    assert.equal(((await eventsAfterResume())[0].data as { step: number }).step, checkpoint + 1, 'training continues after the checkpoint');
+    await client.fineTuning.jobs.cancel(resumed.id);
+    assert.equal((await waitForJob(client, resumed.id, finished)).status, 'cancelled');
+  } finally {
+    restarted.child.kill('SIGTERM');
+    await restarted.exited;
+  }
+
+  // Every published checkpoint is complete and servable; nothing half-written was ever renamed into the store.
+  await gateway.services.store.refresh();
+  assert.deepEqual(gateway.services.store.listInvalid(), []);
+  const published = gateway.services.store.list('acme').map((record) => record.adapter);
+  assert.ok(published.includes('resumed-checkpoints'));
+  const leftovers = await readdir(join(gateway.adaptersDir, 'acme', 'resumed-checkpoints'));
+  assert.ok(leftovers.every((version) => /^[A-Za-z0-9]{8}-step-\d+$/.test(version)), leftovers.join());
+});
+
+test('npm start alone serves the fine-tuning API: the gateway runs the trainer as a child process', async () => {
+  const trainingDir = join(gateway.trainingDir, '..', 'standalone-training');
+  const adaptersDir = join(gateway.trainingDir, '..', 'standalone-adapters');
+  const main = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/main.ts')], {
+    cwd: REPO_ROOT,
+    env: { ...process.env, MODEL_PATH: STORIES_HF_DIR, PORT: '0', TRAINER_PORT: '0', TRAINING_DIR: trainingDir, ADAPTERS_DIR: adaptersDir, ENGINE_THREADS: '1', TRAINER_THREADS: '1', TRAINER_POLL_MS: '20' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const exited = new Promise((resolve) => main.once('exit', resolve));
+  let log = '';
+  const url = await new Promise<string>((resolve, reject) => {
+    main.stderr!.on('data', (chunk) => {
+      log += chunk;
+      const serving = log.split('\n').map((line) => (line.startsWith('{') ? JSON.parse(line) : {})).find((entry) => entry.msg === 'serving');
+      if (serving) resolve(serving.url);
+    });
+    main.once('exit', () => reject(new Error(`npm start exited: ${log}`)));
+  });
+  try {
+    const local = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'sk-local-dev', maxRetries: 0 });
+    const file = await local.files.create({ file: await toFile(Buffer.from(asJsonl(madeUpWordStories(10))), 't.jsonl'), purpose: 'fine-tune' });
+    const job = await local.fineTuning.jobs.create({ model: 'stories260K-hf', training_file: file.id, hyperparameters: { n_epochs: 1, batch_size: 5 } });
+    const done = await waitForJob(local, job.id, finished);
+    assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
+    const chat = await local.chat.completions.create({ model: done.fine_tuned_model!, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 2 });
+    assert.equal(chat.model, done.fine_tuned_model);
+  } finally {
+    main.kill('SIGTERM');
+    assert.equal(await exited, 0);
+  }
+  assert.match(log, /"msg":"trainer sidecar started as a child process"/);
+});
