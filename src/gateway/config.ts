@@ -328,7 +328,7 @@ async function readTenantsFile(file: string): Promise<{ adminKeyDigests: Buffer[
   try {
     // Plain errors, not pretty ones: a pretty error quotes the offending line, which may hold a plaintext key.
     // Silent: the parser's warnings would go to stderr quoting the file, which holds keys.
-    document = parseYaml(text, { lineCounter, prettyErrors: false, logLevel: 'silent' });
+    document = parseYaml(text, { lineCounter, prettyErrors: false, logLevel: 'error' });
   } catch (error) {
     // The parser also throws plain errors (an alias to an anchor that does not exist is a ReferenceError).
     if (!(error instanceof YAMLError)) throw new ConfigError(`${file}: not valid YAML or JSON: ${(error as Error).message}`);
