@@ -22,6 +22,7 @@ import { loraInputShapes } from '../runtime/adapter-slots.ts';
 import { measureLoraFloor } from './bench-lora-floor.ts';
 import { median, round } from './bench-stats.ts';
 import { LORA_TARGET_MODULES } from '../model/types.ts';
+import { benchFamilies } from './bench-families.ts';
 
 const BENCH_DIR = resolve('.bench');
 const STREAMS = 16;
@@ -146,6 +147,7 @@ async function main(): Promise<void> {
       ratio_16_streams_vs_llama_cpp: round(median(base) / LLAMA_CPP.decodeTokensPerSecond16, 3),
       ratio_1_stream_vs_llama_cpp: round(median(single) / LLAMA_CPP.decodeTokensPerSecond1, 3),
       ratio_prefill_vs_llama_cpp: round(median(prefill) / LLAMA_CPP.prefillTokensPerSecond, 3),
+      peft_families_16_streams: await benchFamilies({ benchDir: BENCH_DIR, streams: STREAMS, pairs: trials, concurrentDecode: (a, t) => concurrentDecode(engine, a, t), log }),
       peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
       rss_after_run_mib: Math.round(process.memoryUsage().rss / 2 ** 20),
     };

@@ -6,6 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { loadBaseModel } from '../model/load.ts';
 import { buildDecoderGraph } from '../graph/decoder-graph.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
+import { baseRowNorms } from '../runtime/dora-scales.ts';
 import { DEFAULT_PREFILL_TOKEN_BUDGET, RUN_FREELY, type EngineWorkerData, type FromWorker, type ToWorker } from './protocol.ts';
 import { Scheduler } from './scheduler.ts';
 
@@ -37,10 +38,11 @@ async function start(options: EngineWorkerData): Promise<void> {
   const model = await loadBaseModel(options.modelPath);
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
   const graph = buildDecoderGraph(model);
+  const rowNorms = baseRowNorms(model);
   // The graph holds the weights (in the layout the session reads); the loaded arrays would only add to the
   // memory peak while the session loads them.
   model.weights.clear();
-  const runner = await ModelRunner.fromGraph(graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions });
+  const runner = await ModelRunner.fromGraph(graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, rowNorms);
   const scheduler = new Scheduler(
     runner,
     {
