@@ -66,6 +66,7 @@ export async function benchFamilies(options: {
       const base = await options.concurrentDecode(adapters.map(() => null), 48);
       ratios[family].push((await options.concurrentDecode(adapters, 48)) / base);
     }
+    options.log(`  ${family}: ${ratios[family].map((ratio) => ratio.toFixed(3)).join(', ')} of the base rate`);
   }
   const lora = median(ratios.lora);
   return Object.fromEntries(

@@ -35,13 +35,14 @@ function passStepGate(gate: Int32Array): void {
 
 async function start(options: EngineWorkerData): Promise<void> {
   const stepGate = new Int32Array(options.stepGate);
-  const model = await loadBaseModel(options.modelPath);
+  const model = await loadBaseModel(options.modelPath, { quantize: options.quantize });
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
   const graph = buildDecoderGraph(model);
   const rowNorms = baseRowNorms(model);
   // The graph holds the weights (in the layout the session reads); the loaded arrays would only add to the
   // memory peak while the session loads them.
   model.weights.clear();
+  model.quantized?.clear();
   const runner = await ModelRunner.fromGraph(graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, rowNorms);
   const scheduler = new Scheduler(
     runner,
