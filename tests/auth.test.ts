@@ -107,6 +107,21 @@ test('a WebSocket handshake authenticates by Authorization header or by the key 
   );
 });
 
+test('a page request authenticates by Bearer, or by Basic with the key as the password', async () => {
+  const auth = createAuthenticator(await settingsFromFile(tenantsFile));
+  const basic = (credentials: string) => `Basic ${Buffer.from(credentials).toString('base64')}`;
+  assert.equal(describe(auth.authenticatePage('Bearer sk-admin-prod')), 'admin');
+  assert.equal(describe(auth.authenticatePage(basic('admin:sk-admin-prod'))), 'admin');
+  assert.equal(describe(auth.authenticatePage(basic(':sk-admin-prod'))), 'admin', 'any user name, even none');
+  assert.equal(describe(auth.authenticatePage(basic('me:sk-globex'))), 'tenant globex');
+  assert.equal(auth.authenticatePage(basic('sk-admin-prod')), null, 'a key in the user name is not a password');
+  assert.equal(auth.authenticatePage(basic('admin:')), null);
+  assert.equal(auth.authenticatePage(basic('admin:wrong')), null);
+  assert.equal(auth.authenticatePage('Basic not base64!'), null);
+  assert.equal(auth.authenticatePage(undefined), null);
+  assert.equal(auth.authenticate(basic('admin:sk-admin-prod')), null, 'the API itself takes only Bearer');
+});
+
 test('only the key-carrying subprotocol is recognised as such', () => {
   assert.equal(isApiKeySubprotocol('openai-insecure-api-key.sk-1'), true);
   assert.equal(isApiKeySubprotocol(' openai-insecure-api-key.sk-1'), true);

@@ -6,15 +6,15 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { shippedQueries } from '../src/observability/dashboards/queries.ts';
 import { parseScrape, valueOf, type Scrape } from './support/exposition.ts';
-import { startTestGateway, type TestGateway } from './support/gateway.ts';
+import type { TestGateway } from './support/gateway.ts';
 import { driftProblems } from './support/metric-drift.ts';
-import { mixedTraffic, publishAdapter, TRAFFIC_LIMITS } from './support/traffic.ts';
+import { mixedTraffic, publishAdapter, startTrafficGateway } from './support/traffic.ts';
 
 let gateway: TestGateway;
 let scrape: Scrape;
 
 before(async () => {
-  gateway = await startTestGateway(TRAFFIC_LIMITS);
+  gateway = await startTrafficGateway();
   const adapters = {
     acme: await publishAdapter(gateway, 'acme', 'support', 1),
     globex: await publishAdapter(gateway, 'globex', 'faq', 2),

@@ -12,6 +12,11 @@
  * same runtime and thread pool reading the same kind of buffer as the adapter stacks, vectorised and doing
  * nothing but read, so it is the rate the LoRA matmuls could reach; a JavaScript loop reads one float at a time
  * on one thread and measured 10–20× slower.
+ *
+ * Arithmetic can bound a mix before bandwidth does: a segment of M rows does 2·M flops per 4-byte weight, and
+ * every segment is padded to the largest, so 7/4/3/2 rows compute 4 × 7 rows against their 4 adapters. The
+ * report therefore also gives a compute floor, those flops at the rate onnxruntime's float32 GEMM reaches here
+ * (a 256×1024×1024 MatMul probe, timed in the same trials).
  */
 import * as ort from 'onnxruntime-node';
 import { loadLoraAdapter } from '../adapters/lora.ts';
@@ -27,6 +32,8 @@ const ROWS = 16;
 const ZIPF_ROWS = [7, 4, 3, 2];
 const PROMPT = 16;
 const PROBE_BYTES = 256 * 2 ** 20;
+/** The GEMM probe: [GEMM_M, GEMM_K] × [GEMM_K, GEMM_N]. */
+const [GEMM_M, GEMM_K, GEMM_N] = [256, 1024, 1024];
 
 export interface LoraFloorOptions {
   modelPath: string;
@@ -43,6 +50,7 @@ export async function measureLoraFloor(options: LoraFloorOptions) {
   const c = model.config;
   const runner = await ModelRunner.create(model, { maxBatch: ROWS, adapterSlots: ROWS, maxLoraRank: options.rank, maxPositions: 256, threads: options.threads });
   const probe = await bandwidthProbe(options.threads);
+  const gemm = await gemmProbe(options.threads);
   try {
     const slots: number[] = [];
     for (const [i, path] of options.adapterPaths.slice(0, ROWS).entries()) {
@@ -66,7 +74,7 @@ export async function measureLoraFloor(options: LoraFloorOptions) {
 
     options.log(`LoRA floor: ${ROWS}-row decode steps, base vs ${ROWS} distinct adapters vs ${ZIPF_ROWS.join('/')} rows over 4, against a ReduceSum bandwidth probe ...`);
     const bytesPerAdapter = 4 * c.numLayers * Object.values(loraInputShapes(c, options.rank)).reduce((sum, shape) => sum + elementCount(shape), 0);
-    const trials: { gbPerS: number; added: Record<'distinct' | 'zipf', number> }[] = [];
+    const trials: { gbPerS: number; gflopPerS: number; added: Record<'distinct' | 'zipf', number> }[] = [];
     const order = ['base', 'distinct', 'zipf'] as const;
     for (let trial = 0; trial < options.trials; trial++) {
       const ms: Record<string, number> = {};
@@ -76,10 +84,17 @@ export async function measureLoraFloor(options: LoraFloorOptions) {
         ms[mix] = await step(mixes[mix]);
       }
       ms.probe = await probe();
-      trials.push({ gbPerS: PROBE_BYTES / ms.probe / 1e6, added: { distinct: ms.distinct - ms.base, zipf: ms.zipf - ms.base } });
+      ms.gemm = await gemm();
+      trials.push({
+        gbPerS: PROBE_BYTES / ms.probe / 1e6,
+        gflopPerS: (2 * GEMM_M * GEMM_K * GEMM_N) / ms.gemm / 1e6,
+        added: { distinct: ms.distinct - ms.base, zipf: ms.zipf - ms.base },
+      });
     }
-    const report = (mix: 'distinct' | 'zipf', adapters: number) => {
+    /** `segmentRows`: the rows every segment is padded to, so each adapter's weights meet that many rows. */
+    const report = (mix: 'distinct' | 'zipf', adapters: number, segmentRows: number) => {
       const floorMs = (t: (typeof trials)[number]) => (adapters * bytesPerAdapter) / (t.gbPerS * 1e6);
+      const computeMs = (t: (typeof trials)[number]) => (2 * segmentRows * adapters * (bytesPerAdapter / 4)) / (t.gflopPerS * 1e6);
       const ratios = trials.map((t) => t.added[mix] / floorMs(t));
       return {
         adapters,
@@ -88,6 +103,7 @@ export async function measureLoraFloor(options: LoraFloorOptions) {
         floor_ms: round(median(trials.map(floorMs)), 2),
         ratio_added_vs_floor: round(median(ratios), 3),
         ratio_range: [round(Math.min(...ratios), 3), round(Math.max(...ratios), 3)],
+        compute_floor_ms: round(median(trials.map(computeMs)), 2),
       };
     };
     return {
@@ -95,8 +111,9 @@ export async function measureLoraFloor(options: LoraFloorOptions) {
       rank: options.rank,
       trials: options.trials,
       read_bandwidth_gb_per_s: round(median(trials.map((t) => t.gbPerS))),
-      distinct_16: report('distinct', ROWS),
-      zipf_7_4_3_2: report('zipf', ZIPF_ROWS.length),
+      gemm_gflop_per_s: round(median(trials.map((t) => t.gflopPerS))),
+      distinct_16: report('distinct', ROWS, 1),
+      zipf_7_4_3_2: report('zipf', ZIPF_ROWS.length, Math.max(...ZIPF_ROWS)),
     };
   } finally {
     await runner.close();
@@ -109,12 +126,25 @@ async function bandwidthProbe(threads: number): Promise<() => Promise<number>> {
   // 64 rows, so the reduction splits evenly across the threads.
   const x = g.input('x', 'float32', [64, 'n']);
   g.output(g.op('ReduceSum', [x, g.constInt64([1])], { keepdims: 0 }), 'sums', 'float32', [64]);
+  const data = new Float32Array(PROBE_BYTES / 4).fill(1);
+  return timedRun(g, threads, { x: new ort.Tensor('float32', data, [64, data.length / 64]) });
+}
+
+/** Returns a function that runs one float32 GEMM of the probe's shape and returns the milliseconds it took. */
+async function gemmProbe(threads: number): Promise<() => Promise<number>> {
+  const g = new OnnxGraphBuilder('gemm_rate');
+  g.output(g.op('MatMul', [g.input('a', 'float32', [GEMM_M, GEMM_K]), g.input('b', 'float32', [GEMM_K, GEMM_N])]), 'c', 'float32', [GEMM_M, GEMM_N]);
+  return timedRun(g, threads, {
+    a: new ort.Tensor('float32', new Float32Array(GEMM_M * GEMM_K).fill(0.5), [GEMM_M, GEMM_K]),
+    b: new ort.Tensor('float32', new Float32Array(GEMM_K * GEMM_N).fill(0.25), [GEMM_K, GEMM_N]),
+  });
+}
+
+async function timedRun(g: OnnxGraphBuilder, threads: number, feeds: Record<string, ort.Tensor>): Promise<() => Promise<number>> {
   const session = await ort.InferenceSession.create(g.build([{ domain: '', version: 21 }]).modelBytes, {
     intraOpNumThreads: threads,
     interOpNumThreads: 1,
   });
-  const data = new Float32Array(PROBE_BYTES / 4).fill(1);
-  const feeds = { x: new ort.Tensor('float32', data, [64, data.length / 64]) };
   return async () => {
     const start = performance.now();
     await session.run(feeds);

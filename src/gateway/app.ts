@@ -1,11 +1,12 @@
 /**
  * The HTTP surface: health and metrics without credentials, the OpenAI-compatible API and adapter routes for
- * tenants (and admins), admin routes for admins only. Routes live in src/api/; this file only wires them.
+ * tenants (and admins), admin routes and the live dashboard page for admins only. Routes live in src/api/; this file only wires them.
  */
 import { Hono, type MiddlewareHandler } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import { registerAdapterRoutes } from '../api/adapters.ts';
 import { registerCompletionRoutes } from '../api/completions.ts';
+import { registerDashboardRoutes } from '../api/dashboard.ts';
 import { registerFileRoutes } from '../api/files.ts';
 import { registerFineTuningRoutes } from '../api/fine-tuning.ts';
 import { registerModelRoutes } from '../api/models.ts';
@@ -26,8 +27,8 @@ export function createApp(services: GatewayServices): Hono<GatewayEnv> {
     const started = performance.now();
     await next();
     const principal = c.get('principal');
-    // Probes and scrapes arrive every few seconds: only worth a line when debugging.
-    const routine = c.req.path === '/health' || c.req.path === '/ready' || c.req.path === '/metrics';
+    // Probes, scrapes and the live page's polls arrive every few seconds: only worth a line when debugging.
+    const routine = ['/health', '/ready', '/metrics', '/dashboard/data'].includes(c.req.path);
     (routine ? logger.debug : logger.info)('request', {
       method: c.req.method,
       path: c.req.path,
@@ -63,6 +64,7 @@ export function createApp(services: GatewayServices): Hono<GatewayEnv> {
   registerModelRoutes(app, services);
   registerCompletionRoutes(app, services);
   registerAdapterRoutes(app, services);
+  registerDashboardRoutes(app, services);
   registerFileRoutes(app, services);
   registerFineTuningRoutes(app, services);
   return app;

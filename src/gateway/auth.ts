@@ -26,6 +26,11 @@ export interface Authenticator {
   authenticate(authorizationHeader: string | undefined): Principal | null;
   /** An `Authorization` header, when present, is the only credential considered. */
   authenticateWebSocket(handshake: WebSocketHandshake): Principal | null;
+  /**
+   * For pages a browser opens: `Bearer <key>`, or HTTP Basic with the key as the password (any user name), since a
+   * browser asks for Basic credentials itself and then sends them with the page's own requests.
+   */
+  authenticatePage(authorizationHeader: string | undefined): Principal | null;
 }
 
 /**
@@ -39,6 +44,14 @@ export function isApiKeySubprotocol(protocol: string): boolean {
 function bearerKey(authorizationHeader: string | undefined): string | null {
   const match = /^Bearer +(\S+) *$/i.exec(authorizationHeader ?? '');
   return match ? match[1] : null;
+}
+
+function basicPassword(authorizationHeader: string | undefined): string | null {
+  const match = /^Basic +([A-Za-z0-9+/]+=*) *$/i.exec(authorizationHeader ?? '');
+  if (!match) return null;
+  const decoded = Buffer.from(match[1], 'base64').toString('utf8');
+  const colon = decoded.indexOf(':');
+  return colon >= 0 && colon < decoded.length - 1 ? decoded.slice(colon + 1) : null;
 }
 
 function subprotocolKey(protocolsHeader: string | undefined): string | null {
@@ -72,5 +85,6 @@ export function createAuthenticator(settings: Pick<GatewaySettings, 'adminKeyDig
     authenticate: (authorizationHeader) => identify(bearerKey(authorizationHeader)),
     authenticateWebSocket: ({ authorization, protocols }) =>
       identify(authorization !== undefined ? bearerKey(authorization) : subprotocolKey(protocols)),
+    authenticatePage: (authorizationHeader) => identify(bearerKey(authorizationHeader) ?? basicPassword(authorizationHeader)),
   };
 }

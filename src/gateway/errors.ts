@@ -62,10 +62,11 @@ export function invalidRequest(message: string, param: string | null = null, cod
 /** 401. The message never echoes the presented key. */
 export function invalidApiKey(
   message = 'Missing or invalid API key. Send it as "Authorization: Bearer <key>".',
+  challenge = 'Bearer',
 ): ApiError {
   return new ApiError(401, 'authentication_error', message, {
     code: 'invalid_api_key',
-    headers: { 'www-authenticate': 'Bearer' },
+    headers: { 'www-authenticate': challenge },
   });
 }
 

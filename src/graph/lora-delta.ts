@@ -1,7 +1,6 @@
 /**
  * The LoRA part of the decoder graph: every adapted projection's `scale·(x·Aᵀ)·Bᵀ` for a batch whose rows use
- * different adapters, or none, at the memory floor — each distinct adapter's weights are read once per pass
- * however many rows use it.
+ * different adapters, or none, reading each distinct adapter's weights once per pass however many rows use it.
  *
  * Rows are grouped by adapter segment, as Punica's SGMV does: the pass is fed a stack of the N distinct adapters
  * its rows use (`[N, blocks, in, R]` for A, `[N, blocks, R, width]` for B) and, per segment, the batch rows on it
@@ -11,15 +10,22 @@
  * multiplied by zero. With 16 rows on 16 adapters this reads what one copy per row reads; with 16 rows on 4
  * adapters it reads a quarter of it.
  *
- * Formulations measured against this one (SmolLM2-135M's shape, 16 rows, r=16, every projection, 2 threads; the
- * time the adapters add to a decode step ÷ the time to read the distinct adapters' bytes once at the bandwidth
- * measured in the same run):
- * - one copy of the adapter per row (the previous layout, `[B, in, R]` / `[B, R, out]` batched matmuls): every
- *   row reads its adapter, so bytes grow with rows rather than adapters; 16 rows over 4 adapters read 4×.
+ * Formulations measured (SmolLM2-135M's shape, 16 rows, r=16 on all seven projections; ratio = time the adapters
+ * add to a decode step ÷ time to read the distinct adapters' bytes once at the bandwidth measured in the same run;
+ * medians of 10–30 interleaved trials on a 2-core machine shared with other work, so single trials spread widely):
+ * - one copy of its adapter per row (the previous layout, `[B, in, R]` / `[B, R, out]` batched matmuls): bytes grow
+ *   with rows, not adapters. LoRA-only chain: 1.5× for 16 distinct adapters, 5.1× for 16 rows over 4 adapters.
+ * - segments (this module): same chain 1.7× and 3.2×; whole decoder 1.5–1.9× and 3.7× at 2 threads, 1.1× and
+ *   2.3× at 1 thread. With 16 distinct adapters it reads the same bytes as per-row copies, plus two small Gathers
+ *   and a Mul per projection group; with 7/4/3/2 rows it reads a quarter of them.
  * - x·A_cat over the distinct adapters (`[in, N·R]`), a per-row mask of the row's segment, then ·B_cat
- *   (`[N·R, out]`): reads each adapter once, but every row multiplies every adapter, N times the arithmetic; on
- *   two cores this is compute-bound from N ≈ 4 on (arithmetic per byte ≈ rows/2 flop) and lost to segments.
+ *   (`[N·R, out]`): reads each adapter once, but every row multiplies every adapter, N times the arithmetic:
+ *   4.8× for both mixes, compute-bound.
  * - per-slot stacks gathered per row inside the graph: copies every row's adapter every pass (~15 % slower).
+ * Why 7/4/3/2 stays above the floor: a segment of M rows does 2·M flops per 4-byte weight and every segment is
+ * padded to the largest (4 × 7 rows computed for 16), which on two AVX2 cores costs about as long as reading the
+ * weights (the bench's `compute_floor_ms`), and each LoRA matmul also pays onnxruntime's per-node dispatch, which
+ * matters more against a quarter of the bytes.
  */
 import type { OnnxGraphBuilder } from './onnx-builder.ts';
 

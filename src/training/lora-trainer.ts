@@ -12,6 +12,7 @@ import type { TrainingData, TrainingHooks, TrainingProgress, TrainingResult } fr
 import type { LoraTrainingConfig } from './training-config.ts';
 import type { TrainerCheckpoint } from './checkpoint.ts';
 import { validateTrainingConfig } from './training-config.ts';
+import { assertTrainable } from './training-model.ts';
 
 export type { TrainingSequence } from './batches.ts';
 export { DEFAULT_LORA_TRAINING_CONFIG, type LoraTrainingConfig } from './training-config.ts';
@@ -70,6 +71,7 @@ export function unpackModel(packed: PackedModel): BaseModel {
  */
 export async function trainLora(model: BaseModel, data: TrainingData, config: LoraTrainingConfig, hooks: TrainingHooks = {}): Promise<TrainingResult> {
   validateTrainingConfig(config);
+  assertTrainable(model);
   const stopFlag = new SharedArrayBuffer(4);
   const stop = new Int32Array(stopFlag);
   const packed = packModel(model);

@@ -85,12 +85,7 @@ export class TrainingModel {
   }
 
   static async create(model: BaseModel, settings: TrainingModelSettings): Promise<TrainingModel> {
-    if (model.quantized?.size) {
-      throw new Error(
-        'training over a quantized base model is not supported; train on the float model (an F32/F16 GGUF or the ' +
-          'Hugging Face checkpoint, without QUANTIZE) — the adapter it produces serves over the quantized base unchanged',
-      );
-    }
+    assertTrainable(model);
     const c = model.config;
     const lora = { rank: settings.rank, alpha: settings.alpha, targetModules: settings.targetModules };
     const session = (graph: ReturnType<typeof buildHeadGraph>) => createTrainingSession(graph, settings.threads);
@@ -259,5 +254,15 @@ export function fillDropoutMask(mask: Float32Array, p: number, seed: number): vo
     const bits = Math.floor(rng() * 4294967296);
     mask[i] = (bits & 0xffff) < threshold ? 0 : keep;
     if (i + 1 < mask.length) mask[i + 1] = bits >>> 16 < threshold ? 0 : keep;
+  }
+}
+
+/** Training reads float base weights; a quantized base is refused before any work starts. */
+export function assertTrainable(model: BaseModel): void {
+  if (model.quantized?.size) {
+    throw new Error(
+      'training over a quantized base model is not supported; train on the float model (an F32/F16 GGUF or the ' +
+        'Hugging Face checkpoint, without QUANTIZE) — the adapter it produces serves over the quantized base unchanged',
+    );
   }
 }

@@ -1,16 +1,45 @@
 /**
- * A little of every kind of traffic the dashboards chart, against a test gateway started with a small token
- * budget (`TRAFFIC_LIMITS`): base-model and adapter requests from two tenants, a cold adapter, a bad key, an
- * unknown model and a request over the tenant's budget.
+ * A little of every kind of traffic the dashboards chart: base-model and adapter requests from two tenants, cold
+ * adapters, a bad key, an unknown model, and a tenant whose every request is refused with 429.
  */
 import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { loraAdapterFiles, randomLoraAdapter } from '../../src/adapters/lora-writer.ts';
-import { BASE_MODEL, KEYS, type TestGateway } from './gateway.ts';
+import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './gateway.ts';
 import { REFERENCE } from './models.ts';
 
-/** Enough for every request below; a single request asking for more than this is refused with 429. */
-export const TRAFFIC_LIMITS = { tokensPerMinute: 400 };
-const OVER_BUDGET_MAX_TOKENS = 450;
+/** A tenant that may queue no request at all (`max_queued_requests: 0`): each of its requests gets a 429. */
+const REFUSED_TENANT_KEY = 'sk-test-initech';
+const CHAT_MESSAGE = 'Tell me about the sea';
+/** What the traffic sends as prompts, for tests that check none of it is shown or recorded. */
+export const TRAFFIC_PROMPTS = [REFERENCE.prompt, CHAT_MESSAGE];
+
+/** The test gateway with tenants acme and globex (keys as in KEYS) and the always-refused tenant initech. */
+export async function startTrafficGateway(): Promise<TestGateway> {
+  const dir = await mkdtemp(join(tmpdir(), 'traffic-gateway-'));
+  const configPath = join(dir, 'gateway.yaml');
+  await writeFile(
+    configPath,
+    JSON.stringify({
+      admin_keys: [{ key: KEYS.admin }],
+      tenants: {
+        acme: { keys: [{ key: KEYS.acme }] },
+        globex: { keys: [{ key: KEYS.globex }] },
+        initech: { keys: [{ key: REFUSED_TENANT_KEY }], limits: { max_queued_requests: 0 } },
+      },
+    }),
+  );
+  const gateway = await startTestGateway({}, { GATEWAY_CONFIG: configPath });
+  return {
+    ...gateway,
+    stop: async () => {
+      await gateway.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
 
 /** Publishes a random LoRA adapter for `tenant` and returns the model id that selects it. */
 export async function publishAdapter(gateway: TestGateway, tenant: 'acme' | 'globex', name: string, seed: number): Promise<string> {
@@ -42,11 +71,11 @@ export async function mixedTraffic(gateway: TestGateway, adapterModels: { acme: 
   const globex = gateway.client(KEYS.globex);
   await Promise.all([
     acme.completions.create({ model: BASE_MODEL, prompt: REFERENCE.prompt, max_tokens: 8, temperature: 0 }),
-    acme.chat.completions.create({ model: adapterModels.acme, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 8 }),
+    acme.chat.completions.create({ model: adapterModels.acme, messages: [{ role: 'user', content: CHAT_MESSAGE }], max_tokens: 8 }),
     globex.completions.create({ model: adapterModels.globex, prompt: REFERENCE.prompt, max_tokens: 8, temperature: 0 }),
     globex.completions.create({ model: BASE_MODEL, prompt: REFERENCE.prompt, max_tokens: 4, temperature: 0 }),
   ]);
   assert.equal(await status(gateway, 'sk-not-a-key', BASE_MODEL, 4), 401);
   assert.equal(await status(gateway, KEYS.acme, `${BASE_MODEL}+acme/no-such-adapter`, 4), 404);
-  assert.equal(await status(gateway, KEYS.globex, BASE_MODEL, OVER_BUDGET_MAX_TOKENS), 429);
+  assert.equal(await status(gateway, REFUSED_TENANT_KEY, BASE_MODEL, 4), 429);
 }
