@@ -51,14 +51,16 @@ try {
     graph.set(`g${index}.range_input`, `${Math.max(1, Math.ceil(LOAD_SECONDS / 60))}m`);
   });
   const prometheusPage = await browser.context.newPage();
+  // Tall enough for the three graphs: a full-page capture would paint the fixed menu bar mid-page.
+  await prometheusPage.setViewportSize({ width: 1400, height: 2300 });
   await prometheusPage.goto(`${prometheus.url}/classic/graph?${graph}`);
-  await prometheusPage.waitForSelector('.graph_area svg, canvas, .graph');
   await prometheusPage.waitForLoadState('networkidle');
-  await prometheusPage.screenshot({ path: join(OUT, 'prometheus-dashboard-queries.png'), fullPage: true });
+  await prometheusPage.screenshot({ path: join(OUT, 'prometheus-dashboard-queries.png') });
 
+  await prometheusPage.setViewportSize({ width: 1400, height: 700 });
   await prometheusPage.goto(`${prometheus.url}/classic/alerts`);
   await prometheusPage.waitForLoadState('networkidle');
-  await prometheusPage.screenshot({ path: join(OUT, 'prometheus-alert-rules.png'), fullPage: true });
+  await prometheusPage.screenshot({ path: join(OUT, 'prometheus-alert-rules.png') });
   console.log(`wrote ${OUT}/live-dashboard.png, prometheus-dashboard-queries.png, prometheus-alert-rules.png after ${round} rounds`);
 } finally {
   await browser.close();

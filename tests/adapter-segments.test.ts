@@ -15,7 +15,7 @@ const INPUT = 'lora_b_down.1';
 
 function adapter(seed: number, rank: number): LoraAdapter {
   const spec = randomLoraAdapter(config, { rank, targetModules: ['down_proj', 'q_proj'], seed });
-  return { rank, targetModules: ['down_proj', 'q_proj'], modules: spec.modules.map((m) => ({ ...m, rank, scale: 1 })), byteSize: 0, config: {} as LoraAdapter['config'] };
+  return { family: 'lora', rank, targetModules: ['down_proj', 'q_proj'], modules: spec.modules.map((m) => ({ ...m, rank, scale: 1 })), byteSize: 0, config: {} as LoraAdapter['config'] };
 }
 
 /** The weights stacked at a position, and the slot's own weights laid out at the same rank. */

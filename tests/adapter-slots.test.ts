@@ -12,7 +12,7 @@ const config = configFromHuggingFace(JSON.parse(await readFile(join(STORIES_HF_D
 
 function adapter(seed: number): LoraAdapter {
   const spec = randomLoraAdapter(config, { rank: 4, targetModules: ['q_proj'], seed });
-  return { rank: 4, targetModules: ['q_proj'], modules: spec.modules.map((m) => ({ ...m, rank: 4, scale: 1 })), byteSize: 0, config: {} as LoraAdapter['config'] };
+  return { family: 'lora', rank: 4, targetModules: ['q_proj'], modules: spec.modules.map((m) => ({ ...m, rank: 4, scale: 1 })), byteSize: 0, config: {} as LoraAdapter['config'] };
 }
 
 /** The slot's copy of layer 0's q_proj A, as the graph reads it. */

@@ -137,7 +137,7 @@ test('an uploaded adapter is published as version 1 and serves at once, differen
   for (const [name, data] of files) {
     assert.deepEqual(record.files[name], { size: data.byteLength, sha256: createHash('sha256').update(data).digest('hex') });
   }
-  assert.deepEqual(record.summary, { peftType: 'LORA', rank: 4, targetModules: ['q_proj', 'v_proj', 'down_proj'], bytes: record.summary.bytes });
+  assert.deepEqual(record.summary, { family: 'lora', rank: 4, targetModules: ['q_proj', 'v_proj', 'down_proj'], virtualTokens: 0, bytes: record.summary.bytes });
   assert.equal(record.public, false);
 
   const adapted = await complete(`${BASE_MODEL}+acme/story`);
@@ -372,7 +372,7 @@ test('the admin listing shows every tenant, including versions on disk that cann
   const ids = listing.body.data.map((a: { id: string }) => a.id);
   assert.ok(ids.includes('acme/story') && ids.includes('globex/report'), ids.join(', '));
   const invalid = listing.body.invalid.find((entry: { id: string }) => entry.id === 'globex/report@broken');
-  assert.match(invalid.error, /adapter_model\.safetensors is missing/);
+  assert.match(invalid.error, /adapter_model\.safetensors or adapter\.safetensors is missing/);
   assert.equal(invalid.path, undefined);
 
   const acmeList = await call('GET', '/v1/adapters');

@@ -1,17 +1,21 @@
 /**
  * No drift between the shipped dashboards and alert rules and the metrics: every query is checked against the
- * `/metrics` of a real gateway that has served a little of every kind of traffic.
+ * `/metrics` of a real gateway that has served a little of every kind of traffic, and the training dashboard's
+ * against the trainer sidecar's after it has run a fine-tuning job.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { shippedQueries } from '../src/observability/dashboards/queries.ts';
 import { parseScrape, valueOf, type Scrape } from './support/exposition.ts';
+import { startTestTrainer, type TestTrainer } from './support/fine-tuning.ts';
 import type { TestGateway } from './support/gateway.ts';
 import { driftProblems } from './support/metric-drift.ts';
-import { mixedTraffic, publishAdapter, startTrafficGateway } from './support/traffic.ts';
+import { mixedTraffic, publishAdapter, runSmallFineTuningJob, startTrafficGateway } from './support/traffic.ts';
 
 let gateway: TestGateway;
+let trainer: TestTrainer;
 let scrape: Scrape;
+let trainerScrape: Scrape;
 
 before(async () => {
   gateway = await startTrafficGateway();
@@ -21,10 +25,14 @@ before(async () => {
   };
   await mixedTraffic(gateway, adapters);
   scrape = parseScrape(await (await fetch(`${gateway.url}/metrics`)).text());
+  trainer = await startTestTrainer(gateway);
+  await runSmallFineTuningJob(gateway, trainer);
+  trainerScrape = parseScrape(await (await fetch(`${trainer.url}/metrics`)).text());
 });
 
 after(async () => {
-  await gateway.stop();
+  await trainer?.close();
+  await gateway?.stop();
 });
 
 describe('dashboards and alert rules against the gateway /metrics', () => {
@@ -33,6 +41,16 @@ describe('dashboards and alert rules against the gateway /metrics', () => {
     assert.ok(queries.length > 40, `${queries.length} queries`);
     const problems = queries.flatMap((query) => driftProblems(query.expr, scrape).map((problem) => `${query.where}: ${problem}`));
     assert.deepEqual(problems, []);
+  });
+
+  it('the training dashboard uses only what the trainer sidecar exports', () => {
+    const queries = shippedQueries().filter((query) => query.target === 'trainer');
+    assert.ok(queries.length >= 8, `${queries.length} queries`);
+    const problems = queries.flatMap((query) => driftProblems(query.expr, trainerScrape).map((problem) => `${query.where}: ${problem}`));
+    assert.deepEqual(problems, []);
+    assert.equal(valueOf(trainerScrape, 'trainer_jobs', { status: 'succeeded' }), 1);
+    assert.equal(valueOf(trainerScrape, 'trainer_job_duration_seconds_count', { status: 'succeeded' }), 1);
+    assert.ok(valueOf(trainerScrape, 'trainer_trained_tokens_total', {}) > 0);
   });
 
   it('the traffic reached every series the panels chart', () => {

@@ -38,7 +38,9 @@ describe('generated dashboards and alert rules', () => {
           assert.deepEqual(source, { type: 'prometheus', uid: '${datasource}' }, `${where}: no fixed datasource uid`);
         }
         for (const target of panel.targets) {
-          for (const [, range] of target.expr.matchAll(/\[([^\]]+)\]/g)) assert.equal(range, '$__rate_interval', `${where}: range`);
+          // Charts over time use $__rate_interval; a single figure for the whole range may read $__range.
+          const ranges = panel.type === 'timeseries' ? ['$__rate_interval'] : ['$__rate_interval', '$__range'];
+          for (const [, range] of target.expr.matchAll(/\[([^\]]+)\]/g)) assert.ok(ranges.includes(range), `${where}: range ${range}`);
           assert.match(target.expr, /instance=~"\$instance"/, `${where}: filters on $instance`);
           // vllm:lora_requests_info is the one vllm: series without model_name, as in vLLM.
           if (/vllm:(?!lora_requests_info)/.test(target.expr)) assert.match(target.expr, /model_name=~"\$model_name"/, `${where}: filters on $model_name`);

@@ -96,6 +96,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
     PREFILL_TOKEN_BUDGET: '128',
     ENGINE_THREADS: '3',
     EXECUTION_PROVIDER: 'cuda',
+    QUANTIZE: 'q4',
     OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318',
     LOG_LEVEL: 'debug',
     GATEWAY_API_KEY: 'sk-tenant-secret-1',
@@ -118,6 +119,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
     prefillTokenBudget: 128,
     threads: 3,
     executionProvider: 'cuda',
+    quantize: 'q4',
   });
   assert.equal(settings.otlpEndpoint, 'http://collector:4318');
   assert.equal(settings.logLevel, 'debug');
@@ -150,6 +152,7 @@ test('invalid environment values are refused with the variable and the accepted 
     [{ MAX_ADAPTER_BYTES: '65GiB' }, /^MAX_ADAPTER_BYTES must be a byte count/],
     [{ HOST_CACHE_BYTES: 'lots' }, /^HOST_CACHE_BYTES must be a byte count/],
     [{ EXECUTION_PROVIDER: 'gpu' }, /^EXECUTION_PROVIDER must be one of cpu, cuda, got "gpu"$/],
+    [{ QUANTIZE: 'q5' }, /^QUANTIZE must be one of none, q8, q4, got "q5"$/],
     [{ LOG_LEVEL: 'verbose' }, /^LOG_LEVEL must be one of debug, info, warn, error, got "verbose"$/],
     [{ HOST: 'my host' }, /^HOST must be an IP address or host name/],
     [{ OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318' }, /^OTEL_EXPORTER_OTLP_ENDPOINT must be an http:\/\/ or https:\/\/ URL/],

@@ -43,6 +43,11 @@ const env: Record<string, string> = {
 };
 const port = Number(env.PORT);
 
+function matchesPodLabels(selector: Record<string, string>): boolean {
+  const labels = deployment.spec.template.metadata.labels;
+  return Object.entries(selector).every(([key, value]) => labels[key] === value);
+}
+
 function mountedVolume(mountPath: string): Json {
   const mount = container.volumeMounts.find((m: Json) => m.mountPath === mountPath);
   assert.ok(mount, `nothing is mounted at ${mountPath}`);
@@ -110,6 +115,11 @@ describe('Kubernetes manifests', () => {
     assert.deepEqual(single('InferencePool').spec.targetPorts, [{ number: port }]);
     assert.equal(Number(deployment.spec.template.metadata.annotations['prometheus.io/port']), port);
     assert.equal(single('ServiceMonitor').spec.endpoints[0].port, 'http');
+    // The trainer's metrics port is scraped from the pods, since the Service does not expose it.
+    const podMonitor = single('PodMonitor');
+    assert.ok(matchesPodLabels(podMonitor.spec.selector.matchLabels));
+    const metricsPort = podMonitor.spec.podMetricsEndpoints[0].port;
+    assert.ok(pod.containers.some((c: Json) => c.ports?.some((p: Json) => p.name === metricsPort)), `no container port ${metricsPort}`);
   });
 
   it('selects the gateway pods from the Service, the InferencePool and the ServiceMonitor', () => {

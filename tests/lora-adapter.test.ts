@@ -206,8 +206,8 @@ test('a directory without adapter_config.json is refused', async () => {
 });
 
 const configRefusals: { title: string; edit: (json: Record<string, unknown>) => void; code: AdapterErrorCode; parts: (string | RegExp)[] }[] = [
-  { title: 'peft_type IA3', edit: (j) => (j.peft_type = 'IA3'), code: 'unsupported_format', parts: ['PEFT type "IA3" is not supported yet'] },
-  { title: 'DoRA', edit: (j) => (j.use_dora = true), code: 'unsupported_feature', parts: ['"use_dora": true', 'DoRA'] },
+  { title: 'peft_type IA3 read as LoRA', edit: (j) => (j.peft_type = 'IA3'), code: 'invalid_config', parts: ['"peft_type" must be "LORA" for a LoRA adapter, got "IA3"'] },
+  { title: 'a use_dora that is not a boolean', edit: (j) => (j.use_dora = 'yes'), code: 'invalid_config', parts: ['"use_dora" must be true or false'] },
   { title: 'PiSSA init', edit: (j) => (j.init_lora_weights = 'pissa_niter_4'), code: 'unsupported_feature', parts: ['"init_lora_weights": "pissa_niter_4"', 'rewrites the base weights'] },
   { title: 'layer_replication', edit: (j) => (j.layer_replication = [[0, 3], [1, 5]]), code: 'unsupported_feature', parts: ['"layer_replication"'] },
   { title: 'modules_to_save', edit: (j) => (j.modules_to_save = ['lm_head']), code: 'unsupported_feature', parts: ['"modules_to_save": ["lm_head"]'] },
@@ -230,7 +230,7 @@ const weightRefusals: { title: string; key: string; edit: (tensors: Record<strin
   { title: 'a tensor of the wrong shape', key: loraTensorKey(2, 'v_proj', 'B'), edit: (t, key) => (t[key] = zeros(31, 4)), code: 'shape_mismatch', parts: ['has shape [31, 4], expected [32, 4]'] },
   { title: 'a NaN value', key: loraTensorKey(4, 'q_proj', 'B'), edit: (t, key) => ((t[key].data as Float32Array)[9] = NaN), code: 'non_finite', parts: ['holds NaN at element 9'] },
   { title: 'an embedding adapter key', key: 'base_model.model.model.embed_tokens.lora_embedding_A', edit: (t, key) => (t[key] = zeros(4, 512)), code: 'invalid_tensor', parts: ['unexpected tensor'] },
-  { title: 'a DoRA magnitude vector', key: 'base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector', edit: (t, key) => (t[key] = zeros(64)), code: 'invalid_tensor', parts: ['unexpected tensor'] },
+  { title: 'a DoRA magnitude vector without use_dora', key: 'base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector', edit: (t, key) => (t[key] = zeros(64)), code: 'invalid_tensor', parts: ['does not set "use_dora": true'] },
   { title: 'a layer index beyond the base model', key: loraTensorKey(5, 'q_proj', 'A'), edit: (t, key) => (t[key] = zeros(4, 64)), code: 'incompatible_base', parts: ['is for layer 5', 'has 5 layers'] },
   { title: 'a module the config does not target', key: loraTensorKey(0, 'k_proj', 'A'), edit: (t, key) => (t[key] = zeros(4, 64)), code: 'invalid_tensor', parts: ['does not target'] },
   { title: 'a missing lora_B', key: loraTensorKey(3, 'v_proj', 'B'), edit: (t, key) => delete t[key], code: 'missing_tensor', parts: ['is missing'] },

@@ -12,6 +12,7 @@ import { loadLoraAdapter } from '../src/adapters/lora.ts';
 import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { LORA_TARGET_MODULES, type BaseModel, type LoadQuantization, type WeightMap } from '../src/model/types.ts';
 import { TrainingModel } from '../src/training/training-model.ts';
+import { Engine } from '../src/engine/engine.ts';
 import { mergeAdapter } from './support/merge-adapter.ts';
 import { STORIES_HF_DIR, STORIES_QUANT_DIR } from './support/models.ts';
 
@@ -167,4 +168,22 @@ test('the training engine refuses a quantized base with a message saying what to
     TrainingModel.create(model, { rank: 4, alpha: 8, targetModules: ['q_proj'], dropout: 0, threads: 1 }),
     /training over a quantized base model is not supported; train on the float model/,
   );
+});
+
+test('the engine quantizes on load when asked and reports the served weights’ checksum', async () => {
+  const engine = await Engine.start({ modelPath: STORIES_HF_DIR, maxBatch: 2, adapterSlots: 1, maxLoraRank: 8, hostCacheBytes: 1 << 20, maxQueue: 4, threads: 1, quantize: 'q8' });
+  try {
+    assert.equal(engine.info.checksum, (await loadBaseModel(STORIES_HF_DIR, { quantize: 'q8' })).checksum);
+    const reference = REFERENCES[F32_FILE].prompts[0];
+    const result = await engine.generate({
+      promptIds: reference.prompt_ids,
+      adapter: null,
+      sampling: { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 },
+      maxTokens: reference.greedy_ids.length,
+      stopTokenIds: [],
+    });
+    assert.deepEqual(result.tokens, reference.greedy_ids);
+  } finally {
+    await engine.close();
+  }
 });

@@ -9,7 +9,7 @@ import { serializeSafetensors, type SafetensorsTensorInput } from '../formats/sa
 import { createRng, randomNormal } from '../engine/random.ts';
 import type { LlamaConfig, LoraTargetModule } from '../model/types.ts';
 import { ADAPTER_CONFIG_FILE, loraModuleName, loraModuleSettings, parsePeftConfig } from './peft-config.ts';
-import { ADAPTER_WEIGHTS_FILE, loraTensorKey, projectionDims } from './lora.ts';
+import { ADAPTER_WEIGHTS_FILE, loraTensorKey, magnitudeTensorKey, projectionDims } from './lora.ts';
 
 export interface LoraModuleTensors {
   layer: number;
@@ -18,6 +18,8 @@ export interface LoraModuleTensors {
   A: Float32Array;
   /** [out_features, rank], row-major. */
   B: Float32Array;
+  /** DoRA: the magnitude of each output row, [out_features]. Given for every module or none. */
+  magnitude?: Float32Array;
 }
 
 export interface LoraAdapterSpec {
@@ -53,7 +55,7 @@ function peftConfigJson(adapter: LoraAdapterSpec): Record<string, unknown> {
     bias: 'none',
     fan_in_fan_out: false,
     init_lora_weights: true,
-    use_dora: false,
+    use_dora: adapter.modules.some(({ magnitude }) => magnitude !== undefined),
     modules_to_save: null,
     layer_replication: null,
     inference_mode: true,
@@ -69,7 +71,7 @@ export function loraAdapterFiles(adapter: LoraAdapterSpec): Map<string, Uint8Arr
   // Parsing our own output means rank_pattern resolves exactly as the loader will resolve it.
   const config = parsePeftConfig(configJson);
   const tensors: Record<string, SafetensorsTensorInput> = {};
-  for (const { layer, module, A, B } of adapter.modules) {
+  for (const { layer, module, A, B, magnitude } of adapter.modules) {
     const name = loraModuleName(layer, module);
     const { rank } = loraModuleSettings(config, name);
     const keyA = loraTensorKey(layer, module, 'A');
@@ -79,6 +81,7 @@ export function loraAdapterFiles(adapter: LoraAdapterSpec): Map<string, Uint8Arr
     }
     tensors[keyA] = { dtype: 'F32', shape: [rank, A.length / rank], data: A };
     tensors[loraTensorKey(layer, module, 'B')] = { dtype: 'F32', shape: [B.length / rank, rank], data: B };
+    if (magnitude) tensors[magnitudeTensorKey(layer, module)] = { dtype: 'F32', shape: [magnitude.length], data: magnitude };
   }
   return new Map([
     [ADAPTER_CONFIG_FILE, new TextEncoder().encode(`${JSON.stringify(configJson, null, 2)}\n`)],
@@ -89,27 +92,33 @@ export function loraAdapterFiles(adapter: LoraAdapterSpec): Map<string, Uint8Arr
 
 /** Writes the adapter's PEFT files into `dir`, creating it if needed. */
 export async function writeLoraAdapter(dir: string, adapter: LoraAdapterSpec): Promise<void> {
+  await writeAdapterFiles(dir, loraAdapterFiles(adapter));
+}
+
+/** Writes an adapter's files (name → bytes, as the *AdapterFiles functions give them) into `dir`. */
+export async function writeAdapterFiles(dir: string, files: Map<string, Uint8Array>): Promise<void> {
   await mkdir(dir, { recursive: true });
-  for (const [name, bytes] of loraAdapterFiles(adapter)) await writeFileAtomically(join(dir, name), bytes);
+  for (const [name, bytes] of files) await writeFileAtomically(join(dir, name), bytes);
 }
 
 /**
  * An adapter on every layer of `base` with seeded normal A and B (std `std`, default 0.02). B is non-zero,
  * unlike a freshly initialised PEFT adapter, so the adapter visibly changes the model. `alpha` defaults to the
- * rank, making the scale 1.
+ * rank, making the scale 1. With `dora`, every output row gets a seeded magnitude in [0.5, 1.5).
  */
 export function randomLoraAdapter(
   base: LlamaConfig,
-  opts: { rank: number; targetModules: LoraTargetModule[]; seed: number; std?: number; alpha?: number },
+  opts: { rank: number; targetModules: LoraTargetModule[]; seed: number; std?: number; alpha?: number; dora?: boolean },
 ): LoraAdapterSpec {
-  const { rank, targetModules, seed, std = 0.02, alpha = rank } = opts;
+  const { rank, targetModules, seed, std = 0.02, alpha = rank, dora = false } = opts;
   const rng = createRng(seed);
   const normals = (count: number) => Float32Array.from({ length: count }, () => std * randomNormal(rng));
   const modules: LoraModuleTensors[] = [];
   for (let layer = 0; layer < base.numLayers; layer++) {
     for (const module of targetModules) {
       const { inFeatures, outFeatures } = projectionDims(base, module);
-      modules.push({ layer, module, A: normals(rank * inFeatures), B: normals(outFeatures * rank) });
+      const magnitude = dora ? { magnitude: Float32Array.from({ length: outFeatures }, () => 0.5 + rng()) } : {};
+      modules.push({ layer, module, A: normals(rank * inFeatures), B: normals(outFeatures * rank), ...magnitude });
     }
   }
   return { r: rank, alpha, targetModules: [...targetModules], modules };

@@ -1,6 +1,7 @@
 /**
- * Hugging Face PEFT `adapter_config.json` for LoRA: parsing, refusal of options this gateway cannot serve, and
- * PEFT's rules for which modules of a Llama model an adapter touches and with what rank and scale.
+ * Hugging Face PEFT `adapter_config.json` for LoRA (and DoRA): parsing, refusal of options this gateway cannot
+ * serve, and PEFT's rules for which modules of a Llama model an adapter touches and with what rank and scale. The
+ * field readers and module targeting are shared with the other PEFT families (ia3.ts, prompt-learning.ts).
  *
  * Module names are those of `LlamaForCausalLM.named_modules()` (`model.layers.3.self_attn.q_proj`), the names PEFT
  * matches `target_modules`, `rank_pattern` and `alpha_pattern` against.
@@ -9,7 +10,8 @@ import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '..
 import { AdapterError } from './adapter-error.ts';
 import { isJsonObject, type JsonObject } from '../storage/json-files.ts';
 
-export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
+export { ADAPTER_CONFIG_FILE } from './adapter-files.ts';
+import { ADAPTER_CONFIG_FILE } from './adapter-files.ts';
 
 /** PEFT's two spellings of a module set: names (exact or as a dotted suffix), or one regex over full names. */
 export type ModuleSelector = { kind: 'names'; names: string[] } | { kind: 'regex'; pattern: string };
@@ -19,6 +21,8 @@ export interface ParsedPeftConfig {
   loraAlpha: number;
   /** Rank-stabilised LoRA: scale is alpha/sqrt(r) instead of alpha/r. */
   useRslora: boolean;
+  /** DoRA: each output row of W + scale·B·A is renormalised to a learned magnitude. */
+  useDora: boolean;
   /** Module-name pattern → rank; the first matching key wins, else `r`. */
   rankPattern: Record<string, number>;
   /** Module-name pattern → alpha; the first matching key wins, else `loraAlpha`. */
@@ -74,20 +78,20 @@ export function isLoraTargetModule(name: string): name is LoraTargetModule {
 
 
 
-function describe(value: unknown): string {
+export function describe(value: unknown): string {
   const text = JSON.stringify(value) ?? String(value);
   return text.length > 80 ? `${text.slice(0, 77)}...` : text;
 }
 
-function invalid(message: string): never {
+export function invalid(message: string): never {
   throw new AdapterError('invalid_config', `${ADAPTER_CONFIG_FILE}: ${message}`);
 }
 
-function isUnset(value: unknown): boolean {
+export function isUnset(value: unknown): boolean {
   return value === undefined || value === null;
 }
 
-function isEmpty(value: unknown): boolean {
+export function isEmpty(value: unknown): boolean {
   if (isUnset(value)) return true;
   if (Array.isArray(value)) return value.length === 0;
   return isJsonObject(value) && Object.keys(value).length === 0;
@@ -98,7 +102,6 @@ function isEmpty(value: unknown): boolean {
  * base computation per adapter, which defeats sharing one base across tenants.
  */
 const BASE_CHANGING_OPTIONS: { field: string; allowed: (value: unknown) => boolean; expected: string; why: string }[] = [
-  { field: 'use_dora', allowed: (v) => isUnset(v) || v === false, expected: 'false', why: 'DoRA rescales the base weights by a learned magnitude' },
   { field: 'modules_to_save', allowed: isEmpty, expected: 'null', why: 'it replaces whole base modules with trained copies' },
   { field: 'layer_replication', allowed: isEmpty, expected: 'null', why: "it duplicates base layers, changing the model's depth" },
   { field: 'bias', allowed: (v) => isUnset(v) || v === 'none', expected: '"none"', why: 'it trains the base biases' },
@@ -130,14 +133,12 @@ function refuseBaseChangingOptions(json: JsonObject): void {
 }
 
 function checkAdapterType(json: JsonObject): void {
-  const peftType = json.peft_type;
-  if (typeof peftType !== 'string') invalid(`"peft_type" must be the string "LORA", got ${describe(peftType)}`);
-  if (peftType !== 'LORA') {
-    throw new AdapterError(
-      'unsupported_format',
-      `${ADAPTER_CONFIG_FILE}: PEFT type "${peftType}" is not supported yet; only "LORA" adapters can be loaded`,
-    );
-  }
+  if (json.peft_type !== 'LORA') invalid(`"peft_type" must be "LORA" for a LoRA adapter, got ${describe(json.peft_type)}`);
+  checkTaskType(json);
+}
+
+/** Every PEFT family: the gateway serves causal language models only. */
+export function checkTaskType(json: JsonObject): void {
   const taskType = json.task_type;
   if (!isUnset(taskType) && taskType !== 'CAUSAL_LM') {
     throw new AdapterError(
@@ -147,19 +148,19 @@ function checkAdapterType(json: JsonObject): void {
   }
 }
 
-function positiveInteger(value: unknown, field: string): number {
+export function positiveInteger(value: unknown, field: string): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0) {
     invalid(`"${field}" must be a positive integer, got ${describe(value)}`);
   }
   return value;
 }
 
-function finiteNumber(value: unknown, field: string): number {
+export function finiteNumber(value: unknown, field: string): number {
   if (typeof value !== 'number' || !Number.isFinite(value)) invalid(`"${field}" must be a number, got ${describe(value)}`);
   return value;
 }
 
-function optionalBoolean(value: unknown, field: string): boolean {
+export function optionalBoolean(value: unknown, field: string): boolean {
   if (isUnset(value)) return false;
   if (typeof value !== 'boolean') invalid(`"${field}" must be true or false, got ${describe(value)}`);
   return value;
@@ -167,11 +168,48 @@ function optionalBoolean(value: unknown, field: string): boolean {
 
 /** PEFT patterns are Python regexes; the common subset means the same in JavaScript. */
 function compileRegex(source: string, field: string, wrap: (source: string) => string): RegExp {
+  const backtracking = unboundedRepetitionOfChoice(source);
+  if (backtracking) {
+    invalid(
+      `"${field}" holds ${describe(source)}, whose ${backtracking} can take exponential time to match; ` +
+        'list the module names, or use a pattern without a repeated group that itself repeats or alternates',
+    );
+  }
   try {
     return new RegExp(wrap(source));
   } catch (error) {
     return invalid(`"${field}" holds ${describe(source)}, which is not a valid regular expression (${(error as Error).message})`);
   }
+}
+
+/**
+ * Patterns come from uploaded files and JavaScript's regex engine backtracks, so a group that repeats without
+ * bound and itself repeats or alternates (`(a+)+`, `(.*.*)*`, `(a|ab)*`) could hold the HTTP thread for minutes
+ * on a module name. Such a group is refused; module-name patterns never need one. Returns the offending group,
+ * or null.
+ */
+function unboundedRepetitionOfChoice(source: string): string | null {
+  const open: { start: number; ambiguous: boolean }[] = [];
+  let ambiguous = false;
+  for (let i = 0; i < source.length; i++) {
+    const char = source[i];
+    if (char === '\\') {
+      i++;
+    } else if (char === '[') {
+      while (i < source.length && source[i] !== ']') i += source[i] === '\\' ? 2 : 1;
+    } else if (char === '(') {
+      open.push({ start: i, ambiguous });
+      ambiguous = false;
+    } else if (char === '|' || char === '*' || char === '+' || char === '{' || (char === '?' && source[i - 1] !== '(')) {
+      ambiguous = true;
+    } else if (char === ')' && open.length > 0) {
+      const group = open.pop()!;
+      const next = source[i + 1];
+      if (ambiguous && (next === '*' || next === '+' || next === '{')) return `group ${source.slice(group.start, i + 2)}`;
+      ambiguous ||= group.ambiguous;
+    }
+  }
+  return null;
 }
 
 const fullMatch = (source: string) => `^(?:${source})$`;
@@ -191,7 +229,7 @@ function patternMap(value: unknown, field: string, readValue: (v: unknown, field
   return parsed;
 }
 
-function moduleSelector(value: unknown, field: string): ModuleSelector {
+export function moduleSelector(value: unknown, field: string): ModuleSelector {
   if (typeof value === 'string') {
     compileRegex(value, field, fullMatch);
     return { kind: 'regex', pattern: value };
@@ -202,7 +240,7 @@ function moduleSelector(value: unknown, field: string): ModuleSelector {
   return { kind: 'names', names: value as string[] };
 }
 
-function targetModules(value: unknown): ModuleSelector {
+export function parseTargetModules(value: unknown): ModuleSelector {
   if (isUnset(value)) {
     invalid(`"target_modules" is missing; list the adapted projections (e.g. ["q_proj", "v_proj"]) or give "all-linear"`);
   }
@@ -224,7 +262,7 @@ function targetModules(value: unknown): ModuleSelector {
     if (!isLoraTargetModule(last)) {
       throw new AdapterError(
         'incompatible_base',
-        `${ADAPTER_CONFIG_FILE}: target module "${name}" is not a projection of a Llama model; LoRA targets must be ${TARGET_LIST}`,
+        `${ADAPTER_CONFIG_FILE}: target module "${name}" is not a projection of a Llama model; targets must be ${TARGET_LIST}`,
       );
     }
   }
@@ -234,7 +272,7 @@ function targetModules(value: unknown): ModuleSelector {
 function refuseTarget(module: string, how: string): never {
   throw new AdapterError(
     'unsupported_feature',
-    `${ADAPTER_CONFIG_FILE}: "target_modules" includes ${module} (${how}); LoRA on ${module} is not supported, only on ${TARGET_LIST}`,
+    `${ADAPTER_CONFIG_FILE}: "target_modules" includes ${module} (${how}); adapting ${module} is not supported, only ${TARGET_LIST}`,
   );
 }
 
@@ -269,9 +307,10 @@ export function parsePeftConfig(json: unknown): ParsedPeftConfig {
     r: positiveInteger(json.r, 'r'),
     loraAlpha: finiteNumber(json.lora_alpha, 'lora_alpha'),
     useRslora: optionalBoolean(json.use_rslora, 'use_rslora'),
+    useDora: optionalBoolean(json.use_dora, 'use_dora'),
     rankPattern: patternMap(json.rank_pattern, 'rank_pattern', positiveInteger),
     alphaPattern: patternMap(json.alpha_pattern, 'alpha_pattern', finiteNumber),
-    targetModules: targetModules(json.target_modules),
+    targetModules: parseTargetModules(json.target_modules),
     excludeModules: isEmpty(json.exclude_modules) ? null : moduleSelector(json.exclude_modules, 'exclude_modules'),
     layersToTransform: layersToTransform(json.layers_to_transform),
     layersPattern: layersPattern(json.layers_pattern),
@@ -307,7 +346,10 @@ function selectorMatches(selector: ModuleSelector, name: string): 'exact' | 'suf
   return selector.names.some((entry) => name.endsWith(`.${entry}`)) ? 'suffix' : false;
 }
 
-function layerIndexOf(config: ParsedPeftConfig, name: string): number | null {
+/** Which modules an adapter adapts: PEFT's target_modules, exclude_modules and layer restrictions. */
+export type ModuleSelection = Pick<ParsedPeftConfig, 'targetModules' | 'excludeModules' | 'layersToTransform' | 'layersPattern'>;
+
+function layerIndexOf(config: ModuleSelection, name: string): number | null {
   for (const pattern of config.layersPattern ?? ['[^.]*']) {
     const match = new RegExp(layerIndexMatch(pattern)).exec(name);
     if (match) return Number(match[1]);
@@ -316,7 +358,7 @@ function layerIndexOf(config: ParsedPeftConfig, name: string): number | null {
 }
 
 /** PEFT's `check_target_module_exists`: exclusions first; layer restrictions apply only to suffix matches. */
-function isTargeted(config: ParsedPeftConfig, name: string): boolean {
+export function isTargeted(config: ModuleSelection, name: string): boolean {
   if (config.excludeModules && selectorMatches(config.excludeModules, name)) return false;
   const match = selectorMatches(config.targetModules, name);
   if (match !== 'suffix' || !config.layersToTransform) return match !== false;
@@ -329,6 +371,11 @@ function isTargeted(config: ParsedPeftConfig, name: string): boolean {
  * 'incompatible_base' when the config names layers or modules the base does not have, or adapts nothing.
  */
 export function planLoraModules(config: ParsedPeftConfig, base: LlamaConfig): LoraModulePlan[] {
+  return planTargetedModules(config, base).map((target) => ({ ...target, ...loraModuleSettings(config, target.name) }));
+}
+
+/** The projections of `base` a module selection adapts, in layer then LORA_TARGET_MODULES order (see planLoraModules). */
+export function planTargetedModules(config: ModuleSelection, base: LlamaConfig): { layer: number; module: LoraTargetModule; name: string }[] {
   const candidates: { layer: number; module: LoraTargetModule; name: string }[] = [];
   for (let layer = 0; layer < base.numLayers; layer++) {
     for (const module of LORA_TARGET_MODULES) candidates.push({ layer, module, name: loraModuleName(layer, module) });
@@ -349,9 +396,7 @@ export function planLoraModules(config: ParsedPeftConfig, base: LlamaConfig): Lo
     }
   }
 
-  const plans = candidates
-    .filter(({ name }) => isTargeted(config, name))
-    .map((candidate) => ({ ...candidate, ...loraModuleSettings(config, candidate.name) }));
+  const plans = candidates.filter(({ name }) => isTargeted(config, name));
   if (plans.length === 0) incompatible('the adapter targets no projection of the base model; check "target_modules", "exclude_modules" and "layers_to_transform"');
   return plans;
 }

@@ -8,7 +8,7 @@
  */
 import type { Context, Hono } from 'hono';
 import { AdapterError } from '../adapters/adapter-error.ts';
-import { ADAPTER_WEIGHTS_FILE } from '../adapters/lora.ts';
+import { ADAPTER_WEIGHTS_FILES } from '../adapters/adapter.ts';
 import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
 import type { Principal } from '../gateway/auth.ts';
 import { ApiError, invalidRequest, notFound, permissionDenied } from '../gateway/errors.ts';
@@ -19,9 +19,9 @@ import { ADAPTER_README_FILE, type AdapterRecord, type InvalidAdapterVersion } f
 
 type VersionRecord = AdapterRecord<AdapterSummary>;
 
-const UPLOAD_FILES = [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, ADAPTER_README_FILE];
+const UPLOAD_FILES = [ADAPTER_CONFIG_FILE, ...ADAPTER_WEIGHTS_FILES, ADAPTER_README_FILE];
 const UPLOAD_HELP =
-  `Upload multipart/form-data with the files ${ADAPTER_CONFIG_FILE} and ${ADAPTER_WEIGHTS_FILE} (optionally ` +
+  `Upload multipart/form-data with the files ${ADAPTER_CONFIG_FILE} and ${ADAPTER_WEIGHTS_FILES.join(' (PEFT) or ')} (AdapterHub) (optionally ` +
   `${ADAPTER_README_FILE}), each in a field named after the file or in a "file" field carrying that file name, and ` +
   'optionally a "version" field.';
 /** Fields that carry a file under its own file name, as generic upload forms and clients send them. */

@@ -16,6 +16,8 @@ interface ModelCard {
   root: string;
   parent: string | null;
   max_model_len: number;
+  /** Adapters only: the PEFT family (`lora`, `dora`, `ia3`, `prompt_tuning`, `p_tuning`, `prefix_tuning`, `seq_bn`, …). */
+  adapter_family?: string;
 }
 
 export function registerModelRoutes(app: Hono<GatewayEnv>, services: GatewayServices): void {
@@ -37,6 +39,7 @@ export function registerModelRoutes(app: Hono<GatewayEnv>, services: GatewayServ
     root: record.id,
     parent: models.baseName,
     max_model_len: services.engine.info.maxPositions,
+    adapter_family: record.summary.family,
   });
 
   app.get('/v1/models', (c) => {

@@ -5,86 +5,22 @@
  * Ratios are measured within one run, with the compared cases interleaved, because this machine's absolute
  * speed varies by 2x from minute to minute; the adapter comparison runs three times as many pairs as the other
  * measurements have trials, and reports the spread of its per-pair ratios next to their median. `lora_floor`
- * compares the time adapters add to a step with the time to read their weights once (bench-lora-floor.ts).
+ * compares the time adapters add to a step with the time to read their weights once (bench-lora-floor.ts);
+ * `quantized_base` the same model served as Q8_0 and Q4_0 with float32 (bench-quantized.ts).
  *   npm run bench [-- --json] [--trials N]
  */
-import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { randomLoraAdapter, writeLoraAdapter } from '../adapters/lora-writer.ts';
 import { Engine } from '../engine/engine.ts';
 import { elementCount } from '../formats/tensor-shape.ts';
-import type { AdapterRef } from '../engine/protocol.ts';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { loraInputShapes } from '../runtime/adapter-slots.ts';
 import { measureLoraFloor } from './bench-lora-floor.ts';
+import { measureQuantizedBase } from './bench-quantized.ts';
 import { median, round } from './bench-stats.ts';
-import { LORA_TARGET_MODULES } from '../model/types.ts';
-
-const BENCH_DIR = resolve('.bench');
-const STREAMS = 16;
-const LORA_RANK = 16;
-const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
-/** llama.cpp on this kind of machine, same shape, F32, 2 threads (from the shared models README). */
-const LLAMA_CPP = { prefillTokensPerSecond: 330, decodeTokensPerSecond1: 40, decodeTokensPerSecond16: 178 };
-
-const log = (message: string) => process.stderr.write(`${message}\n`);
-
-async function ensureAdapters(): Promise<AdapterRef[]> {
-  const refs: AdapterRef[] = [];
-  for (let i = 0; i < STREAMS; i++) {
-    const path = join(BENCH_DIR, 'adapters', `r${LORA_RANK}-${i}`);
-    if (!existsSync(join(path, 'adapter_model.safetensors'))) {
-      await writeLoraAdapter(path, randomLoraAdapter(SMOLLM2_135M_SHAPE, { rank: LORA_RANK, targetModules: [...LORA_TARGET_MODULES], seed: 100 + i }));
-    }
-    refs.push({ key: `bench/r${LORA_RANK}-${i}`, path });
-  }
-  return refs;
-}
-
-function prompt(length: number, seed: number): number[] {
-  return Array.from({ length }, (_, i) => 1 + ((seed * 7919 + i * 104729) % (SMOLLM2_135M_SHAPE.vocabSize - 1)));
-}
-
-/** Runs streams concurrently; returns the aggregate decode rate while all of them were in the batch. */
-async function concurrentDecode(engine: Engine, adapters: (AdapterRef | null)[], tokens: number): Promise<number> {
-  const times: number[][] = adapters.map(() => []);
-  await Promise.all(
-    adapters.map((adapter, i) =>
-      engine.generate({
-        promptIds: prompt(16, i),
-        adapter,
-        sampling: GREEDY,
-        maxTokens: tokens,
-        stopTokenIds: [],
-        onToken: () => times[i].push(performance.now()),
-      }),
-    ),
-  );
-  // Steady state: from the moment the last stream produced its first token to the first stream's end.
-  const from = Math.max(...times.map((t) => t[0]));
-  const to = Math.min(...times.map((t) => t.at(-1)!));
-  const inWindow = times.reduce((sum, t) => sum + t.filter((x) => x > from && x <= to).length, 0);
-  return inWindow / ((to - from) / 1000);
-}
-
-async function singleStream(engine: Engine, promptLength: number, tokens: number) {
-  const times: number[] = [];
-  let prefillMs = 0;
-  await engine.generate({
-    promptIds: prompt(promptLength, promptLength),
-    adapter: null,
-    sampling: GREEDY,
-    maxTokens: tokens,
-    stopTokenIds: [],
-    onStart: (event) => (prefillMs = event.prefillMs),
-    onToken: () => times.push(performance.now()),
-  });
-  const steps = times.slice(1).map((t, i) => t - times[i]);
-  return { prefillTokensPerSecond: promptLength / (prefillMs / 1000), stepMs: median(steps), tokensPerSecond: 1000 / median(steps) };
-}
+import { BENCH_DIR, concurrentDecode, ensureAdapters, LORA_RANK, log, singleStream, STREAMS } from './bench-workloads.ts';
+import { benchFamilies } from './bench-families.ts';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' } } });
@@ -143,9 +79,7 @@ async function main(): Promise<void> {
       lora_weights_read_per_step_mib: round((STREAMS * loraFloatsPerRow(LORA_RANK) * 4) / 2 ** 20),
       decode_step_ms_by_context: Object.fromEntries(Object.entries(stepMs).map(([k, v]) => [k, round(v)])),
       step_growth_1024_vs_64: round(stepMs[1024] / stepMs[64], 3),
-      ratio_16_streams_vs_llama_cpp: round(median(base) / LLAMA_CPP.decodeTokensPerSecond16, 3),
-      ratio_1_stream_vs_llama_cpp: round(median(single) / LLAMA_CPP.decodeTokensPerSecond1, 3),
-      ratio_prefill_vs_llama_cpp: round(median(prefill) / LLAMA_CPP.prefillTokensPerSecond, 3),
+      peft_families_16_streams: await benchFamilies({ benchDir: BENCH_DIR, streams: STREAMS, pairs: trials, concurrentDecode: (a, t) => concurrentDecode(engine, a, t), log }),
       peak_rss_mib: Math.round(process.resourceUsage().maxRSS / 1024),
       rss_after_run_mib: Math.round(process.memoryUsage().rss / 2 ** 20),
     };
@@ -153,7 +87,8 @@ async function main(): Promise<void> {
     await engine.close();
   }
   const loraFloor = await measureLoraFloor({ modelPath: BENCH_MODEL_DIR, adapterPaths: adapters.map((a) => a.path), rank: LORA_RANK, threads, trials: 10 * trials, log });
-  const report = { ...result, lora_floor: loraFloor };
+  const quantizedBase = await measureQuantizedBase({ trials, threads });
+  const report = { ...result, lora_floor: loraFloor, quantized_base: quantizedBase };
   if (values.json) console.log(JSON.stringify(report));
   else for (const [key, value] of Object.entries(report)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
 }

@@ -1,6 +1,6 @@
 /**
  * Quick checks from the shell: generate text from a base model, optionally through a LoRA adapter.
- *   npm run generate -- --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T] [--json]
+ *   npm run generate -- --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T] [--quantize q8|q4] [--json]
  */
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -9,7 +9,7 @@ import { TextGenerator } from '../serving/text-generation.ts';
 import { loadTokenizer } from '../tokenizer/load.ts';
 
 const USAGE = `usage: npm run generate -- --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T]
-                            [--top-p P] [--top-k K] [--seed S] [--threads N] [--json]`;
+                            [--top-p P] [--top-k K] [--seed S] [--threads N] [--quantize q8|q4] [--json]`;
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -23,6 +23,7 @@ async function main(): Promise<void> {
       'top-k': { type: 'string', default: '0' },
       seed: { type: 'string' },
       threads: { type: 'string' },
+      quantize: { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', default: false },
     },
@@ -37,6 +38,9 @@ async function main(): Promise<void> {
     if (!Number.isFinite(value)) throw new Error(`--${name} must be a number, got "${values[name]}"`);
     return value;
   };
+  if (values.quantize !== undefined && values.quantize !== 'q8' && values.quantize !== 'q4') {
+    throw new Error(`--quantize must be q8 or q4, got "${values.quantize}"`);
+  }
   const modelPath = resolve(values.model);
   const engine = await Engine.start({
     modelPath,
@@ -46,6 +50,7 @@ async function main(): Promise<void> {
     hostCacheBytes: 1 << 30,
     maxQueue: 1,
     threads: values.threads ? number('threads') : undefined,
+    quantize: values.quantize,
   });
   try {
     const tokenizer = await loadTokenizer(modelPath, engine.info.config.eosTokenIds);

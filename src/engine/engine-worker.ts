@@ -6,6 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { loadBaseModel } from '../model/load.ts';
 import { buildDecoderGraph } from '../graph/decoder-graph.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
+import { baseRowNorms } from '../runtime/dora-scales.ts';
 import { DEFAULT_PREFILL_TOKEN_BUDGET, RUN_FREELY, type EngineWorkerData, type FromWorker, type ToWorker } from './protocol.ts';
 import { Scheduler } from './scheduler.ts';
 
@@ -34,13 +35,15 @@ function passStepGate(gate: Int32Array): void {
 
 async function start(options: EngineWorkerData): Promise<void> {
   const stepGate = new Int32Array(options.stepGate);
-  const model = await loadBaseModel(options.modelPath);
+  const model = await loadBaseModel(options.modelPath, { quantize: options.quantize });
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
   const graph = buildDecoderGraph(model);
+  const rowNorms = baseRowNorms(model);
   // The graph holds the weights (in the layout the session reads); the loaded arrays would only add to the
   // memory peak while the session loads them.
   model.weights.clear();
-  const runner = await ModelRunner.fromGraph(graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions });
+  model.quantized?.clear();
+  const runner = await ModelRunner.fromGraph(graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, rowNorms);
   const scheduler = new Scheduler(
     runner,
     {

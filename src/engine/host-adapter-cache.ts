@@ -4,20 +4,22 @@
  * are read; concurrent requests for the same adapter share one load.
  */
 import { LRUCache } from 'lru-cache';
-import { loadLoraAdapter, type LoraAdapter } from '../adapters/lora.ts';
+import { loadAdapter, type Adapter } from '../adapters/adapter.ts';
 import type { LlamaConfig } from '../model/types.ts';
 import type { AdapterCacheEvent, AdapterRef } from './protocol.ts';
 
 export class HostAdapterCache {
-  private readonly cache: LRUCache<string, LoraAdapter>;
-  private readonly loading = new Map<string, Promise<LoraAdapter>>();
+  private readonly cache: LRUCache<string, Adapter>;
+  private readonly loading = new Map<string, Promise<Adapter>>();
 
   constructor(
     private readonly config: LlamaConfig,
     maxBytes: number,
     private readonly report: (event: AdapterCacheEvent) => void,
+    /** Completes a parsed adapter with what it needs from the base (ModelRunner.prepareAdapter). */
+    private readonly prepare: (adapter: Adapter) => Promise<Adapter>,
   ) {
-    this.cache = new LRUCache<string, LoraAdapter>({
+    this.cache = new LRUCache<string, Adapter>({
       maxSize: maxBytes,
       // An adapter bigger than the whole budget is still served; it just is not kept.
       maxEntrySize: maxBytes,
@@ -42,18 +44,19 @@ export class HostAdapterCache {
   }
 
   /** The parsed adapter if it is in memory (counted as a host hit or miss). */
-  get(key: string): LoraAdapter | undefined {
+  get(key: string): Adapter | undefined {
     const adapter = this.cache.get(key);
     this.report({ tier: 'host', event: adapter ? 'hit' : 'miss' });
     return adapter;
   }
 
   /** Reads, parses and validates the adapter's files, then keeps it. */
-  load(ref: AdapterRef): Promise<LoraAdapter> {
+  load(ref: AdapterRef): Promise<Adapter> {
     const pending = this.loading.get(ref.key);
     if (pending) return pending;
     const started = performance.now();
-    const load = loadLoraAdapter(ref.path, this.config)
+    const load = loadAdapter(ref.path, this.config)
+      .then((parsed) => this.prepare(parsed))
       .then((adapter) => {
         this.cache.set(ref.key, adapter);
         this.report({ tier: 'disk', event: 'load', seconds: (performance.now() - started) / 1000 });

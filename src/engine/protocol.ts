@@ -3,7 +3,7 @@
  * structured-clone friendly: plain objects, arrays and typed arrays.
  */
 import type { ExecutionProvider } from '../runtime/model-runner.ts';
-import type { LlamaConfig } from '../model/types.ts';
+import type { LlamaConfig, LoadQuantization } from '../model/types.ts';
 import type { SamplingParams } from './sampling.ts';
 
 /** Chosen by measurement on the SmolLM2-135M shape; see the engine README and `npm run bench`. */
@@ -32,6 +32,8 @@ export interface EngineOptions {
   prefillTokenBudget?: number;
   threads?: number;
   executionProvider?: ExecutionProvider;
+  /** Quantize the float projection weights on load (llama.cpp's Q8_0 or Q4_0); a quantized GGUF is served as stored. */
+  quantize?: LoadQuantization;
   /** Sequences longer than this many positions decode in a separate pass (ModelRunner.lanes); default 1024. */
   longSequencePositions?: number;
 }

@@ -9,7 +9,7 @@
  */
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { AdapterError } from '../adapters/adapter-error.ts';
-import type { LoraAdapter } from '../adapters/lora.ts';
+import type { Adapter } from '../adapters/adapter.ts';
 import type { ModelRunner } from '../runtime/model-runner.ts';
 import { BatchRows } from './batch-rows.ts';
 import { HostAdapterCache } from './host-adapter-cache.ts';
@@ -63,7 +63,14 @@ interface Sequence {
   cancelled: boolean;
   finish?: FinishReason;
   /** Parsed adapter waiting for a free slot. */
-  adapter?: LoraAdapter;
+  adapter?: Adapter;
+  /**
+   * What the prefill feeds: the prompt, after a soft prompt's virtual tokens (placeholders the runner replaces
+   * with their embeddings), starting at cache position `offset` (a prefix's length: its keys and values are
+   * written into the cache when the sequence takes its row). Set when the sequence gets its slot.
+   */
+  feed: number[];
+  offset: number;
   adapterLoading?: boolean;
   adapterLoad?: AdapterLoadEvent;
 }
@@ -87,7 +94,12 @@ export class Scheduler {
   ) {
     this.vocabSize = runner.config.vocabSize;
     this.batch = new BatchRows(runner);
-    this.hostCache = new HostAdapterCache(runner.config, options.hostCacheBytes, (event) => this.report.adapterCache.push(event));
+    this.hostCache = new HostAdapterCache(
+      runner.config,
+      options.hostCacheBytes,
+      (event) => this.report.adapterCache.push(event),
+      (adapter) => runner.prepareAdapter(adapter),
+    );
   }
 
   submit(request: SequenceRequest): void {
@@ -113,6 +125,8 @@ export class Scheduler {
       sampler: new TokenSampler(request.sampling, this.vocabSize),
       submittedAt: performance.now(),
       position: 0,
+      feed: request.promptIds,
+      offset: 0,
       nextToken: -1,
       generated: 0,
       slot: NO_SLOT,
@@ -223,7 +237,10 @@ export class Scheduler {
       if (slot === null) continue;
       this.waiting.splice(this.waiting.indexOf(sequence), 1);
       sequence.slot = slot;
-      this.batch.addPrefilling(this.runner.laneFor(sequence.request.promptIds.length + 1), sequence);
+      if (!this.placeVirtualTokens(sequence)) continue;
+      const lane = this.runner.laneFor(sequence.offset + sequence.feed.length + 1);
+      this.batch.addPrefilling(lane, sequence);
+      this.runner.writePrefix(lane, this.batch.firstPrefillRow(lane) + this.batch.prefilling(lane).length - 1, slot);
       // The counts per tenant changed, so every waiting sequence is a candidate again.
       tried = new Set();
     }
@@ -288,6 +305,29 @@ export class Scheduler {
     return slot;
   }
 
+  /**
+   * Lays out the prefill of a sequence that just got its slot: a soft prompt's virtual tokens before the prompt,
+   * or a prefix's positions before it. Virtual tokens count against the context like real ones: a sequence they
+   * push past it fails (and gives its slot back), returning false.
+   */
+  private placeVirtualTokens(sequence: Sequence): boolean {
+    const { virtualTokens, softPrompt, prefix } = this.runner.slots.promptOf(sequence.slot);
+    const prompt = sequence.request.promptIds;
+    if (virtualTokens > 0 && virtualTokens + prompt.length >= this.options.maxPositions) {
+      this.runner.slots.release(sequence.slot);
+      sequence.slot = NO_SLOT;
+      this.sink.failed(
+        sequence.request.id,
+        `the prompt has ${prompt.length} tokens and the adapter adds ${virtualTokens} virtual tokens; this model accepts 1 to ${this.options.maxPositions - 1} in all`,
+        'context_length_exceeded',
+      );
+      return false;
+    }
+    if (softPrompt) sequence.feed = [...new Array<number>(virtualTokens).fill(0), ...prompt];
+    if (prefix) sequence.offset = sequence.position = virtualTokens;
+    return true;
+  }
+
   private startLoad(sequence: Sequence): void {
     const ref = sequence.request.adapter!;
     sequence.adapterLoading = true;
@@ -334,20 +374,20 @@ export class Scheduler {
     }
     if (lane < 0) return;
     const prefilling = this.batch.prefilling(lane);
-    const pass = planPrefillPass(prefilling.map((s) => s.request.promptIds.length - s.position), this.options.prefillTokenBudget)!;
+    const pass = planPrefillPass(prefilling.map((s) => s.offset + s.feed.length - s.position), this.options.prefillTokenBudget)!;
     const fed = prefilling.slice(0, pass.rows);
     const now = performance.now();
     for (const sequence of fed) sequence.prefillStartedAt ??= now;
     const logits = await this.runner.forward(
       this.batch.firstPrefillRow(lane),
-      fed.map((s) => ({ tokens: s.request.promptIds.slice(s.position, s.position + pass.width), position: s.position, slot: s.slot })),
+      fed.map((s) => ({ tokens: s.feed.slice(s.position - s.offset, s.position - s.offset + pass.width), position: s.position, slot: s.slot })),
       lane,
     );
     let completed = 0;
     fed.forEach((sequence, row) => {
-      const prompt = sequence.request.promptIds;
-      sequence.position = Math.min(prompt.length, sequence.position + pass.width);
-      if (sequence.position < prompt.length) return;
+      const end = sequence.offset + sequence.feed.length;
+      sequence.position = Math.min(end, sequence.position + pass.width);
+      if (sequence.position < end) return;
       completed++;
       this.report.started.push({
         id: sequence.request.id,

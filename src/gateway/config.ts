@@ -12,6 +12,7 @@ import { LineCounter, parse as parseYaml, YAMLError } from 'yaml';
 import { DEFAULT_PREFILL_TOKEN_BUDGET } from '../engine/protocol.ts';
 import { checkTenantName, StoreError } from '../registry/adapter-names.ts';
 import { isJsonObject } from '../storage/json-files.ts';
+import type { LoadQuantization } from '../model/types.ts';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type ExecutionProvider = 'cpu' | 'cuda';
@@ -40,6 +41,8 @@ export interface EngineSettings {
   prefillTokenBudget: number;
   threads: number;
   executionProvider: ExecutionProvider;
+  /** On-load quantization of float projection weights (QUANTIZE); absent: served as the file stores them. */
+  quantize?: LoadQuantization;
 }
 
 /** Fine-tuning: where files and jobs live, per-tenant limits, and whether `npm start` runs the trainer sidecar. */
@@ -146,6 +149,12 @@ export function envChoice<T extends string>(env: NodeJS.ProcessEnv, name: string
     throw new ConfigError(`${name} must be one of ${choices.join(', ')}, got ${JSON.stringify(raw)}`);
   }
   return raw as T;
+}
+
+/** QUANTIZE: `q8` or `q4` quantize float weights on load; `none` (the default) serves them as stored. */
+function envQuantization(env: NodeJS.ProcessEnv): { quantize?: LoadQuantization } {
+  const choice = envChoice(env, 'QUANTIZE', ['none', 'q8', 'q4'] as const, 'none');
+  return choice === 'none' ? {} : { quantize: choice };
 }
 
 export function envHost(env: NodeJS.ProcessEnv): string {
@@ -327,9 +336,11 @@ async function readTenantsFile(file: string): Promise<{ adminKeyDigests: Buffer[
   let document: unknown;
   try {
     // Plain errors, not pretty ones: a pretty error quotes the offending line, which may hold a plaintext key.
-    document = parseYaml(text, { lineCounter, prettyErrors: false });
+    // Silent: the parser's warnings would go to stderr quoting the file, which holds keys.
+    document = parseYaml(text, { lineCounter, prettyErrors: false, logLevel: 'error' });
   } catch (error) {
-    if (!(error instanceof YAMLError)) throw error;
+    // The parser also throws plain errors (an alias to an anchor that does not exist is a ReferenceError).
+    if (!(error instanceof YAMLError)) throw new ConfigError(`${file}: not valid YAML or JSON: ${(error as Error).message}`);
     const { line, col } = lineCounter.linePos(error.pos[0]);
     throw new ConfigError(`${file}:${line}:${col}: not valid YAML or JSON: ${error.message}`);
   }
@@ -390,6 +401,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       prefillTokenBudget: envInteger(env, 'PREFILL_TOKEN_BUDGET', DEFAULT_PREFILL_TOKEN_BUDGET, 1, 65_536),
       threads: envInteger(env, 'ENGINE_THREADS', availableParallelism(), 1, 1024),
       executionProvider: envChoice(env, 'EXECUTION_PROVIDER', ['cpu', 'cuda'] as const, 'cpu'),
+      ...envQuantization(env),
     },
     training: {
       dir: envString(env, 'TRAINING_DIR') ?? 'training',

@@ -9,13 +9,8 @@ import type { AdapterRecord, AdapterStore } from '../registry/adapter-store.ts';
 import type { Principal } from './auth.ts';
 import { modelNotFound } from './errors.ts';
 
-/** What the store's validator records about each adapter version. */
-export interface AdapterSummary {
-  peftType: 'LORA';
-  rank: number;
-  targetModules: string[];
-  bytes: number;
-}
+export type { AdapterSummary } from '../adapters/adapter.ts';
+import type { AdapterSummary } from '../adapters/adapter.ts';
 
 export interface ResolvedModel {
   /** The model id as answered in responses: the request's own string. */

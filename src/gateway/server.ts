@@ -67,6 +67,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     prefillTokenBudget: settings.engine.prefillTokenBudget,
     threads: settings.engine.threads,
     executionProvider: settings.engine.executionProvider,
+    quantize: settings.engine.quantize,
   });
   const config = engine.info.config;
   const tokenizer = await loadTokenizer(modelPath, config.eosTokenIds);

@@ -3,6 +3,8 @@
  * weight) or block-quantized (onnxruntime's `com.microsoft.MatMulNBits`), so the decoder graph reads the same
  * whatever form its weights are served in.
  *
+ * A projection applied to several inputs (the DoRA probe beside the activations) shares one copy of its weights.
+ *
  * MatMulNBits runs at `accuracy_level` 4 (activations quantized to int8 per block, int8 dot products): on
  * SmolLM2-135M's shapes it measured 2.7× (8-bit) and 4.7× (4-bit) faster than float32 MatMul at one row, while
  * level 0 (float activations) measured 6× slower than float32. Its rounding of the activations is of the same
@@ -47,8 +49,8 @@ export function baseProjection(
     const weights = parts as F32Tensor[];
     const inDim = weights[0].shape[1];
     const outDims = weights.map((weight) => weight.shape[0]);
-    const transposed = transposeConcat(weights.map((weight) => weight.data), inDim, outDims);
-    return g.op('MatMul', [x, g.initializer(`${name}.weight_t`, transposed, [inDim, outDims.reduce((a, b) => a + b, 0)])]);
+    const transposed = () => transposeConcat(weights.map((weight) => weight.data), inDim, outDims);
+    return g.op('MatMul', [x, g.sharedInitializer(`${name}.weight_t`, transposed, [inDim, outDims.reduce((a, b) => a + b, 0)])]);
   }
   if (parts.every((part) => isQuantized(part) && sameQuantizedLayout(part, parts[0] as QuantizedMatrix))) {
     return quantizedMatMul(g, x, concatQuantizedRows(parts as QuantizedMatrix[]), name, options);
@@ -65,8 +67,8 @@ export function baseProjection(
 export function quantizedMatMul(g: OnnxGraphBuilder, x: string, m: QuantizedMatrix, name: string, options: ProjectionOptions = {}): string {
   const [rows, columns] = m.shape;
   const blocks = columns / m.blockSize;
-  const codes = g.initializer(`${name}.codes`, m.codes, [rows, blocks, (m.blockSize * m.bits) / 8]);
-  const scales = g.initializer(`${name}.scales`, m.scales, [rows * blocks]);
+  const codes = g.sharedInitializer(`${name}.codes`, () => m.codes, [rows, blocks, (m.blockSize * m.bits) / 8]);
+  const scales = g.sharedInitializer(`${name}.scales`, () => m.scales, [rows * blocks]);
   const product = g.domainOp(CONTRIB_DOMAIN, 'MatMulNBits', [x, codes, scales], {
     K: columns,
     N: rows,
@@ -79,7 +81,7 @@ export function quantizedMatMul(g: OnnxGraphBuilder, x: string, m: QuantizedMatr
   const leading = new Array<number>((options.inputRank ?? 3) - 1).fill(0);
   const blockView = g.op('Reshape', [x, g.constInt64([...leading, offsetBlocks, QUANTIZED_OFFSET_BLOCK])]);
   const blockSums = g.op('ReduceSum', [blockView, g.constInt64([-1])], { keepdims: 0 });
-  const offsetsT = g.initializer(`${name}.offsets_t`, transposeConcat([m.offsets], offsetBlocks, [rows]), [offsetBlocks, rows]);
+  const offsetsT = g.sharedInitializer(`${name}.offsets_t`, () => transposeConcat([m.offsets!], offsetBlocks, [rows]), [offsetBlocks, rows]);
   return g.op('Add', [product, g.op('MatMul', [blockSums, offsetsT])]);
 }
 

@@ -22,13 +22,15 @@
  *   `heads/kv_heads` blocks of q's columns, each reading q's activation, then k and v): at decode each LoRA
  *   matmul is a stream over the adapters' weights and a node's fixed cost is comparable to streaming a small B,
  *   so a layer's adapters cost few, large matmuls (measured ~3 ms less per 16-row step than one B per projection
- *   on SmolLM2-135M's shape). The same per-row scheme carries other PEFT families later (IA3 vectors, bottleneck
- *   adapters).
+ *   on SmolLM2-135M's shape).
+ * - The other PEFT families have per-row inputs (peft-blocks.ts): soft prompts at the embedding, IA3 and DoRA
+ *   scales around the projections, bottleneck adapters on the residual stream, and DoRA's base probes.
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { baseProjection, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
 import { LORA_INPUTS, LoraDelta } from './lora-delta.ts';
 import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
+import { peftBlocks, type BottleneckSite, type ProbeSite } from './peft-blocks.ts';
 
 export const GRAPH_INPUTS = {
   inputIds: 'input_ids',
@@ -71,6 +73,8 @@ export interface LayerImplementation {
   down(layer: number, act: string): string;
   /** Attention context `[B, kv_heads, group·T, head_dim]` of the grouped queries over the keys and values. */
   attend(layer: number, queriesGrouped: string, keys: string, values: string): string;
+  /** The residual stream after a sub-layer's output `h` joins `x`; `x + h` when absent (bottleneck adapters hook in here). */
+  residual?(layer: number, site: BottleneckSite, x: string, h: string): string;
 }
 
 /** Constants and RoPE tables that every layer of one graph shares. */
@@ -128,13 +132,14 @@ export function decoderLayer(ctx: DecoderContext, impl: LayerImplementation, l: 
     g.op('Transpose', [g.op('Reshape', [context, shapes.perHead])], { perm: [0, 2, 1, 3] }),
     shapes.merged,
   ]);
-  const attended = g.op('Add', [x, impl.o(l, merged)]);
+  const residual = (site: BottleneckSite, from: string, h: string) => (impl.residual ? impl.residual(l, site, from, h) : g.op('Add', [from, h]));
+  const attended = residual('attention', x, impl.o(l, merged));
 
   // ---- feed-forward (SwiGLU) ----
   const h2 = rmsNorm(g, ctx.config, attended, impl.normWeight(`${p}.post_attention_layernorm.weight`));
   const [gate, up] = g.opMulti('Split', [impl.gateUp(l, h2), shapes.ffnSplit], 2, { axis: 2 });
   const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
-  return { x: g.op('Add', [attended, impl.down(l, act)]), keys: k, values: v };
+  return { x: residual('output', attended, impl.down(l, act)), keys: k, values: v };
 }
 
 export function rmsNorm(g: OnnxGraphBuilder, c: LlamaConfig, x: string, scale: string): string {
@@ -160,14 +165,20 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const selfMask = g.input(GRAPH_INPUTS.selfMask, 'float32', [B, 1, 'group_tokens', T]);
   const attentionSplit = g.input(GRAPH_INPUTS.attentionSplit, 'int64', [2]);
   const lora = new LoraDelta(g);
+  const peft = peftBlocks(g, c, B, 'bottleneck_width');
   const qBlocks = c.numHeads / c.numKvHeads;
 
   const embedding = g.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
   const ctx = decoderContext(g, c, ropeCos, ropeSin);
 
   /** Base projections of `x` (fused when several), with each weight as served: block-quantized or float32. */
-  const base = (x: string, l: number, fused: string, modules: string[]) =>
-    baseProjection(g, x, modules.map((m) => model.quantized?.get(`model.layers.${l}.${m}.weight`) ?? w(`model.layers.${l}.${m}.weight`)), `model.layers.${l}.${fused}`);
+  const base = (x: string, l: number, fused: string, modules: string[], inputRank = 3) =>
+    baseProjection(g, x, modules.map((m) => model.quantized?.get(`model.layers.${l}.${m}.weight`) ?? w(`model.layers.${l}.${m}.weight`)), `model.layers.${l}.${fused}`, { inputRank });
+  /** A layer's base projection group, applied to the activation and to the layer's DoRA probe rows. */
+  const probed = (x: string, l: number, site: ProbeSite, fused: string, modules: string[]) => {
+    peft.probe(site, l, (rows) => base(rows, l, fused, modules, 2));
+    return base(x, l, fused, modules);
+  };
 
   const serving: LayerImplementation = {
     normWeight: (name) => g.initializer(name, w(name).data, [c.hiddenSize]),
@@ -177,23 +188,26 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
         a: LORA_INPUTS.aQkv(l), b: LORA_INPUTS.bQkv(l), inDim: c.hiddenSize, aBlocks: 3, bBlocks: qBlocks + 2, width: kvDim,
         blockSources: [...new Array<number>(qBlocks).fill(0), 1, 2],
       });
-      return g.op('Add', [base(h, l, 'self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']), loraQkv]);
+      const qkv = probed(h, l, 'qkv', 'self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']);
+      return peft.scaleOutput(g.op('Add', [qkv, loraQkv]), 'qkv', l);
     },
-    o(l, merged) {
+    o(l, unscaled) {
+      const merged = peft.scaleInput(unscaled, 'o', l);
       const loraO = lora.apply(merged, { a: LORA_INPUTS.aO(l), b: LORA_INPUTS.bO(l), inDim: qDim, aBlocks: 1, bBlocks: 1, width: c.hiddenSize });
-      return g.op('Add', [base(merged, l, 'self_attn.o_proj', ['self_attn.o_proj']), loraO]);
+      return peft.scaleOutput(g.op('Add', [probed(merged, l, 'o', 'self_attn.o_proj', ['self_attn.o_proj']), loraO]), 'o', l);
     },
     gateUp(l, h2) {
       const loraGateUp = lora.apply(h2, {
         a: LORA_INPUTS.aGateUp(l), b: LORA_INPUTS.bGateUp(l), inDim: c.hiddenSize, aBlocks: 2, bBlocks: 2, width: c.intermediateSize,
       });
-      return g.op('Add', [base(h2, l, 'mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj']), loraGateUp]);
+      return peft.scaleOutput(g.op('Add', [probed(h2, l, 'gate_up', 'mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj']), loraGateUp]), 'gate_up', l);
     },
-    down(l, act) {
+    down(l, unscaled) {
+      const act = peft.scaleInput(unscaled, 'down', l);
       const loraDown = lora.apply(act, {
         a: LORA_INPUTS.aDown(l), b: LORA_INPUTS.bDown(l), inDim: c.intermediateSize, aBlocks: 1, bBlocks: 1, width: c.hiddenSize,
       });
-      return g.op('Add', [base(act, l, 'mlp.down_proj', ['mlp.down_proj']), loraDown]);
+      return peft.scaleOutput(g.op('Add', [probed(act, l, 'down', 'mlp.down_proj', ['mlp.down_proj']), loraDown]), 'down', l);
     },
     // The cached keys (transposed) and values, then this step's own tokens under a causal mask, in one softmax.
     attend(l, qGrouped, k, v) {
@@ -205,15 +219,17 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
       const [probsPast, probsSelf] = g.opMulti('Split', [probs, attentionSplit], 2, { axis: 3 });
       return g.op('Add', [g.op('MatMul', [probsPast, pastValue]), g.op('MatMul', [probsSelf, v])]);
     },
+    residual: (l, site, x, h) => peft.residualWithBottleneck(x, h, site, l),
   };
 
-  let x = g.op('Gather', [embedding, inputIds], { axis: 0 });
+  let x = peft.embed(g.op('Gather', [embedding, inputIds], { axis: 0 }));
   const newKeyValues: string[] = [];
   for (let l = 0; l < c.numLayers; l++) {
     const layer = decoderLayer(ctx, serving, l, x);
     x = layer.x;
     newKeyValues.push(layer.keys, layer.values);
   }
+  peft.finishProbes();
 
   // Only one position's logits per row leave the graph (outputs are copied by the binding, so keep them small):
   // each row's last real token, as rows of a batched prefill are padded to the longest.

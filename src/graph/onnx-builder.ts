@@ -95,6 +95,14 @@ export class OnnxGraphBuilder {
     return name;
   }
 
+  /**
+   * An initializer several parts of the graph read: created by `data()` on first use, then only referenced (a
+   * projection applied to more than one input keeps one copy of its weights).
+   */
+  sharedInitializer(name: string, data: () => InitializerData, dims: number[]): string {
+    return this.usedNames.has(name) ? name : this.initializer(name, data(), dims);
+  }
+
   constInt64(values: number[], name = this.fresh('const')): string {
     this.int64Constants.set(name, values);
     return this.initializer(name, BigInt64Array.from(values, BigInt), [values.length]);

@@ -19,7 +19,8 @@ import {
   ADAPTER_FILES,
   ADAPTER_README_FILE,
   MANIFEST_FILE,
-  REQUIRED_FILES,
+  missingRequiredFile,
+  REQUIRED_FILES_TEXT,
   fingerprintVersion,
   joinFingerprint,
   serializeManifest,
@@ -180,7 +181,7 @@ async function nextIntegerVersion(adapterDir: string): Promise<string> {
 }
 
 function checkUploadedFiles(files: Map<string, Uint8Array>): void {
-  const accepted = `${REQUIRED_FILES.join(' and ')}, optionally ${ADAPTER_README_FILE}, each at the top level`;
+  const accepted = `${REQUIRED_FILES_TEXT}, optionally ${ADAPTER_README_FILE}, each at the top level`;
   for (const name of files.keys()) {
     if (ADAPTER_FILES.has(name)) continue;
     const pickled = PICKLED_WEIGHTS.test(name)
@@ -189,9 +190,8 @@ function checkUploadedFiles(files: Map<string, Uint8Array>): void {
       : '';
     throw new StoreError('invalid_file', `file ${JSON.stringify(name)} is not accepted: upload ${accepted}.${pickled}`);
   }
-  for (const name of REQUIRED_FILES) {
-    if (!files.has(name)) throw new StoreError('invalid_file', `the upload lacks ${name}: upload ${accepted}`);
-  }
+  const missing = missingRequiredFile((name) => files.has(name));
+  if (missing) throw new StoreError('invalid_file', `the upload lacks ${missing}: upload ${accepted}`);
 }
 
 function conflict(tenant: string, adapter: string, version: string): StoreError {

@@ -4,7 +4,7 @@
  */
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ADAPTER_WEIGHTS_FILE } from '../adapters/lora.ts';
+import { ADAPTER_WEIGHTS_FILES } from '../adapters/adapter.ts';
 import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
 import { isJsonObject } from '../storage/json-files.ts';
 import { StoreError } from './adapter-names.ts';
@@ -16,8 +16,15 @@ export const ADAPTER_README_FILE = 'README.md';
 export const MANIFEST_FILE = 'manifest.json';
 export const MAX_MANIFEST_BYTES = 1 << 20;
 
-export const REQUIRED_FILES = [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE];
-export const ADAPTER_FILES = new Set([...REQUIRED_FILES, ADAPTER_README_FILE]);
+export const ADAPTER_FILES = new Set<string>([ADAPTER_CONFIG_FILE, ...ADAPTER_WEIGHTS_FILES, ADAPTER_README_FILE]);
+/** What a version needs, in words: the config and one weights file, of whichever format the config is. */
+export const REQUIRED_FILES_TEXT = `${ADAPTER_CONFIG_FILE} and ${ADAPTER_WEIGHTS_FILES.join(' (PEFT) or ')} (AdapterHub)`;
+
+/** The required file a version lacks (the config, or any weights file), or null when it has them. */
+export function missingRequiredFile(has: (name: string) => boolean): string | null {
+  if (!has(ADAPTER_CONFIG_FILE)) return ADAPTER_CONFIG_FILE;
+  return ADAPTER_WEIGHTS_FILES.some(has) ? null : ADAPTER_WEIGHTS_FILES.join(' or ');
+}
 
 /** `manifest.json` in every servable version directory. */
 export interface Manifest<Summary = unknown> {
@@ -63,9 +70,8 @@ export function parseManifest(text: string, version: string): Manifest {
     }
     digests[name] = { size, sha256: sha256 as string };
   }
-  for (const name of REQUIRED_FILES) {
-    if (!digests[name]) throw new StoreError('invalid_file', `${MANIFEST_FILE} does not list ${name}; ${fix}`);
-  }
+  const missing = missingRequiredFile((name) => name in digests);
+  if (missing) throw new StoreError('invalid_file', `${MANIFEST_FILE} does not list ${missing}; ${fix}`);
   return { version, publishedAt: new Date(publishedAtMs).toISOString(), files: digests, summary: value.summary };
 }
 

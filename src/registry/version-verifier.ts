@@ -12,7 +12,8 @@ import {
   ADAPTER_FILES,
   MANIFEST_FILE,
   MAX_MANIFEST_BYTES,
-  REQUIRED_FILES,
+  missingRequiredFile,
+  REQUIRED_FILES_TEXT,
   parseManifest,
   serializeManifest,
   type Manifest,
@@ -59,13 +60,10 @@ export class VersionVerifier<Summary> {
     for (const name of ADAPTER_FILES) {
       const digest = await digestFile(join(path, name));
       if (digest) files[name] = digest;
-      else if (REQUIRED_FILES.includes(name)) {
-        throw new StoreError(
-          'invalid_file',
-          `${name} is missing; a version directory needs ${REQUIRED_FILES.join(' and ')}, ` +
-            `and ${MANIFEST_FILE} once complete`,
-        );
-      }
+    }
+    const missing = missingRequiredFile((name) => name in files);
+    if (missing) {
+      throw new StoreError('invalid_file', `${missing} is missing; a version directory needs ${REQUIRED_FILES_TEXT}, and ${MANIFEST_FILE} once complete`);
     }
     const summary = await this.validate(path);
     const manifest: Manifest<Summary> = { version, publishedAt: new Date().toISOString(), files, summary };

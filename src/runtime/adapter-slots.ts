@@ -1,12 +1,16 @@
 /**
  * Runtime adapter slots: adapters already converted to the decoder graph's layout (A transposed, rank padded
- * to the slot rank, scale folded into B), from which a pass's adapter segments copy their weights.
- * Slot 0 is all zeros and means "no adapter". This module also owns the placement policy.
+ * to the slot rank, scale folded into B), from which a pass's adapter segments copy their weights; and the other
+ * PEFT families' per-row inputs (slot-writer.ts), from which batch rows copy theirs (row-family-weights.ts).
+ * Slot 0 is the identity and means "no adapter". This module also owns the placement policy.
  *
  * Policy: an adapter is copied into a free slot, else into the least recently used slot that no running
  * sequence holds. A slot held by a running sequence is never evicted; when every slot is held, the caller waits.
  */
-import { projectionDims, type LoraAdapter } from '../adapters/lora.ts';
+import { virtualTokensOf, type Adapter, type AdapterFamily } from '../adapters/adapter.ts';
+import { projectionDims } from '../adapters/lora.ts';
+import { bottleneckInputShapes, peftInputShapes } from '../graph/peft-blocks.ts';
+import { writeFamilyInputs } from './slot-writer.ts';
 import { elementCount } from '../formats/tensor-shape.ts';
 import { LORA_INPUTS } from '../graph/lora-delta.ts';
 import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '../model/types.ts';
@@ -72,6 +76,30 @@ export interface LoraBuffer {
 /** Where the rank axis lies: the last axis of A (`[blocks, in, R]`), the middle one of B (`[blocks, R, width]`). */
 const RANK_AXIS = { a: 2, b: 1 } as const;
 
+/**
+ * The other families' per-row inputs: bottleneck matrices on their own width axis (`bottleneck`), and
+ * fixed-width scales and biases (`fixed`), each with the value that means "no adapter" (0, or 1 for scales).
+ */
+export interface FamilyInput {
+  group: 'bottleneck' | 'fixed';
+  identity: 0 | 1;
+  /** Bottleneck inputs: the index of the width axis. */
+  axis?: number;
+}
+
+/** What a slot's adapter needs besides its per-row inputs: what the runner feeds at prefill or writes into the cache. */
+export interface SlotPrompt {
+  family: AdapterFamily | null;
+  /** Positions taken before the prompt's tokens. */
+  virtualTokens: number;
+  /** Prompt and p-tuning: [virtualTokens, hidden]. */
+  softPrompt?: Float32Array;
+  /** Prefix tuning: [virtualTokens, layers·2·kv_dim], PEFT's layout. */
+  prefix?: Float32Array;
+}
+
+const NO_PROMPT: SlotPrompt = { family: null, virtualTokens: 0 };
+
 export class AdapterSlots {
   /** Per graph input name (e.g. `lora_a_qkv.3`): the slots' weights, slot 0 first. */
   readonly buffers = new Map<string, LoraBuffer>();
@@ -92,9 +120,17 @@ export class AdapterSlots {
   /** Per slot: the rank of the adapter it holds (0 when empty). */
   private readonly ranks: number[];
   private readonly rankAxes = new Map<string, number>();
+  /** Per graph input name of the other families: the slots' values, slot 0 first. */
+  readonly familyBuffers = new Map<string, LoraBuffer>();
+  readonly familyInputs = new Map<string, FamilyInput>();
+  /** Per slot: the bottleneck width of its adapter (0 for other families). */
+  private readonly bottleneckWidths: number[];
+  /** Per slot: whether its adapter sets any fixed-width input (IA3, DoRA, bottleneck adapters). */
+  private readonly fixedInUse: boolean[];
+  private readonly prompts: SlotPrompt[];
 
   constructor(
-    config: LlamaConfig,
+    private readonly config: LlamaConfig,
     /** Usable adapter slots, not counting slot 0. */
     readonly capacity: number,
     readonly rank: number,
@@ -109,6 +145,18 @@ export class AdapterSlots {
         this.rankAxes.set(nameOf(l), aInputs.has(key) ? RANK_AXIS.a : RANK_AXIS.b);
       }
     }
+    const addFamilyInput = (name: string, shape: number[], input: FamilyInput) => {
+      const size = elementCount(shape);
+      this.familyBuffers.set(name, { data: new Float32Array((capacity + 1) * size).fill(input.identity), shape, size });
+      this.familyInputs.set(name, input);
+    };
+    for (const [name, { shape, axis }] of bottleneckInputShapes(config, rank)) {
+      addFamilyInput(name, shape, { group: 'bottleneck', identity: 0, axis: axis === 'columns' ? shape.length - 1 : shape.length - 2 });
+    }
+    for (const [name, { shape, identity }] of peftInputShapes(config)) addFamilyInput(name, shape, { group: 'fixed', identity });
+    this.bottleneckWidths = new Array(capacity + 1).fill(0);
+    this.fixedInUse = new Array(capacity + 1).fill(false);
+    this.prompts = new Array(capacity + 1).fill(NO_PROMPT);
     this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
     this.generations = new Array(capacity + 1).fill(0);
     this.ranks = new Array(capacity + 1).fill(0);
@@ -121,7 +169,7 @@ export class AdapterSlots {
 
   get bytes(): number {
     let total = 0;
-    for (const { data } of this.buffers.values()) total += data.byteLength;
+    for (const { data } of [...this.buffers.values(), ...this.familyBuffers.values()]) total += data.byteLength;
     return total;
   }
 
@@ -132,6 +180,43 @@ export class AdapterSlots {
   /** The rank of the adapter in a slot (0 for slot 0 and empty slots). */
   rankOf(slot: number): number {
     return this.ranks[slot];
+  }
+
+  /** The bottleneck width of the adapter in a slot (0 for slot 0, empty slots and other families). */
+  bottleneckWidthOf(slot: number): number {
+    return this.bottleneckWidths[slot];
+  }
+
+  /** Whether the adapter in a slot sets scales or biases (IA3, DoRA, bottleneck adapters). */
+  usesFixedInputs(slot: number): boolean {
+    return this.fixedInUse[slot];
+  }
+
+  /** The virtual tokens of the adapter in a slot: soft prompt or prefix (none for other families). */
+  promptOf(slot: number): SlotPrompt {
+    return this.prompts[slot];
+  }
+
+  /** One row's shape of a bottleneck input at `width`, or of a fixed input. */
+  familyShapeAt(name: string, width: number): number[] {
+    const { axis } = this.familyInputs.get(name)!;
+    return this.familyBuffers.get(name)!.shape.map((dim, i) => (i === axis ? width : dim));
+  }
+
+  /** Copies a slot's block of a family input into `target` at `offset`, bottleneck inputs laid out for `width`. */
+  copyFamilyInput(name: string, slot: number, width: number, target: Float32Array, offset: number): void {
+    const { data, shape, size } = this.familyBuffers.get(name)!;
+    const { axis } = this.familyInputs.get(name)!;
+    const from = slot * size;
+    if (axis === undefined || width === this.rank) {
+      target.set(data.subarray(from, from + size), offset);
+      return;
+    }
+    const inner = elementCount(shape.slice(axis + 1));
+    for (let block = 0; block < size / (this.rank * inner); block++) {
+      const start = from + block * this.rank * inner;
+      target.set(data.subarray(start, start + width * inner), offset + block * width * inner);
+    }
   }
 
   /** One adapter's shape of a LoRA graph input when laid out for `rank` (at most the slot rank). */
@@ -174,7 +259,7 @@ export class AdapterSlots {
    * holds it for one running sequence. Returns null when every slot is held (try again after a sequence
    * finishes). `onEvict` names the adapter whose slot was reused. Call only between graph runs.
    */
-  place(key: string, adapter: LoraAdapter, onEvict?: (key: string) => void): number | null {
+  place(key: string, adapter: Adapter, onEvict?: (key: string) => void): number | null {
     if (this.residents.has(key)) throw new Error(`adapter ${key} is already resident; hold it instead`);
     let slot = this.freeSlots.pop();
     if (slot === undefined) {
@@ -218,12 +303,26 @@ export class AdapterSlots {
     this.freeSlots.push(slot);
   }
 
-  /** Copies an adapter into a slot: A transposed into its group's block, B transposed with the scale folded in. */
-  private write(slot: number, adapter: LoraAdapter): void {
+  /**
+   * Copies an adapter into a slot: LoRA's A transposed into its group's block, B transposed with the scale folded
+   * in; the other families' inputs as slot-writer.ts lays them out.
+   */
+  private write(slot: number, adapter: Adapter): void {
     if (adapter.rank > this.rank) {
       throw new Error(`adapter rank ${adapter.rank} exceeds the slot rank ${this.rank}; raise MAX_LORA_RANK`);
     }
     this.clear(slot);
+    writeFamilyInputs(this.config, adapter, (name) => ({ data: this.familyBuffers.get(name)!.data, offset: slot * this.familyBuffers.get(name)!.size }), this.rank);
+    const isBottleneck = adapter.family === 'seq_bn' || adapter.family === 'double_seq_bn' || adapter.family === 'par_bn';
+    this.bottleneckWidths[slot] = isBottleneck ? adapter.rank : 0;
+    this.fixedInUse[slot] = adapter.family === 'dora' || adapter.family === 'ia3' || isBottleneck;
+    this.prompts[slot] = {
+      family: adapter.family,
+      virtualTokens: virtualTokensOf(adapter),
+      ...(adapter.family === 'prompt_tuning' || adapter.family === 'p_tuning' ? { softPrompt: adapter.embeddings } : {}),
+      ...(adapter.family === 'prefix_tuning' ? { prefix: adapter.keyValues } : {}),
+    };
+    if (adapter.family !== 'lora' && adapter.family !== 'dora') return;
     this.ranks[slot] = adapter.rank;
     const R = this.rank;
     for (const m of adapter.modules) {
@@ -247,8 +346,14 @@ export class AdapterSlots {
   private clear(slot: number): void {
     this.generations[slot]++;
     this.ranks[slot] = 0;
+    this.bottleneckWidths[slot] = 0;
+    this.fixedInUse[slot] = false;
+    this.prompts[slot] = NO_PROMPT;
     for (const { data, size } of this.buffers.values()) {
       data.fill(0, slot * size, (slot + 1) * size);
+    }
+    for (const [name, { data, size }] of this.familyBuffers) {
+      data.fill(this.familyInputs.get(name)!.identity, slot * size, (slot + 1) * size);
     }
   }
 }

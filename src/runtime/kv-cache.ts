@@ -107,6 +107,29 @@ export class KvCache {
     }
   }
 
+  /**
+   * Writes a prefix-tuning prefix into a row's first positions: `keyValues` is `[tokens, layers·2·kv_heads·head_dim]`,
+   * per token each layer's keys then values (PEFT's layout). The keys go in as they are, never rotated: they are
+   * what attention compares queries with, exactly as PEFT passes them to the model as past keys.
+   */
+  writePrefix(row: number, keyValues: Float32Array, tokens: number): void {
+    const { numLayers, numKvHeads, headDim } = this.config;
+    this.ensure(row + 1, tokens);
+    const width = this.width;
+    const tokenStride = numLayers * 2 * numKvHeads * headDim;
+    for (let t = 0; t < tokens; t++) {
+      for (let l = 0; l < numLayers; l++) {
+        for (let h = 0; h < numKvHeads; h++) {
+          const key = t * tokenStride + (2 * l * numKvHeads + h) * headDim;
+          const value = key + numKvHeads * headDim;
+          const keyRow = (row * numKvHeads + h) * headDim * width;
+          for (let d = 0; d < headDim; d++) this.keys[l][keyRow + d * width + t] = keyValues[key + d];
+          this.values[l].set(keyValues.subarray(value, value + headDim), ((row * numKvHeads + h) * width + t) * headDim);
+        }
+      }
+    }
+  }
+
   /** Copies the first `positions` tokens of another cache's row (of any width) into `row`. */
   copyRowFrom(source: KvCache, sourceRow: number, row: number, positions: number): void {
     this.ensure(row + 1, positions);

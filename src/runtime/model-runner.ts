@@ -7,11 +7,15 @@ import * as ort from 'onnxruntime-node';
 import { buildDecoderGraph, GRAPH_INPUTS, GRAPH_OUTPUTS } from '../graph/decoder-graph.ts';
 import { LORA_INPUTS, LORA_SEGMENT_INPUTS } from '../graph/lora-delta.ts';
 import { type BuiltModel, EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
+import { PEFT_INPUTS, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type ProbeSite } from '../graph/peft-blocks.ts';
+import type { Adapter } from '../adapters/adapter.ts';
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { AdapterSegments } from './adapter-segments.ts';
 import { AdapterSlots, loraInputShapes } from './adapter-slots.ts';
+import { baseRowNorms, withDoraScales, type BaseRowNorms } from './dora-scales.ts';
 import { KvCache } from './kv-cache.ts';
 import { RopeTables } from './rope.ts';
+import { RowFamilyWeights } from './row-family-weights.ts';
 
 export type ExecutionProvider = 'cpu' | 'cuda';
 
@@ -38,6 +42,8 @@ const LONG_SEQUENCE_POSITIONS = 1024;
 export interface BatchLane {
   cache: KvCache;
   adapters: AdapterSegments;
+  /** The rows' inputs of the PEFT families beside LoRA (scales, bottleneck adapters). */
+  families: RowFamilyWeights;
 }
 
 /** One sequence's part of a forward pass. */
@@ -51,6 +57,14 @@ export interface StepRow {
 }
 
 const MASKED = Number.NEGATIVE_INFINITY;
+/** One broadcast element standing for a whole per-row input that no row of the step uses. */
+const BROADCAST_IDENTITY = { 0: new Float32Array([0]), 1: new Float32Array([1]) } as const;
+
+/** Rows pushed through each layer's base projections (probeBase), per site: [layers·rows, in] row-major. */
+export interface BaseProbe {
+  rows: number;
+  inputs: Record<ProbeSite, Float32Array>;
+}
 const EMPTY = new Float32Array(0);
 
 export class ModelRunner {
@@ -70,11 +84,17 @@ export class ModelRunner {
   private readonly rope: RopeTables;
   /** Rank-0 stand-ins fed when no row of a pass uses an adapter, so the LoRA branch costs almost nothing. */
   private readonly rankZeroShapes: ReturnType<typeof loraInputShapes>;
+  /** Input width of each probe site. */
+  private readonly probeWidths: Record<ProbeSite, number>;
+  /** The probe pass's one row, on no adapter. */
+  private readonly probeRow: { adapters: AdapterSegments; families: RowFamilyWeights };
 
   private constructor(
     private readonly session: ort.InferenceSession,
     config: LlamaConfig,
     options: RunnerOptions,
+    /** Squared row norms of the base projections, for DoRA (see dora-scales.ts). */
+    private readonly baseRowNorms: BaseRowNorms,
   ) {
     this.config = config;
     this.maxBatch = options.maxBatch;
@@ -86,16 +106,22 @@ export class ModelRunner {
     this.lanes = laneLimits.map((limit) => ({
       cache: new KvCache(config, options.maxBatch, limit),
       adapters: new AdapterSegments(this.slots, Math.min(options.maxBatch, options.adapterSlots)),
+      families: new RowFamilyWeights(this.slots, options.maxBatch),
     }));
     this.rankZeroShapes = loraInputShapes(config, 0);
+    this.probeWidths = Object.fromEntries(PROBE_SITES.map((site) => [site, probeSiteWidths(config)[site].in])) as Record<ProbeSite, number>;
+    this.probeRow = { adapters: new AdapterSegments(this.slots, 1), families: new RowFamilyWeights(this.slots, 1) };
   }
 
   static async create(model: BaseModel, options: RunnerOptions): Promise<ModelRunner> {
-    return ModelRunner.fromGraph(buildDecoderGraph(model), model.config, options);
+    return ModelRunner.fromGraph(buildDecoderGraph(model), model.config, options, baseRowNorms(model));
   }
 
-  /** A runner for a decoder graph already built (its builder's model weights may be dropped first). */
-  static async fromGraph(graph: BuiltModel, config: LlamaConfig, options: RunnerOptions): Promise<ModelRunner> {
+  /**
+   * A runner for a decoder graph already built (its builder's model weights may be dropped first, once
+   * `rowNorms` = baseRowNorms(model) is taken).
+   */
+  static async fromGraph(graph: BuiltModel, config: LlamaConfig, options: RunnerOptions, rowNorms: BaseRowNorms): Promise<ModelRunner> {
     const provider = options.executionProvider ?? 'cpu';
     let session: ort.InferenceSession;
     try {
@@ -115,7 +141,12 @@ export class ModelRunner {
       }
       throw error;
     }
-    return new ModelRunner(session, config, options);
+    return new ModelRunner(session, config, options, rowNorms);
+  }
+
+  /** Completes what an adapter needs from the base before it can take a slot (DoRA's row scales). */
+  async prepareAdapter(adapter: Adapter): Promise<Adapter> {
+    return adapter.family === 'dora' ? withDoraScales(adapter, this, this.baseRowNorms) : adapter;
   }
 
   /** The lane for a sequence that needs `positions` cache positions. */
@@ -129,7 +160,7 @@ export class ModelRunner {
    */
   async forward(firstRow: number, rows: StepRow[], lane = 0): Promise<Float32Array> {
     const c = this.config;
-    const { cache, adapters } = this.lanes[lane];
+    const { cache, adapters, families } = this.lanes[lane];
     const batch = rows.length;
     const tokens = Math.max(...rows.map((r) => r.tokens.length));
     if (rows.some((r) => r.tokens.length === 0)) throw new Error('every row of a step must feed at least one token');
@@ -144,6 +175,20 @@ export class ModelRunner {
     const pastMask = new Float32Array(batch * width);
     const selfMask = new Float32Array(batch * groupSize * tokens * tokens);
     const logitsPosition = new BigInt64Array(batch * c.hiddenSize);
+    // Soft prompts: their virtual tokens are the sequence's first positions, fed as embeddings.
+    const prompts = rows.map((row) => this.slots.promptOf(row.slot));
+    const anySoftPrompt = rows.some((row, b) => prompts[b].softPrompt && row.position < prompts[b].virtualTokens);
+    const softPrompt = anySoftPrompt ? new Float32Array(batch * tokens * c.hiddenSize) : BROADCAST_IDENTITY[0];
+    const tokenEmbeddingKept = anySoftPrompt ? new Float32Array(batch * tokens).fill(1) : BROADCAST_IDENTITY[1];
+    rows.forEach((row, b) => {
+      const { softPrompt: embeddings, virtualTokens } = prompts[b];
+      if (!anySoftPrompt || !embeddings) return;
+      for (let t = 0; t < row.tokens.length && row.position + t < virtualTokens; t++) {
+        const from = (row.position + t) * c.hiddenSize;
+        softPrompt.set(embeddings.subarray(from, from + c.hiddenSize), (b * tokens + t) * c.hiddenSize);
+        tokenEmbeddingKept[b * tokens + t] = 0;
+      }
+    });
     rows.forEach((row, b) => {
       // Padding (token 0) follows a shorter row's real tokens: causal masking keeps it out of their attention,
       // and its keys and values are never written to the cache.
@@ -169,6 +214,9 @@ export class ModelRunner {
       [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', selfMask, [batch, 1, groupSize * tokens, tokens]),
       [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(BigInt(width), BigInt(tokens)), [2]),
       [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', logitsPosition, [batch, 1, c.hiddenSize]),
+      [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', softPrompt, anySoftPrompt ? [batch, tokens, c.hiddenSize] : [1, 1, 1]),
+      [PEFT_INPUTS.tokenEmbeddingKept]: new ort.Tensor('float32', tokenEmbeddingKept, anySoftPrompt ? [batch, tokens, 1] : [1, 1, 1]),
+      ...this.emptyProbes(),
     };
     const stride = cache.rowStride;
     for (let l = 0; l < c.numLayers; l++) {
@@ -176,7 +224,29 @@ export class ModelRunner {
       feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
     }
-    const plan = adapters.prepare(rows.map((r) => r.slot), tokens, firstRow === 0);
+    this.feedAdapters(feeds, { adapters, families }, firstRow, rows.map((r) => r.slot), tokens);
+
+    const result = await this.session.run(feeds);
+    const newKeyValues = result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array;
+    cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position), rows.map((r) => r.tokens.length));
+    return result[GRAPH_OUTPUTS.logits].data as Float32Array;
+  }
+
+  /**
+   * Feeds every adapter input for rows [firstRow, firstRow + slots.length): LoRA by segment, the other families
+   * per row, each with a stand-in that costs almost nothing when no row of the pass uses it (rank 0 for LoRA and
+   * bottleneck matrices, one identity element for scales and biases).
+   */
+  private feedAdapters(
+    feeds: Record<string, ort.Tensor>,
+    { adapters, families }: { adapters: AdapterSegments; families: RowFamilyWeights },
+    firstRow: number,
+    slots: number[],
+    tokens: number,
+  ): void {
+    const c = this.config;
+    const batch = slots.length;
+    const plan = adapters.prepare(slots, tokens, firstRow === 0);
     feeds[LORA_SEGMENT_INPUTS.segmentRows] = new ort.Tensor('int64', plan.rows, [plan.adapters, plan.segmentRows]);
     feeds[LORA_SEGMENT_INPUTS.resultIndex] = new ort.Tensor('int64', plan.resultIndex, [batch, tokens]);
     feeds[LORA_SEGMENT_INPUTS.rowMask] = new ort.Tensor('float32', plan.rowMask, [batch, 1, 1]);
@@ -191,16 +261,82 @@ export class ModelRunner {
         }
       }
     }
-
-    const result = await this.session.run(feeds);
-    const newKeyValues = result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array;
-    cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position), rows.map((r) => r.tokens.length));
-    return result[GRAPH_OUTPUTS.logits].data as Float32Array;
+    const layout = families.prepare(firstRow, slots);
+    const rowsOf = (name: string) => {
+      const { data, shape, size } = families.buffers.get(name)!;
+      return new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
+    };
+    for (const [name, { group, identity }] of this.slots.familyInputs) {
+      const { shape } = this.slots.familyBuffers.get(name)!;
+      if (group === 'fixed') {
+        // The activation choice is contracted by a MatMul, which does not broadcast its contracted axis.
+        const whole = layout.fixed || name === PEFT_INPUTS.bnActivation;
+        feeds[name] = whole ? rowsOf(name) : new ort.Tensor('float32', BROADCAST_IDENTITY[identity], [1, ...shape.map(() => 1)]);
+      } else {
+        feeds[name] = layout.bottleneckWidth > 0 ? rowsOf(name) : new ort.Tensor('float32', EMPTY, [batch, ...this.slots.familyShapeAt(name, 0)]);
+      }
+    }
   }
 
-  /** Moves a sequence's cache row within a lane (to keep the lane's rows contiguous); its adapter follows its slot. */
+  /** Probe inputs with no rows: ordinary passes push nothing through the base projections. */
+  private emptyProbes(): Record<string, ort.Tensor> {
+    const feeds: Record<string, ort.Tensor> = {};
+    for (let l = 0; l < this.config.numLayers; l++) {
+      for (const site of PROBE_SITES) feeds[PEFT_INPUTS.probe(site, l)] = new ort.Tensor('float32', EMPTY, [0, this.probeWidths[site]]);
+    }
+    return feeds;
+  }
+
+  /**
+   * Pushes rows through every layer's base projections, exactly as the graph's own weights compute them, and
+   * returns per site `[layers·rows, out]`. Used once per DoRA adapter for its weight norms; it runs a one-token
+   * pass beside, not in, the batch (its own empty cache and adapter rows).
+   */
+  async probeBase(probe: BaseProbe): Promise<Record<ProbeSite, Float32Array>> {
+    const c = this.config;
+    const fusedHeads = c.numHeads + 2 * c.numKvHeads;
+    const group = c.numHeads / c.numKvHeads;
+    const cos = new Float32Array(this.rope.tokenStride);
+    const sin = new Float32Array(this.rope.tokenStride);
+    this.rope.fill(cos, sin, 0, 0);
+    const feeds: Record<string, ort.Tensor> = {
+      [GRAPH_INPUTS.inputIds]: new ort.Tensor('int64', new BigInt64Array(1), [1, 1]),
+      [GRAPH_INPUTS.ropeCos]: new ort.Tensor('float32', cos, [1, 1, fusedHeads, c.headDim]),
+      [GRAPH_INPUTS.ropeSin]: new ort.Tensor('float32', sin, [1, 1, fusedHeads, c.headDim]),
+      [GRAPH_INPUTS.pastMask]: new ort.Tensor('float32', Float32Array.of(MASKED), [1, 1, 1, 1]),
+      [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', new Float32Array(group), [1, 1, group, 1]),
+      [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(1n, 1n), [2]),
+      [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', new BigInt64Array(c.hiddenSize), [1, 1, c.hiddenSize]),
+      [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', BROADCAST_IDENTITY[0], [1, 1, 1]),
+      [PEFT_INPUTS.tokenEmbeddingKept]: new ort.Tensor('float32', BROADCAST_IDENTITY[1], [1, 1, 1]),
+    };
+    const emptyCache = new Float32Array(c.numKvHeads * c.headDim);
+    for (let l = 0; l < c.numLayers; l++) {
+      feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', emptyCache, [1, c.numKvHeads, c.headDim, 1]);
+      feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', emptyCache, [1, c.numKvHeads, 1, c.headDim]);
+      for (const site of PROBE_SITES) {
+        const width = this.probeWidths[site];
+        feeds[PEFT_INPUTS.probe(site, l)] = new ort.Tensor('float32', probe.inputs[site].subarray(l * probe.rows * width, (l + 1) * probe.rows * width), [probe.rows, width]);
+      }
+    }
+    this.feedAdapters(feeds, this.probeRow, 0, [0], 1);
+    const result = await this.session.run(feeds);
+    return Object.fromEntries(PROBE_SITES.map((site) => [site, result[PROBE_OUTPUT(site)].data as Float32Array])) as Record<ProbeSite, Float32Array>;
+  }
+
+  /** Writes the prefix of the adapter in `slot` (prefix tuning; nothing for other families) into a lane's row. */
+  writePrefix(lane: number, row: number, slot: number): void {
+    const { prefix, virtualTokens } = this.slots.promptOf(slot);
+    if (prefix) this.lanes[lane].cache.writePrefix(row, prefix, virtualTokens);
+  }
+
+  /**
+   * Moves a sequence's cache row within a lane (to keep the lane's rows contiguous) with its family inputs; its
+   * LoRA follows its slot.
+   */
   moveRow(from: number, to: number, lane = 0): void {
     this.lanes[lane].cache.moveRow(from, to);
+    this.lanes[lane].families.move(from, to);
   }
 
   /**

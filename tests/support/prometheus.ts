@@ -4,10 +4,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { stringify } from 'yaml';
 import { debianBinary } from './binaries.ts';
 
@@ -53,11 +53,19 @@ export async function startPrometheus(targets: PrometheusTarget[], ruleFiles: st
   const binary = debianBinary('/usr/bin/prometheus', 'prometheus');
   const dir = await mkdtemp(join(tmpdir(), 'prometheus-'));
   const config = join(dir, 'prometheus.yml');
+  // Copied beside the config, so the UI names the rules file without the checkout's location.
+  const rules = await Promise.all(
+    ruleFiles.map(async (file) => {
+      const copy = join(dir, basename(file));
+      await copyFile(file, copy);
+      return copy;
+    }),
+  );
   await writeFile(
     config,
     stringify({
       global: { scrape_interval: '1s', evaluation_interval: '1s' },
-      rule_files: ruleFiles,
+      rule_files: rules,
       scrape_configs: targets.map(({ job, url }) => ({ job_name: job, static_configs: [{ targets: [new URL(url).host] }] })),
     }),
   );

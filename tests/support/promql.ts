@@ -23,8 +23,11 @@ export interface ParsedPromql {
 }
 
 /** Grafana's variables, replaced as Grafana would before the query reaches Prometheus ("All" selected). */
-export function withVariablesResolved(expr: string, rateInterval: string): string {
-  return expr.replaceAll('$__rate_interval', rateInterval).replaceAll(/\$(model_name|instance)\b/g, '.*');
+export function withVariablesResolved(expr: string, rateInterval: string, range = '1h'): string {
+  return expr
+    .replaceAll('$__rate_interval', rateInterval)
+    .replaceAll('$__range', range)
+    .replaceAll(/\$(model_name|instance)\b/g, '.*');
 }
 
 function text(expr: string, node: SyntaxNode): string {

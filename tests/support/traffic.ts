@@ -1,12 +1,15 @@
 /**
  * A little of every kind of traffic the dashboards chart: base-model and adapter requests from two tenants, cold
- * adapters, a bad key, an unknown model, and a tenant whose every request is refused with 429.
+ * adapters, a bad key, an unknown model, and a tenant whose every request is refused with 429; and a small
+ * fine-tuning job for the trainer's series.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { toFile } from 'openai';
 import { loraAdapterFiles, randomLoraAdapter } from '../../src/adapters/lora-writer.ts';
+import { asJsonl, madeUpWordStories, waitForJob, type TestTrainer } from './fine-tuning.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './gateway.ts';
 import { REFERENCE } from './models.ts';
 
@@ -78,4 +81,23 @@ export async function mixedTraffic(gateway: TestGateway, adapterModels: { acme: 
   assert.equal(await status(gateway, 'sk-not-a-key', BASE_MODEL, 4), 401);
   assert.equal(await status(gateway, KEYS.acme, `${BASE_MODEL}+acme/no-such-adapter`, 4), 404);
   assert.equal(await status(gateway, REFUSED_TENANT_KEY, BASE_MODEL, 4), 429);
+}
+
+/**
+ * A small fine-tuning job through the OpenAI API, run to success by the trainer beside the gateway: it moves
+ * every trainer series (jobs by status, steps, losses, tokens, the finished job's duration).
+ */
+export async function runSmallFineTuningJob(gateway: TestGateway, trainer: TestTrainer): Promise<void> {
+  const client = gateway.client(KEYS.acme);
+  const upload = async (texts: string[], name: string) =>
+    (await client.files.create({ file: await toFile(Buffer.from(asJsonl(texts)), name), purpose: 'fine-tune' })).id;
+  const created = await client.fineTuning.jobs.create({
+    model: BASE_MODEL,
+    training_file: await upload(madeUpWordStories(12), 'train.jsonl'),
+    validation_file: await upload(madeUpWordStories(4, 12), 'valid.jsonl'),
+    seed: 1,
+    method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 1, batch_size: 4 } } },
+  });
+  const finished = await waitForJob(client, created.id, (job) => ['succeeded', 'failed', 'cancelled'].includes(job.status), trainer);
+  assert.equal(finished.status, 'succeeded', JSON.stringify(finished.error));
 }

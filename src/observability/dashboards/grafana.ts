@@ -263,14 +263,17 @@ export function dashboard(spec: DashboardSpec): GrafanaDashboard {
   };
 }
 
-/** Per-second rate of a counter over Grafana's `$__rate_interval` (at least four scrape intervals). */
-export function rate(series: string, selector: string): string {
-  return `rate(${series}{${selector}}[$__rate_interval])`;
+/**
+ * Per-second rate of a counter, by default over Grafana's `$__rate_interval` (at least four scrape intervals);
+ * `$__range`, the dashboard's whole time range, suits rare events.
+ */
+export function rate(series: string, selector: string, range: '$__rate_interval' | '$__range' = '$__rate_interval'): string {
+  return `rate(${series}{${selector}}[${range}])`;
 }
 
 /** `histogram_quantile` over a rate of `<histogram>_bucket`, summed over the given labels. */
-export function quantile(q: number, histogram: string, selector: string, by: string[] = []): string {
-  return `histogram_quantile(${q}, sum by (${['le', ...by].join(', ')}) (${rate(`${histogram}_bucket`, selector)}))`;
+export function quantile(q: number, histogram: string, selector: string, by: string[] = [], range: Parameters<typeof rate>[2] = '$__rate_interval'): string {
+  return `histogram_quantile(${q}, sum by (${['le', ...by].join(', ')}) (${rate(`${histogram}_bucket`, selector, range)}))`;
 }
 
 /**

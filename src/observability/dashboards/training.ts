@@ -44,18 +44,21 @@ export function trainingDashboard(): GrafanaDashboard {
         max: 1,
         queries: [
           {
-            expr: `max by (instance) (trainer_step{${INSTANCE_SELECTOR}}) / max by (instance) (trainer_total_steps{${INSTANCE_SELECTOR}} > 0)`,
+            // 0 while idle: the trainer resets both gauges to 0, and clamp_min avoids dividing by it.
+            expr: `max by (instance) (trainer_step{${INSTANCE_SELECTOR}}) / clamp_min(max by (instance) (trainer_total_steps{${INSTANCE_SELECTOR}}), 1)`,
             legend: '{{instance}}',
           },
         ],
       }),
       panel({
         title: 'Job duration',
-        description: 'Median and 90th percentile duration of finished jobs, by final status.',
+        description: 'Median and 90th percentile duration of the jobs that finished in the dashboard\'s time range, by final status.',
         unit: 's',
         width: 8,
+        type: 'bargauge',
+        // Jobs finish rarely: over a rate interval most points would have none, so this reads the whole range.
         queries: [0.5, 0.9].map((q) => ({
-          expr: quantile(q, 'trainer_job_duration_seconds', INSTANCE_SELECTOR, ['status']),
+          expr: quantile(q, 'trainer_job_duration_seconds', INSTANCE_SELECTOR, ['status'], '$__range'),
           legend: `{{status}} p${q * 100}`,
         })),
       }),

@@ -34,6 +34,8 @@ export function createTrainerMetrics(): TrainerMetrics {
     registers,
   });
   for (const status of JOB_STATUSES) jobs.set({ status }, 0);
+  // Zero from the first scrape, so the first finished job already shows as an increase (rate, histogram_quantile).
+  for (const status of ['succeeded', 'failed', 'cancelled'] as const) duration.zero({ status });
   return {
     registry,
     setJobCounts(statuses) {

@@ -1,0 +1,75 @@
+/**
+ * The workloads the engine benchmarks time, shared by their sections: the benchmark adapters, synthetic prompts,
+ * one stream's prefill and decode, and many concurrent streams' aggregate decode rate.
+ */
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { randomLoraAdapter, writeLoraAdapter } from '../adapters/lora-writer.ts';
+import type { Engine } from '../engine/engine.ts';
+import type { AdapterRef } from '../engine/protocol.ts';
+import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
+import { LORA_TARGET_MODULES } from '../model/types.ts';
+import { median } from './bench-stats.ts';
+
+export const BENCH_DIR = resolve('.bench');
+export const STREAMS = 16;
+export const LORA_RANK = 16;
+const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
+
+export const log = (message: string) => process.stderr.write(`${message}\n`);
+
+/** 16 distinct r=16 adapters on all seven projections, written once into .bench/adapters. */
+export async function ensureAdapters(): Promise<AdapterRef[]> {
+  const refs: AdapterRef[] = [];
+  for (let i = 0; i < STREAMS; i++) {
+    const path = join(BENCH_DIR, 'adapters', `r${LORA_RANK}-${i}`);
+    if (!existsSync(join(path, 'adapter_model.safetensors'))) {
+      await writeLoraAdapter(path, randomLoraAdapter(SMOLLM2_135M_SHAPE, { rank: LORA_RANK, targetModules: [...LORA_TARGET_MODULES], seed: 100 + i }));
+    }
+    refs.push({ key: `bench/r${LORA_RANK}-${i}`, path });
+  }
+  return refs;
+}
+
+function prompt(length: number, seed: number): number[] {
+  return Array.from({ length }, (_, i) => 1 + ((seed * 7919 + i * 104729) % (SMOLLM2_135M_SHAPE.vocabSize - 1)));
+}
+
+/** Runs streams concurrently; returns the aggregate decode rate while all of them were in the batch. */
+export async function concurrentDecode(engine: Engine, adapters: (AdapterRef | null)[], tokens: number): Promise<number> {
+  const times: number[][] = adapters.map(() => []);
+  await Promise.all(
+    adapters.map((adapter, i) =>
+      engine.generate({
+        promptIds: prompt(16, i),
+        adapter,
+        sampling: GREEDY,
+        maxTokens: tokens,
+        stopTokenIds: [],
+        onToken: () => times[i].push(performance.now()),
+      }),
+    ),
+  );
+  // Steady state: from the moment the last stream produced its first token to the first stream's end.
+  const from = Math.max(...times.map((t) => t[0]));
+  const to = Math.min(...times.map((t) => t.at(-1)!));
+  const inWindow = times.reduce((sum, t) => sum + t.filter((x) => x > from && x <= to).length, 0);
+  return inWindow / ((to - from) / 1000);
+}
+
+/** One stream: its prefill rate and its median decode step. */
+export async function singleStream(engine: Engine, promptLength: number, tokens: number) {
+  const times: number[] = [];
+  let prefillMs = 0;
+  await engine.generate({
+    promptIds: prompt(promptLength, promptLength),
+    adapter: null,
+    sampling: GREEDY,
+    maxTokens: tokens,
+    stopTokenIds: [],
+    onStart: (event) => (prefillMs = event.prefillMs),
+    onToken: () => times.push(performance.now()),
+  });
+  const steps = times.slice(1).map((t, i) => t - times[i]);
+  return { prefillTokensPerSecond: promptLength / (prefillMs / 1000), stepMs: median(steps), tokensPerSecond: 1000 / median(steps) };
+}

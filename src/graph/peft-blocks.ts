@@ -1,0 +1,168 @@
+/**
+ * The decoder graph's inputs for the PEFT families beside LoRA, each per batch row so that one batch mixes
+ * families; a row without a family feeds the identity (ones for scales, zeros for additive terms), and when no
+ * row of a step uses an input the runner feeds a single broadcast identity element instead of a full tensor.
+ *
+ * - Soft prompts (prompt tuning, p-tuning): embeddings that replace the token embedding at virtual positions.
+ * - Scales (IA3, DoRA): an input scale on o_proj and down_proj (IA3 feedforward modules) and an output scale on
+ *   every projection group (IA3's other modules; DoRA's magnitude / ‖W + s·B·A‖, which multiplies base + LoRA).
+ * - Bottleneck adapters: after attention and after the MLP, x ← x + h + up(f(down(α·h + γ·x))), the bottleneck
+ *   width on the same per-row axis as LoRA ranks, f a per-row blend of the served non-linearities.
+ * - Base probes: rows pushed through a layer's base projections, to compute DoRA's weight norms once per adapter
+ *   from the weights the graph itself uses (empty at ordinary steps).
+ */
+import type { LlamaConfig } from '../model/types.ts';
+import type { OnnxGraphBuilder } from './onnx-builder.ts';
+
+export type ScaledInput = 'o' | 'down';
+export type ScaledOutput = 'qkv' | 'o' | 'gate_up' | 'down';
+export type BottleneckSite = 'attention' | 'output';
+export type ProbeSite = 'qkv' | 'o' | 'gate_up' | 'down';
+
+export const PROBE_SITES: readonly ProbeSite[] = ['qkv', 'o', 'gate_up', 'down'];
+export const SCALED_INPUTS: readonly ScaledInput[] = ['o', 'down'];
+export const SCALED_OUTPUTS: readonly ScaledOutput[] = ['qkv', 'o', 'gate_up', 'down'];
+export const BOTTLENECK_SITES: readonly BottleneckSite[] = ['attention', 'output'];
+
+/** Non-linearities a bottleneck row may select, in the order of the `bn_activation` weights. */
+export const BLENDED_ACTIVATIONS = ['relu', 'gelu', 'gelu_new', 'silu', 'tanh'] as const;
+
+export const PEFT_INPUTS = {
+  /** [B, T, hidden]: a virtual token's embedding, zeros elsewhere. */
+  softPrompt: 'soft_prompt',
+  /** [B, T, 1]: 0 at virtual tokens (the token embedding is dropped), 1 elsewhere. */
+  tokenEmbeddingKept: 'token_embedding_kept',
+  scaleIn: (site: ScaledInput, layer: number) => `scale_in_${site}.${layer}`,
+  scaleOut: (site: ScaledOutput, layer: number) => `scale_out_${site}.${layer}`,
+  /** [B, hidden, R] / [B, 1, R] / [B, R, hidden] / [B, 1, hidden]. */
+  bnDown: (site: BottleneckSite, layer: number) => `bn_down_${site}.${layer}`,
+  bnDownBias: (site: BottleneckSite, layer: number) => `bn_down_bias_${site}.${layer}`,
+  bnUp: (site: BottleneckSite, layer: number) => `bn_up_${site}.${layer}`,
+  bnUpBias: (site: BottleneckSite, layer: number) => `bn_up_bias_${site}.${layer}`,
+  /** [B, 1, 1]: α (weight of the sub-layer output) and γ (of the residual stream) in the adapter's input. */
+  bnFromSublayer: 'bn_from_sublayer',
+  bnFromResidual: 'bn_from_residual',
+  /** [B, 1, 1, BLENDED_ACTIVATIONS.length]: one-hot choice of non-linearity. */
+  bnActivation: 'bn_activation',
+  /** [P, in]: rows to push through a layer's base projection group. */
+  probe: (site: ProbeSite, layer: number) => `probe_${site}.${layer}`,
+} as const;
+
+/** Input and output widths of each probe site (the base projection group it goes through). */
+export function probeSiteWidths(c: LlamaConfig): Record<ProbeSite, { in: number; out: number }> {
+  const qDim = c.numHeads * c.headDim;
+  const kvDim = c.numKvHeads * c.headDim;
+  return {
+    qkv: { in: c.hiddenSize, out: qDim + 2 * kvDim },
+    o: { in: qDim, out: c.hiddenSize },
+    gate_up: { in: c.hiddenSize, out: 2 * c.intermediateSize },
+    down: { in: c.intermediateSize, out: c.hiddenSize },
+  };
+}
+
+/** [layers·P, out] per site: every layer's probe rows through its base weights. */
+export const PROBE_OUTPUT = (site: ProbeSite) => `probe_out_${site}`;
+
+/** Per-row widths of the fixed-width family inputs (one batch row's block, without the batch axis). */
+export function peftInputShapes(c: LlamaConfig): Map<string, { shape: number[]; identity: 0 | 1 }> {
+  const qDim = c.numHeads * c.headDim;
+  const kvDim = c.numKvHeads * c.headDim;
+  const shapes = new Map<string, { shape: number[]; identity: 0 | 1 }>();
+  const outWidth: Record<ScaledOutput, number> = { qkv: qDim + 2 * kvDim, o: c.hiddenSize, gate_up: 2 * c.intermediateSize, down: c.hiddenSize };
+  const inWidth: Record<ScaledInput, number> = { o: qDim, down: c.intermediateSize };
+  for (let l = 0; l < c.numLayers; l++) {
+    for (const site of SCALED_INPUTS) shapes.set(PEFT_INPUTS.scaleIn(site, l), { shape: [1, inWidth[site]], identity: 1 });
+    for (const site of SCALED_OUTPUTS) shapes.set(PEFT_INPUTS.scaleOut(site, l), { shape: [1, outWidth[site]], identity: 1 });
+    for (const site of BOTTLENECK_SITES) shapes.set(PEFT_INPUTS.bnUpBias(site, l), { shape: [1, c.hiddenSize], identity: 0 });
+  }
+  shapes.set(PEFT_INPUTS.bnFromSublayer, { shape: [1, 1], identity: 0 });
+  shapes.set(PEFT_INPUTS.bnFromResidual, { shape: [1, 1], identity: 0 });
+  shapes.set(PEFT_INPUTS.bnActivation, { shape: [1, 1, BLENDED_ACTIVATIONS.length], identity: 0 });
+  return shapes;
+}
+
+/**
+ * Per-row shapes of the bottleneck inputs at width `rank`, and where their width axis lies: the last axis
+ * (`columns`) or the second to last (`rows`).
+ */
+export function bottleneckInputShapes(c: LlamaConfig, rank: number): Map<string, { shape: number[]; axis: 'columns' | 'rows' }> {
+  const shapes = new Map<string, { shape: number[]; axis: 'columns' | 'rows' }>();
+  for (let l = 0; l < c.numLayers; l++) {
+    for (const site of BOTTLENECK_SITES) {
+      shapes.set(PEFT_INPUTS.bnDown(site, l), { shape: [c.hiddenSize, rank], axis: 'columns' });
+      shapes.set(PEFT_INPUTS.bnDownBias(site, l), { shape: [1, rank], axis: 'columns' });
+      shapes.set(PEFT_INPUTS.bnUp(site, l), { shape: [1, rank, c.hiddenSize], axis: 'rows' });
+    }
+  }
+  return shapes;
+}
+
+/** The graph pieces, bound to one builder. `B` is the batch axis, `R` the bottleneck width axis. */
+export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig, B: string, R: string) {
+  /** A per-row input that may also be fed as one broadcast element: every axis symbolic. */
+  const broadcastable = (name: string, rank: number) =>
+    g.input(name, 'float32', Array.from({ length: rank }, (_, axis) => `${name}:${axis}`));
+  const shared = new Map<string, string>();
+  const sharedInput = (name: string, rank: number) => {
+    if (!shared.has(name)) shared.set(name, broadcastable(name, rank));
+    return shared.get(name)!;
+  };
+  const probes = new Map<ProbeSite, string[]>(PROBE_SITES.map((site) => [site, []]));
+  const probeWidths = probeSiteWidths(c);
+  const unsqueezeBlend = g.constInt64([2], 'bn_blend_axis');
+  const flatten = g.constInt64([0, 0, c.hiddenSize], 'bn_flat_shape');
+
+  return {
+    /** Token embeddings with virtual tokens' embeddings in their place (exact: one of the two terms is zero). */
+    embed(tokenEmbeddings: string): string {
+      const kept = broadcastable(PEFT_INPUTS.tokenEmbeddingKept, 3);
+      return g.op('Add', [g.op('Mul', [tokenEmbeddings, kept]), broadcastable(PEFT_INPUTS.softPrompt, 3)]);
+    },
+
+    scaleInput(x: string, site: ScaledInput, layer: number): string {
+      return g.op('Mul', [x, broadcastable(PEFT_INPUTS.scaleIn(site, layer), 3)]);
+    },
+
+    scaleOutput(y: string, site: ScaledOutput, layer: number): string {
+      return g.op('Mul', [y, broadcastable(PEFT_INPUTS.scaleOut(site, layer), 3)]);
+    },
+
+    /** The residual stream after a sub-layer whose output is `h`, with the row's bottleneck adapter there. */
+    residualWithBottleneck(x: string, h: string, site: BottleneckSite, layer: number): string {
+      const input = g.op('Add', [
+        g.op('Mul', [h, sharedInput(PEFT_INPUTS.bnFromSublayer, 3)]),
+        g.op('Mul', [x, sharedInput(PEFT_INPUTS.bnFromResidual, 3)]),
+      ]);
+      const down = g.input(PEFT_INPUTS.bnDown(site, layer), 'float32', [B, c.hiddenSize, R]);
+      const downBias = g.input(PEFT_INPUTS.bnDownBias(site, layer), 'float32', [B, 1, R]);
+      // [B, T, 1, R]: each non-linearity of the bottleneck, stacked on axis 2, blended by the row's one-hot choice.
+      const z = g.op('Unsqueeze', [g.op('Add', [g.op('MatMul', [input, down]), downBias]), unsqueezeBlend]);
+      const activations = [
+        g.op('Relu', [z]),
+        g.op('Gelu', [z]),
+        g.op('Gelu', [z], { approximate: 'tanh' }),
+        g.op('Mul', [z, g.op('Sigmoid', [z])]),
+        g.op('Tanh', [z]),
+      ];
+      const blended = g.op('MatMul', [sharedInput(PEFT_INPUTS.bnActivation, 4), g.op('Concat', activations, { axis: 2 })]);
+      const up = g.input(PEFT_INPUTS.bnUp(site, layer), 'float32', [B, 1, R, c.hiddenSize]);
+      const delta = g.op('Add', [
+        g.op('Reshape', [g.op('MatMul', [blended, up]), flatten]),
+        broadcastable(PEFT_INPUTS.bnUpBias(site, layer), 3),
+      ]);
+      return g.op('Add', [g.op('Add', [x, h]), delta]);
+    },
+
+    /** Pushes the layer's probe rows for `site` through `project`, the layer's own base projection of that group. */
+    probe(site: ProbeSite, layer: number, project: (rows: string) => string): void {
+      probes.get(site)!.push(project(g.input(PEFT_INPUTS.probe(site, layer), 'float32', ['probe_rows', probeWidths[site].in])));
+    },
+
+    /** Declares the probe outputs; call after every layer. */
+    finishProbes(): void {
+      for (const site of PROBE_SITES) {
+        g.output(g.op('Concat', probes.get(site)!, { axis: 0 }), PROBE_OUTPUT(site), 'float32', ['probe_out_rows', probeWidths[site].out]);
+      }
+    },
+  };
+}
