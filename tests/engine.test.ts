@@ -111,7 +111,13 @@ test('a corrupt adapter fails only its own request; slot evictions keep results 
   await writeLoraAdapter(broken, randomLoraAdapter(engine.info.config, { rank: 2, targetModules: ['q_proj'], seed: 5 }));
   await writeFile(join(broken, 'adapter_model.safetensors'), 'not a safetensors file');
   const events: AdapterCacheEvent[] = [];
-  const onEvent = (e: AdapterCacheEvent) => events.push(e);
+  // The failure event travels in the step report after the request's rejection: wait for it, not for a time.
+  let failureReported!: () => void;
+  const failureSeen = new Promise<void>((resolve) => (failureReported = resolve));
+  const onEvent = (e: AdapterCacheEvent) => {
+    events.push(e);
+    if (e.tier === 'disk' && e.event === 'failure') failureReported();
+  };
   engine.on('adapter-cache', onEvent);
   const expected = (await engine.generate(request({ adapter: adapters.c, maxTokens: 8 }))).tokens;
   const [bad, ...good] = await Promise.allSettled([
@@ -120,6 +126,7 @@ test('a corrupt adapter fails only its own request; slot evictions keep results 
     engine.generate(request({ adapter: adapters.b, maxTokens: 8 })),
     engine.generate(request({ adapter: adapters.c, maxTokens: 8 })),
   ]);
+  await failureSeen;
   engine.off('adapter-cache', onEvent);
   assert.equal(bad.status, 'rejected');
   assert.ok(bad.reason instanceof EngineError);

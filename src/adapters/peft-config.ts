@@ -168,11 +168,48 @@ export function optionalBoolean(value: unknown, field: string): boolean {
 
 /** PEFT patterns are Python regexes; the common subset means the same in JavaScript. */
 function compileRegex(source: string, field: string, wrap: (source: string) => string): RegExp {
+  const backtracking = unboundedRepetitionOfChoice(source);
+  if (backtracking) {
+    invalid(
+      `"${field}" holds ${describe(source)}, whose ${backtracking} can take exponential time to match; ` +
+        'list the module names, or use a pattern without a repeated group that itself repeats or alternates',
+    );
+  }
   try {
     return new RegExp(wrap(source));
   } catch (error) {
     return invalid(`"${field}" holds ${describe(source)}, which is not a valid regular expression (${(error as Error).message})`);
   }
+}
+
+/**
+ * Patterns come from uploaded files and JavaScript's regex engine backtracks, so a group that repeats without
+ * bound and itself repeats or alternates (`(a+)+`, `(.*.*)*`, `(a|ab)*`) could hold the HTTP thread for minutes
+ * on a module name. Such a group is refused; module-name patterns never need one. Returns the offending group,
+ * or null.
+ */
+function unboundedRepetitionOfChoice(source: string): string | null {
+  const open: { start: number; ambiguous: boolean }[] = [];
+  let ambiguous = false;
+  for (let i = 0; i < source.length; i++) {
+    const char = source[i];
+    if (char === '\\') {
+      i++;
+    } else if (char === '[') {
+      while (i < source.length && source[i] !== ']') i += source[i] === '\\' ? 2 : 1;
+    } else if (char === '(') {
+      open.push({ start: i, ambiguous });
+      ambiguous = false;
+    } else if (char === '|' || char === '*' || char === '+' || char === '{' || (char === '?' && source[i - 1] !== '(')) {
+      ambiguous = true;
+    } else if (char === ')' && open.length > 0) {
+      const group = open.pop()!;
+      const next = source[i + 1];
+      if (ambiguous && (next === '*' || next === '+' || next === '{')) return `group ${source.slice(group.start, i + 2)}`;
+      ambiguous ||= group.ambiguous;
+    }
+  }
+  return null;
 }
 
 const fullMatch = (source: string) => `^(?:${source})$`;

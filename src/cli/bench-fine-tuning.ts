@@ -1,6 +1,6 @@
 /**
- * Fine-tuning beside serving, measured in one run through the real HTTP API (gateway and trainer sidecar in this
- * process, training on its own worker thread):
+ * Fine-tuning beside serving, measured in one run through the real HTTP API (the gateway in this process, the
+ * trainer sidecar as its own process, as `npm start` runs it):
  *   - serving slowdown: base-model decode throughput of concurrent streams while a fine-tuning job runs, against
  *     the same load with the trainer idle, in interleaved trial pairs (ratio per pair, median and spread);
  *   - publish latency: from the first API response reporting a job `succeeded` to the first successful chat
@@ -14,8 +14,8 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import OpenAI, { toFile } from 'openai';
 import { startGateway } from '../gateway/server.ts';
-import { startTrainer } from '../training/service/trainer-service.ts';
-import { loadTrainerSettings } from '../training/service/trainer-settings.ts';
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 
 const log = (message: string) => process.stderr.write(`${message}\n`);
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
@@ -40,9 +40,11 @@ const dir = await mkdtemp(join(tmpdir(), 'bench-fine-tuning-'));
 const shared = { MODEL_PATH: values.model, ADAPTERS_DIR: join(dir, 'adapters'), TRAINING_DIR: join(dir, 'training'), LOG_LEVEL: 'warn' };
 await writeFile(join(dir, 'tenants.json'), JSON.stringify({ tenants: { bench: { keys: [{ key: 'sk-bench' }], limits: { tokens_per_minute: 1e9, max_concurrent_requests: 64 } } } }));
 const gateway = await startGateway({ ...shared, PORT: '0', ENGINE_THREADS: values['engine-threads'], GATEWAY_CONFIG: join(dir, 'tenants.json') });
-const trainer = await startTrainer(
-  loadTrainerSettings({ ...shared, TRAINER_PORT: '0', TRAINER_THREADS: values['trainer-threads'], TRAINER_POLL_MS: '20', TRAINER_CHECKPOINT_STEPS: '1000000' }),
-);
+const trainer = spawn(process.execPath, [...process.execArgv, fileURLToPath(new URL('../trainer-main.ts', import.meta.url))], {
+  env: { ...process.env, ...shared, TRAINER_PORT: '0', TRAINER_THREADS: values['trainer-threads'], TRAINER_POLL_MS: '20', TRAINER_CHECKPOINT_STEPS: '1000000' },
+  stdio: ['ignore', 'ignore', 'inherit'],
+});
+const trainerExited = new Promise((resolve) => trainer.once('exit', resolve));
 const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'sk-bench', maxRetries: 0 });
 const base = gateway.services.models.baseName;
 
@@ -89,14 +91,23 @@ try {
   }
 
   const latencies: number[] = [];
+  const baseChats: number[] = [];
   for (let trial = 0; trial < trials; trial++) {
     const job = await createJob(1);
     const done = await waitFor(job.id, (j) => FINISHED.has(j.status), 5);
     if (done.status !== 'succeeded') throw new Error(`job ${job.id} ended ${done.status}: ${JSON.stringify(done.error)}`);
-    const seen = performance.now();
-    await client.chat.completions.create({ model: done.fine_tuned_model!, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 1 });
-    latencies.push((performance.now() - seen) / 1000);
-    log(`trial ${trial + 1}: first chat on ${done.fine_tuned_model} ${(latencies.at(-1)! * 1000).toFixed(0)} ms after the job reported succeeded`);
+    const chat = async (model: string) => {
+      const started = performance.now();
+      await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 1 });
+      return (performance.now() - started) / 1000;
+    };
+    latencies.push(await chat(done.fine_tuned_model!));
+    // The same request on the base model right after: what a chat costs on this machine at this moment.
+    baseChats.push(await chat(base));
+    log(
+      `trial ${trial + 1}: first chat on ${done.fine_tuned_model} ${(latencies.at(-1)! * 1000).toFixed(0)} ms after the job reported ` +
+        `succeeded (the same chat on the base model: ${(baseChats.at(-1)! * 1000).toFixed(0)} ms)`,
+    );
   }
 
   const report = {
@@ -112,14 +123,19 @@ try {
       trainingTokensPerSecond: busyRates,
     },
     succeededToFirstChatSeconds: { median: median(latencies), max: Math.max(...latencies), all: latencies },
+    baseChatSeconds: { median: median(baseChats), all: baseChats },
   };
   if (values.json) process.stdout.write(`${JSON.stringify(report)}\n`);
   else {
     log(`serving while a job trains: ×${report.servingWhileTraining.ratioMedian.toFixed(2)} of idle (pairs ${report.servingWhileTraining.ratioMin.toFixed(2)}–${report.servingWhileTraining.ratioMax.toFixed(2)})`);
-    log(`succeeded → first chat: median ${(report.succeededToFirstChatSeconds.median * 1000).toFixed(0)} ms, max ${(report.succeededToFirstChatSeconds.max * 1000).toFixed(0)} ms`);
+    log(
+      `succeeded → first chat: median ${(report.succeededToFirstChatSeconds.median * 1000).toFixed(0)} ms, max ` +
+        `${(report.succeededToFirstChatSeconds.max * 1000).toFixed(0)} ms (base-model chat: median ${(report.baseChatSeconds.median * 1000).toFixed(0)} ms)`,
+    );
   }
 } finally {
-  await trainer.close();
+  trainer.kill('SIGTERM');
+  await trainerExited;
   await gateway.close(1000);
   await rm(dir, { recursive: true, force: true });
 }

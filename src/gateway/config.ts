@@ -336,9 +336,11 @@ async function readTenantsFile(file: string): Promise<{ adminKeyDigests: Buffer[
   let document: unknown;
   try {
     // Plain errors, not pretty ones: a pretty error quotes the offending line, which may hold a plaintext key.
-    document = parseYaml(text, { lineCounter, prettyErrors: false });
+    // Silent: the parser's warnings would go to stderr quoting the file, which holds keys.
+    document = parseYaml(text, { lineCounter, prettyErrors: false, logLevel: 'error' });
   } catch (error) {
-    if (!(error instanceof YAMLError)) throw error;
+    // The parser also throws plain errors (an alias to an anchor that does not exist is a ReferenceError).
+    if (!(error instanceof YAMLError)) throw new ConfigError(`${file}: not valid YAML or JSON: ${(error as Error).message}`);
     const { line, col } = lineCounter.linePos(error.pos[0]);
     throw new ConfigError(`${file}:${line}:${col}: not valid YAML or JSON: ${error.message}`);
   }

@@ -12,7 +12,7 @@ import {
   type EncodeOptions,
   type Tokenizer,
 } from './tokenizer.ts';
-import { readJsonIfPresent, readTextIfPresent } from '../storage/json-files.ts';
+import { isJsonObject, readJsonIfPresent, readTextIfPresent } from '../storage/json-files.ts';
 
 interface AddedTokenJson {
   id: number;
@@ -40,7 +40,30 @@ export async function loadHuggingFaceTokenizer(dir: string, eosTokenIds: number[
     );
   }
   const tokenizerConfig = (await readTokenizerConfig(dir)) ?? {};
-  return new HuggingFaceTokenizer(tokenizerJson as TokenizerJson, tokenizerConfig, eosTokenIds);
+  if (!isJsonObject(tokenizerJson)) throw new Error(`${join(dir, 'tokenizer.json')} must hold a JSON object; re-export the tokenizer`);
+  checkTokenIds(tokenizerJson, join(dir, 'tokenizer.json'));
+  try {
+    return new HuggingFaceTokenizer(tokenizerJson as TokenizerJson, tokenizerConfig, eosTokenIds);
+  } catch (error) {
+    // The tokenizers library reports a malformed file with whatever failed inside it (often a TypeError).
+    throw new Error(`${join(dir, 'tokenizer.json')} cannot be used as a tokenizer (${(error as Error).message}); re-export the tokenizer`, { cause: error });
+  }
+}
+
+/**
+ * Tables indexed by token id are sized by the largest id (here and inside the tokenizers library): a stray huge
+ * id must be refused before it allocates gigabytes.
+ */
+function checkTokenIds(json: Record<string, unknown>, path: string): void {
+  const model = isJsonObject(json.model) ? json.model : {};
+  const vocab = isJsonObject(model.vocab) ? Object.values(model.vocab) : [];
+  const added = Array.isArray(json.added_tokens) ? json.added_tokens.map((token) => (isJsonObject(token) ? token.id : undefined)) : [];
+  const ids = [...vocab, ...added];
+  const bound = Math.max(2 * ids.length, 1024);
+  const stray = ids.find((id) => id !== undefined && !(Number.isInteger(id) && (id as number) >= 0 && (id as number) < bound));
+  if (stray !== undefined) {
+    throw new Error(`${path} holds token id ${JSON.stringify(stray)}, not a number below ${bound} for its ${ids.length} tokens; ids must number the tokens from 0`);
+  }
 }
 
 /**
@@ -48,7 +71,9 @@ export async function loadHuggingFaceTokenizer(dir: string, eosTokenIds: number[
  * `chat_template.jinja` instead; it is folded in as `chat_template` so callers see one shape.
  */
 export async function readTokenizerConfig(dir: string): Promise<Record<string, unknown> | null> {
-  const config = ((await readJsonIfPresent(join(dir, 'tokenizer_config.json'))) ?? null) as Record<string, unknown> | null;
+  const configPath = join(dir, 'tokenizer_config.json');
+  const config = (await readJsonIfPresent(configPath)) ?? null;
+  if (config !== null && !isJsonObject(config)) throw new Error(`${configPath} must hold a JSON object; re-export the tokenizer`);
   const templateFile = await readTextIfPresent(join(dir, 'chat_template.jinja'));
   if (templateFile === null) return config;
   return { ...config, chat_template: templateFile };
