@@ -4,6 +4,7 @@
  */
 import { startGateway } from './gateway/server.ts';
 import { superviseTrainer } from './training/service/trainer-child.ts';
+import { shutdownOnSignals } from './shutdown-on-signals.ts';
 
 try {
   const gateway = await startGateway(process.env);
@@ -12,20 +13,7 @@ try {
     settings.training.trainer === 'child'
       ? superviseTrainer({ ...process.env, MODEL_PATH: gateway.modelPath, MODEL_NAME: models.baseName }, logger)
       : undefined;
-  let signals = 0;
-  const stop = (signal: string) => {
-    if (++signals > 1) process.exit(1);
-    process.stderr.write(`${signal}: finishing in-flight requests, then exiting\n`);
-    Promise.all([gateway.close(), trainer?.stop()]).then(
-      () => process.exit(0),
-      (error: Error) => {
-        process.stderr.write(`shutdown failed: ${error.message}\n`);
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGINT', () => stop('SIGINT'));
-  process.on('SIGTERM', () => stop('SIGTERM'));
+  shutdownOnSignals(() => Promise.all([gateway.close(), trainer?.stop()]), 'finishing in-flight requests, then exiting');
 } catch (error) {
   process.stderr.write(`error: ${(error as Error).message}\n`);
   process.exit(1);

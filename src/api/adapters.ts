@@ -16,6 +16,7 @@ import type { AdapterSummary } from '../gateway/model-resolver.ts';
 import type { GatewayEnv, GatewayServices } from '../gateway/services.ts';
 import { checkAdapterRef, formatAdapterId, StoreError, type AdapterRef, type StoreErrorCode } from '../registry/adapter-names.ts';
 import { ADAPTER_README_FILE, type AdapterRecord, type InvalidAdapterVersion } from '../registry/adapter-store.ts';
+import { readMultipartForm } from './multipart.ts';
 
 type VersionRecord = AdapterRecord<AdapterSummary>;
 
@@ -167,14 +168,7 @@ function adapterNotFound(ref: AdapterRef): ApiError {
 }
 
 async function readUpload(c: Context<GatewayEnv>): Promise<{ files: Map<string, Uint8Array>; version?: string }> {
-  const mediaType = c.req.header('content-type')?.split(';')[0].trim().toLowerCase();
-  if (mediaType !== 'multipart/form-data') throw invalidRequest(UPLOAD_HELP, null, 'invalid_upload');
-  let form: FormData;
-  try {
-    form = await c.req.formData();
-  } catch {
-    throw invalidRequest(`The multipart body could not be parsed. ${UPLOAD_HELP}`, null, 'invalid_upload');
-  }
+  const form = await readMultipartForm(c, UPLOAD_HELP);
   const files = new Map<string, Uint8Array>();
   let version: string | undefined;
   for (const [field, value] of form) {

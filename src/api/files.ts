@@ -14,6 +14,7 @@ import { DatasetError } from '../training/data/jsonl-examples.ts';
 import type { StoredFile, TrainingFileStore } from '../training/jobs/file-store.ts';
 import { isId, newestFirst } from '../training/jobs/training-dir.ts';
 import { listPage } from './list-page.ts';
+import { readMultipartForm } from './multipart.ts';
 
 const UPLOAD_HELP = 'Upload multipart/form-data with a "file" field holding the JSONL dataset and a "purpose" field set to "fine-tune".';
 
@@ -95,14 +96,7 @@ export async function findFile(files: TrainingFileStore, principal: Principal, i
 }
 
 async function readUpload(c: Context<GatewayEnv>): Promise<{ file: Uint8Array; filename: string }> {
-  const mediaType = c.req.header('content-type')?.split(';')[0].trim().toLowerCase();
-  if (mediaType !== 'multipart/form-data') throw invalidRequest(UPLOAD_HELP, null, 'invalid_upload');
-  let form: FormData;
-  try {
-    form = await c.req.formData();
-  } catch {
-    throw invalidRequest(`The multipart body could not be parsed. ${UPLOAD_HELP}`, null, 'invalid_upload');
-  }
+  const form = await readMultipartForm(c, UPLOAD_HELP);
   const purpose = form.get('purpose');
   if (purpose !== 'fine-tune') {
     throw invalidRequest(`Invalid value for 'purpose': this server stores only "fine-tune" files. ${UPLOAD_HELP}`, 'purpose', 'invalid_value');
