@@ -15,7 +15,7 @@ import type { FineTuningJob as StoredJob } from '../src/training/jobs/job-store.
 import { JobStore } from '../src/training/jobs/job-store.ts';
 import { TrainingDir } from '../src/training/jobs/training-dir.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
-import { asJsonl, madeUpWordStories, startTestTrainer, waitForJob } from './support/fine-tuning.ts';
+import { asJsonl, madeUpWordStories, startTestTrainer, trainerTestEnv, waitForJob } from './support/fine-tuning.ts';
 import { REPO_ROOT, STORIES_HF_DIR } from './support/models.ts';
 
 let gateway: TestGateway;
@@ -101,12 +101,7 @@ function trainerProcess(env: Record<string, string>): { child: ChildProcess; exi
     cwd: REPO_ROOT,
     env: {
       ...process.env,
-      MODEL_PATH: STORIES_HF_DIR,
-      ADAPTERS_DIR: gateway.adaptersDir,
-      TRAINING_DIR: gateway.trainingDir,
-      TRAINER_THREADS: '1',
-      TRAINER_PORT: '0',
-      TRAINER_POLL_MS: '20',
+      ...trainerTestEnv(gateway),
       TRAINER_ID: 'killed-trainer',
       LOG_LEVEL: 'warn',
       ...env,

@@ -30,6 +30,18 @@ export function madeUpWordStories(count: number, offset = 0): string[] {
 
 export const asJsonl = (texts: string[]) => texts.map((text) => JSON.stringify({ text })).join('\n') + '\n';
 
+/** The trainer settings every test trainer shares, in-process or as its own process: stories260K, the test gateway's store. */
+export function trainerTestEnv(gateway: TestGateway): Record<string, string> {
+  return {
+    MODEL_PATH: STORIES_HF_DIR,
+    ADAPTERS_DIR: gateway.adaptersDir,
+    TRAINING_DIR: gateway.trainingDir,
+    TRAINER_THREADS: '1',
+    TRAINER_PORT: '0',
+    TRAINER_POLL_MS: '20',
+  };
+}
+
 export interface TestTrainer extends RunningTrainer {
   spans: InMemorySpanExporter;
   logs: string[];
@@ -44,17 +56,7 @@ export async function startTestTrainer(
   const spans = new InMemorySpanExporter();
   const logs: string[] = [];
   const trainer = await startTrainer(
-    loadTrainerSettings({
-      MODEL_PATH: STORIES_HF_DIR,
-      ADAPTERS_DIR: gateway.adaptersDir,
-      TRAINING_DIR: gateway.trainingDir,
-      TRAINER_THREADS: '1',
-      TRAINER_PORT: '0',
-      TRAINER_POLL_MS: '20',
-      TRAINER_ID: 'test-trainer',
-      LOG_LEVEL: 'debug',
-      ...env,
-    }),
+    loadTrainerSettings({ ...trainerTestEnv(gateway), TRAINER_ID: 'test-trainer', LOG_LEVEL: 'debug', ...env }),
     { traceExporter: spans, writeLog: (line) => logs.push(line), onJobProgress },
   );
   return { ...trainer, spans, logs };
