@@ -6,9 +6,11 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile, truncate, writeFile } from 'node:fs/promises';
+import { readFile, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { bottleneckAdapterFiles, randomBottleneckAdapter } from '../src/adapters/bottleneck-writer.ts';
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
+import { ia3AdapterFiles, promptLearningAdapterFiles, randomIa3Adapter, randomPromptLearningAdapter } from '../src/adapters/peft-writers.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
@@ -99,4 +101,47 @@ test('a truncated file is caught by the next scan, with the same answer, log and
   // Everything else keeps serving.
   assert.equal((await status(`${BASE_MODEL}+acme/healthy@${healthy.version}`)).status, 200);
   assert.equal((await status(BASE_MODEL)).status, 200);
+});
+
+test('a gateway starting on a store lists every family from the manifests without reading any weights', async () => {
+  const c = gateway.services.engine.info.config;
+  const families = {
+    lora: loraAdapterFiles(randomLoraAdapter(c, { rank: 4, targetModules: ['q_proj'], seed: 4 })),
+    dora: loraAdapterFiles(randomLoraAdapter(c, { rank: 4, targetModules: ['q_proj'], seed: 5, dora: true })),
+    ia3: ia3AdapterFiles(randomIa3Adapter(c, { targetModules: ['k_proj', 'down_proj'], feedforwardModules: ['down_proj'], seed: 6 })),
+    prompt_tuning: promptLearningAdapterFiles(randomPromptLearningAdapter(c, { peftType: 'PROMPT_TUNING', virtualTokens: 3, seed: 7 }), c),
+    prefix_tuning: promptLearningAdapterFiles(randomPromptLearningAdapter(c, { peftType: 'PREFIX_TUNING', virtualTokens: 3, seed: 8 }), c),
+    seq_bn: bottleneckAdapterFiles(randomBottleneckAdapter(c, { kind: 'seq_bn', seed: 9, options: { reduction_factor: 16 } }), c),
+    double_seq_bn: bottleneckAdapterFiles(randomBottleneckAdapter(c, { kind: 'double_seq_bn', seed: 10, options: { reduction_factor: 16 } }), c),
+    par_bn: bottleneckAdapterFiles(randomBottleneckAdapter(c, { kind: 'par_bn', seed: 11, options: { reduction_factor: 16 } }), c),
+  };
+  for (const [family, files] of Object.entries(families)) {
+    const record = await gateway.services.store.publish('acme', `family-${family.replaceAll('_', '-')}`, files);
+    assert.equal(record.summary.family, family);
+    // Weights no parser accepts, of the same size and mtime: a start that read or validated them could not list them.
+    const weightsName = Object.keys(record.files).find((name) => name.endsWith('.safetensors'))!;
+    const weights = join(record.path, weightsName);
+    const before = await stat(weights);
+    await writeFile(weights, Buffer.alloc(before.size, 0xff));
+    await utimes(weights, before.atime, before.mtime);
+  }
+
+  const restarted = await startTestGateway({}, { ADAPTERS_DIR: gateway.adaptersDir });
+  try {
+    const { store } = restarted.services;
+    assert.deepEqual(store.listInvalid().filter((entry) => entry.adapter.startsWith('family-')), []);
+    for (const family of Object.keys(families)) {
+      assert.equal(store.resolve('acme', `family-${family.replaceAll('_', '-')}`)?.summary.family, family);
+    }
+    // Reading them is where the change is found.
+    const response = await fetch(`${restarted.url}/v1/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${KEYS.acme}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model: `${BASE_MODEL}+acme/family-seq-bn`, prompt: 'Once upon a time', max_tokens: 2 }),
+    });
+    assert.equal(response.status, 503);
+    assert.equal(((await response.json()) as { error: { code: string } }).error.code, 'adapter_unavailable');
+  } finally {
+    await restarted.stop();
+  }
 });

@@ -17,6 +17,23 @@ import { parsePromptLearningAdapter, type PrefixAdapter, type SoftPromptAdapter 
 export type Adapter = LoraAdapter | Ia3Adapter | SoftPromptAdapter | PrefixAdapter | BottleneckAdapter;
 export type AdapterFamily = Adapter['family'];
 
+/** Every family, as named in summaries; a Record so that adding a family to `Adapter` without it fails to compile. */
+const FAMILIES: Record<AdapterFamily, true> = {
+  lora: true,
+  dora: true,
+  ia3: true,
+  prompt_tuning: true,
+  p_tuning: true,
+  prefix_tuning: true,
+  seq_bn: true,
+  double_seq_bn: true,
+  par_bn: true,
+};
+
+export function isAdapterFamily(name: unknown): name is AdapterFamily {
+  return typeof name === 'string' && Object.hasOwn(FAMILIES, name);
+}
+
 /** The weights files of the two formats; a version holds the one its config calls for. */
 export const ADAPTER_WEIGHTS_FILES = [ADAPTER_WEIGHTS_FILE, BOTTLENECK_WEIGHTS_FILE] as const;
 

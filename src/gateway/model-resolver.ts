@@ -10,24 +10,26 @@ import type { Principal } from './auth.ts';
 import { adapterUnavailable, modelNotFound } from './errors.ts';
 
 export type { AdapterSummary } from '../adapters/adapter.ts';
-import type { AdapterSummary } from '../adapters/adapter.ts';
+import { isAdapterFamily, type AdapterSummary } from '../adapters/adapter.ts';
 
 /**
- * The summary a manifest carries, if it is a well-formed LoRA summary within this server's MAX_LORA_RANK; else
- * undefined, and the store runs the validator (the other families' checks need their files).
+ * The summary a manifest carries, if it is well-formed and within what this server serves (MAX_LORA_RANK, room
+ * for a prompt after the virtual tokens); else undefined, and the store runs the validator. Trusting it keeps
+ * start-up from reading any stored weights, whatever the family: the engine's loader verifies the checksums and
+ * checks the weights against the base model when it first reads a version, and refuses it then if they do not fit.
  */
-export function readAdapterSummary(value: unknown, maxLoraRank: number): AdapterSummary | undefined {
+export function readAdapterSummary(value: unknown, limits: { maxLoraRank: number; maxPositions: number }): AdapterSummary | undefined {
   if (typeof value !== 'object' || value === null) return undefined;
   const { family, rank, targetModules, virtualTokens, bytes } = value as Partial<Record<keyof AdapterSummary, unknown>>;
   const count = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;
   const valid =
-    family === 'lora' &&
+    isAdapterFamily(family) &&
     count(rank) &&
-    rank >= 1 &&
-    rank <= maxLoraRank &&
+    rank <= limits.maxLoraRank &&
     Array.isArray(targetModules) &&
     targetModules.every((m) => typeof m === 'string') &&
-    virtualTokens === 0 &&
+    count(virtualTokens) &&
+    virtualTokens < limits.maxPositions - 1 &&
     count(bytes);
   return valid ? { family, rank, targetModules: targetModules as string[], virtualTokens, bytes } : undefined;
 }

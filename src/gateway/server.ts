@@ -75,9 +75,9 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   const store = new AdapterStore<AdapterSummary>({
     root: settings.adaptersDir,
     validate: adapterValidator(config, settings.engine.maxLoraRank),
-    // Trusting the manifest's summary keeps start-up from reading every stored adapter; the engine's loader
+    // Trusting the manifest's summary keeps start-up from reading any stored weights; the engine's loader
     // verifies the checksums when it first reads a version.
-    readSummary: (value) => readAdapterSummary(value, settings.engine.maxLoraRank),
+    readSummary: (value) => readAdapterSummary(value, { maxLoraRank: settings.engine.maxLoraRank, maxPositions: config.maxPositions }),
   });
   // A removed or replaced version must never be served from a cache again.
   store.on('removed', (ref) => engine.evictAdapter(ref.id));

@@ -116,7 +116,7 @@ export class AdapterPublisher<Summary> {
         );
       }
       await writeVisibility(adapterDir, isPublic, layout.stagingDir);
-      await readVisibility(catalog.adapterState(tenant, adapter), adapterDir);
+      readVisibility(catalog.adapterState(tenant, adapter), adapterDir);
     });
   }
 
@@ -161,9 +161,9 @@ export class AdapterPublisher<Summary> {
       await syncDirectory(adapterDir);
 
       const state = catalog.adapterState(tenant, adapter);
-      await readVisibility(state, adapterDir);
+      readVisibility(state, adapterDir);
       const published = servableVersion(state, version, target, manifest, job.summary);
-      const fingerprint = await fingerprintVersion(target);
+      const fingerprint = fingerprintVersion(target);
       if (fingerprint) published.fingerprint = joinFingerprint(fingerprint);
       catalog.apply(state, version, published);
       return publicRecord(published, state);
@@ -174,7 +174,7 @@ export class AdapterPublisher<Summary> {
 /** One past the highest integer among the directory's entries (valid or not), so no existing entry is reused. */
 async function nextIntegerVersion(adapterDir: string): Promise<string> {
   let highest = 0;
-  for (const entry of await readdirIfPresent(adapterDir)) {
+  for (const entry of readdirIfPresent(adapterDir)) {
     if (isIntegerVersion(entry.name)) highest = Math.max(highest, Number(entry.name));
   }
   return String(highest + 1);

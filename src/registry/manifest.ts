@@ -2,13 +2,12 @@
  * `manifest.json`, written last into every servable version directory: which files make the version, with their
  * sizes and checksums, and what the validator reported. README.md beside this file describes the format.
  */
-import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ADAPTER_WEIGHTS_FILES } from '../adapters/adapter.ts';
 import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
 import { isJsonObject } from '../storage/json-files.ts';
 import { StoreError } from './adapter-names.ts';
-import { ignoreMissing, parseJson, statFingerprint, type FileDigest } from './store-files.ts';
+import { lstatIfPresent, parseJson, statFingerprint, type FileDigest } from './store-files.ts';
 
 export type { FileDigest } from './store-files.ts';
 
@@ -89,14 +88,11 @@ export interface VersionFingerprint {
   manifest: string;
 }
 
-export async function fingerprintVersion(dir: string): Promise<VersionFingerprint | null> {
-  const info = await lstat(dir).catch(ignoreMissing);
-  if (!info?.isDirectory()) return null;
+export function fingerprintVersion(dir: string): VersionFingerprint | null {
+  if (!lstatIfPresent(dir)?.isDirectory()) return null;
   const adapterFiles: string[] = [];
-  for (const name of ADAPTER_FILES) {
-    adapterFiles.push(`${name}=${statFingerprint(await lstat(join(dir, name)).catch(ignoreMissing))}`);
-  }
-  const manifest = statFingerprint(await lstat(join(dir, MANIFEST_FILE)).catch(ignoreMissing));
+  for (const name of ADAPTER_FILES) adapterFiles.push(`${name}=${statFingerprint(lstatIfPresent(join(dir, name)))}`);
+  const manifest = statFingerprint(lstatIfPresent(join(dir, MANIFEST_FILE)));
   return { adapterFiles: adapterFiles.join(','), manifest };
 }
 

@@ -1,10 +1,15 @@
 /**
  * File-system primitives of the adapter store: opening files without following links, digests, small reads,
  * stat fingerprints and listing. They know nothing about adapters.
+ *
+ * Listing, stat fingerprints and small reads are synchronous: a scan makes about ten such calls per stored
+ * version, and through the promise API each one is a trip to libuv's thread pool that costs several times the
+ * system call itself (10,000 `lstat`s measured 1.1–1.8 s one after another with promises, 0.4 s synchronously,
+ * on a loaded machine). The scanner yields to the event loop between slices of work (see store-scanner.ts).
  */
 import { createHash } from 'node:crypto';
-import { constants, type Dirent } from 'node:fs';
-import { lstat, open, readdir, type FileHandle } from 'node:fs/promises';
+import { closeSync, constants, fstatSync, lstatSync, openSync, readdirSync, readSync, type Dirent, type Stats } from 'node:fs';
+import { lstat, open, type FileHandle } from 'node:fs/promises';
 import { isAbsolute, join, relative, sep } from 'node:path';
 import { isJsonObject } from '../storage/json-files.ts';
 import { StoreError } from './adapter-names.ts';
@@ -54,14 +59,32 @@ export async function digestFile(path: string): Promise<FileDigest | null> {
   }
 }
 
-export async function readSmallFile(path: string, maxBytes: number): Promise<string | null> {
-  const opened = await openRegularFile(path);
-  if (!opened) return null;
+/** A small file's text (a manifest, a config), opened without following a link; null when it does not exist. */
+export function readSmallFile(path: string, maxBytes: number): string | null {
+  let fd: number;
   try {
-    if (opened.size > maxBytes) throw new StoreError('invalid_file', `${path} is larger than ${maxBytes} bytes`);
-    return await opened.handle.readFile('utf8');
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  } catch (err) {
+    if (errorCode(err) === 'ENOENT') return null;
+    if (errorCode(err) === 'ELOOP') {
+      throw new StoreError('unsafe_path', `${path} is a symbolic link; put the file itself in the version directory`);
+    }
+    throw err;
+  }
+  try {
+    const info = fstatSync(fd);
+    if (!info.isFile()) throw new StoreError('invalid_file', `${path} is not a regular file`);
+    if (info.size > maxBytes) throw new StoreError('invalid_file', `${path} is larger than ${maxBytes} bytes`);
+    const buffer = Buffer.allocUnsafe(info.size);
+    let filled = 0;
+    while (filled < buffer.length) {
+      const read = readSync(fd, buffer, filled, buffer.length - filled, null);
+      if (read === 0) break;
+      filled += read;
+    }
+    return buffer.toString('utf8', 0, filled);
   } finally {
-    await opened.handle.close();
+    closeSync(fd);
   }
 }
 
@@ -89,7 +112,7 @@ export async function newestMtime(path: string): Promise<number | null> {
   if (!info) return null;
   let newest = info.mtimeMs;
   if (info.isDirectory()) {
-    for (const entry of await readdirIfPresent(path)) {
+    for (const entry of readdirIfPresent(path)) {
       const child = await lstat(join(path, entry.name)).catch(ignoreMissing);
       if (child) newest = Math.max(newest, child.mtimeMs);
     }
@@ -97,13 +120,18 @@ export async function newestMtime(path: string): Promise<number | null> {
   return newest;
 }
 
-export async function readdirIfPresent(path: string): Promise<Dirent[]> {
+export function readdirIfPresent(path: string): Dirent[] {
   try {
-    return await readdir(path, { withFileTypes: true });
+    return readdirSync(path, { withFileTypes: true });
   } catch (err) {
     if (errorCode(err) === 'ENOENT') return [];
     throw err;
   }
+}
+
+/** lstat, or null when nothing is there. */
+export function lstatIfPresent(path: string): Stats | null {
+  return lstatSync(path, { throwIfNoEntry: false }) ?? null;
 }
 
 export async function pathExists(path: string): Promise<boolean> {

@@ -5,9 +5,9 @@
  */
 import type { EventEmitter } from 'node:events';
 import type { Dirent } from 'node:fs';
-import { readdir, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isValidName, isValidVersion } from './adapter-names.ts';
+import { isValidName, isValidVersion, VISIBILITY_FILE } from './adapter-names.ts';
 import {
   adapterKey,
   invalidVersion,
@@ -33,6 +33,12 @@ export interface StoreScannerOptions<Summary> {
   stagingMaxAgeMs: number;
 }
 
+/**
+ * The file-system calls of a scan are synchronous (see store-files.ts); after this much work in one go the scan
+ * lets the event loop run, so a scan of a large store delays requests by at most about this long.
+ */
+const SLICE_MS = 10;
+
 export class StoreScanner<Summary> {
   constructor(private readonly options: StoreScannerOptions<Summary>) {}
 
@@ -43,12 +49,13 @@ export class StoreScanner<Summary> {
     const seen = new Set<string>();
     // An unreadable directory must not look like a deleted one: versions are only forgotten after a full listing.
     let complete = true;
-    for (const tenantEntry of await readdir(layout.root, { withFileTypes: true })) {
+    let sliceStart = performance.now();
+    for (const tenantEntry of readdirIfPresent(layout.root)) {
       if (!tenantEntry.isDirectory() || !isValidName(tenantEntry.name)) continue;
       const tenant = tenantEntry.name;
       let adapterEntries: Dirent[];
       try {
-        adapterEntries = await readdirIfPresent(layout.pathInside(tenant));
+        adapterEntries = readdirIfPresent(layout.pathInside(tenant));
       } catch (err) {
         complete = false;
         events.emit('scanFailed', asError(err));
@@ -63,6 +70,10 @@ export class StoreScanner<Summary> {
         } catch (err) {
           events.emit('scanFailed', asError(err));
         }
+        if (performance.now() - sliceStart >= SLICE_MS) {
+          await new Promise((resolve) => setImmediate(resolve));
+          sliceStart = performance.now();
+        }
       }
     }
     if (complete) catalog.forgetAllBut(seen);
@@ -72,9 +83,10 @@ export class StoreScanner<Summary> {
     const { layout, catalog } = this.options;
     const adapterDir = layout.pathInside(tenant, adapter);
     const state = catalog.adapterState(tenant, adapter);
-    await readVisibility(state, adapterDir);
+    const entries = readdirIfPresent(adapterDir);
+    readVisibility(state, adapterDir, entries.some((entry) => entry.name === VISIBILITY_FILE));
     const present = new Set<string>();
-    for (const entry of await readdirIfPresent(adapterDir)) {
+    for (const entry of entries) {
       const version = entry.name;
       if (!isValidVersion(version)) continue;
       const path = layout.pathInside(tenant, adapter, version);
@@ -94,19 +106,27 @@ export class StoreScanner<Summary> {
   /** Verifies a version directory whose files changed since it was last seen. False if it vanished meanwhile. */
   private async examineVersion(state: AdapterState<Summary>, version: string, path: string): Promise<boolean> {
     const { catalog, verifier } = this.options;
-    const before = await fingerprintVersion(path);
+    const before = fingerprintVersion(path);
     if (!before) return false;
     if (state.versions.get(version)?.fingerprint === joinFingerprint(before)) return true;
     let next: VersionState<Summary>;
     try {
-      next = await verifier.verify(state, version, path);
+      const verified = await verifier.verify(state, version, path);
+      next = verified.state;
+      if (!verified.readFiles) {
+        // Only the manifest was read, just now: the fingerprint taken before stands for what was checked. A file
+        // that changed meanwhile has a new fingerprint, so the next scan checks the version again.
+        next.fingerprint = joinFingerprint(before);
+        catalog.apply(state, version, next);
+        return true;
+      }
     } catch (err) {
       // Recorded against what was there before, so anything that changed meanwhile is checked again next scan.
       const altered = err instanceof AlteredFileError ? err.file : undefined;
       catalog.apply(state, version, invalidVersion(state, version, path, joinFingerprint(before), errorMessage(err), altered));
       return true;
     }
-    const after = await fingerprintVersion(path);
+    const after = fingerprintVersion(path);
     if (!after) return false;
     // A manifest may have appeared (written by adoption), but the files served must be exactly those verified.
     const changed =
@@ -128,7 +148,7 @@ export class StoreScanner<Summary> {
     const known = state?.versions.get(version);
     if (!state || known?.kind !== 'servable') return;
     const { path, files } = known.record;
-    const fingerprint = await fingerprintVersion(path);
+    const fingerprint = fingerprintVersion(path);
     if (!fingerprint) return;
     try {
       await checkVersionFiles(path, files);
@@ -142,13 +162,13 @@ export class StoreScanner<Summary> {
   private async sweep(): Promise<void> {
     const { layout, activeStaging, stagingMaxAgeMs } = this.options;
     const now = Date.now();
-    for (const entry of await readdirIfPresent(layout.stagingDir)) {
+    for (const entry of readdirIfPresent(layout.stagingDir)) {
       const path = join(layout.stagingDir, entry.name);
       if (activeStaging.has(path)) continue;
       const touched = await newestMtime(path);
       if (touched !== null && now - touched >= stagingMaxAgeMs) await rm(path, { recursive: true, force: true });
     }
-    for (const entry of await readdirIfPresent(layout.trashDir)) {
+    for (const entry of readdirIfPresent(layout.trashDir)) {
       await rm(join(layout.trashDir, entry.name), { recursive: true, force: true });
     }
   }

@@ -7,7 +7,7 @@
  * A directory without a manifest is checked in full (checksums computed, validator run) and adopted: the verifier
  * writes its manifest.
  */
-import { lstat, realpath } from 'node:fs/promises';
+import { realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomically } from '../storage/durable-files.ts';
 import { StoreError } from './adapter-names.ts';
@@ -22,7 +22,7 @@ import {
   serializeManifest,
   type Manifest,
 } from './manifest.ts';
-import { digestFile, ignoreMissing, isInside, readSmallFile, type FileDigest } from './store-files.ts';
+import { digestFile, isInside, lstatIfPresent, readSmallFile, type FileDigest } from './store-files.ts';
 import type { StoreLayout } from './store-layout.ts';
 
 /** A file of a published version no longer matches its manifest: altered after publishing. */
@@ -43,17 +43,20 @@ export class VersionVerifier<Summary> {
     private readonly readSummary: (value: unknown) => Summary | undefined,
   ) {}
 
-  /** The servable state of the version directory; throws what is wrong with it. */
-  async verify(state: AdapterState<Summary>, version: string, path: string): Promise<VersionState<Summary>> {
-    const real = await realpath(path);
+  /**
+   * The servable state of the version directory, and whether it was found by reading more than the manifest
+   * (adopted, or checked by the validator); throws what is wrong with it.
+   */
+  async verify(state: AdapterState<Summary>, version: string, path: string): Promise<{ state: VersionState<Summary>; readFiles: boolean }> {
+    const real = realpathSync.native(path);
     if (!isInside(this.layout.realRoot, real)) {
       throw new StoreError('unsafe_path', `${path} resolves to ${real}, outside ADAPTERS_DIR; it is not served`);
     }
-    const manifestText = await readSmallFile(join(path, MANIFEST_FILE), MAX_MANIFEST_BYTES);
-    if (manifestText === null) return this.adopt(state, version, path);
+    const manifestText = readSmallFile(join(path, MANIFEST_FILE), MAX_MANIFEST_BYTES);
+    if (manifestText === null) return { state: await this.adopt(state, version, path), readFiles: true };
     const manifest = parseManifest(manifestText, version);
     for (const [name, expected] of Object.entries(manifest.files)) {
-      const info = await lstat(join(path, name)).catch(ignoreMissing);
+      const info = lstatIfPresent(join(path, name));
       if (info === null) {
         throw new StoreError('invalid_file', `${name} is listed in ${MANIFEST_FILE} but missing; publish it again`);
       }
@@ -70,8 +73,9 @@ export class VersionVerifier<Summary> {
         );
       }
     }
-    const summary = this.readSummary(manifest.summary) ?? (await this.validate(path));
-    return servableVersion(state, version, path, manifest, summary);
+    const trusted = this.readSummary(manifest.summary);
+    const summary = trusted ?? (await this.validate(path));
+    return { state: servableVersion(state, version, path, manifest, summary), readFiles: trusted === undefined };
   }
 
   /** A version directory without a manifest (placed by hand or by an external publisher): check it and write one. */

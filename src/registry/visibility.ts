@@ -1,20 +1,27 @@
 /**
  * `visibility.json` beside an adapter's versions: whether tenants other than the owner may use it.
  */
-import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomically } from '../storage/durable-files.ts';
 import { VISIBILITY_FILE } from './adapter-names.ts';
 import type { AdapterState } from './adapter-catalog.ts';
 import { MAX_MANIFEST_BYTES } from './manifest.ts';
-import { ignoreMissing, parseJson, readSmallFile, statFingerprint } from './store-files.ts';
+import { lstatIfPresent, parseJson, readSmallFile, statFingerprint } from './store-files.ts';
 
-/** Reads the file into the adapter's state, unless it is unchanged since last read. */
-export async function readVisibility(state: AdapterState<unknown>, adapterDir: string): Promise<void> {
+/**
+ * Reads the file into the adapter's state, unless it is unchanged since last read. `listed` false says a listing
+ * of the adapter's directory just found no such file, which spares the scan a system call per adapter.
+ */
+export function readVisibility(state: AdapterState<unknown>, adapterDir: string, listed = true): void {
   const path = join(adapterDir, VISIBILITY_FILE);
-  const fingerprint = statFingerprint(await lstat(path).catch(ignoreMissing));
+  const fingerprint = statFingerprint(listed ? lstatIfPresent(path) : null);
   if (fingerprint === state.visibilityFingerprint) return;
-  const text = await readSmallFile(path, MAX_MANIFEST_BYTES).catch(() => null);
+  let text: string | null = null;
+  try {
+    text = readSmallFile(path, MAX_MANIFEST_BYTES);
+  } catch {
+    // Unreadable: private, as below.
+  }
   // Anything but a well-formed `{"public": true}` keeps the adapter private: the safe reading of a damaged file.
   state.isPublic = text !== null && parseJson(text)?.public === true;
   state.visibilityFingerprint = fingerprint;
