@@ -1,16 +1,12 @@
 /**
  * The stall-free section of `npm run bench`: what newcomers do to streams already decoding, how much later a
- * never-used adapter gives its first token than a resident one, and how long start-up takes (the engine on the
- * benchmark model, and listing a store of 10,000 adapters against an empty one). Every figure is a ratio or a
- * difference between cases run interleaved in this run.
+ * never-used adapter gives its first token than a resident one. Every figure is a ratio or a difference between
+ * cases run interleaved in this run. (Start-up is measured by bench-startup.ts.)
  */
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createHash } from 'node:crypto';
 import { Engine } from '../engine/engine.ts';
 import { DEFAULT_PREFILL_TOKEN_BUDGET, type AdapterRef, type EngineOptions } from '../engine/protocol.ts';
-import { AdapterStore } from '../registry/adapter-store.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { median, round } from './bench-stats.ts';
 
@@ -95,67 +91,11 @@ async function firstToken(engine: Engine, adapter: AdapterRef): Promise<number> 
   return first - started;
 }
 
-/** A store of `count` versions with manifests and adapter files of the sizes listed (contents never read). */
-async function ensureLargeStore(root: string, count: number, log: (message: string) => void): Promise<void> {
-  const marker = join(root, `.complete-${count}`);
-  if (existsSync(marker)) return;
-  log(`writing a store of ${count} adapter versions into ${root} ...`);
-  await rm(root, { recursive: true, force: true });
-  const config = Buffer.from(JSON.stringify({ peft_type: 'LORA', r: 16, lora_alpha: 32, target_modules: ['q_proj'] }));
-  const weights = Buffer.alloc(4096, 7);
-  const digest = (data: Buffer) => ({ size: data.byteLength, sha256: createHash('sha256').update(data).digest('hex') });
-  for (let i = 0; i < count; i++) {
-    const dir = join(root, 'bench', `a${i}`, '1');
-    await mkdir(dir, { recursive: true });
-    await writeFile(join(dir, 'adapter_config.json'), config);
-    await writeFile(join(dir, 'adapter_model.safetensors'), weights);
-    const manifest = {
-      version: '1',
-      publishedAt: new Date(0).toISOString(),
-      files: { 'adapter_config.json': digest(config), 'adapter_model.safetensors': digest(weights) },
-      summary: { family: 'lora', rank: 16, targetModules: ['q_proj'], virtualTokens: 0, bytes: 4096 },
-    };
-    await writeFile(join(dir, 'manifest.json'), JSON.stringify(manifest));
-  }
-  await writeFile(marker, '');
-}
-
-async function storeStartSeconds(root: string): Promise<number> {
-  const store = new AdapterStore({
-    root,
-    validate: async () => {
-      throw new Error('listing must not need the validator');
-    },
-    readSummary: (value) => value,
-  });
-  const started = performance.now();
-  await store.start();
-  const seconds = (performance.now() - started) / 1000;
-  await store.stop();
-  if (store.listInvalid().length > 0) throw new Error(`the benchmark store has invalid versions: ${store.listInvalid()[0].error}`);
-  return seconds;
-}
-
 export async function measureStallFree(options: StallBenchOptions) {
   const { trials, log, adapters } = options;
-  const large = join(options.benchDir, 'store-10000');
-  const empty = join(options.benchDir, 'store-empty');
-  await ensureLargeStore(large, 10_000, log);
-  await mkdir(empty, { recursive: true });
   // Page cache: the adapters' files are read once, as "files in the page cache" in the targets assumes.
   for (const ref of adapters) await readFile(join(ref.path, 'adapter_model.safetensors'));
 
-  log('start-up: engine ready on the benchmark model; listing 10,000 stored adapters against none ...');
-  const engineStart: number[] = [];
-  const storeAdds: number[] = [];
-  for (let i = 0; i < trials; i++) {
-    const started = performance.now();
-    const engine = await Engine.start(options.engineOptions);
-    engineStart.push((performance.now() - started) / 1000);
-    await engine.close();
-    const none = await storeStartSeconds(empty);
-    storeAdds.push((await storeStartSeconds(large)) - none);
-  }
 
   log(`stalls: ${RUNNING} streams decoding while ${ARRIVING} requests arrive (cold adapters / 128-token prompts), interleaved ...`);
   const engine = await Engine.start(options.engineOptions);
@@ -185,10 +125,6 @@ export async function measureStallFree(options: StallBenchOptions) {
       newcomer_ttft_ms_long_prompts_median: Math.round(median(long.flatMap((r) => r.ttftMs))),
       ttft_cold_minus_resident_ms: Math.round(median(coldPenalty)),
       ttft_cold_minus_resident_ms_runs: coldPenalty.map(Math.round),
-      startup_engine_ready_s: round(median(engineStart), 2),
-      startup_engine_ready_s_runs: engineStart.map((s) => round(s, 2)),
-      startup_added_by_10000_adapters_s: round(median(storeAdds), 2),
-      startup_added_by_10000_adapters_s_runs: storeAdds.map((s) => round(s, 2)),
     };
   } finally {
     await engine.close();

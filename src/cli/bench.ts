@@ -7,7 +7,8 @@
  * measurements have trials, and reports the spread of its per-pair ratios next to their median. `lora_floor`
  * compares the time adapters add to a step with the time to read their weights once (bench-lora-floor.ts);
  * `quantized_base` the same model served as Q8_0 and Q4_0 with float32 (bench-quantized.ts); `stall_free`
- * stall-free scheduling, cold adapters and start-up (bench-stall.ts).
+ * stall-free scheduling and cold adapters (bench-stall.ts); `startup` the engine's start-up and what a store of
+ * 10,000 adapters adds to it (bench-startup.ts).
  *   npm run bench [-- --json] [--trials N]
  */
 import { availableParallelism } from 'node:os';
@@ -20,6 +21,7 @@ import { loraInputShapes } from '../runtime/adapter-slots.ts';
 import { measureLoraFloor } from './bench-lora-floor.ts';
 import { measureQuantizedBase } from './bench-quantized.ts';
 import { measureStallFree } from './bench-stall.ts';
+import { measureStartup } from './bench-startup.ts';
 import { median, round } from './bench-stats.ts';
 import { BENCH_DIR, concurrentDecode, ensureAdapters, LORA_RANK, log, singleStream, STREAMS } from './bench-workloads.ts';
 import { benchFamilies } from './bench-families.ts';
@@ -92,7 +94,8 @@ async function main(): Promise<void> {
   const loraFloor = await measureLoraFloor({ modelPath: BENCH_MODEL_DIR, adapterPaths: adapters.map((a) => a.path), rank: LORA_RANK, threads, trials: 10 * trials, log });
   const quantizedBase = await measureQuantizedBase({ trials, threads });
   const stallFree = await measureStallFree({ engineOptions, adapters, benchDir: BENCH_DIR, trials, log });
-  const report = { ...result, lora_floor: loraFloor, quantized_base: quantizedBase, stall_free: stallFree };
+  const startup = await measureStartup({ engineOptions, benchDir: BENCH_DIR, trials, log });
+  const report = { ...result, lora_floor: loraFloor, quantized_base: quantizedBase, stall_free: stallFree, startup };
   if (values.json) console.log(JSON.stringify(report));
   else for (const [key, value] of Object.entries(report)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
 }

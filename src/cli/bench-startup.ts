@@ -1,0 +1,114 @@
+/**
+ * The start-up section of `npm run bench` (and `npm run bench:startup`): how long the engine takes to be ready on
+ * the benchmark model, and how much a store of 10,000 real adapter versions adds to the adapter store's start
+ * against an empty store. The cases run interleaved in this run; the figures are differences and ratios of them.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { loraAdapterFiles } from '../adapters/lora-writer.ts';
+import { Engine } from '../engine/engine.ts';
+import type { EngineOptions } from '../engine/protocol.ts';
+import { adapterValidator } from '../gateway/adapter-validator.ts';
+import { readAdapterSummary } from '../gateway/model-resolver.ts';
+import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
+import { AdapterStore } from '../registry/adapter-store.ts';
+import { serializeManifest, type FileDigest } from '../registry/manifest.ts';
+import { median, round } from './bench-stats.ts';
+
+export const STORED_ADAPTERS = 10_000;
+const MAX_LORA_RANK = 16;
+
+export interface StartupBenchOptions {
+  engineOptions: EngineOptions;
+  benchDir: string;
+  trials: number;
+  log: (message: string) => void;
+}
+
+/**
+ * `count` published versions of genuine PEFT LoRA adapters for the benchmark model (rank 1 on one projection of
+ * one layer: listing cost does not depend on the weights' size), spread over 10 tenants, each with the manifest
+ * the store's publisher writes. Written once; a marker file records that the store is complete.
+ */
+async function ensureLargeStore(root: string, count: number, log: (message: string) => void): Promise<void> {
+  const marker = join(root, `.complete-${count}`);
+  if (existsSync(marker)) return;
+  log(`writing a store of ${count} adapter versions into ${root} (once) ...`);
+  const hidden = SMOLLM2_135M_SHAPE.hiddenSize;
+  const files = loraAdapterFiles({
+    r: 1,
+    alpha: 1,
+    targetModules: ['q_proj'],
+    layersToTransform: [0],
+    modules: [{ layer: 0, module: 'q_proj', A: new Float32Array(hidden).fill(0.01), B: new Float32Array(hidden).fill(0.01) }],
+  });
+  const digests: Record<string, FileDigest> = {};
+  for (const [name, bytes] of files) digests[name] = { size: bytes.byteLength, sha256: createHash('sha256').update(bytes).digest('hex') };
+  const first = join(root, 'tenant-0', 'adapter-0', '1');
+  await writeVersionFiles(first, files);
+  // The summary the gateway's validator gives these files, as a publish would record it.
+  const summary = await adapterValidator(SMOLLM2_135M_SHAPE, MAX_LORA_RANK)(first);
+  const manifest = serializeManifest({ version: '1', publishedAt: new Date(0).toISOString(), files: digests, summary });
+  for (let i = 0; i < count; i++) {
+    const dir = join(root, `tenant-${i % 10}`, `adapter-${i}`, '1');
+    await writeVersionFiles(dir, files);
+    await writeFile(join(dir, 'manifest.json'), manifest);
+  }
+  await writeFile(marker, '');
+}
+
+async function writeVersionFiles(dir: string, files: Map<string, Uint8Array>): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  for (const [name, bytes] of files) await writeFile(join(dir, name), bytes);
+}
+
+/** Seconds until the store has listed `root`, as the gateway configures it; the validator must never run. */
+async function storeStartSeconds(root: string, expected: number): Promise<number> {
+  const store = new AdapterStore({
+    root,
+    validate: async () => {
+      throw new Error('listing must not need the validator');
+    },
+    readSummary: (value) => readAdapterSummary(value, { maxLoraRank: MAX_LORA_RANK, maxPositions: SMOLLM2_135M_SHAPE.maxPositions }),
+  });
+  const started = performance.now();
+  await store.start();
+  const seconds = (performance.now() - started) / 1000;
+  await store.stop();
+  if (store.listInvalid().length > 0) throw new Error(`the benchmark store has invalid versions: ${store.listInvalid()[0].error}`);
+  if (store.list().length !== expected) throw new Error(`the benchmark store listed ${store.list().length} versions, expected ${expected}`);
+  return seconds;
+}
+
+export async function measureStartup(options: StartupBenchOptions) {
+  const { trials, log, benchDir } = options;
+  const large = join(benchDir, `store-${STORED_ADAPTERS}-peft`);
+  const empty = join(benchDir, 'store-empty');
+  await ensureLargeStore(large, STORED_ADAPTERS, log);
+  await mkdir(empty, { recursive: true });
+
+  log(`start-up: engine ready on the benchmark model; listing ${STORED_ADAPTERS} stored adapters against none, interleaved ...`);
+  const engineReady: number[] = [];
+  const emptyStore: number[] = [];
+  const largeStore: number[] = [];
+  for (let i = 0; i < trials; i++) {
+    const started = performance.now();
+    const engine = await Engine.start(options.engineOptions);
+    engineReady.push((performance.now() - started) / 1000);
+    await engine.close();
+    emptyStore.push(await storeStartSeconds(empty, 0));
+    largeStore.push(await storeStartSeconds(large, STORED_ADAPTERS));
+  }
+  const added = largeStore.map((seconds, i) => seconds - emptyStore[i]);
+  return {
+    stored_adapters: STORED_ADAPTERS,
+    engine_ready_s: round(median(engineReady), 2),
+    engine_ready_s_runs: engineReady.map((s) => round(s, 2)),
+    store_start_s_empty_runs: emptyStore.map((s) => round(s, 3)),
+    store_start_s_with_stored_adapters_runs: largeStore.map((s) => round(s, 2)),
+    startup_added_by_stored_adapters_s: round(median(added), 2),
+    startup_added_by_stored_adapters_s_runs: added.map((s) => round(s, 2)),
+  };
+}
