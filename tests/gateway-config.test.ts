@@ -66,6 +66,7 @@ test('an empty environment gives the documented defaults and the development key
     prefillTokenBudget: 64,
     threads: availableParallelism(),
     executionProvider: 'cpu',
+    compiledModelCacheDir: 'model-cache',
   });
   assert.equal(settings.otlpEndpoint, undefined);
   assert.equal(settings.logLevel, 'info');
@@ -97,6 +98,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
     ENGINE_THREADS: '3',
     EXECUTION_PROVIDER: 'cuda',
     QUANTIZE: 'q4',
+    MODEL_CACHE_DIR: '/var/cache/gateway-models',
     OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318',
     LOG_LEVEL: 'debug',
     GATEWAY_API_KEY: 'sk-tenant-secret-1',
@@ -120,6 +122,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
     threads: 3,
     executionProvider: 'cuda',
     quantize: 'q4',
+    compiledModelCacheDir: '/var/cache/gateway-models',
   });
   assert.equal(settings.otlpEndpoint, 'http://collector:4318');
   assert.equal(settings.logLevel, 'debug');

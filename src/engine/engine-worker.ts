@@ -3,10 +3,8 @@
  * `session.run` blocks the thread it runs on, which is why all of this lives off the HTTP thread.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { loadBaseModel } from '../model/load.ts';
-import { buildDecoderGraph } from '../graph/decoder-graph.ts';
+import { compileBaseModel } from '../runtime/compiled-model-cache.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
-import { baseRowNorms } from '../runtime/dora-scales.ts';
 import { DEFAULT_PREFILL_TOKEN_BUDGET, RUN_FREELY, type EngineWorkerData, type FromWorker, type ToWorker } from './protocol.ts';
 import { Scheduler } from './scheduler.ts';
 
@@ -35,15 +33,11 @@ function passStepGate(gate: Int32Array): void {
 
 async function start(options: EngineWorkerData): Promise<void> {
   const stepGate = new Int32Array(options.stepGate);
-  const model = await loadBaseModel(options.modelPath, { quantize: options.quantize });
+  const model = await compileBaseModel(options.modelPath, { quantize: options.quantize, cacheDir: options.compiledModelCacheDir });
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
-  const graph = buildDecoderGraph(model);
-  const rowNorms = baseRowNorms(model);
-  // The graph holds the weights (in the layout the session reads); the loaded arrays would only add to the
-  // memory peak while the session loads them.
-  model.weights.clear();
-  model.quantized?.clear();
-  const runner = await ModelRunner.fromGraph(graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, rowNorms);
+  const sessionStarted = performance.now();
+  const runner = await ModelRunner.fromGraph(model.graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, model.rowNorms);
+  const startup = { cached: model.cached, ms: { ...model.timings, session: Math.round(performance.now() - sessionStarted) } };
   const scheduler = new Scheduler(
     runner,
     {
@@ -76,7 +70,7 @@ async function start(options: EngineWorkerData): Promise<void> {
   });
   post({
     type: 'ready',
-    info: { config: model.config, checksum: model.checksum, format: model.source.format, path: model.source.path, maxPositions },
+    info: { config: model.config, checksum: model.checksum, format: model.source.format, path: model.source.path, maxPositions, startup },
   });
 }
 

@@ -36,6 +36,8 @@ export interface EngineOptions {
   quantize?: LoadQuantization;
   /** Sequences longer than this many positions decode in a separate pass (ModelRunner.lanes); default 1024. */
   longSequencePositions?: number;
+  /** Where the compiled base model is cached between starts (runtime/compiled-model-cache.ts); absent: no cache. */
+  compiledModelCacheDir?: string;
 }
 
 /** An adapter version as the engine sees it: a stable cache key and the directory holding its PEFT files. */
@@ -120,6 +122,8 @@ export interface ModelInfo {
   format: 'gguf' | 'hf';
   path: string;
   maxPositions: number;
+  /** Whether the compiled model came from the cache, and the milliseconds of each part of the engine's start. */
+  startup: { cached: boolean; ms: Record<string, number> };
 }
 
 export type ToWorker =

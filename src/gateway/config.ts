@@ -43,6 +43,8 @@ export interface EngineSettings {
   executionProvider: ExecutionProvider;
   /** On-load quantization of float projection weights (QUANTIZE); absent: served as the file stores them. */
   quantize?: LoadQuantization;
+  /** Where the compiled base model is cached between starts (MODEL_CACHE_DIR); absent when set to `off`. */
+  compiledModelCacheDir?: string;
 }
 
 /** Fine-tuning: where files and jobs live, per-tenant limits, and whether `npm start` runs the trainer sidecar. */
@@ -365,6 +367,12 @@ function tenantsFromEnvironment(env: NodeJS.ProcessEnv, maxBatchSize: number): {
   };
 }
 
+/** MODEL_CACHE_DIR: a directory (default `model-cache`), or `off` to compile the base model at every start. */
+function envModelCacheDir(env: NodeJS.ProcessEnv): { compiledModelCacheDir?: string } {
+  const dir = envString(env, 'MODEL_CACHE_DIR') ?? 'model-cache';
+  return dir === 'off' ? {} : { compiledModelCacheDir: dir };
+}
+
 export function localTenantLimits(maxBatchSize: number): TenantLimits {
   return { ...BUILT_IN_TENANT_LIMITS, maxConcurrentRequests: Math.max(BUILT_IN_TENANT_LIMITS.maxConcurrentRequests, maxBatchSize) };
 }
@@ -402,6 +410,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       threads: envInteger(env, 'ENGINE_THREADS', availableParallelism(), 1, 1024),
       executionProvider: envChoice(env, 'EXECUTION_PROVIDER', ['cpu', 'cuda'] as const, 'cpu'),
       ...envQuantization(env),
+      ...envModelCacheDir(env),
     },
     training: {
       dir: envString(env, 'TRAINING_DIR') ?? 'training',

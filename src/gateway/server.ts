@@ -67,7 +67,9 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     threads: settings.engine.threads,
     executionProvider: settings.engine.executionProvider,
     quantize: settings.engine.quantize,
+    compiledModelCacheDir: settings.engine.compiledModelCacheDir,
   });
+  logger.info('engine ready', { compiledModelCached: engine.info.startup.cached, ...engine.info.startup.ms });
   const config = engine.info.config;
   const tokenizer = await loadTokenizer(modelPath, config.eosTokenIds);
   const formatChat = await loadChatFormatter(modelPath);

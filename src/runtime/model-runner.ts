@@ -118,20 +118,24 @@ export class ModelRunner {
   }
 
   /**
-   * A runner for a decoder graph already built (its builder's model weights may be dropped first, once
-   * `rowNorms` = baseRowNorms(model) is taken).
+   * A runner for a decoder graph already built, in memory or as an ONNX file with its external weights beside it
+   * (its builder's model weights may be dropped first, once `rowNorms` = baseRowNorms(model) is taken).
    */
-  static async fromGraph(graph: BuiltModel, config: LlamaConfig, options: RunnerOptions, rowNorms: BaseRowNorms): Promise<ModelRunner> {
+  static async fromGraph(graph: BuiltModel | string, config: LlamaConfig, options: RunnerOptions, rowNorms: BaseRowNorms): Promise<ModelRunner> {
     const provider = options.executionProvider ?? 'cpu';
+    const sessionOptions: ort.InferenceSession.SessionOptions = {
+      executionProviders: [provider],
+      graphOptimizationLevel: 'all',
+      ...(options.threads ? { intraOpNumThreads: options.threads } : {}),
+      interOpNumThreads: 1,
+    };
     let session: ort.InferenceSession;
     try {
-      session = await ort.InferenceSession.create(graph.modelBytes, {
-        executionProviders: [provider],
-        graphOptimizationLevel: 'all',
-        ...(options.threads ? { intraOpNumThreads: options.threads } : {}),
-        interOpNumThreads: 1,
-        externalData: [{ path: EXTERNAL_DATA_FILE, data: graph.weights }],
-      });
+      // A file (a compiled-model cache entry) has its weights beside it, which onnxruntime reads itself.
+      session =
+        typeof graph === 'string'
+          ? await ort.InferenceSession.create(graph, sessionOptions)
+          : await ort.InferenceSession.create(graph.modelBytes, { ...sessionOptions, externalData: [{ path: EXTERNAL_DATA_FILE, data: graph.weights }] });
     } catch (error) {
       if (provider === 'cuda') {
         throw new Error(

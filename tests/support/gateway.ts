@@ -50,6 +50,7 @@ export async function startTestGateway(
       ADAPTER_SLOTS: '4',
       MAX_LORA_RANK: '16',
       ENGINE_THREADS: '1',
+      MODEL_CACHE_DIR: join(dir, 'model-cache'),
       ...env,
     },
     { traceExporter: traces, writeLog },
