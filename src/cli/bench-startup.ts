@@ -1,10 +1,11 @@
 /**
  * The start-up section of `npm run bench` (and `npm run bench:startup`): how long the engine takes to be ready on
- * the benchmark model, and how much a store of 10,000 real adapter versions adds to the adapter store's start
- * against an empty store. The cases run interleaved in this run; the figures are differences and ratios of them.
+ * the benchmark model with an empty compiled-model cache (cold) and with the entry the cold start wrote (warm), with
+ * the parts of each; and how much a store of 10,000 real adapter versions adds to the adapter store's start against
+ * an empty store. The cases run interleaved in this run; the figures are differences and ratios of them.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { loraAdapterFiles } from '../adapters/lora-writer.ts';
@@ -82,6 +83,21 @@ async function storeStartSeconds(root: string, expected: number): Promise<number
   return seconds;
 }
 
+interface EngineStart {
+  seconds: number;
+  cached: boolean;
+  parts: Record<string, number>;
+}
+
+async function engineStart(engineOptions: EngineOptions): Promise<EngineStart> {
+  const started = performance.now();
+  const engine = await Engine.start(engineOptions);
+  const seconds = (performance.now() - started) / 1000;
+  const { cached, ms } = engine.info.startup;
+  await engine.close();
+  return { seconds, cached, parts: ms };
+}
+
 export async function measureStartup(options: StartupBenchOptions) {
   const { trials, log, benchDir } = options;
   const large = join(benchDir, `store-${STORED_ADAPTERS}-peft`);
@@ -89,23 +105,36 @@ export async function measureStartup(options: StartupBenchOptions) {
   await ensureLargeStore(large, STORED_ADAPTERS, log);
   await mkdir(empty, { recursive: true });
 
-  log(`start-up: engine ready on the benchmark model; listing ${STORED_ADAPTERS} stored adapters against none, interleaved ...`);
-  const engineReady: number[] = [];
+  log(`start-up: engine ready on the benchmark model, cold and warm compiled-model cache; listing ${STORED_ADAPTERS} stored adapters against none, interleaved ...`);
+  const cold: EngineStart[] = [];
+  const warm: EngineStart[] = [];
   const emptyStore: number[] = [];
   const largeStore: number[] = [];
   for (let i = 0; i < trials; i++) {
-    const started = performance.now();
-    const engine = await Engine.start(options.engineOptions);
-    engineReady.push((performance.now() - started) / 1000);
-    await engine.close();
+    const cacheDir = await mkdtemp(join(benchDir, 'model-cache-'));
+    try {
+      cold.push(await engineStart({ ...options.engineOptions, compiledModelCacheDir: cacheDir }));
+      warm.push(await engineStart({ ...options.engineOptions, compiledModelCacheDir: cacheDir }));
+    } finally {
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+    if (cold.at(-1)!.cached || !warm.at(-1)!.cached) throw new Error('the cold start must compile and the warm start must read the cache');
     emptyStore.push(await storeStartSeconds(empty, 0));
     largeStore.push(await storeStartSeconds(large, STORED_ADAPTERS));
   }
   const added = largeStore.map((seconds, i) => seconds - emptyStore[i]);
+  const ratios = warm.map((w, i) => w.seconds / cold[i].seconds);
   return {
     stored_adapters: STORED_ADAPTERS,
-    engine_ready_s: round(median(engineReady), 2),
-    engine_ready_s_runs: engineReady.map((s) => round(s, 2)),
+    engine_ready_s_cold_cache: round(median(cold.map((c) => c.seconds)), 2),
+    engine_ready_s_warm_cache: round(median(warm.map((w) => w.seconds)), 2),
+    engine_ready_warm_over_cold: round(median(ratios), 2),
+    engine_ready_warm_over_cold_runs: ratios.map((r) => round(r, 2)),
+    engine_ready_s_cold_cache_runs: cold.map((c) => round(c.seconds, 2)),
+    engine_ready_s_warm_cache_runs: warm.map((w) => round(w.seconds, 2)),
+    // The parts of the last trial's starts, in milliseconds (the rest of `seconds` is the worker's own start).
+    engine_parts_ms_cold_cache: cold.at(-1)!.parts,
+    engine_parts_ms_warm_cache: warm.at(-1)!.parts,
     store_start_s_empty_runs: emptyStore.map((s) => round(s, 3)),
     store_start_s_with_stored_adapters_runs: largeStore.map((s) => round(s, 2)),
     startup_added_by_stored_adapters_s: round(median(added), 2),
