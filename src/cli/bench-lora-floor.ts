@@ -4,7 +4,7 @@
  *
  * Two mixes against 16 base-model rows: 16 rows on 16 distinct adapters, and a Zipf-like mix of 16 rows over 4
  * adapters (7/4/3/2 rows, interleaved in the batch). Each trial times one pass of each case back to back in a
- * rotating order, plus the bandwidth probe, and each ratio is computed within its trial; the report gives the
+ * rotating order, plus the bandwidth probes, and each ratio is computed within its trial; the report gives the
  * median over trials and their spread, since other processes on the machine make single trials noisy.
  *
  * Bandwidth probes, so that the floor is not flattered: the best of three ways onnxruntime can read a 256 MiB
