@@ -9,7 +9,7 @@ import { bottleneckAdapterFiles, randomBottleneckAdapter } from '../src/adapters
 import { loraAdapterFiles, randomLoraAdapter, writeAdapterFiles } from '../src/adapters/lora-writer.ts';
 import { ia3AdapterFiles, promptLearningAdapterFiles, randomIa3Adapter, randomPromptLearningAdapter } from '../src/adapters/peft-writers.ts';
 import { loadBaseModel } from '../src/model/load.ts';
-import type { BaseModel } from '../src/model/types.ts';
+import { LORA_TARGET_MODULES, type BaseModel } from '../src/model/types.ts';
 import { bottleneckHooks, mergedLora, scaledIa3 } from './support/family-references.ts';
 import { REPO_ROOT, STORIES_HF_DIR } from './support/models.ts';
 import { referenceLogits, type ReferenceHooks } from './support/reference-decoder.ts';
@@ -26,7 +26,7 @@ before(async () => {
   base = await loadBaseModel(STORIES_HF_DIR);
   root = await mkdtemp(join(tmpdir(), 'generate-cli-'));
   const c = base.config;
-  const all = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+  const all = [...LORA_TARGET_MODULES];
   const lora = randomLoraAdapter(c, { rank: 8, targetModules: all, seed: 41, std: 0.2 });
   const dora = randomLoraAdapter(c, { rank: 4, targetModules: ['q_proj', 'v_proj', 'down_proj'], seed: 42, std: 0.2, dora: true });
   const ia3 = randomIa3Adapter(c, { targetModules: ['k_proj', 'v_proj', 'down_proj'], feedforwardModules: ['down_proj'], seed: 43, std: 0.4 });
