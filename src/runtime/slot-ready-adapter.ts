@@ -48,7 +48,7 @@ export interface SlotReadyAdapter {
 /** Lays out a parsed, validated adapter for a slot of rank `slotRank` (DoRA's scales only if already computed). */
 export function layOutForSlot(c: LlamaConfig, slotRank: number, adapter: Adapter): SlotReadyAdapter {
   if (adapter.rank > slotRank) {
-    throw new Error(`adapter rank ${adapter.rank} exceeds the slot rank ${slotRank}; raise MAX_LORA_RANK`);
+    throw new Error(`adapter rank (or bottleneck width) ${adapter.rank} exceeds the slot rank ${slotRank}; raise MAX_LORA_RANK (the CLI's --max-rank)`);
   }
   const blocks = new Map<string, Float32Array>();
   const familyShapes = familyInputShapes(c, slotRank);
