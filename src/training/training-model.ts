@@ -47,7 +47,7 @@ export interface TrainingModelSettings {
 export type DropoutSeeds = number[][];
 
 const DEFAULT_HEAD_ROWS = 256;
-const DEFAULT_LAYER_TOKENS = 1024;
+const DEFAULT_LAYER_TOKENS = 512;
 
 type Feeds = Record<string, ort.Tensor>;
 
