@@ -108,3 +108,25 @@ test('running a layer over groups of sequences gives the whole batch’s loss an
   await whole.close();
   await grouped.close();
 });
+
+test('a dropout mask drops each element with probability p, independently, and scales the kept ones by 1/(1−p)', () => {
+  for (const p of [0.05, 0.3]) {
+    const mask = new Float32Array(400_000);
+    fillDropoutMask(mask, p, 42);
+    const keep = Math.fround(1 / (1 - p));
+    assert.ok(mask.every((m) => m === 0 || m === keep));
+    const dropped = mask.filter((m) => m === 0).length / mask.length;
+    // Binomial standard deviation is sqrt(p(1−p)/n) ≤ 0.00073 here: 5 of them.
+    assert.ok(Math.abs(dropped - p) < 0.0037, `p ${p}: dropped ${dropped}`);
+    // Neighbours are independent: a drop right after a drop is as likely as any drop.
+    let pairs = 0;
+    for (let i = 1; i < mask.length; i++) if (mask[i] === 0 && mask[i - 1] === 0) pairs++;
+    const afterDrop = pairs / (dropped * mask.length);
+    assert.ok(Math.abs(afterDrop - p) < 0.02, `p ${p}: drop after a drop ${afterDrop}`);
+  }
+  const a = new Float32Array(1000);
+  const b = new Float32Array(1000);
+  fillDropoutMask(a, 0.5, 1);
+  fillDropoutMask(b, 0.5, 1);
+  assert.deepEqual(a, b, 'seeded');
+});

@@ -301,18 +301,17 @@ class RowGroup {
 }
 
 /**
- * Inverted dropout: each element is 0 with probability p, else 1/(1−p). 16 random bits per element (two per
- * draw) resolve p to 1/65536.
+ * Inverted dropout: each element is 0 with probability p, else 1/(1−p), independently. Rather than one draw per
+ * element, the runs of kept elements between drops are drawn (geometric: P(run ≥ k) = (1−p)^k), so a mask costs
+ * p·length draws — a 135M-shape layer's masks are millions of elements, drawn twice per step.
  */
 export function fillDropoutMask(mask: Float32Array, p: number, seed: number): void {
+  mask.fill(1 / (1 - p));
+  if (p <= 0) return;
   const rng = createRng(seed);
-  const threshold = Math.round(p * 65536);
-  const keep = 1 / (1 - p);
-  for (let i = 0; i < mask.length; i += 2) {
-    const bits = Math.floor(rng() * 4294967296);
-    mask[i] = (bits & 0xffff) < threshold ? 0 : keep;
-    if (i + 1 < mask.length) mask[i + 1] = bits >>> 16 < threshold ? 0 : keep;
-  }
+  const logKeep = Math.log1p(-p);
+  const keptRun = () => Math.floor(Math.log(1 - rng()) / logKeep);
+  for (let i = keptRun(); i < mask.length; i += 1 + keptRun()) mask[i] = 0;
 }
 
 /** Training reads float base weights; a quantized base is refused before any work starts. */
