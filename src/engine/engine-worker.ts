@@ -6,6 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { compileBaseModel } from '../runtime/compiled-model-cache.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
 import { DEFAULT_PREFILL_TOKEN_BUDGET, RUN_FREELY, type EngineWorkerData, type FromWorker, type ToWorker } from './protocol.ts';
+import { AdapterLoaderThread } from './adapter-loader-thread.ts';
 import { Scheduler } from './scheduler.ts';
 
 const port = parentPort!;
@@ -35,6 +36,7 @@ async function start(options: EngineWorkerData): Promise<void> {
   const stepGate = new Int32Array(options.stepGate);
   const model = await compileBaseModel(options.modelPath, { quantize: options.quantize, cacheDir: options.compiledModelCacheDir });
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
+  const loader = new AdapterLoaderThread({ config: model.config, slotRank: options.maxLoraRank });
   const sessionStarted = performance.now();
   const runner = await ModelRunner.fromGraph(model.graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, model.rowNorms);
   const startup = { cached: model.cached, ms: { ...model.timings, session: Math.round(performance.now() - sessionStarted) } };
@@ -45,6 +47,7 @@ async function start(options: EngineWorkerData): Promise<void> {
       maxPositions,
       prefillTokenBudget: options.prefillTokenBudget ?? DEFAULT_PREFILL_TOKEN_BUDGET,
       hostCacheBytes: options.hostCacheBytes,
+      loadAdapter: loader.load,
     },
     {
       step: (report) => {
@@ -63,6 +66,7 @@ async function start(options: EngineWorkerData): Promise<void> {
       case 'evict-adapter':
         return scheduler.evictAdapter(message.key);
       case 'shutdown':
+        await loader.close();
         await runner.close();
         post({ type: 'closed' });
         port.close();
