@@ -19,6 +19,8 @@ export interface GatewayProcess {
   /** Resolves with the exit code, or the signal's name, once the process has exited. */
   readonly exited: Promise<number | string>;
   signal(name: NodeJS.Signals): void;
+  /** Resolves once the process wrote a line saying it began shutting down on `name` (src/shutdown-on-signals.ts). */
+  shutdownBegan(name: NodeJS.Signals): Promise<void>;
   residentBytes(): Promise<number>;
   openFileDescriptors(): Promise<number>;
 }
@@ -39,6 +41,8 @@ export async function startGatewayProcess(env: Record<string, string>): Promise<
     }),
   );
   const problems: LogRecord[] = [];
+  const shutdownLines = new Map<string, () => void>();
+  const shutdownBegan = (name: NodeJS.Signals) => new Promise<void>((resolve) => shutdownLines.set(name, resolve));
   const url = await new Promise<string>((resolve, reject) => {
     let pending = '';
     child.stderr!.setEncoding('utf8');
@@ -50,7 +54,8 @@ export async function startGatewayProcess(env: Record<string, string>): Promise<
         const record = parseLogLine(line);
         if (record?.msg === 'serving') resolve(String(record.url));
         else if (record && (record.level === 'warn' || record.level === 'error')) problems.push(record);
-        else if (!record && line.trim() !== '' && !/^SIG(TERM|INT): /.test(line)) problems.push({ level: 'stderr', msg: line });
+        else if (!record && /^SIG(TERM|INT): /.test(line)) shutdownLines.get(line.split(':')[0])?.();
+        else if (!record && line.trim() !== '') problems.push({ level: 'stderr', msg: line });
       }
     });
     void exited.then((code) => reject(new Error(`the gateway exited with ${code} before serving: ${JSON.stringify(problems.slice(-3))}`)));
@@ -62,6 +67,7 @@ export async function startGatewayProcess(env: Record<string, string>): Promise<
     problems,
     exited,
     signal: (name) => child.kill(name),
+    shutdownBegan,
     residentBytes: async () => {
       const status = await readFile(`/proc/${pid}/status`, 'utf8');
       return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)![1]) * 1024;

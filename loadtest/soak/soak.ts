@@ -117,8 +117,9 @@ async function soak(options: SoakOptions, dir: string, gateway: GatewayProcess):
   // ---- the load, with adapter churn and RSS samples beside it ----
   const stop = options.stopAfter;
   const startedAt = performance.now();
-  const progress = () =>
-    'minutes' in stop ? (performance.now() - startedAt) / (stop.minutes * 60_000) : tally.sent / stop.requests;
+  /** Requests the clients were allowed to send (each then sends exactly one). */
+  let granted = 0;
+  const progress = () => ('minutes' in stop ? (performance.now() - startedAt) / (stop.minutes * 60_000) : granted / stop.requests);
   const tally = new Tally();
   let churn = Promise.resolve();
   const settings: TrafficSettings = {
@@ -133,9 +134,13 @@ async function soak(options: SoakOptions, dir: string, gateway: GatewayProcess):
     pickAdapter: zipfSampler(adapters.length, 1.1, random),
     adapters,
     catalog,
-    mayStart: () => {
+    next: async () => {
       if (progress() >= 1) return false;
-      if (tally.sent % CHURN_EVERY === CHURN_EVERY - 1) churn = churn.then(() => churnOnce(catalog, adapters, random, settings.pickAdapter));
+      // Changes run one at a time; the client whose turn it is waits for its own, so they never fall behind.
+      if (++granted % CHURN_EVERY === 0) {
+        churn = churn.then(() => churnOnce(catalog, adapters, random, settings.pickAdapter));
+        await churn;
+      }
       return true;
     },
   };
@@ -289,7 +294,9 @@ async function sigtermWithStreamsInFlight(gateway: GatewayProcess, baseModel: st
   const all = [...streams.map((s) => s.finally(() => ended++)), socketResponse.finally(() => ended++)];
   await Promise.all(firstChunks);
   const inFlightAtSigterm = all.length - ended;
+  const shutdownBegan = gateway.shutdownBegan('SIGTERM');
   gateway.signal('SIGTERM');
+  await shutdownBegan;
   // From the tenant with room under its own limit, so that only the shutdown can refuse it.
   const after = await streamCompletion(gateway.url, TENANT.key, body, { timeoutMs: TIMEOUT_MS });
   const refusedAfterSigterm = after.status === 0 ? after.failure ?? 'no answer' : `${after.status} ${after.errorCode ?? ''}`.trim();

@@ -43,8 +43,11 @@ export interface TrafficSettings {
   pickAdapter: () => number;
   adapters: string[];
   catalog: AdapterCatalog;
-  /** Asked before every request; false ends the client. */
-  mayStart: () => boolean;
+  /**
+   * Awaited before every request: false ends the client. It may first make the client wait for a change of the
+   * adapters (see soak.ts), so that changes keep pace with the requests however slow each change is.
+   */
+  next: () => Promise<boolean>;
 }
 
 /** What the clients saw. */
@@ -121,9 +124,9 @@ function pickTarget(settings: TrafficSettings, tenant: Tenant, baseOnly: boolean
   return { model: `${baseModel}+${tenant.name}/${adapter}${version ? `@${version}` : ''}`, adapter, version };
 }
 
-/** One HTTP client: streams completions one after another until `mayStart` says stop. */
+/** One HTTP client: streams completions one after another until `next` says stop. */
 export async function runHttpClient(settings: TrafficSettings, tally: Tally, tenant: Tenant, baseOnly: boolean): Promise<void> {
-  while (settings.mayStart()) {
+  while (await settings.next()) {
     const target = pickTarget(settings, tenant, baseOnly);
     const prompt = settings.prompts[Math.floor(settings.random() * settings.prompts.length)];
     tally.started();
@@ -160,11 +163,11 @@ export async function runHttpClient(settings: TrafficSettings, tally: Tally, ten
   }
 }
 
-/** One WebSocket client: runs responses one after another on one socket until `mayStart` says stop. */
+/** One WebSocket client: runs responses one after another on one socket until `next` says stop. */
 export async function runWebSocketClient(settings: TrafficSettings, tally: Tally, tenant: Tenant): Promise<string[]> {
   const client = await WebSocketClient.connect(settings.url, tenant.key, settings.timeoutMs);
   try {
-    while (settings.mayStart()) {
+    while (await settings.next()) {
       const target = pickTarget(settings, tenant, false);
       const prompt = settings.prompts[Math.floor(settings.random() * settings.prompts.length)];
       tally.started();
