@@ -112,7 +112,7 @@ async function soak(options: SoakOptions, dir: string, gateway: GatewayProcess):
   const adapters = Array.from({ length: options.adapters }, (_, i) => `adapter-${i}`);
   log(`publishing ${adapters.length} adapters ...`);
   for (const adapter of adapters) await catalog.publish(adapter);
-  const fdsBefore = await gateway.openFileDescriptors();
+  const fdsBefore = await steadyValue(() => gateway.openFileDescriptors());
 
   // ---- the load, with adapter churn and RSS samples beside it ----
   const stop = options.stopAfter;
@@ -166,7 +166,7 @@ async function soak(options: SoakOptions, dir: string, gateway: GatewayProcess):
   // ---- idle: engine rows, file descriptors, the metrics' counts ----
   log('load done; checking that the gateway returns to idle ...');
   const scrape = await settle(() => scrapeMetrics(gateway.url), (s) => gauge(s, 'vllm:num_requests_running') === 0 && gauge(s, 'vllm:num_requests_waiting') === 0);
-  const fdsAfter = await settle(() => gateway.openFileDescriptors(), (fds) => fds <= fdsBefore);
+  const fdsAfter = await steadyValue(() => gateway.openFileDescriptors());
 
   // ---- SIGTERM with streams in flight ----
   log('SIGTERM with streams in flight ...');
@@ -261,9 +261,20 @@ function errorAnswers(scrape: Scrape): Record<string, number> {
 }
 
 /**
- * Reads `read` until `settled` holds, for at most 30 s: a connection the clients closed is released by the server
- * a moment later, and the engine's gauges follow its next step. The last reading is returned either way.
+ * Reads `read` until it gives the same value five times in a row (200 ms apart), for at most 30 s: the connections
+ * of the last requests are released by the server a moment after the clients closed them.
  */
+async function steadyValue(read: () => Promise<number>): Promise<number> {
+  const readings = [await read()];
+  const until = performance.now() + 30_000;
+  while ((readings.length < 5 || new Set(readings.slice(-5)).size > 1) && performance.now() < until) {
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    readings.push(await read());
+  }
+  return readings[readings.length - 1];
+}
+
+/** Reads `read` until `settled` holds, for at most 30 s (the engine's gauges follow its next step); returns the last reading. */
 async function settle<T>(read: () => Promise<T>, settled: (value: T) => boolean): Promise<T> {
   const until = performance.now() + 30_000;
   let value = await read();

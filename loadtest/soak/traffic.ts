@@ -56,7 +56,7 @@ export class Tally {
   /** HTTP streams that sent a first chunk, and WebSocket responses that sent a first delta. */
   httpStreamsBegun = 0;
   responsesBegun = 0;
-  /** Per tenant, answers by status as `gateway_requests_total` counts them: every request that reached inference. */
+  /** Per tenant, answers by status (`gateway_requests_total` counts them all but the 404s of models that did not resolve). */
   readonly countedByStatus: Record<string, Record<string, number>> = {};
   /** HTTP error answers by "status code", as `gateway_errors_total` counts them. */
   readonly httpErrors: Record<string, number> = {};
@@ -100,11 +100,6 @@ export class Tally {
   }
 }
 
-/** Refusals that reach inference are counted by the gateway; a model that does not resolve (404) is not. */
-function reachedInference(status: number, code: string | null): boolean {
-  return !(status === 404 && code === 'model_not_found');
-}
-
 function isServerError(status: number, code: string | null): boolean {
   return status >= 500 && !(status === 503 && code === 'overloaded');
 }
@@ -140,7 +135,7 @@ export async function runHttpClient(settings: TrafficSettings, tally: Tally, ten
       continue;
     }
     if (outcome.status !== 200) {
-      if (reachedInference(outcome.status, outcome.errorCode)) tally.count(tenant.name, outcome.status);
+      tally.count(tenant.name, outcome.status);
       tally.countHttpError(outcome.status, outcome.errorCode);
       if (isServerError(outcome.status, outcome.errorCode)) tally.serverErrors.push(`${label} answered ${outcome.status} ${outcome.errorCode}`);
       if (outcome.status === 429 || outcome.status === 503) await tally.afterRefusal();
@@ -199,7 +194,7 @@ function recordResponse(
   }
   if (outcome.terminal === 'failed') {
     const status = outcome.statusCode ?? 0;
-    if (reachedInference(status, outcome.errorCode)) tally.count(tenant.name, status);
+    tally.count(tenant.name, status);
     if (isServerError(status, outcome.errorCode)) tally.serverErrors.push(`${label} failed with ${status} ${outcome.errorCode}`);
     return;
   }
