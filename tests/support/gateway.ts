@@ -21,7 +21,12 @@ export interface TestGateway extends RunningGateway {
 
 /** Starts the real gateway on a free loopback port, serving stories260K with a fresh adapter store. */
 export async function startTestGateway(
-  limits: { maxConcurrentRequests?: number; tokensPerMinute?: number } = {},
+  limits: {
+    maxConcurrentRequests?: number;
+    tokensPerMinute?: number;
+    /** More `limits` keys of one tenant's entry in the tenants file. */
+    perTenant?: Partial<Record<'acme' | 'globex', Record<string, unknown>>>;
+  } = {},
   env: Record<string, string> = {},
   writeLog: (line: string) => void = () => {},
 ): Promise<TestGateway> {
@@ -34,7 +39,10 @@ export async function startTestGateway(
     configPath,
     JSON.stringify({
       admin_keys: [{ key: KEYS.admin }],
-      tenants: { acme: { keys: [{ key: KEYS.acme }], limits: tenantLimits }, globex: { keys: [{ key: KEYS.globex }], limits: tenantLimits } },
+      tenants: {
+        acme: { keys: [{ key: KEYS.acme }], limits: { ...tenantLimits, ...limits.perTenant?.acme } },
+        globex: { keys: [{ key: KEYS.globex }], limits: { ...tenantLimits, ...limits.perTenant?.globex } },
+      },
     }),
   );
   const traces = new InMemorySpanExporter();
