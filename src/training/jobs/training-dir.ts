@@ -8,6 +8,7 @@
  *                         /cancel                            present once a cancel was requested (by the gateway)
  *                         /claim.json                        the sidecar running or validating the job
  *                         /state.safetensors                 the trainer's latest checkpoint, for resuming
+ *                         /publish.json                      the files a finished job is publishing (see PublishIntent)
  *   .staging/                                                new files and jobs being written
  *
  * Every entry appears in one rename (a directory from .staging, or a file through writeFileAtomically), so a crash

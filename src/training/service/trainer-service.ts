@@ -19,6 +19,7 @@ import { TrainingFileStore } from '../jobs/file-store.ts';
 import { FINISHED_STATUSES, type FineTuningJob, JobStore } from '../jobs/job-store.ts';
 import { TrainingDir } from '../jobs/training-dir.ts';
 import { finishJob, runJob, validateJob, type RunnerContext } from './job-runner.ts';
+import { announceToParentGateway } from './gateway-link.ts';
 import { createTrainerMetrics } from './trainer-metrics.ts';
 import type { TrainerSettings } from './trainer-settings.ts';
 
@@ -26,6 +27,8 @@ export interface TrainerServiceOptions {
   traceExporter?: TracingOptions['exporter'];
   writeLog?: (line: string) => void;
   onJobProgress?: RunnerContext['onJobProgress'];
+  /** Who loads a finished job's adapter before it says `succeeded`; default: the parent gateway, when there is one. */
+  announcePublished?: RunnerContext['announcePublished'];
 }
 
 export interface RunningTrainer {
@@ -61,6 +64,7 @@ export async function startTrainer(settings: TrainerSettings, options: TrainerSe
     baseName,
     model,
     onJobProgress: options.onJobProgress,
+    announcePublished: options.announcePublished ?? announceToParentGateway(),
   };
   const scheduler = new JobScheduler(context);
 
