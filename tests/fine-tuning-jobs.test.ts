@@ -71,6 +71,14 @@ test('cancel: a queued job is cancelled before it starts; a running one within o
     // Through the API, while it runs.
     const viaApi = await longJob();
     await waitForJob(client, viaApi.id, async (job) => job.status === 'running' && (await stepsOf(viaApi.id)).length > 0, trainer);
+    // While it runs, the sidecar's series show the running job's progress.
+    await trainer.poll();
+    const exposition = await (await fetch(`${trainer.url}/metrics`)).text();
+    assert.match(exposition, /^trainer_jobs\{status="running"\} 1$/m);
+    for (const series of ['trainer_step', 'trainer_total_steps', 'trainer_tokens_per_second', 'trainer_loss']) {
+      const value = Number(new RegExp(`^${series} (\\S+)$`, 'm').exec(exposition)?.[1]);
+      assert.ok(value > 0, `${series} ${value}`);
+    }
     await client.fineTuning.jobs.cancel(viaApi.id);
     assert.equal((await waitForJob(client, viaApi.id, finished, trainer)).status, 'cancelled');
     const cancelError = await client.fineTuning.jobs.cancel(viaApi.id).catch((error: InstanceType<typeof OpenAI.APIError>) => error);

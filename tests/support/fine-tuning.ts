@@ -70,7 +70,7 @@ export async function startTestTrainer(
   return { ...trainer, spans, logs };
 }
 
-/** Polls the job through the API until `done` holds for it (each poll asks the trainer to look at once). */
+/** Polls the job through the API until `done` holds for it (each poll has the trainer look at the directory first). */
 export async function waitForJob(
   client: OpenAI,
   id: string,

@@ -98,7 +98,9 @@ export async function startTrainer(settings: TrainerSettings, options: TrainerSe
 class JobScheduler {
   readonly #running = new Map<string, Promise<void>>();
   #timer: NodeJS.Timeout | undefined;
+  /** The look at the training directory in progress, and the one queued to start after it. */
   #polling: Promise<void> | undefined;
+  #nextPoll: Promise<void> | undefined;
   #stopping = false;
 
   constructor(private readonly context: RunnerContext) {}
@@ -110,12 +112,19 @@ class JobScheduler {
     void this.poll().finally(loop);
   }
 
-  /** One look at the training directory; concurrent callers share it. */
+  /**
+   * Resolves after a look at the training directory that started after this call (so it saw every change made
+   * before it, and the job counts it reports are current); concurrent callers share one.
+   */
   poll(): Promise<void> {
-    this.#polling ??= this.#pollOnce()
-      .catch((error: Error) => this.context.logger.error('trainer poll failed', { error: error.stack }))
-      .finally(() => (this.#polling = undefined));
-    return this.#polling;
+    this.#nextPoll ??= (this.#polling ?? Promise.resolve()).then(() => {
+      this.#nextPoll = undefined;
+      this.#polling = this.#pollOnce()
+        .catch((error: Error) => this.context.logger.error('trainer poll failed', { error: error.stack }))
+        .finally(() => (this.#polling = undefined));
+      return this.#polling;
+    });
+    return this.#nextPoll;
   }
 
   async #pollOnce(): Promise<void> {
@@ -159,7 +168,7 @@ class JobScheduler {
   async stop(): Promise<void> {
     this.#stopping = true;
     clearTimeout(this.#timer);
-    await this.#polling;
+    await (this.#nextPoll ?? this.#polling);
     await Promise.all(this.#running.values());
   }
 }
