@@ -19,20 +19,15 @@ export interface TestGateway extends RunningGateway {
   stop(): Promise<void>;
 }
 
-/** Starts the real gateway on a free loopback port, serving stories260K with a fresh adapter store. */
-export async function startTestGateway(
-  limits: {
-    maxConcurrentRequests?: number;
-    tokensPerMinute?: number;
-    /** More `limits` keys of one tenant's entry in the tenants file. */
-    perTenant?: Partial<Record<'acme' | 'globex', Record<string, unknown>>>;
-  } = {},
-  env: Record<string, string> = {},
-  writeLog: (line: string) => void = () => {},
-): Promise<TestGateway> {
-  const dir = await mkdtemp(join(tmpdir(), 'gateway-'));
-  const adaptersDir = join(dir, 'adapters');
-  const trainingDir = join(dir, 'training');
+/** Limits of both test tenants, and more `limits` keys of one tenant's entry in the tenants file. */
+export interface TestTenantLimits {
+  maxConcurrentRequests?: number;
+  tokensPerMinute?: number;
+  perTenant?: Partial<Record<'acme' | 'globex', Record<string, unknown>>>;
+}
+
+/** Writes the test deployment's tenants file (KEYS) into `dir` and returns its path, for GATEWAY_CONFIG. */
+export async function writeTenantsFile(dir: string, limits: TestTenantLimits = {}): Promise<string> {
   const configPath = join(dir, 'gateway.yaml');
   const tenantLimits = { max_concurrent_requests: limits.maxConcurrentRequests ?? 16, tokens_per_minute: limits.tokensPerMinute ?? 1_000_000 };
   await writeFile(
@@ -45,6 +40,19 @@ export async function startTestGateway(
       },
     }),
   );
+  return configPath;
+}
+
+/** Starts the real gateway on a free loopback port, serving stories260K with a fresh adapter store. */
+export async function startTestGateway(
+  limits: TestTenantLimits = {},
+  env: Record<string, string> = {},
+  writeLog: (line: string) => void = () => {},
+): Promise<TestGateway> {
+  const dir = await mkdtemp(join(tmpdir(), 'gateway-'));
+  const adaptersDir = join(dir, 'adapters');
+  const trainingDir = join(dir, 'training');
+  const configPath = await writeTenantsFile(dir, limits);
   const traces = new InMemorySpanExporter();
   const gateway = await startGateway(
     {
