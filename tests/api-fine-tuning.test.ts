@@ -4,6 +4,8 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import OpenAI, { toFile } from 'openai';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
@@ -173,4 +175,17 @@ test('jobs: created in OpenAI shape with the LoRA fields; bad values are refused
   const cancelled = await acme.fineTuning.jobs.cancel(job.id);
   assert.equal(cancelled.id, job.id);
   assert.equal((await apiError(acme.fineTuning.jobs.cancel('ftjob-AAAAAAAAAAAAAAAAAAAAAAAA'))).status, 404);
+});
+
+test('admin listings skip entries of the training directory that are not tenants, such as a volume root\'s lost+found', async () => {
+  await mkdir(join(gateway.trainingDir, 'lost+found', 'files'), { recursive: true });
+  await mkdir(join(gateway.trainingDir, 'Not A Tenant', 'jobs'), { recursive: true });
+  const admin = gateway.client(KEYS.admin);
+  const acmeFile = await upload(gateway.client(KEYS.acme), stories(10));
+  assert.ok((await admin.files.list()).data.some((file) => file.id === acmeFile.id));
+  assert.equal((await admin.files.retrieve(acmeFile.id)).id, acmeFile.id);
+  await admin.fineTuning.jobs.list();
+  const missing = await apiError(admin.fineTuning.jobs.retrieve('ftjob-00000000aaaaaaaaaaaaaaaa'));
+  assert.equal(missing.status, 404);
+  await gateway.client(KEYS.acme).files.delete(acmeFile.id);
 });
