@@ -92,6 +92,7 @@ import {
   toResponseBody,
 } from '../gateway/errors.ts';
 import { runInference } from '../gateway/inference.ts';
+import { promptPositions } from '../gateway/model-resolver.ts';
 import { TokenBucket, type Clock } from '../gateway/tenant-limits.ts';
 import type { GatewayServices } from '../gateway/services.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
@@ -416,7 +417,7 @@ class Connection {
         promptIds: request.promptIds,
         promptParam: request.api === 'chat' ? 'messages' : 'input',
         sampling: request.fields.sampling,
-        maxTokens: resolveMaxTokens(request.fields.maxTokens, request.api, request.promptIds.length, this.services.engine.info.maxPositions),
+        maxTokens: resolveMaxTokens(request.fields.maxTokens, request.api, promptPositions(model, request.promptIds), this.services.engine.info.maxPositions),
         stop: request.fields.stop,
         traceContext: this.traceContext,
         signal,
