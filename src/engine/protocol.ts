@@ -6,7 +6,7 @@ import type { ExecutionProvider } from '../runtime/model-runner.ts';
 import type { LlamaConfig, LoadQuantization } from '../model/types.ts';
 import type { SamplingParams } from './sampling.ts';
 
-/** Chosen by measurement on the SmolLM2-135M shape; see the engine README and `npm run bench`. */
+/** Reasoned, not yet measured on a quiet machine: see the engine README and `npm run bench:stall -- --budgets`. */
 export const DEFAULT_PREFILL_TOKEN_BUDGET = 64;
 
 export interface EngineOptions {
