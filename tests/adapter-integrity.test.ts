@@ -9,6 +9,8 @@ import assert from 'node:assert/strict';
 import { readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
+import { runInference } from '../src/gateway/inference.ts';
+import type { ApiError } from '../src/gateway/errors.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
@@ -99,4 +101,31 @@ test('a truncated file is caught by the next scan, with the same answer, log and
   // Everything else keeps serving.
   assert.equal((await status(`${BASE_MODEL}+acme/healthy@${healthy.version}`)).status, 200);
   assert.equal((await status(BASE_MODEL)).status, 200);
+});
+
+test('a version deleted after a request resolved it, before its files were read, answers 404 and counts nothing altered', async () => {
+  const record = await publish('deleted-meanwhile', 3);
+  const principal = gateway.services.authenticator.authenticate(`Bearer ${KEYS.acme}`)!;
+  const model = await gateway.services.models.resolve(principal, `${BASE_MODEL}+acme/deleted-meanwhile`);
+  // The interleaving a request racing a delete can meet: resolved, then deleted, then read by the engine.
+  await gateway.services.store.remove('acme', 'deleted-meanwhile', record.version);
+  const warningsBefore = warnings().length;
+  const alteredBefore = await alteredCount('adapter_model.safetensors');
+  const request = {
+    principal,
+    model,
+    operation: 'text_completion' as const,
+    responseId: 'cmpl-deleted-meanwhile',
+    promptIds: [1, 403, 407],
+    promptParam: 'prompt',
+    sampling: { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 },
+    maxTokens: 4,
+    stop: [],
+  };
+  await assert.rejects(runInference(gateway.services, request), (error: ApiError) => {
+    assert.deepEqual([error.status, error.code], [404, 'model_not_found']);
+    return true;
+  });
+  assert.equal(warnings().length, warningsBefore, 'a deleted version is not an altered file');
+  assert.equal(await alteredCount('adapter_model.safetensors'), alteredBefore);
 });

@@ -4,6 +4,8 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import OpenAI, { toFile } from 'openai';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
@@ -194,4 +196,17 @@ test("a tenant's own limits in the tenants file override the deployment-wide one
   const second = await apiError(globex.fineTuning.jobs.create({ model: BASE_MODEL, training_file: kept.id }));
   assert.equal(second.status, 429);
   assert.match(second.message, /the most allowed \(1, the tenant's max_active_jobs\)/);
+});
+
+test('admin listings skip entries of the training directory that are not tenants, such as a volume root\'s lost+found', async () => {
+  await mkdir(join(gateway.trainingDir, 'lost+found', 'files'), { recursive: true });
+  await mkdir(join(gateway.trainingDir, 'Not A Tenant', 'jobs'), { recursive: true });
+  const admin = gateway.client(KEYS.admin);
+  const acmeFile = await upload(gateway.client(KEYS.acme), stories(10));
+  assert.ok((await admin.files.list()).data.some((file) => file.id === acmeFile.id));
+  assert.equal((await admin.files.retrieve(acmeFile.id)).id, acmeFile.id);
+  await admin.fineTuning.jobs.list();
+  const missing = await apiError(admin.fineTuning.jobs.retrieve('ftjob-00000000aaaaaaaaaaaaaaaa'));
+  assert.equal(missing.status, 404);
+  await gateway.client(KEYS.acme).files.delete(acmeFile.id);
 });

@@ -8,7 +8,7 @@ import type { SamplingParams } from '../engine/sampling.ts';
 import type { GenAiOperation } from '../observability/tracing.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
 import type { Principal } from './auth.ts';
-import { ApiError, adapterUnavailable, internalError, invalidRequest, overloaded, rateLimited } from './errors.ts';
+import { ApiError, adapterUnavailable, internalError, invalidRequest, modelNotFound, overloaded, rateLimited } from './errors.ts';
 import { promptPositions, unavailableReason, type ResolvedModel } from './model-resolver.ts';
 import type { GatewayServices } from './services.ts';
 
@@ -131,7 +131,7 @@ export async function runInference(services: GatewayServices, request: Inference
     });
     return result;
   } catch (error) {
-    const apiError = await alteredAdapterToApi(services, request, error) ?? engineErrorToApi(error);
+    const apiError = (await adapterLoadFailureToApi(services, request, error)) ?? engineErrorToApi(error);
     status = apiError.status;
     trace.fail(error, String(status));
     throw apiError;
@@ -155,14 +155,23 @@ export async function runInference(services: GatewayServices, request: Inference
 }
 
 /**
- * The engine's loader found the adapter's files no longer matching their manifest: the store checks the version
- * again (which makes it invalid and logs and counts the altered file), and the caller hears it is unavailable.
+ * The engine's loader could not read the adapter version the request resolved to. If the version was deleted in
+ * the meantime (its files vanish, perhaps halfway through the read), the caller hears what a request a moment later
+ * hears: not found.
+ * Otherwise, when the files no longer match their manifest, the store checks the version again (which makes it
+ * invalid and logs and counts the altered file), and the caller hears it is unavailable.
  */
-async function alteredAdapterToApi(services: GatewayServices, request: InferenceRequest, error: unknown): Promise<ApiError | undefined> {
+async function adapterLoadFailureToApi(services: GatewayServices, request: InferenceRequest, error: unknown): Promise<ApiError | undefined> {
   const record = request.model.adapter;
-  if (!(error instanceof EngineError) || error.code !== 'adapter_corrupt' || !record) return undefined;
-  await services.store.recheck(record.tenant, record.adapter, record.version).catch(() => undefined);
-  const entry = services.store.unavailable(record.tenant, record.adapter, record.version)?.entry;
+  if (!(error instanceof EngineError) || !record) return undefined;
+  if (error.code !== 'adapter_corrupt' && error.code !== 'adapter_unavailable' && error.code !== 'invalid_adapter') return undefined;
+  const { store } = services;
+  const stored = () => store.resolve(record.tenant, record.adapter, record.version) ?? store.unavailable(record.tenant, record.adapter, record.version);
+  if (!stored()) return modelNotFound(request.model.id);
+  if (error.code !== 'adapter_corrupt') return undefined;
+  await store.recheck(record.tenant, record.adapter, record.version).catch(() => undefined);
+  if (!stored()) return modelNotFound(request.model.id);
+  const entry = store.unavailable(record.tenant, record.adapter, record.version)?.entry;
   return adapterUnavailable(request.model.id, unavailableReason(entry ?? { id: record.id }));
 }
 
