@@ -11,7 +11,9 @@ try {
   const { settings, logger, models } = gateway.services;
   const trainer =
     settings.training.trainer === 'child'
-      ? superviseTrainer({ ...process.env, MODEL_PATH: gateway.modelPath, MODEL_NAME: models.baseName }, logger)
+      ? superviseTrainer({ ...process.env, MODEL_PATH: gateway.modelPath, MODEL_NAME: models.baseName }, logger, (published) =>
+          gateway.preloadAdapter(published.tenant, published.adapter, published.version),
+        )
       : undefined;
   shutdownOnSignals(() => Promise.all([gateway.close(), trainer?.stop()]), 'finishing in-flight requests, then exiting');
 } catch (error) {

@@ -314,6 +314,31 @@ test('a half-written version directory is reported invalid, then served once com
   assert.deepEqual(await readdir(join(root, '.staging')), []);
 });
 
+test('a version the store could not adopt for a system reason is tried again on the next scan, files unchanged', async (t) => {
+  const root = await tempRoot(t);
+  const store = openStore(t, root);
+  await store.start();
+  // The manifest of an adopted version is written through .staging; a file in its place fails that write
+  // (ENOTDIR), as a full disk would (ENOSPC), whoever runs the test.
+  await rm(join(root, '.staging'), { recursive: true });
+  await writeFile(join(root, '.staging'), 'not a directory');
+  const outside = join(root, '..', 'sidecar-output');
+  await mkdir(outside);
+  for (const [name, data] of adapterFiles(4)) await writeFile(join(outside, name), data);
+  await mkdir(join(root, 'acme', 'bot'), { recursive: true });
+  await rename(outside, join(root, 'acme', 'bot', 'ft-1'));
+  await store.refresh();
+  assert.equal(store.resolve('acme', 'bot'), null);
+  assert.match(store.listInvalid()[0].error, /ENOTDIR/);
+
+  await rm(join(root, '.staging'));
+  await mkdir(join(root, '.staging'));
+  await store.refresh();
+  assert.equal(store.resolve('acme', 'bot')?.id, 'acme/bot@ft-1');
+  assert.deepEqual(store.listInvalid(), []);
+  assert.equal(existsSync(join(root, 'acme', 'bot', 'ft-1', 'manifest.json')), true);
+});
+
 test('a version whose file is truncated after publishing stops being served, naming the altered file', async (t) => {
   const root = await tempRoot(t);
   const store = openStore(t, root);

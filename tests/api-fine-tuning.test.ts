@@ -4,12 +4,17 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import OpenAI, { toFile } from 'openai';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
 before(async () => {
-  gateway = await startTestGateway({}, { MAX_FILE_BYTES: '4KiB', MAX_STORED_BYTES_PER_TENANT: '6KiB', MAX_ACTIVE_JOBS_PER_TENANT: '2' });
+  gateway = await startTestGateway(
+    { perTenant: { globex: { max_stored_bytes: '4KiB', max_active_jobs: 1 } } },
+    { MAX_FILE_BYTES: '4KiB', MAX_STORED_BYTES_PER_TENANT: '6KiB', MAX_ACTIVE_JOBS_PER_TENANT: '2' },
+  );
 });
 after(() => gateway.stop());
 
@@ -173,4 +178,35 @@ test('jobs: created in OpenAI shape with the LoRA fields; bad values are refused
   const cancelled = await acme.fineTuning.jobs.cancel(job.id);
   assert.equal(cancelled.id, job.id);
   assert.equal((await apiError(acme.fineTuning.jobs.cancel('ftjob-AAAAAAAAAAAAAAAAAAAAAAAA'))).status, 404);
+});
+
+test("a tenant's own limits in the tenants file override the deployment-wide ones", async () => {
+  const globex = gateway.client(KEYS.globex);
+  for (const file of (await globex.files.list()).data) await globex.files.delete(file.id);
+  // acme stores two of these under MAX_STORED_BYTES_PER_TENANT (6 KiB); globex's max_stored_bytes is 4 KiB.
+  const three = stories(50);
+  const kept = await upload(globex, three);
+  const quota = await apiError(upload(globex, three));
+  assert.equal(quota.status, 413);
+  assert.equal(quota.code, 'file_too_large');
+  assert.match(quota.message, /over the limit of 4096 bytes/);
+
+  // acme may have two unfinished jobs (MAX_ACTIVE_JOBS_PER_TENANT); globex's max_active_jobs is 1.
+  await globex.fineTuning.jobs.create({ model: BASE_MODEL, training_file: kept.id });
+  const second = await apiError(globex.fineTuning.jobs.create({ model: BASE_MODEL, training_file: kept.id }));
+  assert.equal(second.status, 429);
+  assert.match(second.message, /the most allowed \(1, the tenant's max_active_jobs\)/);
+});
+
+test('admin listings skip entries of the training directory that are not tenants, such as a volume root\'s lost+found', async () => {
+  await mkdir(join(gateway.trainingDir, 'lost+found', 'files'), { recursive: true });
+  await mkdir(join(gateway.trainingDir, 'Not A Tenant', 'jobs'), { recursive: true });
+  const admin = gateway.client(KEYS.admin);
+  const acmeFile = await upload(gateway.client(KEYS.acme), stories(10));
+  assert.ok((await admin.files.list()).data.some((file) => file.id === acmeFile.id));
+  assert.equal((await admin.files.retrieve(acmeFile.id)).id, acmeFile.id);
+  await admin.fineTuning.jobs.list();
+  const missing = await apiError(admin.fineTuning.jobs.retrieve('ftjob-00000000aaaaaaaaaaaaaaaa'));
+  assert.equal(missing.status, 404);
+  await gateway.client(KEYS.acme).files.delete(acmeFile.id);
 });

@@ -139,7 +139,7 @@ test('gateway.example.yaml loads, and the keys its comments name authenticate as
   assert.deepEqual(
     settings.tenants.map((tenant) => [tenant.name, tenant.limits]),
     [
-      ['acme', { maxConcurrentRequests: 4, tokensPerMinute: 200000, maxQueuedRequests: 32 }],
+      ['acme', { maxConcurrentRequests: 4, tokensPerMinute: 200000, maxQueuedRequests: 32, maxActiveJobs: 8, maxStoredBytes: 4 * 1024 ** 3 }],
       ['globex', { maxConcurrentRequests: 4, tokensPerMinute: 60000 }],
     ],
   );

@@ -79,9 +79,13 @@ test('a tenant fine-tunes with the openai client and chats with the result as so
   assert.equal(finished.status, 'succeeded', JSON.stringify(finished.error));
   const model = finished.fine_tuned_model!;
   assert.match(model, new RegExp(`^${BASE_MODEL}\\+acme/zibbo@\\d+$`));
-  // At once: no wait for the store's rescan.
+  // At once: no wait for the store's rescan, nor for the disk: the gateway loaded the adapter before `succeeded`.
   const chat = await client.chat.completions.create({ model, messages: [{ role: 'user', content: 'Once upon a time' }], max_tokens: 8, temperature: 0 });
   assert.equal(chat.model, model);
+  const coldStarts = (await (await fetch(`${gateway.url}/metrics`)).text())
+    .split('\n')
+    .filter((line) => line.startsWith('gateway_adapter_cold_starts_total{') && line.includes('zibbo'));
+  assert.deepEqual(coldStarts.map((line) => /tier="(\w+)"/.exec(line)![1]), ['host'], coldStarts.join('\n'));
   const listed = await client.models.list();
   assert.ok(listed.data.some((card) => (card as unknown as { root: string }).root === model.slice(BASE_MODEL.length + 1)), 'listed by /v1/models');
   assert.ok(finished.trained_tokens! > 0);

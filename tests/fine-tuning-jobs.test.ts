@@ -12,6 +12,7 @@ import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import OpenAI, { toFile } from 'openai';
 import type { FineTuningJob as StoredJob } from '../src/training/jobs/job-store.ts';
+import type { AdapterPublishedMessage } from '../src/training/service/gateway-link.ts';
 import { JobStore } from '../src/training/jobs/job-store.ts';
 import { TrainingDir } from '../src/training/jobs/training-dir.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
@@ -70,6 +71,14 @@ test('cancel: a queued job is cancelled before it starts; a running one within o
     // Through the API, while it runs.
     const viaApi = await longJob();
     await waitForJob(client, viaApi.id, async (job) => job.status === 'running' && (await stepsOf(viaApi.id)).length > 0, trainer);
+    // While it runs, the sidecar's series show the running job's progress.
+    await trainer.poll();
+    const exposition = await (await fetch(`${trainer.url}/metrics`)).text();
+    assert.match(exposition, /^trainer_jobs\{status="running"\} 1$/m);
+    for (const series of ['trainer_step', 'trainer_total_steps', 'trainer_tokens_per_second', 'trainer_loss']) {
+      const value = Number(new RegExp(`^${series} (\\S+)$`, 'm').exec(exposition)?.[1]);
+      assert.ok(value > 0, `${series} ${value}`);
+    }
     await client.fineTuning.jobs.cancel(viaApi.id);
     assert.equal((await waitForJob(client, viaApi.id, finished, trainer)).status, 'cancelled');
     const cancelError = await client.fineTuning.jobs.cancel(viaApi.id).catch((error: InstanceType<typeof OpenAI.APIError>) => error);
@@ -95,8 +104,8 @@ test('a file that passes upload but not tokenisation fails the job, naming the l
   }
 });
 
-/** `npm run trainer` as its own process. */
-function trainerProcess(env: Record<string, string>): { child: ChildProcess; exited: Promise<number | null> } {
+/** `npm run trainer` as its own process; with `ipc`, linked as `npm start` links its child sidecar. */
+function trainerProcess(env: Record<string, string>, ipc = false): { child: ChildProcess; exited: Promise<number | null> } {
   const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/trainer-main.ts')], {
     cwd: REPO_ROOT,
     env: {
@@ -106,7 +115,7 @@ function trainerProcess(env: Record<string, string>): { child: ChildProcess; exi
       LOG_LEVEL: 'warn',
       ...env,
     },
-    stdio: 'ignore',
+    stdio: ['ignore', 'ignore', 'ignore', ...(ipc ? (['ipc'] as const) : [])],
   });
   return { child, exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))) };
 }
@@ -163,6 +172,48 @@ test('a trainer killed with SIGKILL resumes the job from its last checkpoint; a 
   assert.ok(leftovers.every((version) => /^[A-Za-z0-9]{8}-step-\d+$/.test(version)), leftovers.join());
 });
 
+test('a trainer killed between publishing the adapter and recording success publishes it once; the restart finishes the job', async () => {
+  const job = await client.fineTuning.jobs.create({
+    model: BASE_MODEL,
+    training_file: trainingFile,
+    suffix: 'once',
+    seed: 1,
+    method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 1, batch_size: 8 } } },
+    lora_r: 4,
+  } as never);
+  // The sidecar announces the published version to its gateway and waits for the answer before saying
+  // `succeeded`: killed while it waits, the version is in the store and the job is not finished.
+  const first = trainerProcess({}, true);
+  const announced = await new Promise<AdapterPublishedMessage>((resolve) =>
+    first.child.on('message', (message: AdapterPublishedMessage) => message.type === 'adapter-published' && resolve(message)),
+  );
+  first.child.kill('SIGKILL');
+  await first.exited;
+  assert.deepEqual([announced.tenant, announced.adapter], ['acme', 'once']);
+  const versionsOnDisk = () => readdir(join(gateway.adaptersDir, 'acme', 'once'));
+  assert.deepEqual(await versionsOnDisk(), [announced.version]);
+  assert.equal((await client.fineTuning.jobs.retrieve(job.id)).status, 'running');
+  const stepsBefore = await stepsOf(job.id);
+
+  const restarted = trainerProcess({});
+  try {
+    const done = await waitForJob(client, job.id, finished);
+    assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
+    assert.equal(done.fine_tuned_model, `${BASE_MODEL}+acme/once@${announced.version}`);
+    assert.deepEqual(await versionsOnDisk(), [announced.version], 'no second version');
+    assert.deepEqual(await stepsOf(job.id), stepsBefore, 'not trained again');
+    const events = (await client.fineTuning.jobs.listEvents(job.id, { limit: 100 })).data.map((e) => e.message);
+    assert.ok(events.includes(`The trainer restarted after publishing the adapter as version ${announced.version}`), events.join('\n'));
+    const chat = await client.chat.completions.create({ model: done.fine_tuned_model!, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 2 });
+    assert.equal(chat.model, done.fine_tuned_model);
+    await gateway.services.store.refresh();
+    assert.deepEqual(gateway.services.store.listInvalid('acme'), []);
+  } finally {
+    restarted.child.kill('SIGTERM');
+    await restarted.exited;
+  }
+});
+
 test('npm start alone serves the fine-tuning API: the gateway runs the trainer as a child process', async () => {
   const trainingDir = join(gateway.trainingDir, '..', 'standalone-training');
   const adaptersDir = join(gateway.trainingDir, '..', 'standalone-adapters');
@@ -189,6 +240,10 @@ test('npm start alone serves the fine-tuning API: the gateway runs the trainer a
     assert.equal(done.status, 'succeeded', JSON.stringify(done.error));
     const chat = await local.chat.completions.create({ model: done.fine_tuned_model!, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 2 });
     assert.equal(chat.model, done.fine_tuned_model);
+    // The child sidecar had the gateway load the adapter before the job said `succeeded`: the chat found it in memory.
+    const exposition = await (await fetch(`${url}/metrics`)).text();
+    assert.match(exposition, /^gateway_adapter_cold_starts_total\{[^}]*tier="host"[^}]*\} 1$/m);
+    assert.doesNotMatch(exposition, /^gateway_adapter_cold_starts_total\{[^}]*tier="disk"/m);
   } finally {
     main.kill('SIGTERM');
     assert.equal(await exited, 0);

@@ -187,6 +187,7 @@ defaults:
   limits:
     max_concurrent_requests: 4
     tokens_per_minute: 20000
+    max_stored_bytes: 512MiB
 tenants:
   acme:
     keys:
@@ -195,6 +196,8 @@ tenants:
     limits:
       tokens_per_minute: 50000
       max_queued_requests: 10
+      max_active_jobs: 2
+      max_stored_bytes: 2048
   globex_2:
     keys:
       - key: "sk-globex-plaintext"
@@ -210,12 +213,12 @@ test('a YAML tenants file gives hashed keys, drops plaintext, and merges limits 
       {
         name: 'acme',
         keys: [sha256Hex('sk-acme-1'), sha256Hex('sk-acme-plaintext')],
-        limits: { maxConcurrentRequests: 4, tokensPerMinute: 50000, maxQueuedRequests: 10 },
+        limits: { maxConcurrentRequests: 4, tokensPerMinute: 50000, maxQueuedRequests: 10, maxActiveJobs: 2, maxStoredBytes: 2048 },
       },
       {
         name: 'globex_2',
         keys: [sha256Hex('sk-globex-plaintext')],
-        limits: { maxConcurrentRequests: 4, tokensPerMinute: 20000 },
+        limits: { maxConcurrentRequests: 4, tokensPerMinute: 20000, maxStoredBytes: 512 * 1024 * 1024 },
       },
     ],
   );
@@ -246,7 +249,7 @@ test('unknown keys are refused with their path', async () => {
   await rejectsFile(
     'b.yaml',
     'tenants:\n  acme:\n    keys: [{ key: k1 }]\n    limits: { burst: 5 }\n',
-    /tenants\.acme\.limits\.burst is not a known key; expected one of max_concurrent_requests, tokens_per_minute, max_queued_requests$/,
+    /tenants\.acme\.limits\.burst is not a known key; expected one of max_concurrent_requests, tokens_per_minute, max_queued_requests, max_active_jobs, max_stored_bytes$/,
   );
   await rejectsFile(
     'c.json',
@@ -277,6 +280,9 @@ test('invalid tenants files are refused with the path at fault', async () => {
     ['tenants:\n  acme:\n    keys: [{ key: k1 }]\n    limits: { tokens_per_minute: 0 }\n', /tenants\.acme\.limits\.tokens_per_minute must be an integer of at least 1, got 0/],
     ['tenants:\n  acme:\n    keys: [{ key: k1 }]\n    limits: { max_concurrent_requests: 1.5 }\n', /limits\.max_concurrent_requests must be an integer of at least 1, got 1\.5/],
     ['tenants:\n  acme:\n    keys: [{ key: k1 }]\n    limits: { max_queued_requests: "5" }\n', /limits\.max_queued_requests must be an integer of at least 0, got "5"/],
+    ['tenants:\n  acme:\n    keys: [{ key: k1 }]\n    limits: { max_active_jobs: 0 }\n', /tenants\.acme\.limits\.max_active_jobs must be an integer of at least 1, got 0/],
+    ['tenants:\n  acme:\n    keys: [{ key: k1 }]\n    limits: { max_stored_bytes: 1GB }\n', /tenants\.acme\.limits\.max_stored_bytes must be a byte count from 1024 to \d+, optionally with a unit \(KiB, MiB, GiB\) as in "256MiB", got "1GB"/],
+    ['defaults:\n  limits: { max_stored_bytes: 10 }\ntenants:\n  acme:\n    keys: [{ key: k1 }]\n', /defaults\.limits\.max_stored_bytes must be a byte count from 1024 to/],
     ['defaults:\n  limits: []\ntenants:\n  acme:\n    keys: [{ key: k1 }]\n', /defaults\.limits must be a mapping/],
     ['tenants:\n  acme:\n    keys: [{ key: k1 }]\n  beta:\n    keys: [{ key: k1 }]\n', /tenants\.beta\.keys\[0\] is the same key as tenants\.acme\.keys\[0\]/],
     [

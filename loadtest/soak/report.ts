@@ -63,8 +63,8 @@ export function checkReport(report: SoakReport, details: string[]): string[] {
     failures.push(`gateway_errors_total ${JSON.stringify(requests.httpErrorsCounted)} differs from the clients' ${JSON.stringify(requests.httpErrorsSeen)}`);
   }
   if (shutdown.exitCode !== 0) failures.push(`the gateway exited with ${shutdown.exitCode} after SIGTERM`);
-  if (!/^503 overloaded$|ECONNREFUSED/.test(shutdown.refusedAfterSigterm)) {
-    failures.push(`a request sent after SIGTERM was not refused (503, or the connection refused): ${shutdown.refusedAfterSigterm}`);
+  if (!/^503 overloaded$|ECONNREFUSED|ECONNRESET/.test(shutdown.refusedAfterSigterm)) {
+    failures.push(`a request sent after SIGTERM was not refused (503, or the connection refused or reset): ${shutdown.refusedAfterSigterm}`);
   }
   if (shutdown.endedCleanly !== shutdown.inFlightAtSigterm) {
     failures.push(`${shutdown.inFlightAtSigterm - shutdown.endedCleanly} of ${shutdown.inFlightAtSigterm} streams in flight at SIGTERM did not end cleanly`);

@@ -4,10 +4,12 @@
  *
  * Files belong to the uploading tenant; another tenant's file answers the same 404 as a missing one. Admin keys see
  * every tenant's files but own none, so they cannot upload. Uploads are limited per file (MAX_FILE_BYTES, 413) and
- * per tenant (MAX_STORED_BYTES_PER_TENANT, 413), and validated line by line as a fine-tuning dataset.
+ * per tenant (the tenant's `max_stored_bytes`, else MAX_STORED_BYTES_PER_TENANT; 413), and validated line by line as
+ * a fine-tuning dataset.
  */
 import type { Context, Hono } from 'hono';
 import type { Principal } from '../gateway/auth.ts';
+import type { TenantSettings, TrainingSettings } from '../gateway/config.ts';
 import { ApiError, invalidRequest, notFound, permissionDenied } from '../gateway/errors.ts';
 import type { GatewayEnv, GatewayServices } from '../gateway/services.ts';
 import { DatasetError } from '../training/data/jsonl-examples.ts';
@@ -20,21 +22,22 @@ const UPLOAD_HELP = 'Upload multipart/form-data with a "file" field holding the 
 
 export function registerFileRoutes(app: Hono<GatewayEnv>, services: GatewayServices): void {
   const { files } = services.training;
-  const { maxFileBytes, maxStoredBytesPerTenant } = services.settings.training;
+  const { maxFileBytes } = services.settings.training;
 
   app.post('/v1/files', async (c) => {
     const tenant = owningTenant(c.get('principal'));
     const { file, filename } = await readUpload(c);
     if (file.byteLength > maxFileBytes) throw fileTooLarge(`The file is larger than the limit of ${maxFileBytes} bytes.`);
-    const used = await files.bytesUsed(tenant);
-    if (used + file.byteLength > maxStoredBytesPerTenant) {
+    const used = await files.bytesUsed(tenant.name);
+    const { maxStoredBytes } = trainingLimits(tenant, services.settings.training);
+    if (used + file.byteLength > maxStoredBytes) {
       throw fileTooLarge(
         `Storing this file would take the tenant's files to ${used + file.byteLength} bytes, over the limit of ` +
-          `${maxStoredBytesPerTenant} bytes; delete files that are no longer needed.`,
+          `${maxStoredBytes} bytes; delete files that are no longer needed.`,
       );
     }
     try {
-      return c.json(fileView(await files.create(tenant, filename, file)));
+      return c.json(fileView(await files.create(tenant.name, filename, file)));
     } catch (error) {
       if (error instanceof DatasetError || error instanceof TypeError) {
         throw invalidRequest(`The file is not a valid fine-tuning dataset: ${error.message}.`, 'file', 'invalid_file');
@@ -70,11 +73,19 @@ function fileView(file: StoredFile) {
   return view;
 }
 
-export function owningTenant(principal: Principal): string {
+export function owningTenant(principal: Principal): TenantSettings {
   if (principal.kind === 'admin') {
     throw permissionDenied('Admin keys see every tenant but own nothing; upload files and create jobs with a tenant key.');
   }
-  return principal.tenant.name;
+  return principal.tenant;
+}
+
+/** A tenant's fine-tuning limits: its own from the tenants file, else the deployment-wide settings. */
+export function trainingLimits(tenant: TenantSettings, training: TrainingSettings): { maxActiveJobs: number; maxStoredBytes: number } {
+  return {
+    maxActiveJobs: tenant.limits.maxActiveJobs ?? training.maxActiveJobsPerTenant,
+    maxStoredBytes: tenant.limits.maxStoredBytes ?? training.maxStoredBytesPerTenant,
+  };
 }
 
 async function visibleFiles(files: TrainingFileStore, principal: Principal): Promise<StoredFile[]> {

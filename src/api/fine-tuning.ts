@@ -21,7 +21,7 @@ import { MIN_TRAINING_EXAMPLES } from '../training/data/jsonl-examples.ts';
 import { FINISHED_STATUSES, type FineTuningJob, type JobStore } from '../training/jobs/job-store.ts';
 import { isId, newId } from '../training/jobs/training-dir.ts';
 import { parseJobRequest } from './fine-tuning-request.ts';
-import { findFile, owningTenant } from './files.ts';
+import { findFile, owningTenant, trainingLimits } from './files.ts';
 import { listPage } from './list-page.ts';
 import { requireJsonObject } from './request-fields.ts';
 
@@ -42,7 +42,8 @@ export function registerFineTuningRoutes(app: Hono<GatewayEnv>, services: Gatewa
 
   app.post('/v1/fine_tuning/jobs', async (c) => {
     const principal = c.get('principal');
-    const tenant = owningTenant(principal);
+    const owner = owningTenant(principal);
+    const tenant = owner.name;
     const request = parseJobRequest(requireJsonObject(await c.req.json()), {
       maxLoraRank: services.settings.engine.maxLoraRank,
       maxPositions: services.engine.info.maxPositions,
@@ -76,12 +77,13 @@ export function registerFineTuningRoutes(app: Hono<GatewayEnv>, services: Gatewa
         );
       }
     }
-    const limit = services.settings.training.maxActiveJobsPerTenant;
+    const { maxActiveJobs } = trainingLimits(owner, services.settings.training);
     const active = (await jobs.list(tenant)).filter((job) => !FINISHED_STATUSES.has(job.status)).length;
-    if (active >= limit) {
+    if (active >= maxActiveJobs) {
+      const source = owner.limits.maxActiveJobs === undefined ? 'MAX_ACTIVE_JOBS_PER_TENANT' : "the tenant's max_active_jobs";
       throw rateLimited({
         limit: 'concurrency',
-        message: `The tenant has ${active} fine-tuning jobs that have not finished, the most allowed (MAX_ACTIVE_JOBS_PER_TENANT); wait for one to finish or cancel one.`,
+        message: `The tenant has ${active} fine-tuning jobs that have not finished, the most allowed (${maxActiveJobs}, ${source}); wait for one to finish or cancel one.`,
         retryable: false,
       });
     }

@@ -4,18 +4,19 @@
  *   - serving slowdown: base-model decode throughput of concurrent streams while a fine-tuning job runs, against
  *     the same load with the trainer idle, in interleaved trial pairs (ratio per pair, median and spread);
  *   - publish latency: from the first API response reporting a job `succeeded` to the first successful chat
- *     completion on its `fine_tuned_model` (goal < 1 s).
+ *     completion on its `fine_tuned_model` (goal < 1 s), beside the same chat on the base model and on a copy of
+ *     the same adapter files published without the sidecar (what the first chat costs when nothing preloads it).
  *   npm run bench:fine-tuning [-- --json] [--model PATH] [--trials N] [--streams N] [--max-tokens N]
  *                             [--engine-threads N] [--trainer-threads N]
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import OpenAI, { toFile } from 'openai';
+import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
 import { startGateway } from '../gateway/server.ts';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { superviseTrainer } from '../training/service/trainer-child.ts';
 
 const log = (message: string) => process.stderr.write(`${message}\n`);
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
@@ -40,11 +41,12 @@ const dir = await mkdtemp(join(tmpdir(), 'bench-fine-tuning-'));
 const shared = { MODEL_PATH: values.model, ADAPTERS_DIR: join(dir, 'adapters'), TRAINING_DIR: join(dir, 'training'), LOG_LEVEL: 'warn' };
 await writeFile(join(dir, 'tenants.json'), JSON.stringify({ tenants: { bench: { keys: [{ key: 'sk-bench' }], limits: { tokens_per_minute: 1e9, max_concurrent_requests: 64 } } } }));
 const gateway = await startGateway({ ...shared, PORT: '0', ENGINE_THREADS: values['engine-threads'], GATEWAY_CONFIG: join(dir, 'tenants.json') });
-const trainer = spawn(process.execPath, [...process.execArgv, fileURLToPath(new URL('../trainer-main.ts', import.meta.url))], {
-  env: { ...process.env, ...shared, TRAINER_PORT: '0', TRAINER_THREADS: values['trainer-threads'], TRAINER_POLL_MS: '20', TRAINER_CHECKPOINT_STEPS: '1000000' },
-  stdio: ['ignore', 'ignore', 'inherit'],
-});
-const trainerExited = new Promise((resolve) => trainer.once('exit', resolve));
+// The sidecar as `npm start` runs it: a child process that has the gateway load each new adapter before `succeeded`.
+const trainer = superviseTrainer(
+  { ...process.env, ...shared, TRAINER_PORT: '0', TRAINER_THREADS: values['trainer-threads'], TRAINER_POLL_MS: '20', TRAINER_CHECKPOINT_STEPS: '1000000' },
+  gateway.services.logger,
+  ({ tenant, adapter, version }) => gateway.preloadAdapter(tenant, adapter, version),
+);
 const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'sk-bench', maxRetries: 0 });
 const base = gateway.services.models.baseName;
 
@@ -92,6 +94,7 @@ try {
 
   const latencies: number[] = [];
   const baseChats: number[] = [];
+  const coldChats: number[] = [];
   for (let trial = 0; trial < trials; trial++) {
     const job = await createJob(1);
     const done = await waitFor(job.id, (j) => FINISHED.has(j.status), 5);
@@ -104,9 +107,16 @@ try {
     latencies.push(await chat(done.fine_tuned_model!));
     // The same request on the base model right after: what a chat costs on this machine at this moment.
     baseChats.push(await chat(base));
+    // And on the same files published by hand, which nothing loads before its first request.
+    const published = gateway.services.store.resolve('bench', done.fine_tuned_model!.slice(`${base}+bench/`.length).split('@')[0])!;
+    const files = new Map<string, Uint8Array>();
+    for (const name of [ADAPTER_CONFIG_FILE, 'adapter_model.safetensors']) files.set(name, await readFile(join(published.path, name)));
+    const copy = await gateway.services.store.publish('bench', `cold-copy-${trial}`, files);
+    coldChats.push(await chat(`${base}+bench/cold-copy-${trial}@${copy.version}`));
     log(
       `trial ${trial + 1}: first chat on ${done.fine_tuned_model} ${(latencies.at(-1)! * 1000).toFixed(0)} ms after the job reported ` +
-        `succeeded (the same chat on the base model: ${(baseChats.at(-1)! * 1000).toFixed(0)} ms)`,
+        `succeeded (the same chat on the base model: ${(baseChats.at(-1)! * 1000).toFixed(0)} ms; on a copy nothing preloaded: ` +
+        `${(coldChats.at(-1)! * 1000).toFixed(0)} ms)`,
     );
   }
 
@@ -124,18 +134,21 @@ try {
     },
     succeededToFirstChatSeconds: { median: median(latencies), max: Math.max(...latencies), all: latencies },
     baseChatSeconds: { median: median(baseChats), all: baseChats },
+    notPreloadedFirstChatSeconds: { median: median(coldChats), all: coldChats },
+    /** Per trial: the first chat after `succeeded` over the first chat on the same files not preloaded. */
+    preloadedOverColdRatio: latencies.map((seconds, i) => seconds / coldChats[i]),
   };
   if (values.json) process.stdout.write(`${JSON.stringify(report)}\n`);
   else {
     log(`serving while a job trains: ×${report.servingWhileTraining.ratioMedian.toFixed(2)} of idle (pairs ${report.servingWhileTraining.ratioMin.toFixed(2)}–${report.servingWhileTraining.ratioMax.toFixed(2)})`);
     log(
       `succeeded → first chat: median ${(report.succeededToFirstChatSeconds.median * 1000).toFixed(0)} ms, max ` +
-        `${(report.succeededToFirstChatSeconds.max * 1000).toFixed(0)} ms (base-model chat: median ${(report.baseChatSeconds.median * 1000).toFixed(0)} ms)`,
+        `${(report.succeededToFirstChatSeconds.max * 1000).toFixed(0)} ms (base-model chat: median ${(report.baseChatSeconds.median * 1000).toFixed(0)} ms; ` +
+        `first chat on the same files not preloaded: median ${(report.notPreloadedFirstChatSeconds.median * 1000).toFixed(0)} ms)`,
     );
   }
 } finally {
-  trainer.kill('SIGTERM');
-  await trainerExited;
+  await trainer.stop();
   await gateway.close(1000);
   await rm(dir, { recursive: true, force: true });
 }

@@ -65,6 +65,11 @@ async function start(options: EngineWorkerData): Promise<void> {
         return scheduler.cancel(message.id);
       case 'evict-adapter':
         return scheduler.evictAdapter(message.key);
+      case 'preload-adapter':
+        return scheduler.preloadAdapter(message.ref).then(
+          () => post({ type: 'adapter-preloaded', id: message.id }),
+          (error: Error) => post({ type: 'adapter-preloaded', id: message.id, error: error.message }),
+        );
       case 'shutdown':
         await loader.close();
         await runner.close();

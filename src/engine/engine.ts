@@ -67,6 +67,7 @@ export interface EngineEvents {
 
 export class Engine extends EventEmitter<EngineEvents> {
   private readonly pending = new Map<number, Pending>();
+  private readonly preloads = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
   private nextId = 1;
   private closed = false;
   private exited = false;
@@ -162,6 +163,20 @@ export class Engine extends EventEmitter<EngineEvents> {
   }
 
   /**
+   * Loads an adapter version into the host cache ahead of its first request (a version just published), so that
+   * request does not wait for the disk. Resolves once it is cached; rejects when it cannot be loaded.
+   */
+  preloadAdapter(ref: AdapterRef): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closed) return Promise.reject(new EngineError('the engine is shutting down', 'shutting_down'));
+    const id = this.nextId++;
+    return new Promise<void>((resolve, reject) => {
+      this.preloads.set(id, { resolve, reject });
+      this.post({ type: 'preload-adapter', id, ref });
+    });
+  }
+
+  /**
    * Stops the engine thread at its next step boundary, after it has reported that step, until step() or
    * resume(): nothing is sampled, cancelled or admitted meanwhile. It makes what the engine has done at a given
    * moment exact, independent of the machine's speed (tests and debugging rely on this).
@@ -223,6 +238,11 @@ export class Engine extends EventEmitter<EngineEvents> {
       this.emit('stats', message.stats);
     } else if (message.type === 'sequence-failed') {
       this.settle(message.id)?.reject(new EngineError(message.message, message.code));
+    } else if (message.type === 'adapter-preloaded') {
+      const preload = this.preloads.get(message.id);
+      this.preloads.delete(message.id);
+      if (message.error === undefined) preload?.resolve();
+      else preload?.reject(new EngineError(message.error, 'invalid_adapter'));
     } else if (message.type === 'paused') {
       this.isPaused = true;
       for (const resolve of this.pausedWaiters.splice(0)) resolve();
@@ -245,5 +265,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   private die(error: EngineError): void {
     if (!this.closed) this.failure ??= error;
     for (const id of [...this.pending.keys()]) this.settle(id)?.reject(error);
+    for (const preload of this.preloads.values()) preload.reject(error);
+    this.preloads.clear();
   }
 }

@@ -134,6 +134,7 @@ export type ToWorker =
   | { type: 'submit'; request: SequenceRequest }
   | { type: 'cancel'; id: number }
   | { type: 'evict-adapter'; key: string }
+  | { type: 'preload-adapter'; id: number; ref: AdapterRef }
   | { type: 'shutdown' };
 
 export type FromWorker =
@@ -148,6 +149,8 @@ export type FromWorker =
       stats: SchedulerStats;
     }
   | { type: 'sequence-failed'; id: number; message: string; code: string }
+  /** A preload-adapter request ended: the adapter is in the host cache, or `error` says why not. */
+  | { type: 'adapter-preloaded'; id: number; error?: string }
   /** The engine thread stopped at a step boundary because it was paused (see Engine.pause). */
   | { type: 'paused' }
   | { type: 'closed' };

@@ -17,6 +17,7 @@ import { planPrefillPass } from './prefill-plan.ts';
 import type {
   AdapterCacheEvent,
   AdapterLoadEvent,
+  AdapterRef,
   FinishEvent,
   FinishReason,
   SchedulerStats,
@@ -159,6 +160,15 @@ export class Scheduler {
     const sequence = this.running.find((s) => s.request.id === id) ?? this.waiting.find((s) => s.request.id === id);
     if (sequence) sequence.cancelled = true;
     this.kick();
+  }
+
+  /**
+   * Reads, verifies and parses an adapter into the host cache before any request needs it (a version just
+   * published), so its first request pays only for taking a slot. Runs beside the steps like any other load.
+   */
+  async preloadAdapter(ref: AdapterRef): Promise<void> {
+    if (this.runner.slots.residentAdapters.includes(ref.key) || this.hostCache.has(ref.key)) return;
+    await this.hostCache.load(ref);
   }
 
   /** Drops a cached adapter (deleted or replaced); its slot is reused once no running sequence holds it. */

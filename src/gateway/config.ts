@@ -22,6 +22,10 @@ export interface TenantLimits {
   tokensPerMinute: number;
   /** How many of the tenant's requests may wait in the engine queue; absent: only MAX_QUEUE applies. */
   maxQueuedRequests?: number;
+  /** The tenant's unfinished fine-tuning jobs; absent: MAX_ACTIVE_JOBS_PER_TENANT. */
+  maxActiveJobs?: number;
+  /** All of the tenant's stored fine-tuning files together; absent: MAX_STORED_BYTES_PER_TENANT. */
+  maxStoredBytes?: number;
 }
 
 export interface TenantSettings {
@@ -110,6 +114,8 @@ const KIB = 1024;
 const MIB = 1024 * KIB;
 const GIB = 1024 * MIB;
 const BYTE_UNITS: Record<string, number> = { '': 1, KiB: KIB, MiB: MIB, GiB: GIB };
+/** Bounds of a tenant's stored fine-tuning files, as MAX_STORED_BYTES_PER_TENANT or a tenant's `max_stored_bytes`. */
+const STORED_BYTES_RANGE = { min: KIB, max: 1024 * GIB };
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -140,17 +146,23 @@ export function envInteger(env: NodeJS.ProcessEnv, name: string, fallback: numbe
   return value;
 }
 
+/** `512MiB`, `4096`: the byte count, or NaN when the text is not one. */
+function parseByteCount(raw: string): number {
+  const match = /^(\d+)\s*(KiB|MiB|GiB)?$/.exec(raw);
+  return match ? Number(match[1]) * BYTE_UNITS[match[2] ?? ''] : NaN;
+}
+
+function byteCountRule(min: number, max: number): string {
+  return `a byte count from ${min} to ${max}, optionally with a unit (KiB, MiB, GiB) as in "256MiB"`;
+}
+
 /** Byte counts accept a binary unit (`512MiB`) because raw byte counts of this size are easy to get wrong. */
 export function envBytes(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number): number {
   const raw = envString(env, name);
   if (raw === undefined) return fallback;
-  const match = /^(\d+)\s*(KiB|MiB|GiB)?$/.exec(raw);
-  const value = match ? Number(match[1]) * BYTE_UNITS[match[2] ?? ''] : NaN;
+  const value = parseByteCount(raw);
   if (!Number.isSafeInteger(value) || value < min || value > max) {
-    throw new ConfigError(
-      `${name} must be a byte count from ${min} to ${max}, optionally with a unit (KiB, MiB, GiB) as in "256MiB", ` +
-        `got ${JSON.stringify(raw)}`,
-    );
+    throw new ConfigError(`${name} must be ${byteCountRule(min, max)}, got ${JSON.stringify(raw)}`);
   }
   return value;
 }
@@ -240,9 +252,23 @@ class TenantsFileReader {
     return value;
   }
 
+  #bytes(value: unknown, path: string, min: number, max: number): number {
+    const bytes = typeof value === 'number' ? value : typeof value === 'string' ? parseByteCount(value.trim()) : NaN;
+    if (!Number.isSafeInteger(bytes) || bytes < min || bytes > max) {
+      this.#fail(path, `must be ${byteCountRule(min, max)}, got ${JSON.stringify(value)}`);
+    }
+    return bytes;
+  }
+
   #limits(value: unknown, path: string, inherited: TenantLimits): TenantLimits {
     if (value === undefined) return inherited;
-    const raw = this.#mapping(value, path, ['max_concurrent_requests', 'tokens_per_minute', 'max_queued_requests']);
+    const raw = this.#mapping(value, path, [
+      'max_concurrent_requests',
+      'tokens_per_minute',
+      'max_queued_requests',
+      'max_active_jobs',
+      'max_stored_bytes',
+    ]);
     const limits: TenantLimits = {
       maxConcurrentRequests:
         raw.max_concurrent_requests === undefined
@@ -258,6 +284,16 @@ class TenantsFileReader {
         ? inherited.maxQueuedRequests
         : this.#integer(raw.max_queued_requests, join(path, 'max_queued_requests'), 0);
     if (maxQueued !== undefined) limits.maxQueuedRequests = maxQueued;
+    const maxActiveJobs =
+      raw.max_active_jobs === undefined
+        ? inherited.maxActiveJobs
+        : this.#integer(raw.max_active_jobs, join(path, 'max_active_jobs'), 1);
+    if (maxActiveJobs !== undefined) limits.maxActiveJobs = maxActiveJobs;
+    const maxStoredBytes =
+      raw.max_stored_bytes === undefined
+        ? inherited.maxStoredBytes
+        : this.#bytes(raw.max_stored_bytes, join(path, 'max_stored_bytes'), STORED_BYTES_RANGE.min, STORED_BYTES_RANGE.max);
+    if (maxStoredBytes !== undefined) limits.maxStoredBytes = maxStoredBytes;
     return limits;
   }
 
@@ -428,7 +464,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       dir: envString(env, 'TRAINING_DIR') ?? 'training',
       maxFileBytes: envBytes(env, 'MAX_FILE_BYTES', 64 * MIB, KIB, 64 * GIB),
       maxActiveJobsPerTenant: envInteger(env, 'MAX_ACTIVE_JOBS_PER_TENANT', 4, 1, 100_000),
-      maxStoredBytesPerTenant: envBytes(env, 'MAX_STORED_BYTES_PER_TENANT', GIB, KIB, 1024 * GIB),
+      maxStoredBytesPerTenant: envBytes(env, 'MAX_STORED_BYTES_PER_TENANT', GIB, STORED_BYTES_RANGE.min, STORED_BYTES_RANGE.max),
       trainer: envChoice(env, 'TRAINER', ['child', 'external'] as const, 'child'),
     },
     webSocketPingSeconds: envInteger(env, 'WS_PING_INTERVAL_SECONDS', 30, 1, 3600),

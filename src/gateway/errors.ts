@@ -158,11 +158,11 @@ export function storageFailure(err: unknown): ApiError | undefined {
   if (code === undefined) return undefined;
   const options = { headers: { 'x-should-retry': 'false' }, cause: err };
   if (NO_ROOM_CODES.has(code)) {
-    const message = 'The server has no storage space left for this (disk full or over quota); nothing was saved. Retry once space was freed.';
+    const message = 'The server has no storage space left for this (disk full or over quota); nothing was saved. Retry once space has been freed.';
     return new ApiError(507, 'server_error', message, { ...options, code: 'insufficient_storage' });
   }
   if (NO_ACCESS_CODES.has(code)) {
-    const message = 'The server cannot write to its storage (read-only or permission denied); nothing was saved.';
+    const message = 'The server cannot use its storage (read-only filesystem or permission denied); nothing was saved.';
     return new ApiError(503, 'server_error', message, { ...options, code: 'storage_unavailable' });
   }
   return undefined;

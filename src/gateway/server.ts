@@ -32,6 +32,11 @@ export interface RunningGateway {
   modelPath: string;
   services: GatewayServices;
   /**
+   * Loads a version into the engine's host cache ahead of its first request (rescanning the store first when it
+   * does not know the version yet): the trainer sidecar's newly published adapters.
+   */
+  preloadAdapter(tenant: string, adapter: string, version: string): Promise<void>;
+  /**
    * Stops accepting, lets in-flight requests finish for up to `graceMs` (default SHUTDOWN_GRACE_SECONDS),
    * cancels the rest, and releases everything.
    */
@@ -150,5 +155,11 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
       await store.stop();
       await tracing.shutdown();
     })());
-  return { url, modelPath, services, close };
+  const preloadAdapter = async (tenant: string, adapter: string, version: string) => {
+    if (store.resolve(tenant, adapter, version) === null) await store.refresh();
+    const record = store.resolve(tenant, adapter, version);
+    if (record === null) throw new Error(`adapter ${tenant}/${adapter}@${version} is not servable`);
+    await engine.preloadAdapter({ key: record.id, path: record.path, files: record.files });
+  };
+  return { url, modelPath, services, preloadAdapter, close };
 }

@@ -3,7 +3,7 @@
  * renamed into place), removing a version or an adapter (renamed into `.trash/`, then deleted), and writing an
  * adapter's visibility. The catalog is updated in the same exclusive section as the change.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { lstat, mkdir, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { syncDirectory, writeDurably } from '../storage/durable-files.ts';
@@ -26,7 +26,7 @@ import {
   serializeManifest,
   type Manifest,
 } from './manifest.ts';
-import { errorCode, ignoreMissing, pathExists, readdirIfPresent, type FileDigest } from './store-files.ts';
+import { digestBytes, errorCode, ignoreMissing, pathExists, readdirIfPresent, type FileDigest } from './store-files.ts';
 import type { StoreLayout } from './store-layout.ts';
 import { readVisibility, writeVisibility } from './visibility.ts';
 
@@ -67,7 +67,7 @@ export class AdapterPublisher<Summary> {
       const digests: Record<string, FileDigest> = {};
       for (const [name, data] of files) {
         await writeDurably(join(staging, name), data);
-        digests[name] = { size: data.byteLength, sha256: createHash('sha256').update(data).digest('hex') };
+        digests[name] = digestBytes(data);
       }
       await syncDirectory(staging);
       const summary = await validate(staging);

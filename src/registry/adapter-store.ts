@@ -8,6 +8,7 @@
  * the adapter's content is injected (`validate`), so the store knows files and directories only.
  */
 import { EventEmitter } from 'node:events';
+import { join } from 'node:path';
 import { checkAdapterRef, checkTenantName } from './adapter-names.ts';
 import {
   AdapterCatalog,
@@ -18,7 +19,8 @@ import {
 import { AdapterPublisher } from './adapter-publisher.ts';
 import { StoreLayout } from './store-layout.ts';
 import { StoreScanner } from './store-scanner.ts';
-import { asError } from './store-files.ts';
+import { MANIFEST_FILE, MAX_MANIFEST_BYTES, parseManifest, sameFiles, type FileDigest } from './manifest.ts';
+import { asError, readdirIfPresent, readSmallFile } from './store-files.ts';
 import { VersionVerifier } from './version-verifier.ts';
 
 export { StoreError } from './adapter-names.ts';
@@ -53,6 +55,7 @@ export interface AdapterStoreOptions<Summary> {
 
 export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEvents<Summary>> {
   readonly root: string;
+  private readonly layout: StoreLayout;
   private readonly rescanIntervalMs: number;
   private readonly catalog: AdapterCatalog<Summary>;
   private readonly scanner: StoreScanner<Summary>;
@@ -67,6 +70,7 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
   constructor(options: AdapterStoreOptions<Summary>) {
     super();
     const layout = new StoreLayout(options.root);
+    this.layout = layout;
     this.root = layout.root;
     this.rescanIntervalMs = options.rescanIntervalMs ?? 2000;
     this.catalog = new AdapterCatalog(this);
@@ -162,6 +166,26 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
   ): Promise<AdapterRecord<Summary>> {
     checkAdapterRef({ tenant, adapter, version: options.version });
     return this.publisher.publish(tenant, adapter, files, options.version);
+  }
+
+  /**
+   * The version of `<tenant>/<adapter>` whose manifest lists exactly `files` (sizes and checksums), read from disk
+   * rather than the catalog, so a publisher that does not scan (the trainer sidecar) can tell whether an attempt
+   * of its own that a crash cut short had already published them. Null when no version does.
+   */
+  async findPublished(tenant: string, adapter: string, files: Record<string, FileDigest>): Promise<string | null> {
+    checkAdapterRef({ tenant, adapter });
+    const adapterDir = this.layout.pathInside(tenant, adapter);
+    for (const entry of await readdirIfPresent(adapterDir)) {
+      if (!entry.isDirectory()) continue;
+      try {
+        const text = await readSmallFile(join(adapterDir, entry.name, MANIFEST_FILE), MAX_MANIFEST_BYTES);
+        if (text !== null && sameFiles(parseManifest(text, entry.name).files, files)) return entry.name;
+      } catch {
+        // Not a version this publisher wrote (unreadable or foreign manifest): not the one looked for.
+      }
+    }
+    return null;
   }
 
   /** Removes one version, or the whole adapter (with its visibility) when no version is given. */

@@ -39,6 +39,10 @@ async function openRegularFile(path: string): Promise<{ handle: FileHandle; size
   return { handle, size: info.size };
 }
 
+export function digestBytes(data: Uint8Array): FileDigest {
+  return { size: data.byteLength, sha256: createHash('sha256').update(data).digest('hex') };
+}
+
 export async function digestFile(path: string): Promise<FileDigest | null> {
   const opened = await openRegularFile(path);
   if (!opened) return null;

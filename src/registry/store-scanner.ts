@@ -39,6 +39,14 @@ export interface StoreScannerOptions<Summary> {
  */
 const SLICE_MS = 10;
 
+/** A fingerprint no version directory has, so the version is verified again by the next scan. */
+const CHECK_AGAIN = '';
+
+/** Errors from the operating system (they carry an errno), as opposed to the store's verdicts on the files. */
+function isSystemError(err: unknown): boolean {
+  return typeof (err as NodeJS.ErrnoException | null)?.errno === 'number';
+}
+
 export class StoreScanner<Summary> {
   constructor(private readonly options: StoreScannerOptions<Summary>) {}
 
@@ -121,9 +129,12 @@ export class StoreScanner<Summary> {
         return true;
       }
     } catch (err) {
-      // Recorded against what was there before, so anything that changed meanwhile is checked again next scan.
+      // Recorded against what was there before, so anything that changed meanwhile is checked again next scan. A
+      // system error (a full disk while writing the manifest, a file that could not be read) says nothing about the
+      // files themselves, so that version is checked again on every scan until it passes.
+      const fingerprint = isSystemError(err) ? CHECK_AGAIN : joinFingerprint(before);
       const altered = err instanceof AlteredFileError ? err.file : undefined;
-      catalog.apply(state, version, invalidVersion(state, version, path, joinFingerprint(before), errorMessage(err), altered));
+      catalog.apply(state, version, invalidVersion(state, version, path, fingerprint, errorMessage(err), altered));
       return true;
     }
     const after = fingerprintVersion(path);

@@ -47,7 +47,10 @@ export interface TestTrainer extends RunningTrainer {
   logs: string[];
 }
 
-/** The trainer sidecar in this process, on the test gateway's adapter store and training directory. */
+/**
+ * The trainer sidecar in this process, on the test gateway's adapter store and training directory; like the child
+ * sidecar of `npm start`, it has the gateway load each finished job's adapter before the job says `succeeded`.
+ */
 export async function startTestTrainer(
   gateway: TestGateway,
   env: Record<string, string> = {},
@@ -57,12 +60,17 @@ export async function startTestTrainer(
   const logs: string[] = [];
   const trainer = await startTrainer(
     loadTrainerSettings({ ...trainerTestEnv(gateway), TRAINER_ID: 'test-trainer', LOG_LEVEL: 'debug', ...env }),
-    { traceExporter: spans, writeLog: (line) => logs.push(line), onJobProgress },
+    {
+      traceExporter: spans,
+      writeLog: (line) => logs.push(line),
+      onJobProgress,
+      announcePublished: ({ tenant, adapter, version }) => gateway.preloadAdapter(tenant, adapter, version),
+    },
   );
   return { ...trainer, spans, logs };
 }
 
-/** Polls the job through the API until `done` holds for it (each poll asks the trainer to look at once). */
+/** Polls the job through the API until `done` holds for it (each poll has the trainer look at the directory first). */
 export async function waitForJob(
   client: OpenAI,
   id: string,

@@ -19,15 +19,25 @@ export interface TestGateway extends RunningGateway {
   stop(): Promise<void>;
 }
 
+/** Limits of both test tenants, and more `limits` keys of one tenant's entry in the tenants file. */
+export interface TestTenantLimits {
+  maxConcurrentRequests?: number;
+  tokensPerMinute?: number;
+  perTenant?: Partial<Record<'acme' | 'globex', Record<string, unknown>>>;
+}
+
 /** Writes the test deployment's tenants file (KEYS) into `dir` and returns its path, for GATEWAY_CONFIG. */
-export async function writeTenantsFile(dir: string, limits: { maxConcurrentRequests?: number; tokensPerMinute?: number } = {}): Promise<string> {
+export async function writeTenantsFile(dir: string, limits: TestTenantLimits = {}): Promise<string> {
   const configPath = join(dir, 'gateway.yaml');
   const tenantLimits = { max_concurrent_requests: limits.maxConcurrentRequests ?? 16, tokens_per_minute: limits.tokensPerMinute ?? 1_000_000 };
   await writeFile(
     configPath,
     JSON.stringify({
       admin_keys: [{ key: KEYS.admin }],
-      tenants: { acme: { keys: [{ key: KEYS.acme }], limits: tenantLimits }, globex: { keys: [{ key: KEYS.globex }], limits: tenantLimits } },
+      tenants: {
+        acme: { keys: [{ key: KEYS.acme }], limits: { ...tenantLimits, ...limits.perTenant?.acme } },
+        globex: { keys: [{ key: KEYS.globex }], limits: { ...tenantLimits, ...limits.perTenant?.globex } },
+      },
     }),
   );
   return configPath;
@@ -35,7 +45,7 @@ export async function writeTenantsFile(dir: string, limits: { maxConcurrentReque
 
 /** Starts the real gateway on a free loopback port, serving stories260K with a fresh adapter store. */
 export async function startTestGateway(
-  limits: { maxConcurrentRequests?: number; tokensPerMinute?: number } = {},
+  limits: TestTenantLimits = {},
   env: Record<string, string> = {},
   writeLog: (line: string) => void = () => {},
 ): Promise<TestGateway> {

@@ -6,6 +6,7 @@
 import { appendFile, open, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { LoraTargetModule } from '../../model/types.ts';
+import type { FileDigest } from '../../registry/adapter-store.ts';
 import { writeFileAtomically } from '../../storage/durable-files.ts';
 import { isJsonObject, readJsonIfPresent } from '../../storage/json-files.ts';
 import { newestFirst, newId, type TrainingDir } from './training-dir.ts';
@@ -72,6 +73,16 @@ export interface JobCheckpoint {
   metrics: Record<string, number>;
 }
 
+/**
+ * Written before a finished job's adapter is published: which adapter and exactly which files. A sidecar that
+ * restarts a job still `running` with this record finds the version those files were published as, if the
+ * publish got that far, instead of publishing them a second time.
+ */
+export interface PublishIntent {
+  adapter: string;
+  files: Record<string, FileDigest>;
+}
+
 export interface JobClaim {
   trainer: string;
   heartbeat_at: number;
@@ -83,6 +94,7 @@ const CHECKPOINTS_FILE = 'checkpoints.json';
 const CANCEL_FILE = 'cancel';
 const CLAIM_FILE = 'claim.json';
 export const STATE_FILE = 'state.safetensors';
+export const PUBLISH_FILE = 'publish.json';
 
 function newEvent(event: Pick<JobEvent, 'message'> & Partial<JobEvent>): JobEvent {
   return {
@@ -177,6 +189,14 @@ export class JobStore {
 
   async writeCheckpoints(job: FineTuningJob, checkpoints: JobCheckpoint[]): Promise<void> {
     await writeFileAtomically(this.jobPath(job, CHECKPOINTS_FILE), JSON.stringify(checkpoints) + '\n');
+  }
+
+  async recordPublishIntent(job: FineTuningJob, intent: PublishIntent): Promise<void> {
+    await writeFileAtomically(this.jobPath(job, PUBLISH_FILE), JSON.stringify(intent) + '\n');
+  }
+
+  async publishIntent(job: FineTuningJob): Promise<PublishIntent | undefined> {
+    return (await readJsonIfPresent(this.jobPath(job, PUBLISH_FILE))) as PublishIntent | undefined;
   }
 
   /**

@@ -8,6 +8,7 @@
  *                         /cancel                            present once a cancel was requested (by the gateway)
  *                         /claim.json                        the sidecar running or validating the job
  *                         /state.safetensors                 the trainer's latest checkpoint, for resuming
+ *                         /publish.json                      the files a finished job is publishing (see PublishIntent)
  *   .staging/                                                new files and jobs being written
  *
  * Every entry appears in one rename (a directory from .staging, or a file through writeFileAtomically), so a crash
@@ -16,7 +17,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { checkTenantName } from '../../registry/adapter-names.ts';
+import { checkTenantName, isValidName } from '../../registry/adapter-names.ts';
 import { syncDirectory, writeDurably } from '../../storage/durable-files.ts';
 
 /** In ASCII order, so ids compare like the times they begin with. */
@@ -53,10 +54,13 @@ export class TrainingDir {
     this.staging = join(root, '.staging');
   }
 
-  /** Tenants that have stored anything. */
+  /**
+   * Tenants that have stored anything. Other entries are skipped: a volume's root holds `lost+found`, and `.staging`
+   * is this directory's own.
+   */
   async tenants(): Promise<string[]> {
     const entries = await readdir(this.root, { withFileTypes: true }).catch(() => []);
-    return entries.filter((entry) => entry.isDirectory() && !entry.name.startsWith('.')).map((entry) => entry.name);
+    return entries.filter((entry) => entry.isDirectory() && isValidName(entry.name)).map((entry) => entry.name);
   }
 
   tenantDir(tenant: string, kind: 'files' | 'jobs'): string {

@@ -5,20 +5,23 @@
  * rename; and record every step in the job's directory.
  *
  * Order matters for crashes: a checkpoint's trainer state is on disk before training goes on, and the adapter is
- * published before the job says `succeeded`, so a job that reports an adapter always has it.
+ * published before the job says `succeeded`, so a job that reports an adapter always has it. The files about to be
+ * published are recorded first, so a sidecar killed between the publish and `succeeded` finds the version on
+ * restart instead of publishing the adapter twice.
  */
 import { existsSync } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
-import { SpanStatusCode, type Tracer } from '@opentelemetry/api';
+import { SpanStatusCode, type Span, type Tracer } from '@opentelemetry/api';
 import { loraAdapterFiles, type LoraAdapterSpec } from '../../adapters/lora-writer.ts';
 import type { Logger } from '../../gateway/logger.ts';
 import type { AdapterSummary } from '../../gateway/model-resolver.ts';
 import type { AdapterStore } from '../../registry/adapter-store.ts';
+import { digestBytes } from '../../registry/store-files.ts';
 import { writeFileAtomically } from '../../storage/durable-files.ts';
 import type { ChatFormatter } from '../../tokenizer/chat-template.ts';
 import type { Tokenizer } from '../../tokenizer/tokenizer.ts';
 import type { TrainingFileStore } from '../jobs/file-store.ts';
-import { STATE_FILE, type FineTuningJob, type JobCheckpoint, type JobStatus, type JobStore } from '../jobs/job-store.ts';
+import { PUBLISH_FILE, STATE_FILE, type FineTuningJob, type JobCheckpoint, type JobStatus, type JobStore } from '../jobs/job-store.ts';
 import { newId } from '../jobs/training-dir.ts';
 import type { BaseModel } from '../../model/types.ts';
 import {
@@ -49,6 +52,17 @@ export interface RunnerContext {
   model: BaseModel;
   /** Called after each optimizer step, before the cancel check (tests use it to act at an exact step). */
   onJobProgress?: (job: FineTuningJob, progress: TrainingProgress) => void;
+  /**
+   * Tells the gateway a job's adapter was published and resolves once it has loaded it (or gave up), before the
+   * job says `succeeded`: the first chat on the new model then does not wait for the disk. Absent: nobody to tell.
+   */
+  announcePublished?: (adapter: PublishedAdapter) => Promise<void>;
+}
+
+export interface PublishedAdapter {
+  tenant: string;
+  adapter: string;
+  version: string;
 }
 
 /** Checkpoint adapters kept published per job, as OpenAI keeps the last three. */
@@ -88,6 +102,7 @@ export async function finishJob(
   await context.jobs.write(job);
   await context.jobs.appendEvent(job, { message, level: status === 'failed' ? 'error' : 'info' });
   await rm(context.jobs.jobPath(job, STATE_FILE), { force: true });
+  await rm(context.jobs.jobPath(job, PUBLISH_FILE), { force: true });
   await context.jobs.release(job);
   if (trainingSeconds !== undefined) context.metrics.recordFinished(status, trainingSeconds);
   context.logger.info('fine-tuning job finished', { job: job.id, tenant: job.organization_id, status, code: error?.code });
@@ -141,6 +156,12 @@ export async function runJob(context: RunnerContext, job: FineTuningJob, stopReq
   let lastProgress: TrainingProgress | undefined;
 
   try {
+    const published = job.status === 'running' ? await alreadyPublished(context, job) : null;
+    if (published !== null) {
+      await jobs.appendEvent(job, { message: `The trainer restarted after publishing the adapter as version ${published}` });
+      await succeed(context, job, published, span, seconds());
+      return;
+    }
     const dataset = await loadJobDataset(job, context.files, context.tokenizer, context.formatChat);
     let resumeFrom: TrainerCheckpoint | undefined;
     if (job.status === 'running') {
@@ -235,10 +256,7 @@ export async function runJob(context: RunnerContext, job: FineTuningJob, stopReq
     await writes;
     job.trained_tokens = outcome.progress.trainedTokens;
     if (outcome.status === 'completed') {
-      const record = await context.store.publish(job.organization_id, job.adapter, adapterFiles(outcome.adapter));
-      job.fine_tuned_model = `${context.baseName}+${job.organization_id}/${job.adapter}@${record.version}`;
-      span.setAttribute('fine_tuning.fine_tuned_model', job.fine_tuned_model);
-      await finishJob(context, job, 'succeeded', 'The job has successfully completed', null, seconds());
+      await succeed(context, job, await publishOnce(context, job, adapterFiles(outcome.adapter)), span, seconds());
     } else if (await jobs.cancelRequested(job)) {
       await finishJob(context, job, 'cancelled', `Fine-tuning job cancelled at step ${outcome.progress.step}`, null, seconds());
     } else {
@@ -259,6 +277,30 @@ export async function runJob(context: RunnerContext, job: FineTuningJob, stopReq
     metrics.recordIdle();
     span.end();
   }
+}
+
+/** Publishes a finished job's adapter after recording which files it is about to publish (see alreadyPublished). */
+async function publishOnce(context: RunnerContext, job: FineTuningJob, files: Map<string, Uint8Array>): Promise<string> {
+  const digests = Object.fromEntries([...files].map(([name, data]) => [name, digestBytes(data)]));
+  await context.jobs.recordPublishIntent(job, { adapter: job.adapter, files: digests });
+  return (await context.store.publish(job.organization_id, job.adapter, files)).version;
+}
+
+/** The version an earlier run of this job published before it was killed, or null when it published nothing. */
+async function alreadyPublished(context: RunnerContext, job: FineTuningJob): Promise<string | null> {
+  const intent = await context.jobs.publishIntent(job);
+  return intent ? context.store.findPublished(job.organization_id, intent.adapter, intent.files) : null;
+}
+
+/** The gateway loads the published adapter, then the job says `succeeded` with it as `fine_tuned_model`. */
+async function succeed(context: RunnerContext, job: FineTuningJob, version: string, span: Span, trainingSeconds: number): Promise<void> {
+  job.fine_tuned_model = `${context.baseName}+${job.organization_id}/${job.adapter}@${version}`;
+  span.setAttribute('fine_tuning.fine_tuned_model', job.fine_tuned_model);
+  span.setAttribute('fine_tuning.status', 'succeeded');
+  await context.announcePublished?.({ tenant: job.organization_id, adapter: job.adapter, version }).catch((error: Error) =>
+    context.logger.warn('the gateway could not load the published adapter ahead of its first request', { job: job.id, error: error.message }),
+  );
+  await finishJob(context, job, 'succeeded', 'The job has successfully completed', null, trainingSeconds);
 }
 
 async function readResumeState(path: string): Promise<TrainerCheckpoint | undefined> {

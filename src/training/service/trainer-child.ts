@@ -2,11 +2,14 @@
  * The trainer sidecar as a child process of the gateway (TRAINER=child, the default), so that `npm start` alone
  * gives a working fine-tuning API. The child gets the gateway's environment with the model the gateway resolved,
  * is restarted (with backoff) if it dies, and is stopped with SIGTERM when the gateway stops: running jobs pause
- * after their current step and resume at the next start.
+ * after their current step and resume at the next start. Over an IPC channel the child announces each finished
+ * job's adapter, and `loadPublished` brings it into the engine before the job says `succeeded` (gateway-link.ts).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from '../../gateway/logger.ts';
+import type { AdapterPublishedMessage, AdapterReadyMessage } from './gateway-link.ts';
+import type { PublishedAdapter } from './job-runner.ts';
 
 export interface TrainerChild {
   stop(graceMs?: number): Promise<void>;
@@ -15,7 +18,11 @@ export interface TrainerChild {
 const TRAINER_MAIN = fileURLToPath(new URL('../../trainer-main.ts', import.meta.url));
 const MAX_RESTART_DELAY_MS = 30_000;
 
-export function superviseTrainer(env: NodeJS.ProcessEnv, logger: Logger): TrainerChild {
+export function superviseTrainer(
+  env: NodeJS.ProcessEnv,
+  logger: Logger,
+  loadPublished: (adapter: PublishedAdapter) => Promise<void>,
+): TrainerChild {
   let child: ChildProcess | undefined;
   let stopping = false;
   let restartDelayMs = 1000;
@@ -24,9 +31,18 @@ export function superviseTrainer(env: NodeJS.ProcessEnv, logger: Logger): Traine
   const launch = () => {
     // The parent's execArgv carries tsx's loader, which the child needs to run TypeScript too.
     const started = Date.now();
-    const current = spawn(process.execPath, [...process.execArgv, TRAINER_MAIN], { env, stdio: ['ignore', 'inherit', 'inherit'] });
+    const current = spawn(process.execPath, [...process.execArgv, TRAINER_MAIN], { env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     child = current;
     logger.info('trainer sidecar started as a child process', { pid: current.pid });
+    current.on('message', (message: AdapterPublishedMessage) => {
+      if (message?.type !== 'adapter-published') return;
+      const { tenant, adapter, version } = message;
+      void loadPublished({ tenant, adapter, version })
+        .catch((error: Error) => logger.warn('a published adapter could not be loaded ahead of its first request', { tenant, adapter, version, error: error.message }))
+        .finally(() => {
+          if (current.connected) current.send({ type: 'adapter-ready', id: message.id } satisfies AdapterReadyMessage);
+        });
+    });
     current.on('exit', (code, signal) => {
       if (child === current) child = undefined;
       if (stopping) return;

@@ -19,6 +19,7 @@ import { TrainingFileStore } from '../jobs/file-store.ts';
 import { FINISHED_STATUSES, type FineTuningJob, JobStore } from '../jobs/job-store.ts';
 import { TrainingDir } from '../jobs/training-dir.ts';
 import { finishJob, runJob, validateJob, type RunnerContext } from './job-runner.ts';
+import { announceToParentGateway } from './gateway-link.ts';
 import { createTrainerMetrics } from './trainer-metrics.ts';
 import type { TrainerSettings } from './trainer-settings.ts';
 
@@ -26,6 +27,8 @@ export interface TrainerServiceOptions {
   traceExporter?: TracingOptions['exporter'];
   writeLog?: (line: string) => void;
   onJobProgress?: RunnerContext['onJobProgress'];
+  /** Who loads a finished job's adapter before it says `succeeded`; default: the parent gateway, when there is one. */
+  announcePublished?: RunnerContext['announcePublished'];
 }
 
 export interface RunningTrainer {
@@ -61,6 +64,7 @@ export async function startTrainer(settings: TrainerSettings, options: TrainerSe
     baseName,
     model,
     onJobProgress: options.onJobProgress,
+    announcePublished: options.announcePublished ?? announceToParentGateway(),
   };
   const scheduler = new JobScheduler(context);
 
@@ -94,7 +98,9 @@ export async function startTrainer(settings: TrainerSettings, options: TrainerSe
 class JobScheduler {
   readonly #running = new Map<string, Promise<void>>();
   #timer: NodeJS.Timeout | undefined;
+  /** The look at the training directory in progress, and the one queued to start after it. */
   #polling: Promise<void> | undefined;
+  #nextPoll: Promise<void> | undefined;
   #stopping = false;
 
   constructor(private readonly context: RunnerContext) {}
@@ -106,12 +112,19 @@ class JobScheduler {
     void this.poll().finally(loop);
   }
 
-  /** One look at the training directory; concurrent callers share it. */
+  /**
+   * Resolves after a look at the training directory that started after this call (so it saw every change made
+   * before it, and the job counts it reports are current); concurrent callers share one.
+   */
   poll(): Promise<void> {
-    this.#polling ??= this.#pollOnce()
-      .catch((error: Error) => this.context.logger.error('trainer poll failed', { error: error.stack }))
-      .finally(() => (this.#polling = undefined));
-    return this.#polling;
+    this.#nextPoll ??= (this.#polling ?? Promise.resolve()).then(() => {
+      this.#nextPoll = undefined;
+      this.#polling = this.#pollOnce()
+        .catch((error: Error) => this.context.logger.error('trainer poll failed', { error: error.stack }))
+        .finally(() => (this.#polling = undefined));
+      return this.#polling;
+    });
+    return this.#nextPoll;
   }
 
   async #pollOnce(): Promise<void> {
@@ -155,7 +168,7 @@ class JobScheduler {
   async stop(): Promise<void> {
     this.#stopping = true;
     clearTimeout(this.#timer);
-    await this.#polling;
+    await (this.#nextPoll ?? this.#polling);
     await Promise.all(this.#running.values());
   }
 }
