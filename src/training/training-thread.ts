@@ -2,8 +2,9 @@
  * The training thread of one base model. onnxruntime's `session.run` is synchronous on its thread, so training
  * runs off the caller's thread; the model's weights move there (lent-weights.ts: transferred, not copied) when
  * the first run starts and come back when the last run in progress ends, so the process holds one copy of the
- * base weights however many runs share the thread. Progress and checkpoints come back as messages; a stop
- * request reaches a run through a shared flag it reads after every optimizer step.
+ * base weights however many runs share the thread. Progress and checkpoints come back as messages. After every
+ * optimizer step the run waits until the caller has seen that step's progress and decided whether to stop (the
+ * caller's cancel check runs there), so a stop requested during a step ends the run after that very step.
  */
 import { Worker } from 'node:worker_threads';
 import type { LoraAdapterSpec } from '../adapters/lora-writer.ts';
@@ -19,9 +20,14 @@ export interface RunStart {
   config: LoraTrainingConfig;
   checkpointEvery?: number;
   resumeFrom?: TrainerCheckpoint;
-  /** Int32 flag: set to 1 to stop after the current optimizer step. */
-  stopFlag: SharedArrayBuffer;
+  /** Int32 pair shared with the caller: [STOP] and [SEEN_STEP] below. */
+  control: SharedArrayBuffer;
 }
+
+/** Set to 1 by the caller to stop the run after the current optimizer step. */
+export const STOP = 0;
+/** The last step whose progress the caller has handled; the run waits for it after each step. */
+export const SEEN_STEP = 1;
 
 export type ToTrainingThread =
   | { type: 'train'; run: number; start: RunStart }
@@ -38,7 +44,7 @@ export type FromTrainingThread =
 
 interface RunHandlers {
   hooks: TrainingHooks;
-  stop: Int32Array;
+  control: Int32Array;
   resolve: (result: TrainingResult) => void;
   reject: (error: Error) => void;
 }
@@ -83,10 +89,10 @@ export class TrainingThread {
 
   train(data: TrainingData, config: LoraTrainingConfig, hooks: TrainingHooks): Promise<TrainingResult> {
     const run = this.nextRun++;
-    const stopFlag = new SharedArrayBuffer(4);
+    const control = new SharedArrayBuffer(2 * Int32Array.BYTES_PER_ELEMENT);
     return new Promise<TrainingResult>((resolve, reject) => {
-      this.runs.set(run, { hooks, stop: new Int32Array(stopFlag), resolve, reject });
-      const start: RunStart = { data, config, checkpointEvery: hooks.checkpointEvery, resumeFrom: hooks.resumeFrom, stopFlag };
+      this.runs.set(run, { hooks, control: new Int32Array(control), resolve, reject });
+      const start: RunStart = { data, config, checkpointEvery: hooks.checkpointEvery, resumeFrom: hooks.resumeFrom, control };
       this.post({ type: 'train', run, start });
     });
   }
@@ -101,8 +107,13 @@ export class TrainingThread {
     if (!handlers) return;
     switch (message.type) {
       case 'progress':
-        handlers.hooks.onProgress?.(message.progress);
-        if (handlers.hooks.shouldStop?.()) Atomics.store(handlers.stop, 0, 1);
+        try {
+          handlers.hooks.onProgress?.(message.progress);
+          if (handlers.hooks.shouldStop?.()) Atomics.store(handlers.control, STOP, 1);
+        } finally {
+          Atomics.store(handlers.control, SEEN_STEP, message.progress.step);
+          Atomics.notify(handlers.control, SEEN_STEP);
+        }
         break;
       case 'checkpoint':
         Promise.resolve(handlers.hooks.onCheckpoint?.(message.checkpoint, message.adapter)).then(

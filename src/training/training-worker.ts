@@ -6,7 +6,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { runTraining } from './training-loop.ts';
 import { borrowedModel, type LentModel } from './lent-weights.ts';
-import type { FromTrainingThread, RunStart, ToTrainingThread } from './training-thread.ts';
+import { SEEN_STEP, STOP, type FromTrainingThread, type RunStart, type ToTrainingThread } from './training-thread.ts';
 
 const lent = workerData as LentModel;
 const model = borrowedModel(lent);
@@ -16,11 +16,19 @@ const post = (message: FromTrainingThread, transfer: ArrayBuffer[] = []) => port
 const checkpointWaits = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
 
 async function train(run: number, start: RunStart): Promise<void> {
-  const stop = new Int32Array(start.stopFlag);
+  const control = new Int32Array(start.control);
+  let posted = 0;
   try {
     const result = await runTraining(model, start.data, start.config, {
-      onProgress: (progress) => post({ type: 'progress', run, progress }),
-      shouldStop: () => Atomics.load(stop, 0) === 1,
+      onProgress: (progress) => {
+        posted = progress.step;
+        post({ type: 'progress', run, progress });
+      },
+      // Blocks until the parent has handled the last progress posted, whose handling decides whether to stop.
+      shouldStop: () => {
+        for (let seen = Atomics.load(control, SEEN_STEP); seen < posted; seen = Atomics.load(control, SEEN_STEP)) Atomics.wait(control, SEEN_STEP, seen);
+        return Atomics.load(control, STOP) === 1;
+      },
       checkpointEvery: start.checkpointEvery,
       resumeFrom: start.resumeFrom,
       // Settles when the parent has stored the checkpoint, so the run never gets ahead of its last saved state.

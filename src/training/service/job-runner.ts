@@ -214,6 +214,8 @@ export async function runJob(context: RunnerContext, job: FineTuningJob, stopReq
     };
 
     const onCheckpoint = async (checkpoint: TrainerCheckpoint, adapter: LoraAdapterSpec) => {
+      // A cancelled job never resumes, so the checkpoint its stop asks for would only be an orphan in the store.
+      if (existsSync(cancelPath)) return;
       const step = checkpoint.step;
       await writes;
       await writeFileAtomically(jobs.jobPath(job, STATE_FILE), serializeCheckpoint(checkpoint));
