@@ -5,6 +5,8 @@ import { createHash, randomUUID } from 'node:crypto';
 import { mkdir, readdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loraAdapterFiles, randomLoraAdapter, writeLoraAdapter, type LoraAdapterSpec } from '../src/adapters/lora-writer.ts';
+import { versionOfCacheKey } from '../src/engine/protocol.ts';
+import { adapterCacheKey, sameVersionFiles } from '../src/gateway/model-resolver.ts';
 import type { LlamaConfig } from '../src/model/types.ts';
 import { stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
@@ -332,6 +334,21 @@ test('deleting a version or an adapter makes it unknown at once and drops cached
   assert.equal(again.body.id, 'acme/doomed@1');
   const fresh = await complete(`${model}@1`);
   assert.notEqual(fresh, v1Output);
+});
+
+test('a version published again under a deleted number gets another cache key, so no cache or load in flight serves the old weights', async () => {
+  const first = await upload('/v1/adapters/acme/reborn', partsOf(await adapterFiles(adapterSpec(21))));
+  const before = gateway.services.store.resolve('acme', 'reborn', '1')!;
+  assert.equal((await call('DELETE', '/v1/adapters/acme/reborn')).status, 200);
+  const second = await upload('/v1/adapters/acme/reborn', partsOf(await adapterFiles(adapterSpec(22))));
+  assert.equal(first.body.id, second.body.id, 'the number is given again');
+  const after = gateway.services.store.resolve('acme', 'reborn', '1')!;
+  assert.ok(!sameVersionFiles(before, after));
+  assert.notEqual(adapterCacheKey(before), adapterCacheKey(after));
+  assert.equal(versionOfCacheKey(adapterCacheKey(after)), 'acme/reborn@1');
+  assert.equal(adapterCacheKey(after), adapterCacheKey({ id: after.id, files: { ...after.files } }), 'the key depends on the content only');
+  const resolved = await gateway.services.models.resolve({ kind: 'admin' }, `${BASE_MODEL}+acme/reborn@1`);
+  assert.equal(resolved.ref?.key, adapterCacheKey(after));
 });
 
 test('an admin can make an adapter public to every tenant and private again', async () => {

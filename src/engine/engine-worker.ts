@@ -64,7 +64,7 @@ async function start(options: EngineWorkerData): Promise<void> {
       case 'cancel':
         return scheduler.cancel(message.id);
       case 'evict-adapter':
-        return scheduler.evictAdapter(message.key);
+        return scheduler.evictAdapter(message.version);
       case 'preload-adapter':
         return scheduler.preloadAdapter(message.ref).then(
           () => post({ type: 'adapter-preloaded', id: message.id }),

@@ -157,9 +157,9 @@ export class Engine extends EventEmitter<EngineEvents> {
     return streaming;
   }
 
-  /** Drops an adapter version from the engine's caches (after it was deleted or replaced on disk). */
-  evictAdapter(key: string): void {
-    this.post({ type: 'evict-adapter', key });
+  /** Drops every cached content of an adapter version (after it was deleted or replaced on disk). */
+  evictAdapter(version: string): void {
+    this.post({ type: 'evict-adapter', version });
   }
 
   /**

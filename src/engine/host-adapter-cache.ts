@@ -38,6 +38,10 @@ export class HostAdapterCache {
     return this.cache.calculatedSize;
   }
 
+  keys(): string[] {
+    return [...this.cache.keys()];
+  }
+
   /** The keys of the `limit` most recently used adapters in memory, most recent first. */
   recentKeys(limit: number): string[] {
     const keys: string[] = [];

@@ -41,7 +41,17 @@ export interface EngineOptions {
 }
 
 /** An adapter version as the engine sees it: a stable cache key and the directory holding its PEFT files. */
+/** Separates a cache key's version id from the tag of its content: `<tenant>/<adapter>@<version>#<tag>`. */
+export const CACHE_KEY_TAG = '#';
+
+/** The version a cache key belongs to: the key up to its content tag (the whole key when it has none). */
+export function versionOfCacheKey(key: string): string {
+  const tag = key.indexOf(CACHE_KEY_TAG);
+  return tag < 0 ? key : key.slice(0, tag);
+}
+
 export interface AdapterRef {
+  /** Identifies the adapter's content in the engine's caches (see CACHE_KEY_TAG). */
   key: string;
   path: string;
   /** The name the request used for it, reported in the scheduler's stats (the key when absent). */
@@ -133,7 +143,7 @@ export interface ModelInfo {
 export type ToWorker =
   | { type: 'submit'; request: SequenceRequest }
   | { type: 'cancel'; id: number }
-  | { type: 'evict-adapter'; key: string }
+  | { type: 'evict-adapter'; version: string }
   | { type: 'preload-adapter'; id: number; ref: AdapterRef }
   | { type: 'shutdown' };
 

@@ -25,7 +25,7 @@ import type {
   StartEvent,
   TokenEvent,
 } from './protocol.ts';
-import { HOST_ADAPTERS_NAMED } from './protocol.ts';
+import { HOST_ADAPTERS_NAMED, versionOfCacheKey } from './protocol.ts';
 import { TokenSampler } from './sampling.ts';
 
 export interface SchedulerOptions {
@@ -172,9 +172,11 @@ export class Scheduler {
   }
 
   /** Drops a cached adapter (deleted or replaced); its slot is reused once no running sequence holds it. */
-  evictAdapter(key: string): void {
-    this.hostCache.delete(key);
-    this.runner.slots.evict(key);
+  /** Drops the cache keys of one adapter version (each content it had under that id) from both tiers. */
+  evictAdapter(version: string): void {
+    const ofVersion = (key: string) => versionOfCacheKey(key) === version;
+    for (const key of this.hostCache.keys().filter(ofVersion)) this.hostCache.delete(key);
+    for (const key of this.runner.slots.residentAdapters.filter(ofVersion)) this.runner.slots.evict(key);
   }
 
   private kick(): void {

@@ -9,7 +9,7 @@ import type { GenAiOperation } from '../observability/tracing.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
 import type { Principal } from './auth.ts';
 import { ApiError, adapterUnavailable, internalError, invalidRequest, modelNotFound, overloaded, rateLimited } from './errors.ts';
-import { promptPositions, unavailableReason, type ResolvedModel } from './model-resolver.ts';
+import { promptPositions, sameVersionFiles, unavailableReason, type ResolvedModel } from './model-resolver.ts';
 import type { GatewayServices } from './services.ts';
 
 export interface InferenceRequest {
@@ -155,8 +155,8 @@ export async function runInference(services: GatewayServices, request: Inference
 }
 
 /**
- * The engine's loader could not read the adapter version the request resolved to. If the version was deleted in
- * the meantime (its files vanish, perhaps halfway through the read), the caller hears what a request a moment later
+ * The engine's loader could not read the adapter version the request resolved to. If the version was deleted (or
+ * deleted and published again with other files) in the meantime (its files vanish, perhaps halfway through the read), the caller hears what a request a moment later
  * hears: not found.
  * Otherwise, when the files no longer match their manifest, the store checks the version again (which makes it
  * invalid and logs and counts the altered file), and the caller hears it is unavailable.
@@ -166,7 +166,12 @@ async function adapterLoadFailureToApi(services: GatewayServices, request: Infer
   if (!(error instanceof EngineError) || !record) return undefined;
   if (error.code !== 'adapter_corrupt' && error.code !== 'adapter_unavailable' && error.code !== 'invalid_adapter') return undefined;
   const { store } = services;
-  const stored = () => store.resolve(record.tenant, record.adapter, record.version) ?? store.unavailable(record.tenant, record.adapter, record.version);
+  // A version deleted and published again under the same number is another version: the one resolved is gone.
+  const stored = () => {
+    const current = store.resolve(record.tenant, record.adapter, record.version);
+    if (current) return sameVersionFiles(current, record);
+    return store.unavailable(record.tenant, record.adapter, record.version) !== null;
+  };
   if (!stored()) return modelNotFound(request.model.id);
   if (error.code !== 'adapter_corrupt') return undefined;
   await store.recheck(record.tenant, record.adapter, record.version).catch(() => undefined);

@@ -3,7 +3,8 @@
  * A tenant sees its own adapters and those an admin marked public; admins see all. Anything a caller may not
  * see answers exactly like something that does not exist, so names of other tenants' adapters never leak.
  */
-import type { AdapterRef } from '../engine/protocol.ts';
+import { createHash } from 'node:crypto';
+import { CACHE_KEY_TAG, type AdapterRef } from '../engine/protocol.ts';
 import { parseAdapterId } from '../registry/adapter-names.ts';
 import type { AdapterRecord, AdapterStore, InvalidAdapterVersion } from '../registry/adapter-store.ts';
 import type { Principal } from './auth.ts';
@@ -48,6 +49,23 @@ export interface ResolvedModel {
  */
 export function promptPositions(model: ResolvedModel, promptIds: readonly number[]): number {
   return promptIds.length + (model.adapter?.summary.virtualTokens ?? 0);
+}
+
+/**
+ * The engine's cache key for a version: its id plus a tag of its files' checksums. A deleted adapter's version
+ * numbers are given again to the next publishes, so an id alone could find the old weights in a cache (or in a
+ * load still in flight when the old version was evicted); the content tag never can.
+ */
+export function adapterCacheKey(record: Pick<AdapterRecord<unknown>, 'id' | 'files'>): string {
+  const files = Object.entries(record.files).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  const tag = createHash('sha256').update(files.map(([name, { sha256 }]) => `${name}:${sha256}`).join('\n')).digest('hex').slice(0, 16);
+  return `${record.id}${CACHE_KEY_TAG}${tag}`;
+}
+
+/** Whether two records of one version id hold the same files: a version deleted and published again does not. */
+export function sameVersionFiles(a: Pick<AdapterRecord<unknown>, 'files'>, b: Pick<AdapterRecord<unknown>, 'files'>): boolean {
+  const names = Object.keys(a.files);
+  return names.length === Object.keys(b.files).length && names.every((name) => b.files[name]?.sha256 === a.files[name].sha256);
 }
 
 /** A rescan of the store before answering "not found" at most this often, so unknown names cannot force scans. */
@@ -107,7 +125,7 @@ export class ModelResolver {
     }
     // `servedAs`: routers match vllm:lora_requests_info against the `model` field of requests, so running adapters
     // are reported by the id this request used (pinned to a version or not), not by the store's versioned id.
-    return { id: model, adapter: record, ref: { key: record.id, path: record.path, servedAs: model, files: record.files } };
+    return { id: model, adapter: record, ref: { key: adapterCacheKey(record), path: record.path, servedAs: model, files: record.files } };
   }
 
   private lookup(principal: Principal, tenant: string, adapter: string, version?: string) {

@@ -18,7 +18,7 @@ import { createApp } from './app.ts';
 import { createAuthenticator } from './auth.ts';
 import { loadGatewaySettings } from './config.ts';
 import { DEFAULT_MODEL, defaultModelPath } from './default-model.ts';
-import { ModelResolver, readAdapterSummary, type AdapterSummary } from './model-resolver.ts';
+import { adapterCacheKey, ModelResolver, readAdapterSummary, type AdapterSummary } from './model-resolver.ts';
 import type { GatewayServices } from './services.ts';
 import { createLogger } from './logger.ts';
 import { createTenantLimiters } from './tenant-limits.ts';
@@ -159,7 +159,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     if (store.resolve(tenant, adapter, version) === null) await store.refresh();
     const record = store.resolve(tenant, adapter, version);
     if (record === null) throw new Error(`adapter ${tenant}/${adapter}@${version} is not servable`);
-    await engine.preloadAdapter({ key: record.id, path: record.path, files: record.files });
+    await engine.preloadAdapter({ key: adapterCacheKey(record), path: record.path, files: record.files });
   };
   return { url, modelPath, services, preloadAdapter, close };
 }

@@ -5,7 +5,7 @@
  * Nothing here comes from a request's content: prompts and outputs are never in it.
  */
 import type { MetricObjectWithValues, MetricValue, Registry } from 'prom-client';
-import type { AdapterTier, SchedulerStats } from '../engine/protocol.ts';
+import { versionOfCacheKey, type AdapterTier, type SchedulerStats } from '../engine/protocol.ts';
 
 export interface CumulativeHistogram {
   /** Upper bounds of the buckets, the last one Infinity (sent as null in JSON). */
@@ -138,8 +138,8 @@ export async function liveSnapshot(sources: LiveSnapshotSources): Promise<LiveSn
       failures: perTier('gateway_adapter_load_failures_total', tier),
     })),
     slotCapacity: sources.stats.slots.capacity,
-    slotAdapters: [...sources.stats.slots.adapters].sort(),
-    hostAdapters: sources.stats.host.adapters,
+    slotAdapters: sources.stats.slots.adapters.map(versionOfCacheKey).sort(),
+    hostAdapters: sources.stats.host.adapters.map(versionOfCacheKey),
     storedAdapters: [...sources.storedAdapters].sort().slice(0, STORED_ADAPTERS_NAMED),
     tenants: sources.tenants,
   };
