@@ -6,25 +6,10 @@ import { LORA_TARGET_MODULES, type LlamaConfig } from '../src/model/types.ts';
 import { fillDropoutMask, TrainingModel } from '../src/training/training-model.ts';
 import { packBatch } from '../src/training/batches.ts';
 import { projectionDims } from '../src/adapters/lora.ts';
+import { TINY } from './support/tiny-config.ts';
 
 const ALL = [...LORA_TARGET_MODULES];
 
-const TINY: LlamaConfig = {
-  hiddenSize: 16,
-  intermediateSize: 24,
-  numLayers: 2,
-  numHeads: 4,
-  numKvHeads: 2,
-  headDim: 4,
-  vocabSize: 32,
-  maxPositions: 64,
-  rmsNormEps: 1e-5,
-  ropeTheta: 10000,
-  ropeScaling: null,
-  tieWordEmbeddings: true,
-  bosTokenId: 1,
-  eosTokenIds: [2],
-};
 
 const P = 0.5;
 

@@ -9,10 +9,11 @@ import { loadLoraAdapter } from '../src/adapters/lora.ts';
 import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { randomBaseModel } from '../src/model/random-model.ts';
 import { createRng, randomNormal } from '../src/engine/random.ts';
-import { LORA_TARGET_MODULES, type LlamaConfig } from '../src/model/types.ts';
+import { LORA_TARGET_MODULES } from '../src/model/types.ts';
 import { TrainingModel } from '../src/training/training-model.ts';
 import { packBatch } from '../src/training/batches.ts';
 import { STORIES_HF_DIR } from './support/models.ts';
+import { TINY } from './support/tiny-config.ts';
 
 const ALL = [...LORA_TARGET_MODULES];
 
@@ -50,22 +51,6 @@ test('the training forward pass gives the serving graph’s logits (base and LoR
   }
 });
 
-const TINY: LlamaConfig = {
-  hiddenSize: 16,
-  intermediateSize: 24,
-  numLayers: 2,
-  numHeads: 4,
-  numKvHeads: 2,
-  headDim: 4,
-  vocabSize: 32,
-  maxPositions: 64,
-  rmsNormEps: 1e-5,
-  ropeTheta: 10000,
-  ropeScaling: null,
-  tieWordEmbeddings: true,
-  bosTokenId: 1,
-  eosTokenIds: [2],
-};
 
 test('gradients of the whole decoder (every LoRA matrix, with dropout and padding) match central differences', async () => {
   const model = randomBaseModel(TINY, 11, 0.4);

@@ -6,7 +6,7 @@ import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { measureLoraFloor } from './bench-lora-floor.ts';
-import { ensureAdapters, LORA_RANK, log } from './bench-workloads.ts';
+import { ensureAdapters, LORA_RANK, log, printReport, runBenchCommand } from './bench-workloads.ts';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '30' } } });
@@ -21,11 +21,7 @@ async function main(): Promise<void> {
     trials: Number(values.trials),
     log,
   });
-  if (values.json) console.log(JSON.stringify(report));
-  else for (const [key, value] of Object.entries(report)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
+  printReport(report, values.json);
 }
 
-main().catch((error: Error) => {
-  console.error(`error: ${error.message}`);
-  process.exitCode = 1;
-});
+runBenchCommand(main);

@@ -6,7 +6,9 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { randomLoraAdapter, writeLoraAdapter } from '../adapters/lora-writer.ts';
 import type { Engine } from '../engine/engine.ts';
-import type { AdapterRef } from '../engine/protocol.ts';
+import type { AdapterRef, EngineOptions } from '../engine/protocol.ts';
+import { availableParallelism } from 'node:os';
+import { BENCH_MODEL_DIR } from '../model/bench-model.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { LORA_TARGET_MODULES } from '../model/types.ts';
 import { median } from './bench-stats.ts';
@@ -17,6 +19,34 @@ export const LORA_RANK = 16;
 const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
 
 export const log = (message: string) => process.stderr.write(`${message}\n`);
+
+/** The engine the benchmark's sections measure: STREAMS rows and slots for r=LORA_RANK adapters, every core. */
+export function benchEngineOptions(): EngineOptions {
+  return {
+    modelPath: BENCH_MODEL_DIR,
+    maxBatch: STREAMS,
+    adapterSlots: STREAMS,
+    maxLoraRank: LORA_RANK,
+    hostCacheBytes: 2 * 2 ** 30,
+    maxQueue: 64,
+    maxPositions: 2048,
+    threads: availableParallelism(),
+  };
+}
+
+/** Prints a benchmark's report: one JSON object with --json, else one aligned line per figure. */
+export function printReport(report: object, json: boolean): void {
+  if (json) console.log(JSON.stringify(report));
+  else for (const [key, value] of Object.entries(report)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
+}
+
+/** Runs a benchmark command, a failure ending it with one line and exit code 1. */
+export function runBenchCommand(main: () => Promise<void>): void {
+  main().catch((error: Error) => {
+    console.error(`error: ${error.message}`);
+    process.exitCode = 1;
+  });
+}
 
 /** 16 distinct r=16 adapters on all seven projections, written once into .bench/adapters. */
 export async function ensureAdapters(): Promise<AdapterRef[]> {

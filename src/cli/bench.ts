@@ -11,7 +11,6 @@
  * 10,000 adapters adds to it (bench-startup.ts).
  *   npm run bench [-- --json] [--trials N]
  */
-import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Engine } from '../engine/engine.ts';
 import { elementCount } from '../formats/tensor-shape.ts';
@@ -23,7 +22,7 @@ import { measureQuantizedBase } from './bench-quantized.ts';
 import { measureStallFree } from './bench-stall.ts';
 import { measureStartup } from './bench-startup.ts';
 import { median, round } from './bench-stats.ts';
-import { BENCH_DIR, concurrentDecode, ensureAdapters, LORA_RANK, log, singleStream, STREAMS } from './bench-workloads.ts';
+import { BENCH_DIR, benchEngineOptions, concurrentDecode, ensureAdapters, LORA_RANK, log, printReport, runBenchCommand, singleStream, STREAMS } from './bench-workloads.ts';
 import { benchFamilies } from './bench-families.ts';
 
 async function main(): Promise<void> {
@@ -31,18 +30,9 @@ async function main(): Promise<void> {
   const trials = Number(values.trials);
   await ensureBenchModel(BENCH_MODEL_DIR, log);
   const adapters = await ensureAdapters();
-  const threads = availableParallelism();
+  const engineOptions = benchEngineOptions();
+  const threads = engineOptions.threads!;
   log(`starting the engine (${threads} threads) ...`);
-  const engineOptions = {
-    modelPath: BENCH_MODEL_DIR,
-    maxBatch: STREAMS,
-    adapterSlots: STREAMS,
-    maxLoraRank: LORA_RANK,
-    hostCacheBytes: 2 * 2 ** 30,
-    maxQueue: 64,
-    maxPositions: 2048,
-    threads,
-  };
   const engine = await Engine.start(engineOptions);
   let result;
   try {
@@ -96,8 +86,7 @@ async function main(): Promise<void> {
   const stallFree = await measureStallFree({ engineOptions, adapters, benchDir: BENCH_DIR, trials, log });
   const startup = await measureStartup({ engineOptions, benchDir: BENCH_DIR, trials, log });
   const report = { ...result, lora_floor: loraFloor, quantized_base: quantizedBase, stall_free: stallFree, startup };
-  if (values.json) console.log(JSON.stringify(report));
-  else for (const [key, value] of Object.entries(report)) console.log(`${key.padEnd(48)} ${typeof value === 'object' ? JSON.stringify(value) : value}`);
+  printReport(report, values.json);
 }
 
 /** Floats of one adapter's LoRA weights at rank `rank`, as a forward pass reads them. */
@@ -106,7 +95,4 @@ function loraFloatsPerRow(rank: number): number {
   return perLayer * SMOLLM2_135M_SHAPE.numLayers;
 }
 
-main().catch((error: Error) => {
-  console.error(`error: ${error.message}`);
-  process.exitCode = 1;
-});
+runBenchCommand(main);
