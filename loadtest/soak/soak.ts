@@ -161,6 +161,8 @@ async function soak(options: SoakOptions, dir: string, gateway: GatewayProcess):
   await Promise.all(clients);
   await churn;
   clearInterval(sampler);
+  // One sample at the end of the load, so the final figure exists however few samples a fast short run took.
+  rssSamples.push({ progress: 1, bytes: await gateway.residentBytes() });
   const durationSeconds = round((performance.now() - startedAt) / 1000);
 
   // ---- idle: engine rows, file descriptors, the metrics' counts ----
