@@ -6,13 +6,12 @@
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
-import { envChoice } from '../gateway/config.ts';
 import { measureLoraFloor } from './bench-lora-floor.ts';
 import { ensureAdapters, LORA_RANK, log, printReport, runBenchCommand } from './bench-workloads.ts';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '30' }, spinning: { type: 'string', default: 'on' } } });
-  const spinning = envChoice({ ENGINE_THREAD_SPINNING: values.spinning }, 'ENGINE_THREAD_SPINNING', ['on', 'off'] as const, 'on');
+  if (values.spinning !== 'on' && values.spinning !== 'off') throw new Error(`--spinning must be on or off, got "${values.spinning}"`);
   await ensureBenchModel(BENCH_MODEL_DIR, log);
   // The same adapters `npm run bench` uses for its adapter sections.
   const adapters = await ensureAdapters();
@@ -21,7 +20,7 @@ async function main(): Promise<void> {
     adapterPaths: adapters.map((a) => a.path),
     rank: LORA_RANK,
     threads: availableParallelism(),
-    threadSpinning: spinning === 'on',
+    threadSpinning: values.spinning === 'on',
     trials: Number(values.trials),
     log,
   });
