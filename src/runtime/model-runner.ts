@@ -285,8 +285,7 @@ export class ModelRunner {
       const { data, shape, size } = families.buffers.get(name)!;
       return new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
     };
-    for (const [name, { group, identity }] of this.slots.familyInputs) {
-      const { shape } = this.slots.familyBuffers.get(name)!;
+    for (const [name, { group, identity, shape }] of this.slots.familyInputs) {
       if (group === 'fixed') {
         // The activation choice is contracted by a MatMul, which does not broadcast its contracted axis.
         const whole = layout.fixed || name === PEFT_INPUTS.bnActivation;

@@ -37,9 +37,8 @@ export class RowFamilyWeights {
     readonly maxRows: number,
   ) {
     this.sources = new Array<RowSource>(maxRows).fill(UNSET);
-    for (const [name, { group, identity }] of slots.familyInputs) {
+    for (const [name, { group, identity, shape, size }] of slots.familyInputs) {
       if (group !== 'fixed') continue;
-      const { shape, size } = slots.familyBuffers.get(name)!;
       this.buffers.set(name, { data: new Float32Array(maxRows * size).fill(identity), shape, size });
     }
   }
