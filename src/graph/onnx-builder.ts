@@ -162,6 +162,20 @@ export class OnnxGraphBuilder {
     return outputs;
   }
 
+  /**
+   * Makes a value the operations compute a graph input instead: the operation producing it is dropped, and the
+   * caller feeds the value. The training graphs use this to read activations an earlier run saved rather than
+   * computing them again.
+   */
+  feedInstead(value: string, type: ElementType, dims: Dim[]): void {
+    const index = this.ops.findIndex((op) => op.outputs.includes(value));
+    if (index < 0 || this.ops[index].outputs.length !== 1) throw new Error(`ONNX graph value "${value}" is not the only output of an operation`);
+    this.ops.splice(index, 1);
+    this.nodes.splice(index, 1);
+    this.inputs.push(valueInfo(value, type, dims));
+    this.declarations.set(value, { type, dims });
+  }
+
   build(opset: { domain: string; version: number }[]): BuiltModel {
     let size = 0;
     const placed = this.initializers.map((init) => {
