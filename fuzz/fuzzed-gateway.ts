@@ -4,7 +4,8 @@ import type { FuzzedGateway } from './http-routes.ts';
 
 export async function startFuzzedGateway(): Promise<FuzzedGateway & { stop(): Promise<void>; assertNoUnexpectedErrors(): void }> {
   const errors: string[] = [];
-  const gateway = await startTestGateway({ maxConcurrentRequests: 64 }, {}, (line) => {
+  // Long runs send thousands of frames on one socket: the rate limit would drop them before they are parsed.
+  const gateway = await startTestGateway({ maxConcurrentRequests: 64 }, { WS_MESSAGES_PER_MINUTE: '1000000' }, (line) => {
     if (JSON.parse(line).level === 'error') errors.push(line);
   });
   return {

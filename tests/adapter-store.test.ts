@@ -381,7 +381,7 @@ test('versions renamed into place by another process appear on refresh and on th
   // Latest follows publishedAt, not the version name.
   const older = join(root, '.staging', 'sidecar-2');
   await writeVersionDir(older, '50', adapterFiles(), existing.publishedAt.replace(/^\d{4}/, '2001'));
-  const added = once(store, 'added', { signal: AbortSignal.timeout(5000) });
+  const added = once(store, 'added');
   await rename(older, join(root, 'acme', 'bot', '50'));
   const [record] = (await added) as [AdapterRecord<TestSummary>];
   assert.equal(record.id, 'acme/bot@50');
@@ -391,7 +391,7 @@ test('versions renamed into place by another process appear on refresh and on th
   const peftOutput = join(root, '.staging', 'sidecar-3');
   await mkdir(peftOutput);
   for (const [name, data] of adapterFiles(32)) await writeFile(join(peftOutput, name), data);
-  const adopted = once(store, 'added', { signal: AbortSignal.timeout(5000) });
+  const adopted = once(store, 'added');
   await rename(peftOutput, join(root, 'acme', 'bot', 'x1'));
   assert.equal(((await adopted) as [AdapterRecord<TestSummary>])[0].summary.rank, 32);
   assert.equal(existsSync(join(root, 'acme', 'bot', 'x1', 'manifest.json')), true);

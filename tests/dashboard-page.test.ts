@@ -100,6 +100,9 @@ describe('GET /dashboard', () => {
       const disk = (await page.locator('#tiers tbody tr').nth(2).locator('td').allInnerTexts());
       assert.equal(disk[1], '2', 'two adapters in the disk store');
       assert.deepEqual(await page.locator('#slot-adapters li').allInnerTexts(), ['acme/support@1', 'globex/faq@1']);
+      assert.deepEqual((await page.locator('#host-adapters li').allInnerTexts()).sort(), ['acme/support@1', 'globex/faq@1']);
+      assert.deepEqual(await page.locator('#stored-adapters li').allInnerTexts(), ['acme/support@1', 'globex/faq@1']);
+      assert.equal(await text(page, 'stored-count'), '2');
       const statuses = await page.locator('#statuses tbody tr td:first-child').allInnerTexts();
       assert.deepEqual(statuses, ['200', '429']);
 

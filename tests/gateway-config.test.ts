@@ -308,3 +308,14 @@ test('shutdown grace and WebSocket ping interval are settings with defaults and 
   assert.equal(set.webSocketPingSeconds, 5);
   await assert.rejects(loadGatewaySettings({ WS_PING_INTERVAL_SECONDS: '0' }), /WS_PING_INTERVAL_SECONDS must be an integer from 1 to 3600/);
 });
+
+test('WebSocket per-socket limits are settings with defaults and bounds; the message size follows MAX_BODY_BYTES', async () => {
+  const defaults = await loadGatewaySettings({});
+  assert.deepEqual(defaults.webSocketLimits, { maxMessageBytes: 1024 * 1024, maxResponsesPerSocket: 16, messagesPerMinute: 600 });
+  assert.equal((await loadGatewaySettings({ MAX_BODY_BYTES: '4MiB' })).webSocketLimits.maxMessageBytes, 4 * 1024 * 1024);
+  const set = await loadGatewaySettings({ WS_MAX_MESSAGE_BYTES: '64KiB', WS_MAX_RESPONSES_PER_SOCKET: '4', WS_MESSAGES_PER_MINUTE: '120' });
+  assert.deepEqual(set.webSocketLimits, { maxMessageBytes: 64 * 1024, maxResponsesPerSocket: 4, messagesPerMinute: 120 });
+  await assert.rejects(loadGatewaySettings({ WS_MAX_MESSAGE_BYTES: '10' }), /WS_MAX_MESSAGE_BYTES must be a byte count from 1024 to 1073741824/);
+  await assert.rejects(loadGatewaySettings({ WS_MAX_RESPONSES_PER_SOCKET: '0' }), /WS_MAX_RESPONSES_PER_SOCKET must be an integer from 1 to 1024/);
+  await assert.rejects(loadGatewaySettings({ WS_MESSAGES_PER_MINUTE: 'lots' }), /WS_MESSAGES_PER_MINUTE must be an integer from 1 to 1000000/);
+});

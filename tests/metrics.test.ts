@@ -22,7 +22,7 @@ const IDLE: SchedulerStats = {
   runningAdapters: [],
   waitingAdapters: [],
   slots: { capacity: 4, resident: 0, bytes: 0, adapters: [] },
-  host: { entries: 0, bytes: 0 },
+  host: { entries: 0, bytes: 0, adapters: [] },
 };
 
 const REQUEST: FinishedRequest = {
@@ -116,7 +116,7 @@ test('scheduler state sets the gauges and keeps only the latest lora_requests_in
     runningAdapters: ['acme/support', 'beta/faq', 'acme/support'],
     waitingAdapters: ['gamma/legal'],
     slots: { capacity: 4, resident: 2, bytes: 65536, adapters: ["acme/a@1", "acme/b@1"] },
-    host: { entries: 5, bytes: 163840 },
+    host: { entries: 5, bytes: 163840, adapters: [] },
   });
   const after = Date.now() / 1000;
   let scraped = await scrape(metrics);

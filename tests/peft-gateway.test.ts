@@ -141,6 +141,27 @@ test('uploads a family cannot serve exactly are refused naming the option, and l
   }
 });
 
+test('the gateway counts an adapter\'s virtual tokens against max_model_len', async () => {
+  const model = `${BASE_MODEL}+acme/prefix`;
+  const listed = await (await fetch(`${gateway.url}/v1/models/${model}`, { headers: { authorization: `Bearer ${KEYS.acme}` } })).json();
+  const contextLength: number = listed.max_model_len;
+  const fitsWithoutPrefix = contextLength - PROMPT.length;
+  const base = await gateway.client().completions.create({ model: BASE_MODEL, prompt: PROMPT, max_tokens: fitsWithoutPrefix, temperature: 0, stop: ['.'] });
+  assert.ok(base.choices[0].text.length > 0, 'the base model accepts the request');
+  const refused = await fetch(`${gateway.url}/v1/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${KEYS.acme}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ model, prompt: PROMPT, max_tokens: fitsWithoutPrefix }),
+  });
+  assert.equal(refused.status, 400);
+  const { error } = await refused.json();
+  assert.equal(error.code, 'context_length_exceeded');
+  assert.match(error.message, new RegExp(`${PROMPT.length} in the prompt, 5 virtual tokens of the adapter, ${fitsWithoutPrefix} for the completion`));
+  // Without max_tokens, chat fills what the context has left after the prefix instead of being refused.
+  const chat = await gateway.client().chat.completions.create({ model, messages: [{ role: 'user', content: 'Once upon a time' }], temperature: 0 });
+  assert.ok(['stop', 'length'].includes(chat.choices[0].finish_reason));
+});
+
 test('virtual tokens count against the context: a prompt they push past it is refused, one that fits stops at the limit', async () => {
   const c = base.config;
   const root = await mkdtemp(join(tmpdir(), 'peft-context-'));

@@ -8,12 +8,12 @@ import { loadBaseModel } from '../src/model/load.ts';
 import { weightsChecksum } from '../src/model/checksum.ts';
 import { dequantizeMatrix } from '../src/model/quantized-matrix.ts';
 import { ModelRunner, type RunnerOptions } from '../src/runtime/model-runner.ts';
-import { loadLoraAdapter } from '../src/adapters/lora.ts';
+import { loadAdapter } from '../src/adapters/adapter.ts';
 import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { LORA_TARGET_MODULES, type BaseModel, type LoadQuantization, type WeightMap } from '../src/model/types.ts';
 import { TrainingModel } from '../src/training/training-model.ts';
 import { Engine } from '../src/engine/engine.ts';
-import { mergeAdapter } from './support/merge-adapter.ts';
+import { mergedLora } from './support/family-references.ts';
 import { STORIES_HF_DIR, STORIES_QUANT_DIR } from './support/models.ts';
 
 interface LlamaCppReference {
@@ -125,15 +125,17 @@ function dequantizedModel(model: BaseModel): BaseModel {
   return { ...model, weights, quantized: new Map() };
 }
 
-for (const quantize of ['q4', 'q8'] satisfies LoadQuantization[]) {
-  test(`full-precision LoRA per row over a ${quantize} base: rows independent, equal to merged weights, base bytes unchanged`, async () => {
+for (const [quantize, dora] of [['q4', false], ['q8', false], ['q4', true]] satisfies [LoadQuantization, boolean][]) {
+  const family = dora ? 'DoRA' : 'LoRA';
+  test(`full-precision ${family} per row over a ${quantize} base: rows independent, equal to merged weights, base bytes unchanged`, async () => {
     const base = await loadBaseModel(STORIES_HF_DIR, { quantize });
     const dir = await mkdtemp(join(tmpdir(), 'quantized-lora-'));
     try {
-      await writeLoraAdapter(dir, randomLoraAdapter(base.config, { rank: 8, targetModules: [...LORA_TARGET_MODULES], seed: 5, std: 0.15, alpha: 16 }));
-      const adapter = await loadLoraAdapter(dir, base.config);
+      const spec = randomLoraAdapter(base.config, { rank: 8, targetModules: [...LORA_TARGET_MODULES], seed: 5, std: 0.15, alpha: 16, dora });
+      await writeLoraAdapter(dir, spec);
       const runner = await ModelRunner.create(base, OPTIONS);
-      const slot = runner.slots.place('a', adapter)!;
+      // DoRA's row norms are taken from the weights the graph uses: here the quantized ones, decoded.
+      const slot = runner.slots.place('a', await runner.prepareAdapter(await loadAdapter(dir, base.config)))!;
       const prompts = [[1, 403, 407, 261, 378], [1, 338, 286, 393]];
       const vocab = base.config.vocabSize;
       // Row 0 on the base, row 1 on the adapter, prefilled in one pass; then each alone.
@@ -146,15 +148,17 @@ for (const quantize of ['q4', 'q8'] satisfies LoadQuantization[]) {
       assert.ok(diff(together.subarray(0, vocab), aloneBase) < 1e-4, 'a base row is unaffected by an adapter row beside it');
       assert.ok(diff(together.subarray(vocab), aloneAdapter) < 1e-4, 'an adapter row is the same batched or alone');
 
-      // The independent computation: the represented float weights with W + scale·B·A merged in.
-      const merged = await ModelRunner.create(mergeAdapter(dequantizedModel(base), adapter), OPTIONS);
+      // The independent computation: the represented float weights with W + scale·B·A merged in (and, for DoRA,
+      // each merged row rescaled to its magnitude).
+      const float = dequantizedModel(base);
+      const merged = await ModelRunner.create({ ...float, weights: mergedLora(float, spec) }, OPTIONS);
       const expected = Float32Array.from(await merged.forward(0, [{ tokens: prompts[1], position: 0, slot: 0 }]));
       await merged.close();
       const effect = diff(expected, baseOnAdapterPrompt);
       const error = diff(expected, aloneAdapter);
       // The remaining difference is MatMulNBits' int8 rounding of activations, far below what the adapter changes.
       assert.ok(effect > 1, `the adapter must visibly change the logits (max change ${effect})`);
-      assert.ok(error < 0.05 * effect, `adapter over the quantized base differs from merged weights by ${error} (adapter effect ${effect})`);
+      assert.ok(error < 0.05 * effect, `${family} over the quantized base differs from merged weights by ${error} (adapter effect ${effect})`);
       assert.equal(weightsChecksum(base.weights, base.quantized), base.checksum, 'the served base bytes are unchanged');
     } finally {
       await rm(dir, { recursive: true, force: true });

@@ -457,3 +457,72 @@ test('a client that stops reading gets its responses failed as slow_consumer, an
     await extra.close();
   }
 });
+
+// ---- per-socket limits ----
+
+test('a message larger than WS_MAX_MESSAGE_BYTES closes the socket with 1009; smaller ones are served', async () => {
+  const limited = await startTestGateway({}, { WS_MAX_MESSAGE_BYTES: '1KiB' });
+  try {
+    const client = await connect(wsUrl(limited.url), [], { headers: { authorization: `Bearer ${KEYS.acme}` } });
+    const fits = { type: 'response.create', response: { model: BASE_MODEL, input: PROMPT, max_tokens: 2, user: 'x'.repeat(900) } };
+    assert.ok(JSON.stringify(fits).length <= 1024);
+    client.send(fits);
+    await client.waitFor((event) => TERMINAL_TYPES.has(event.type));
+    const closed = new Promise<number>((resolve) => client.socket.once('close', resolve));
+    client.send({ ...fits, response: { ...fits.response, user: 'x'.repeat(1024) } });
+    assert.equal(await closed, 1009);
+    assert.equal(client.events.filter((event) => event.type === 'response.created').length, 1, 'the large message started nothing');
+  } finally {
+    await limited.stop();
+  }
+});
+
+test('WS_MESSAGES_PER_MINUTE: messages beyond the rate are dropped with a rate_limit_exceeded error event', async () => {
+  // The limiter reads this clock, so time moves only when the test says so.
+  let now = 0;
+  const extra = await extraServer({ messagesPerMinute: 3, now: () => now }, { port: 0, host: '127.0.0.1' });
+  try {
+    const { port } = extra.server.address() as { port: number };
+    const client = await connect(`ws://127.0.0.1:${port}${WEBSOCKET_PATH}`, [], { headers: { authorization: `Bearer ${KEYS.acme}` } });
+    for (let index = 0; index < 3; index++) client.send({ type: 'session.update', event_id: `within-${index}` });
+    client.send({ type: 'response.create', event_id: 'over', response: { model: BASE_MODEL, input: PROMPT, max_tokens: 2 } });
+    const refused = await client.waitFor((event) => event.type === 'error' && event.error.code === 'rate_limit_exceeded');
+    assert.deepEqual(Object.keys(refused.error).sort(), ['code', 'message', 'param', 'type']);
+    assert.equal(refused.error.type, 'requests');
+    assert.match(refused.error.message, /more than 3 messages per minute/);
+    // One message is earned back every 20 s.
+    assert.equal(refused.retry_after_seconds, 20);
+    const answered = client.events.filter((event) => event.type === 'error' && event.error.code === 'unknown_event_type');
+    assert.deepEqual(answered.map((event) => event.error.event_id), ['within-0', 'within-1', 'within-2']);
+    assert.equal(client.events.filter((event) => event.type === 'response.created').length, 0, 'the dropped create started nothing');
+
+    now += 20_000;
+    const id = await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 2, temperature: 0 });
+    assert.equal((await client.terminal(id)).type, 'response.incomplete');
+    assert.equal(client.socket.readyState, WebSocket.OPEN);
+    client.close();
+  } finally {
+    await extra.close();
+  }
+});
+
+test('WS_MAX_RESPONSES_PER_SOCKET sets how many responses one socket may have in progress', async () => {
+  const limited = await startTestGateway({}, { WS_MAX_RESPONSES_PER_SOCKET: '2' });
+  const { engine } = limited.services;
+  try {
+    const client = await connect(wsUrl(limited.url), [], { headers: { authorization: `Bearer ${KEYS.acme}` } });
+    const response = { model: BASE_MODEL, input: PROMPT, max_tokens: 4, temperature: 0 };
+    // Paused, the engine finishes neither of the first two before the third arrives.
+    engine.pause();
+    const ids = [await client.create(response), await client.create(response), await client.create(response)];
+    const third = await client.terminal(ids[2]);
+    engine.resume();
+    assert.equal(third.type, 'response.failed');
+    assert.equal(third.response.status_code, 429);
+    assert.match(third.response.error.message, /already has 2 responses in progress/);
+    assert.deepEqual((await Promise.all(ids.slice(0, 2).map((id) => client.terminal(id)))).map((event) => event.type), ['response.incomplete', 'response.incomplete']);
+    client.close();
+  } finally {
+    await limited.stop();
+  }
+});

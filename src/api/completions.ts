@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type { Context, Hono } from 'hono';
 import type { TokenEvent } from '../engine/protocol.ts';
 import { runInference, type InferenceRequest } from '../gateway/inference.ts';
+import { promptPositions } from '../gateway/model-resolver.ts';
 import { asApiError, shuttingDown } from '../gateway/errors.ts';
 import type { GatewayEnv, GatewayServices } from '../gateway/services.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
@@ -72,7 +73,7 @@ async function prepare(c: Context<GatewayEnv>, services: GatewayServices, api: G
       promptIds,
       promptParam: api === 'chat' ? 'messages' : 'prompt',
       sampling: fields.sampling,
-      maxTokens: resolveMaxTokens(fields.maxTokens, api, promptIds.length, engine.info.maxPositions),
+      maxTokens: resolveMaxTokens(fields.maxTokens, api, promptPositions(model, promptIds), engine.info.maxPositions),
       stop: fields.stop,
       traceContext: { traceparent: c.req.header('traceparent'), tracestate: c.req.header('tracestate') },
     },

@@ -60,6 +60,7 @@ export function registerDashboardRoutes(app: Hono<GatewayEnv>, services: Gateway
       model: services.models.baseName,
       stats: services.engine.stats,
       tenants: tenantActivity(services),
+      storedAdapters: services.store.list().map((record) => record.id),
     });
     return c.json(snapshot, 200, PAGE_HEADERS);
   });

@@ -48,9 +48,10 @@ export function registerModelRoutes(app: Hono<GatewayEnv>, services: GatewayServ
     return c.json({ object: 'list', data: [baseCard(), ...adapters] });
   });
 
-  // Adapter ids contain a slash (`base+tenant/adapter@2`), so the id is the rest of the path.
+  // Adapter ids contain a slash (`base+tenant/adapter@2`), so the id is the rest of the path, which the router has
+  // already percent-decoded (decoding it again would turn a literal `%` into an error).
   app.get('/v1/models/:id{.+}', async (c) => {
-    const id = decodeURIComponent(c.req.param('id'));
+    const id = c.req.param('id');
     const resolved = await models.resolve(c.get('principal'), id);
     return c.json(resolved.adapter ? adapterCard(resolved.adapter, id) : baseCard());
   });

@@ -15,8 +15,13 @@
  * A missing or unknown key is answered `401` and a server that is shutting down answers `503`, both with an OpenAI
  * error body, and the connection is closed without upgrading.
  *
- * Messages are JSON text frames of at most MAX_BODY_BYTES (a larger one closes the socket with 1009). Every server
- * event has a unique `event_id`.
+ * Messages are JSON text frames of at most WS_MAX_MESSAGE_BYTES (default MAX_BODY_BYTES; a larger one closes the
+ * socket with 1009, message too big). Every server event has a unique `event_id`.
+ *
+ * Message rate: each socket may send WS_MESSAGES_PER_MINUTE messages per minute (a bucket holding one minute's
+ * messages, refilled continuously, so short bursts are fine). A message beyond it is dropped unread (no
+ * response.created, nothing runs) and answered with an `error` event, code `rate_limit_exceeded`, type `requests`,
+ * with `retry_after_seconds` beside it; the socket stays open.
  *
  * Client events:
  *   {"type": "response.create", "event_id"?: "<client id>", "response": {
@@ -48,7 +53,8 @@
  *                                 "status_code" (the HTTP status the same failure gets over HTTP) and, when waiting
  *                                 helps, "retry_after_seconds". Invalid fields (400), unknown or invisible models
  *                                 (404 model_not_found), tenant limits (429), a full engine queue or shutdown (503),
- *                                 a 17th response in progress on one socket (429 rate_limit_exceeded), and slow
+ *                                 a response beyond WS_MAX_RESPONSES_PER_SOCKET (default 16) in progress on one
+ *                                 socket (429 rate_limit_exceeded), and slow
  *                                 consumers (429 slow_consumer, below).
  *   `usage` counts what the engine computed: all zeros for a response refused before it reached the engine.
  *   error                         {"error": {"message", "type", "param", "code", "event_id"?}} (event_id: the
@@ -86,6 +92,8 @@ import {
   toResponseBody,
 } from '../gateway/errors.ts';
 import { runInference } from '../gateway/inference.ts';
+import { promptPositions } from '../gateway/model-resolver.ts';
+import { TokenBucket, type Clock } from '../gateway/tenant-limits.ts';
 import type { GatewayServices } from '../gateway/services.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
 import { chatPromptIds, rawPromptIds } from './prompt.ts';
@@ -109,12 +117,20 @@ export interface WebSocketApiOptions {
   maxBufferedBytes?: number;
   /** Responses in progress at once on one socket; each holds an engine row, so one socket cannot take them all. */
   maxResponsesPerSocket?: number;
+  /** Largest client message; a larger one closes the socket with 1009. Default MAX_BODY_BYTES. */
+  maxMessageBytes?: number;
+  /** Client messages one socket may send per minute; the rest are dropped with an error event. */
+  messagesPerMinute?: number;
+  /** The rate limit's clock in milliseconds; injectable so tests can move time without sleeping. */
+  now?: Clock;
 }
 
-const DEFAULT_OPTIONS: Required<WebSocketApiOptions> = {
+const DEFAULT_OPTIONS: Omit<Required<WebSocketApiOptions>, 'maxMessageBytes'> = {
   pingIntervalMs: 30_000,
   maxBufferedBytes: 1024 * 1024,
   maxResponsesPerSocket: 16,
+  messagesPerMinute: 600,
+  now: () => performance.now(),
 };
 
 const CLOSE_GOING_AWAY = 1001;
@@ -136,11 +152,11 @@ export function attachWebSocketApi(
   services: GatewayServices,
   options: WebSocketApiOptions = {},
 ): { close(): Promise<void> } {
-  const settings = { ...DEFAULT_OPTIONS, ...options };
+  const settings = { ...DEFAULT_OPTIONS, maxMessageBytes: services.settings.maxBodyBytes, ...options };
   const connections = new Set<Connection>();
   const webSockets = new WebSocketServer({
     noServer: true,
-    maxPayload: services.settings.maxBodyBytes,
+    maxPayload: settings.maxMessageBytes,
     // Never the key subprotocol: selecting it would echo the key in the handshake response.
     handleProtocols: (protocols) => [...protocols].find((protocol) => !isApiKeySubprotocol(protocol)) ?? false,
   });
@@ -242,6 +258,7 @@ interface ParsedCreate {
 
 class Connection {
   readonly #responses = new Map<string, LiveResponse>();
+  readonly #messages: TokenBucket;
   #answeredPing = true;
   #readingPaused = false;
 
@@ -255,8 +272,9 @@ class Connection {
     private readonly services: GatewayServices,
     private readonly settings: Required<WebSocketApiOptions>,
   ) {
+    this.#messages = new TokenBucket(settings.messagesPerMinute, settings.now);
     webSocket.on('message', (data, isBinary) => {
-      this.#receive(data, isBinary);
+      if (this.#withinRate()) this.#receive(data, isBinary);
       this.#throttleReading();
     });
     webSocket.on('pong', () => (this.#answeredPing = true));
@@ -299,6 +317,22 @@ class Connection {
   #sendError(error: ApiError, clientEventId: string | undefined): void {
     const body = toResponseBody(error).error;
     this.#send({ type: 'error', error: clientEventId === undefined ? body : { ...body, event_id: clientEventId } });
+  }
+
+  /** Takes one message from the socket's budget, or answers that the socket sends too fast. */
+  #withinRate(): boolean {
+    const refusal = this.#messages.tryTake(1);
+    if (!refusal) return true;
+    const limit = this.settings.messagesPerMinute;
+    const error = new ApiError(
+      429,
+      'requests',
+      `This socket sent more than ${limit} messages per minute, the most one socket may send; the message was dropped. ` +
+        `Retry in ${refusal.retryAfterSeconds} s.`,
+      { code: 'rate_limit_exceeded' },
+    );
+    this.#send({ type: 'error', error: toResponseBody(error).error, retry_after_seconds: refusal.retryAfterSeconds ?? 1 });
+    return false;
   }
 
   #receive(data: RawData, isBinary: boolean): void {
@@ -383,7 +417,7 @@ class Connection {
         promptIds: request.promptIds,
         promptParam: request.api === 'chat' ? 'messages' : 'input',
         sampling: request.fields.sampling,
-        maxTokens: resolveMaxTokens(request.fields.maxTokens, request.api, request.promptIds.length, this.services.engine.info.maxPositions),
+        maxTokens: resolveMaxTokens(request.fields.maxTokens, request.api, promptPositions(model, request.promptIds), this.services.engine.info.maxPositions),
         stop: request.fields.stop,
         traceContext: this.traceContext,
         signal,

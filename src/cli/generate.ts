@@ -1,6 +1,7 @@
 /**
- * Quick checks from the shell: generate text from a base model, optionally through a LoRA adapter.
- *   npm run generate -- --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T] [--quantize q8|q4] [--json]
+ * Quick checks from the shell: generate text from a base model, optionally through an adapter of any served
+ * family (a PEFT or AdapterHub directory).
+ *   npm run generate -- --model PATH [--adapter DIR [--max-rank R]] --prompt TEXT [--max-tokens N] [--temperature T] [--quantize q8|q4] [--json]
  */
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -8,14 +9,19 @@ import { Engine } from '../engine/engine.ts';
 import { TextGenerator } from '../serving/text-generation.ts';
 import { loadTokenizer } from '../tokenizer/load.ts';
 
-const USAGE = `usage: npm run generate -- --model PATH [--adapter DIR] --prompt TEXT [--max-tokens N] [--temperature T]
-                            [--top-p P] [--top-k K] [--seed S] [--threads N] [--quantize q8|q4] [--json]`;
+/** Slot size for the adapter: any LoRA rank and the bottleneck width of AdapterHub's default reduction factors. */
+const DEFAULT_MAX_RANK = 64;
+
+const USAGE = `usage: npm run generate -- --model PATH [--adapter DIR [--max-rank R]] --prompt TEXT [--max-tokens N] [--temperature T]
+                            [--top-p P] [--top-k K] [--seed S] [--threads N] [--quantize q8|q4] [--json]
+  --max-rank  the largest LoRA rank or bottleneck width the adapter slot holds (default ${DEFAULT_MAX_RANK})`;
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       model: { type: 'string' },
       adapter: { type: 'string' },
+      'max-rank': { type: 'string', default: String(DEFAULT_MAX_RANK) },
       prompt: { type: 'string' },
       'max-tokens': { type: 'string', default: '64' },
       temperature: { type: 'string', default: '0' },
@@ -46,7 +52,7 @@ async function main(): Promise<void> {
     modelPath,
     maxBatch: 1,
     adapterSlots: values.adapter ? 1 : 0,
-    maxLoraRank: 64,
+    maxLoraRank: number('max-rank'),
     hostCacheBytes: 1 << 30,
     maxQueue: 1,
     threads: values.threads ? number('threads') : undefined,

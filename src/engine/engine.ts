@@ -93,7 +93,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       runningAdapters: [],
       waitingAdapters: [],
       slots: { capacity: options.adapterSlots, resident: 0, bytes: 0, adapters: [] },
-      host: { entries: 0, bytes: 0 },
+      host: { entries: 0, bytes: 0, adapters: [] },
     };
     worker.on('message', (message: FromWorker) => this.receive(message));
     worker.on('error', (error) => this.die(new EngineError(`the engine thread crashed: ${error.message}`, 'engine_error')));

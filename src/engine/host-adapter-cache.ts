@@ -38,6 +38,16 @@ export class HostAdapterCache {
     return this.cache.calculatedSize;
   }
 
+  /** The keys of the `limit` most recently used adapters in memory, most recent first. */
+  recentKeys(limit: number): string[] {
+    const keys: string[] = [];
+    for (const key of this.cache.keys()) {
+      if (keys.length === limit) break;
+      keys.push(key);
+    }
+    return keys;
+  }
+
   /** Whether the adapter is in memory, without counting a hit or miss or refreshing its recency. */
   has(key: string): boolean {
     return this.cache.has(key);

@@ -101,6 +101,9 @@ export interface AdapterCacheEvent {
   seconds?: number;
 }
 
+/** Stats name this many host-tier adapters: they travel with every step's report, so the list stays short. */
+export const HOST_ADAPTERS_NAMED = 50;
+
 export interface SchedulerStats {
   running: number;
   waiting: number;
@@ -111,7 +114,8 @@ export interface SchedulerStats {
   waitingAdapters: string[];
   /** `adapters`: the cache keys of the adapters resident in slots (at most `capacity` of them). */
   slots: { capacity: number; resident: number; bytes: number; adapters: string[] };
-  host: { entries: number; bytes: number };
+  /** `adapters`: cache keys of the most recently used adapters in host memory, at most HOST_ADAPTERS_NAMED. */
+  host: { entries: number; bytes: number; adapters: string[] };
 }
 
 export interface ModelInfo {

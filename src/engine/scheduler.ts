@@ -24,6 +24,7 @@ import type {
   StartEvent,
   TokenEvent,
 } from './protocol.ts';
+import { HOST_ADAPTERS_NAMED } from './protocol.ts';
 import { TokenSampler } from './sampling.ts';
 
 export interface SchedulerOptions {
@@ -450,7 +451,7 @@ export class Scheduler {
         bytes: this.runner.slots.bytes,
         adapters: this.runner.slots.residentAdapters,
       },
-      host: { entries: this.hostCache.entries, bytes: this.hostCache.bytes },
+      host: { entries: this.hostCache.entries, bytes: this.hostCache.bytes, adapters: this.hostCache.recentKeys(HOST_ADAPTERS_NAMED) },
     };
   }
 }

@@ -55,6 +55,16 @@ export interface TrainingSettings {
   trainer: 'child' | 'external';
 }
 
+/** Per-socket limits of the WebSocket API, so one connection cannot take more than its share. */
+export interface WebSocketLimits {
+  /** Largest client message; a larger one closes the socket with 1009. */
+  maxMessageBytes: number;
+  /** Responses in progress at once on one socket; each holds an engine row. */
+  maxResponsesPerSocket: number;
+  /** Client messages per minute on one socket (a bucket of one minute's messages, refilled continuously). */
+  messagesPerMinute: number;
+}
+
 export interface GatewaySettings {
   port: number;
   host: string;
@@ -67,6 +77,7 @@ export interface GatewaySettings {
   training: TrainingSettings;
   /** How often WebSocket clients are pinged; one that misses a pong is disconnected. */
   webSocketPingSeconds: number;
+  webSocketLimits: WebSocketLimits;
   /** How long a shutdown lets in-flight requests finish before cancelling them. */
   shutdownGraceSeconds: number;
   /** OTLP endpoint for traces; tracing is off when absent. */
@@ -384,13 +395,14 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       }
     }
   }
+  const maxBodyBytes = envBytes(env, 'MAX_BODY_BYTES', MIB, KIB, GIB);
   const settings: Omit<GatewaySettings, 'configFile' | 'adminKeyDigests' | 'tenants' | 'usingDevelopmentKeys'> = {
     port: envInteger(env, 'PORT', 8000, 0, 65535),
     host: envHost(env),
     modelPath: envString(env, 'MODEL_PATH'),
     modelName: envString(env, 'MODEL_NAME'),
     adaptersDir: envString(env, 'ADAPTERS_DIR') ?? 'adapters',
-    maxBodyBytes: envBytes(env, 'MAX_BODY_BYTES', MIB, KIB, GIB),
+    maxBodyBytes,
     maxAdapterBytes: envBytes(env, 'MAX_ADAPTER_BYTES', 256 * MIB, KIB, 64 * GIB),
     engine: {
       maxBatchSize: envInteger(env, 'MAX_BATCH_SIZE', 16, 1, 1024),
@@ -411,6 +423,11 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       trainer: envChoice(env, 'TRAINER', ['child', 'external'] as const, 'child'),
     },
     webSocketPingSeconds: envInteger(env, 'WS_PING_INTERVAL_SECONDS', 30, 1, 3600),
+    webSocketLimits: {
+      maxMessageBytes: envBytes(env, 'WS_MAX_MESSAGE_BYTES', maxBodyBytes, KIB, GIB),
+      maxResponsesPerSocket: envInteger(env, 'WS_MAX_RESPONSES_PER_SOCKET', 16, 1, 1024),
+      messagesPerMinute: envInteger(env, 'WS_MESSAGES_PER_MINUTE', 600, 1, 1_000_000),
+    },
     shutdownGraceSeconds: envInteger(env, 'SHUTDOWN_GRACE_SECONDS', 10, 0, 3600),
     otlpEndpoint: envUrl(env, 'OTEL_EXPORTER_OTLP_ENDPOINT'),
     logLevel: envChoice(env, 'LOG_LEVEL', ['debug', 'info', 'warn', 'error'] as const, 'info'),

@@ -142,13 +142,42 @@ export function overloaded(retryAfterSeconds: number, message = 'The server is o
   });
 }
 
+/** Errno codes of a write the filesystem refused for lack of room: a full disk, a quota, a file-size limit. */
+const NO_ROOM_CODES = new Set(['ENOSPC', 'EDQUOT', 'EFBIG']);
+/** Errno codes of storage the server may not change at all: permissions, a read-only filesystem. */
+const NO_ACCESS_CODES = new Set(['EACCES', 'EPERM', 'EROFS']);
+
+/**
+ * 507 (WebDAV's Insufficient Storage: the server, not the request, lacks room) or 503 for a write the server's own
+ * storage refused. Stores write into a staging area and publish by rename, so a refused write leaves nothing
+ * behind; retrying does not help until an operator frees space or fixes the storage, hence `x-should-retry: false`.
+ * Undefined for any other error.
+ */
+export function storageFailure(err: unknown): ApiError | undefined {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (code === undefined) return undefined;
+  const options = { headers: { 'x-should-retry': 'false' }, cause: err };
+  if (NO_ROOM_CODES.has(code)) {
+    const message = 'The server has no storage space left for this (disk full or over quota); nothing was saved. Retry once space was freed.';
+    return new ApiError(507, 'server_error', message, { ...options, code: 'insufficient_storage' });
+  }
+  if (NO_ACCESS_CODES.has(code)) {
+    const message = 'The server cannot write to its storage (read-only or permission denied); nothing was saved.';
+    return new ApiError(503, 'server_error', message, { ...options, code: 'storage_unavailable' });
+  }
+  return undefined;
+}
+
 /** 500 with a fixed message: internal details belong in the server log, not in the response. */
 export function internalError(cause?: unknown): ApiError {
   return new ApiError(500, 'server_error', 'The server had an internal error while processing the request.', { cause });
 }
 
 export interface ErrorHandlerOptions {
-  /** Receives what caused each 500 (a bug, usually); defaults to writing its stack to stderr. */
+  /**
+   * Receives what caused each 500 (a bug, usually) and each refused storage write (507/503, for the operator to
+   * act on); defaults to writing its stack to stderr.
+   */
   logUnexpected?: (err: unknown, request: { method: string; path: string }) => void;
   /** Sees every error answer, for counting by status and code. */
   onErrorAnswer?: (error: ApiError) => void;
@@ -172,7 +201,7 @@ export function asApiError(err: unknown): ApiError {
   if (err instanceof HTTPException) return fromHttpException(err);
   // `c.req.json()` throws a bare SyntaxError for an unparsable body; its message quotes the body, so it is not echoed.
   if (err instanceof SyntaxError) return invalidRequest('The request body is not valid JSON.', null, 'invalid_json');
-  return internalError(err);
+  return storageFailure(err) ?? internalError(err);
 }
 
 export function installErrorHandlers<E extends Env>(app: Hono<E>, options: ErrorHandlerOptions = {}): void {
@@ -180,7 +209,9 @@ export function installErrorHandlers<E extends Env>(app: Hono<E>, options: Error
   app.onError((err, c: Context<E>) => {
     const apiError = asApiError(err);
     // Only the method and path are logged: bodies and query strings may carry prompts or credentials.
-    if (apiError.status === 500) logUnexpected(apiError.cause ?? err, { method: c.req.method, path: c.req.path });
+    if (apiError.status === 500 || storageFailure(apiError.cause)) {
+      logUnexpected(apiError.cause ?? err, { method: c.req.method, path: c.req.path });
+    }
     options.onErrorAnswer?.(apiError);
     return toResponse(apiError);
   });

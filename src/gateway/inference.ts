@@ -9,7 +9,7 @@ import type { GenAiOperation } from '../observability/tracing.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
 import type { Principal } from './auth.ts';
 import { ApiError, adapterUnavailable, internalError, invalidRequest, overloaded, rateLimited } from './errors.ts';
-import { unavailableReason, type ResolvedModel } from './model-resolver.ts';
+import { promptPositions, unavailableReason, type ResolvedModel } from './model-resolver.ts';
 import type { GatewayServices } from './services.ts';
 
 export interface InferenceRequest {
@@ -47,11 +47,14 @@ export async function runInference(services: GatewayServices, request: Inference
     throw error;
   };
 
-  if (request.promptIds.length + request.maxTokens > maxPositions) {
+  const positions = promptPositions(request.model, request.promptIds);
+  if (positions + request.maxTokens > maxPositions) {
+    const virtualTokens = positions - request.promptIds.length;
+    const promptPart = virtualTokens > 0 ? `${request.promptIds.length} in the prompt, ${virtualTokens} virtual tokens of the adapter` : `${request.promptIds.length} in the prompt`;
     refuse(
       invalidRequest(
         `This model's maximum context length is ${maxPositions} tokens. However, you requested ` +
-          `${request.promptIds.length + request.maxTokens} tokens (${request.promptIds.length} in the prompt, ` +
+          `${positions + request.maxTokens} tokens (${promptPart}, ` +
           `${request.maxTokens} for the completion). Please reduce the length of the prompt or max_tokens.`,
         request.promptParam,
         'context_length_exceeded',

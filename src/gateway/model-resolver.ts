@@ -40,6 +40,14 @@ export interface ResolvedModel {
   ref: AdapterRef | null;
 }
 
+/**
+ * The context positions a prompt takes with this model: its own tokens plus the adapter's virtual tokens (soft
+ * prompts and prefixes sit in the KV cache like real tokens, so they count against the model's context).
+ */
+export function promptPositions(model: ResolvedModel, promptIds: readonly number[]): number {
+  return promptIds.length + (model.adapter?.summary.virtualTokens ?? 0);
+}
+
 /** A rescan of the store before answering "not found" at most this often, so unknown names cannot force scans. */
 const REFRESH_INTERVAL_MS = 1000;
 

@@ -127,7 +127,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   const server = await new Promise<Server>((resolve) => {
     const started = serve({ fetch: app.fetch, port: settings.port, hostname: settings.host }, () => resolve(started as Server));
   });
-  const webSockets = attachWebSocketApi(server, services, { pingIntervalMs: settings.webSocketPingSeconds * 1000 });
+  const webSockets = attachWebSocketApi(server, services, { pingIntervalMs: settings.webSocketPingSeconds * 1000, ...settings.webSocketLimits });
   const { port } = server.address() as AddressInfo;
   const url = `http://${settings.host.includes(':') ? `[${settings.host}]` : settings.host}:${port}`;
   logger.info('serving', { url, model: modelName, checksum: engine.info.checksum });

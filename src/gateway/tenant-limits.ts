@@ -57,7 +57,7 @@ function neverFits(tokens: number, tokensPerMinute: number): LimitRefusal {
 }
 
 /** Tokens may be taken while the balance covers them; the balance refills at one minute's budget per minute. */
-class TokenBucket {
+export class TokenBucket {
   readonly #tokensPerMinute: number;
   readonly #now: Clock;
   #available: number;

@@ -10,22 +10,10 @@
  * multiplied by zero. With 16 rows on 16 adapters this reads what one copy per row reads; with 16 rows on 4
  * adapters it reads a quarter of it.
  *
- * Formulations measured (SmolLM2-135M's shape, 16 rows, r=16 on all seven projections; ratio = time the adapters
- * add to a decode step ÷ time to read the distinct adapters' bytes once at the bandwidth measured in the same run;
- * medians of 10–30 interleaved trials on a 2-core machine shared with other work, so single trials spread widely):
- * - one copy of its adapter per row (the previous layout, `[B, in, R]` / `[B, R, out]` batched matmuls): bytes grow
- *   with rows, not adapters. LoRA-only chain: 1.5× for 16 distinct adapters, 5.1× for 16 rows over 4 adapters.
- * - segments (this module): same chain 1.7× and 3.2×; whole decoder 1.5–1.9× and 3.7× at 2 threads, 1.1× and
- *   2.3× at 1 thread. With 16 distinct adapters it reads the same bytes as per-row copies, plus two small Gathers
- *   and a Mul per projection group; with 7/4/3/2 rows it reads a quarter of them.
- * - x·A_cat over the distinct adapters (`[in, N·R]`), a per-row mask of the row's segment, then ·B_cat
- *   (`[N·R, out]`): reads each adapter once, but every row multiplies every adapter, N times the arithmetic:
- *   4.8× for both mixes, compute-bound.
- * - per-slot stacks gathered per row inside the graph: copies every row's adapter every pass (~15 % slower).
- * Why 7/4/3/2 stays above the floor: a segment of M rows does 2·M flops per 4-byte weight and every segment is
- * padded to the largest (4 × 7 rows computed for 16), which on two AVX2 cores costs about as long as reading the
- * weights (the bench's `compute_floor_ms`), and each LoRA matmul also pays onnxruntime's per-node dispatch, which
- * matters more against a quarter of the bytes.
+ * The other formulations measured against this one (concatenated or transposed A, one GEMV per row, per-row
+ * copies, a masked product over all adapters) and what each cost are in src/graph/README.md: with 16 distinct
+ * adapters every layout ran at about 1.3× the time of reading the weights once, the rest being the fixed cost of
+ * 240 small MatMuls a step; the 7/4/3/2 mix stays at 2.5–3.4× because segments are padded to the largest.
  */
 import type { OnnxGraphBuilder } from './onnx-builder.ts';
 

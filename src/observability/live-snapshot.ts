@@ -56,6 +56,10 @@ export interface LiveSnapshot {
   slotCapacity: number;
   /** Cache keys of the adapters in runtime slots. */
   slotAdapters: string[];
+  /** Cache keys of the most recently used adapters in host memory (at most HOST_ADAPTERS_NAMED of the tier's entries). */
+  hostAdapters: string[];
+  /** The first STORED_ADAPTERS_NAMED of the store's servable versions, sorted; the disk tier's entries count them all. */
+  storedAdapters: string[];
   tenants: TenantActivity[];
 }
 
@@ -64,7 +68,12 @@ export interface LiveSnapshotSources {
   model: string;
   stats: SchedulerStats;
   tenants: TenantActivity[];
+  /** Ids of every servable version in the adapter store. */
+  storedAdapters: string[];
 }
+
+/** A store holds thousands of versions; the page names the first ones and counts the rest. */
+export const STORED_ADAPTERS_NAMED = 50;
 
 /** Histogram values name their series (`_bucket`, `_sum`, `_count`). */
 type Value = MetricValue<string> & { metricName?: string };
@@ -130,6 +139,8 @@ export async function liveSnapshot(sources: LiveSnapshotSources): Promise<LiveSn
     })),
     slotCapacity: sources.stats.slots.capacity,
     slotAdapters: [...sources.stats.slots.adapters].sort(),
+    hostAdapters: sources.stats.host.adapters,
+    storedAdapters: [...sources.storedAdapters].sort().slice(0, STORED_ADAPTERS_NAMED),
     tenants: sources.tenants,
   };
 }

@@ -301,7 +301,7 @@ export function createGatewayMetrics(options: GatewayMetricsOptions): GatewayMet
     runningAdapters: [],
     waitingAdapters: [],
     slots: { capacity: maxLora, resident: 0, bytes: 0, adapters: [] },
-    host: { entries: 0, bytes: 0 },
+    host: { entries: 0, bytes: 0, adapters: [] },
   });
 
   return {

@@ -309,7 +309,7 @@ export class AdapterSlots {
    */
   private write(slot: number, adapter: Adapter): void {
     if (adapter.rank > this.rank) {
-      throw new Error(`adapter rank ${adapter.rank} exceeds the slot rank ${this.rank}; raise MAX_LORA_RANK`);
+      throw new Error(`adapter rank (or bottleneck width) ${adapter.rank} exceeds the slot rank ${this.rank}; raise MAX_LORA_RANK (the CLI's --max-rank)`);
     }
     this.clear(slot);
     writeFamilyInputs(this.config, adapter, (name) => ({ data: this.familyBuffers.get(name)!.data, offset: slot * this.familyBuffers.get(name)!.size }), this.rank);

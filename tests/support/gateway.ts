@@ -19,15 +19,8 @@ export interface TestGateway extends RunningGateway {
   stop(): Promise<void>;
 }
 
-/** Starts the real gateway on a free loopback port, serving stories260K with a fresh adapter store. */
-export async function startTestGateway(
-  limits: { maxConcurrentRequests?: number; tokensPerMinute?: number } = {},
-  env: Record<string, string> = {},
-  writeLog: (line: string) => void = () => {},
-): Promise<TestGateway> {
-  const dir = await mkdtemp(join(tmpdir(), 'gateway-'));
-  const adaptersDir = join(dir, 'adapters');
-  const trainingDir = join(dir, 'training');
+/** Writes the test deployment's tenants file (KEYS) into `dir` and returns its path, for GATEWAY_CONFIG. */
+export async function writeTenantsFile(dir: string, limits: { maxConcurrentRequests?: number; tokensPerMinute?: number } = {}): Promise<string> {
   const configPath = join(dir, 'gateway.yaml');
   const tenantLimits = { max_concurrent_requests: limits.maxConcurrentRequests ?? 16, tokens_per_minute: limits.tokensPerMinute ?? 1_000_000 };
   await writeFile(
@@ -37,6 +30,19 @@ export async function startTestGateway(
       tenants: { acme: { keys: [{ key: KEYS.acme }], limits: tenantLimits }, globex: { keys: [{ key: KEYS.globex }], limits: tenantLimits } },
     }),
   );
+  return configPath;
+}
+
+/** Starts the real gateway on a free loopback port, serving stories260K with a fresh adapter store. */
+export async function startTestGateway(
+  limits: { maxConcurrentRequests?: number; tokensPerMinute?: number } = {},
+  env: Record<string, string> = {},
+  writeLog: (line: string) => void = () => {},
+): Promise<TestGateway> {
+  const dir = await mkdtemp(join(tmpdir(), 'gateway-'));
+  const adaptersDir = join(dir, 'adapters');
+  const trainingDir = join(dir, 'training');
+  const configPath = await writeTenantsFile(dir, limits);
   const traces = new InMemorySpanExporter();
   const gateway = await startGateway(
     {

@@ -65,6 +65,18 @@ function errorCount(snapshot) {
     .reduce((sum, [, count]) => sum + count, 0);
 }
 
+/** The names shown, then how many of the tier's `total` entries are left unnamed. */
+function nameList(listId, names, total) {
+  const item = (text) => {
+    const element = document.createElement('li');
+    element.textContent = text;
+    return element;
+  };
+  const items = names.map(item);
+  if (total > names.length) items.push(item(`… and ${formatNumber(total - names.length, 0)} more`));
+  $(listId).replaceChildren(...items);
+}
+
 function replaceRows(tableId, rows) {
   const body = $(tableId).tBodies[0];
   body.replaceChildren(
@@ -162,13 +174,12 @@ function render() {
   );
   setText('slot-count', String(newer.slotAdapters.length));
   setText('slot-capacity', String(newer.slotCapacity));
-  $('slot-adapters').replaceChildren(
-    ...newer.slotAdapters.map((name) => {
-      const item = document.createElement('li');
-      item.textContent = name;
-      return item;
-    }),
-  );
+  const entries = (tier) => newer.tiers.find((entry) => entry.tier === tier)?.entries ?? 0;
+  setText('host-count', formatNumber(entries('host'), 0));
+  setText('stored-count', formatNumber(entries('disk'), 0));
+  nameList('slot-adapters', newer.slotAdapters, newer.slotAdapters.length);
+  nameList('host-adapters', newer.hostAdapters, entries('host'));
+  nameList('stored-adapters', newer.storedAdapters, entries('disk'));
   replaceRows('tenants', newer.tenants.map((tenant) => [tenant.tenant, String(tenant.running), String(tenant.waiting)]));
   replaceRows(
     'statuses',
