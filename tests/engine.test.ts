@@ -1,6 +1,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Engine, EngineError, type GenerateRequest } from '../src/engine/engine.ts';
@@ -8,6 +9,7 @@ import type { AdapterCacheEvent } from '../src/engine/protocol.ts';
 import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { configFromHuggingFace } from '../src/model/config.ts';
 import { LORA_TARGET_MODULES } from '../src/model/types.ts';
+import { stepUntilStreaming } from './support/engine-steps.ts';
 import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
 import { readFile } from 'node:fs/promises';
 
@@ -104,6 +106,54 @@ test('cancellation ends a sequence within a step and frees its row', async () =>
   // The cancel message waits for the thread's next turn between steps: at most one more step runs before it.
   assert.ok(seen > 0 && result.completionTokens <= seen + 1, `cancelled after ${result.completionTokens} tokens, ${seen} seen when paused`);
   assert.equal(engine.stats.running, 0);
+});
+
+test('an adapter held mid-load on the loader thread never stops a step, and runs once its files arrive', async () => {
+  // Its weights file is a named pipe: the loader thread's read of it cannot finish before the test writes the
+  // bytes, so the adapter is loading for exactly the steps the test takes, on any machine.
+  const held = join(dir, 'held');
+  const pipe = join(held, 'adapter_model.safetensors');
+  await mkdir(held);
+  await copyFile(join(adapters.a.path, 'adapter_config.json'), join(held, 'adapter_config.json'));
+  execFileSync('mkfifo', [pipe]);
+  const weights = await readFile(join(adapters.a.path, 'adapter_model.safetensors'));
+  const expected = (await engine.generate(request({ adapter: adapters.a, maxTokens: 8 }))).tokens;
+  let released = false;
+  const release = async () => {
+    if (released) return;
+    released = true;
+    await writeFile(pipe, weights);
+  };
+
+  engine.pause();
+  let streamed = 0;
+  const controller = new AbortController();
+  const stream = engine.generate(request({ maxTokens: 400, stopTokenIds: [], signal: controller.signal, onToken: () => streamed++ }));
+  try {
+    await stepUntilStreaming(engine);
+    const onHeld = engine.generate(request({ adapter: { key: 't/held@1', path: held }, maxTokens: 8 }));
+    // The submission is taken in between steps: at most one step passes before it waits in the queue.
+    for (let step = 0; engine.stats.waiting === 0; step++) {
+      assert.ok(step < 2, 'the request on the held adapter was queued');
+      await engine.step();
+    }
+    for (let step = 0; step < 6; step++) {
+      const before = streamed;
+      await engine.step();
+      assert.equal(streamed, before + 1, `step ${step}: the running stream advanced while the adapter loads`);
+      assert.equal(engine.stats.running, 1, `step ${step}: the loading request holds no batch row`);
+      assert.equal(engine.stats.waiting, 1);
+    }
+    await release();
+    engine.resume();
+    // Once its files are read it is served with exactly what the same adapter gives from ordinary files.
+    assert.deepEqual((await onHeld).tokens, expected);
+  } finally {
+    await release();
+    engine.resume();
+    controller.abort();
+    await stream;
+  }
 });
 
 test('a corrupt adapter fails only its own request; slot evictions keep results correct', async () => {

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadBaseModel } from '../src/model/load.ts';
+import { weightsChecksum } from '../src/model/checksum.ts';
 import { loadTokenizer } from '../src/tokenizer/load.ts';
 import { loraAdapterFiles } from '../src/adapters/lora-writer.ts';
 import { LORA_TARGET_MODULES } from '../src/model/types.ts';
@@ -105,4 +106,21 @@ test('settings out of range are refused with the setting’s name', async () => 
   await assert.rejects(trainLora(model, { train: TRAIN }, { ...CONFIG, rank: 0 }), /training setting rank must be a positive integer/);
   await assert.rejects(trainLora(model, { train: TRAIN }, { ...CONFIG, dropout: 1 }), /training setting dropout/);
   await assert.rejects(trainLora(model, { train: [] }, CONFIG), /training data is empty/);
+});
+
+test('runs borrow the one copy of the base weights: moved to the training thread, shared by concurrent runs, then back unchanged', async () => {
+  const data = { train: TRAIN.slice(0, 8) };
+  const settings: LoraTrainingConfig = { ...SHORT, epochs: 1 };
+  const alone = await trainLora(model, data, settings);
+  const probe = model.weights.get('model.layers.0.self_attn.q_proj.weight')!;
+  const lengthsDuringRuns: number[] = [];
+  const watch = { onProgress: () => lengthsDuringRuns.push(probe.data.length) };
+  const [same, other] = await Promise.all([trainLora(model, data, settings, watch), trainLora(model, data, { ...settings, seed: 9 }, watch)]);
+  // While runs were in progress this thread's arrays were detached: the weights were moved, not copied.
+  assert.ok(lengthsDuringRuns.length >= 2 && lengthsDuringRuns.every((length) => length === 0), `lengths seen: ${lengthsDuringRuns}`);
+  assert.ok(adapterBytes(same.adapter).equals(adapterBytes(alone.adapter)), 'a run beside another trains as it does alone');
+  assert.ok(!adapterBytes(other.adapter).equals(adapterBytes(alone.adapter)));
+  // Back, and the same bytes: the checksum the loader computed.
+  assert.equal(probe.data.length, model.config.hiddenSize * model.config.hiddenSize);
+  assert.equal(weightsChecksum(model.weights), model.checksum);
 });

@@ -9,7 +9,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
-import { adapterLoaderFor, type LoadAdapter } from '../src/engine/adapter-loader.ts';
+import type { LoadAdapter } from '../src/engine/adapter-loader.ts';
+import { AdapterLoaderThread } from '../src/engine/adapter-loader-thread.ts';
 import { planPrefillPass } from '../src/engine/prefill-plan.ts';
 import type { AdapterRef, SequenceRequest } from '../src/engine/protocol.ts';
 import { Scheduler, type StepReport } from '../src/engine/scheduler.ts';
@@ -33,8 +34,9 @@ let runner: ModelRunner;
 let dir: string;
 let adapter: AdapterRef;
 const passes: Pass[] = [];
-/** The engine's own loader: verifies, reads and validates adapter files. */
-const load: LoadAdapter = (ref) => adapterLoaderFor(runner.config)(ref);
+let loaderThread: AdapterLoaderThread;
+/** The engine's own loader thread: verifies, reads, validates and lays out adapter files. */
+const load: LoadAdapter = (ref) => loaderThread.load(ref);
 
 before(async () => {
   const model = await loadBaseModel(STORIES_HF_DIR);
@@ -43,6 +45,7 @@ before(async () => {
   await writeLoraAdapter(path, randomLoraAdapter(model.config, { rank: 4, targetModules: [...LORA_TARGET_MODULES], seed: 5, std: 0.2 }));
   adapter = { key: 't/a@1', path };
   runner = await ModelRunner.create(model, { maxBatch: 4, adapterSlots: 2, maxLoraRank: SLOT_RANK });
+  loaderThread = new AdapterLoaderThread({ config: model.config, slotRank: SLOT_RANK });
   const forward = runner.forward.bind(runner);
   runner.forward = (firstRow: number, rows: StepRow[], lane?: number) => {
     passes.push({ firstRow, rows: rows.map((r) => ({ tokens: r.tokens.length, position: r.position })) });
@@ -51,6 +54,7 @@ before(async () => {
 });
 
 after(async () => {
+  await loaderThread.close();
   await runner.close();
   await rm(dir, { recursive: true, force: true });
 });

@@ -29,7 +29,7 @@ import { loadLoraAdapter } from '../adapters/lora.ts';
 import { elementCount } from '../formats/tensor-shape.ts';
 import { OnnxGraphBuilder } from '../graph/onnx-builder.ts';
 import { loadBaseModel } from '../model/load.ts';
-import { loraInputShapes } from '../runtime/adapter-slots.ts';
+import { loraInputShapes } from '../runtime/slot-layout.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
 import { median, round } from './bench-stats.ts';
 

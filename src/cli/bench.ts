@@ -16,7 +16,7 @@ import { Engine } from '../engine/engine.ts';
 import { elementCount } from '../formats/tensor-shape.ts';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
-import { loraInputShapes } from '../runtime/adapter-slots.ts';
+import { loraInputShapes } from '../runtime/slot-layout.ts';
 import { measureLoraFloor } from './bench-lora-floor.ts';
 import { measureQuantizedBase } from './bench-quantized.ts';
 import { measureStallFree } from './bench-stall.ts';

@@ -2,12 +2,13 @@
  * Reading an adapter version to serve it. The store lists versions without reading weights, so the first load is
  * where an altered file is caught: the files are verified against their manifest's checksums (remembered by stat
  * identity, so a reload of unchanged files does not hash them again), then parsed and validated against the base
- * model. The reads are asynchronous, so the engine's step loop keeps stepping while they run.
+ * model, and laid out for a runtime slot. The engine runs this on its loader thread (adapter-loader-thread.ts).
  */
 import { lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AdapterError } from '../adapters/adapter-error.ts';
 import { loadAdapter, type Adapter } from '../adapters/adapter.ts';
+import { layOutForSlot, type SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
 import type { LlamaConfig } from '../model/types.ts';
 import { AlteredFileError, checkVersionFiles } from '../registry/version-verifier.ts';
 import type { AdapterRef } from './protocol.ts';
@@ -15,12 +16,25 @@ import type { AdapterRef } from './protocol.ts';
 /** Why a load failed, as the engine reports it: the adapter is invalid, altered on disk, or could not be read. */
 export type AdapterLoadErrorCode = 'invalid_adapter' | 'adapter_corrupt' | 'adapter_unavailable';
 
+/** A load that failed on another thread, with the code it failed with there. */
+export class AdapterLoadError extends Error {
+  constructor(
+    message: string,
+    readonly code: AdapterLoadErrorCode,
+  ) {
+    super(message);
+    this.name = 'AdapterLoadError';
+  }
+}
+
 export function loadErrorCode(error: unknown): AdapterLoadErrorCode {
+  if (error instanceof AdapterLoadError) return error.code;
   if (error instanceof AlteredFileError) return 'adapter_corrupt';
   return error instanceof AdapterError ? 'invalid_adapter' : 'adapter_unavailable';
 }
 
-export type LoadAdapter = (ref: AdapterRef) => Promise<Adapter>;
+/** Reads an adapter version and lays it out for a runtime slot. */
+export type LoadAdapter = (ref: AdapterRef) => Promise<SlotReadyAdapter>;
 
 /**
  * Reads one adapter version: checksums first (when the ref carries its manifest's files), then parse and validate.
@@ -37,10 +51,10 @@ export async function loadVerifiedAdapter(ref: AdapterRef, config: LlamaConfig, 
   return loadAdapter(ref.path, config);
 }
 
-/** A LoadAdapter for one base model, remembering which versions it verified. */
-export function adapterLoaderFor(config: LlamaConfig): LoadAdapter {
+/** A LoadAdapter running on this thread for one base model and slot rank, remembering which versions it verified. */
+export function adapterLoaderFor(config: LlamaConfig, slotRank: number): LoadAdapter {
   const verified = new Map<string, string>();
-  return (ref) => loadVerifiedAdapter(ref, config, verified);
+  return async (ref) => layOutForSlot(config, slotRank, await loadVerifiedAdapter(ref, config, verified));
 }
 
 async function statIdentity(dir: string, names: string[]): Promise<string> {

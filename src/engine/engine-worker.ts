@@ -8,6 +8,7 @@ import { buildDecoderGraph } from '../graph/decoder-graph.ts';
 import { ModelRunner } from '../runtime/model-runner.ts';
 import { baseRowNorms } from '../runtime/dora-scales.ts';
 import { DEFAULT_PREFILL_TOKEN_BUDGET, RUN_FREELY, type EngineWorkerData, type FromWorker, type ToWorker } from './protocol.ts';
+import { AdapterLoaderThread } from './adapter-loader-thread.ts';
 import { Scheduler } from './scheduler.ts';
 
 const port = parentPort!;
@@ -43,6 +44,7 @@ async function start(options: EngineWorkerData): Promise<void> {
   // memory peak while the session loads them.
   model.weights.clear();
   model.quantized?.clear();
+  const loader = new AdapterLoaderThread({ config: model.config, slotRank: options.maxLoraRank });
   const runner = await ModelRunner.fromGraph(graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, rowNorms);
   const scheduler = new Scheduler(
     runner,
@@ -51,6 +53,7 @@ async function start(options: EngineWorkerData): Promise<void> {
       maxPositions,
       prefillTokenBudget: options.prefillTokenBudget ?? DEFAULT_PREFILL_TOKEN_BUDGET,
       hostCacheBytes: options.hostCacheBytes,
+      loadAdapter: loader.load,
     },
     {
       step: (report) => {
@@ -69,6 +72,7 @@ async function start(options: EngineWorkerData): Promise<void> {
       case 'evict-adapter':
         return scheduler.evictAdapter(message.key);
       case 'shutdown':
+        await loader.close();
         await runner.close();
         post({ type: 'closed' });
         port.close();

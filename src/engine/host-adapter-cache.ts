@@ -1,25 +1,25 @@
 /**
- * The host tier of the adapter cache: parsed, validated adapters kept in memory, bounded in bytes, loaded
- * from the disk store on a miss. Loads run asynchronously so the decode loop keeps stepping while files
- * are read; concurrent requests for the same adapter share one load.
+ * The host tier of the adapter cache: validated adapters kept in memory in the layout of a runtime slot, ready to
+ * copy, bounded in bytes, loaded from the disk store on a miss. Loads run on the loader thread, so the decode loop
+ * keeps stepping meanwhile; concurrent requests for the same adapter share one load.
  */
 import { LRUCache } from 'lru-cache';
-import type { Adapter } from '../adapters/adapter.ts';
+import type { SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
 import type { LoadAdapter } from './adapter-loader.ts';
 import type { AdapterCacheEvent, AdapterRef } from './protocol.ts';
 
 export class HostAdapterCache {
-  private readonly cache: LRUCache<string, Adapter>;
-  private readonly loading = new Map<string, Promise<Adapter>>();
+  private readonly cache: LRUCache<string, SlotReadyAdapter>;
+  private readonly loading = new Map<string, Promise<SlotReadyAdapter>>();
 
   constructor(
     private readonly loadAdapter: LoadAdapter,
     maxBytes: number,
     private readonly report: (event: AdapterCacheEvent) => void,
-    /** Completes a parsed adapter with what it needs from the base (ModelRunner.prepareAdapter). */
-    private readonly prepare: (adapter: Adapter) => Promise<Adapter>,
+    /** Completes a laid-out adapter with what it needs from the base (ModelRunner.completeAdapter). */
+    private readonly prepare: (adapter: SlotReadyAdapter) => Promise<SlotReadyAdapter>,
   ) {
-    this.cache = new LRUCache<string, Adapter>({
+    this.cache = new LRUCache<string, SlotReadyAdapter>({
       maxSize: maxBytes,
       // An adapter bigger than the whole budget is still served; it just is not kept.
       maxEntrySize: maxBytes,
@@ -53,15 +53,15 @@ export class HostAdapterCache {
     return this.cache.has(key);
   }
 
-  /** The parsed adapter if it is in memory (counted as a host hit or miss). */
-  get(key: string): Adapter | undefined {
+  /** The ready-to-copy adapter if it is in memory (counted as a host hit or miss). */
+  get(key: string): SlotReadyAdapter | undefined {
     const adapter = this.cache.get(key);
     this.report({ tier: 'host', event: adapter ? 'hit' : 'miss' });
     return adapter;
   }
 
-  /** Reads, verifies, parses and validates the adapter's files, then keeps it. */
-  load(ref: AdapterRef): Promise<Adapter> {
+  /** Reads, verifies, parses, validates and lays out the adapter's files, then keeps it. */
+  load(ref: AdapterRef): Promise<SlotReadyAdapter> {
     const pending = this.loading.get(ref.key);
     if (pending) return pending;
     const started = performance.now();

@@ -8,8 +8,8 @@
  * when the sequence is submitted and happens in the background while the batch keeps stepping.
  */
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import type { Adapter } from '../adapters/adapter.ts';
 import type { ModelRunner } from '../runtime/model-runner.ts';
+import type { SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
 import { adapterLoaderFor, loadErrorCode, type LoadAdapter } from './adapter-loader.ts';
 import { BatchRows } from './batch-rows.ts';
 import { HostAdapterCache } from './host-adapter-cache.ts';
@@ -33,7 +33,10 @@ export interface SchedulerOptions {
   /** Most prompt tokens (rows × padded width) one step prefills beside the decoding rows. */
   prefillTokenBudget: number;
   hostCacheBytes: number;
-  /** Reads, verifies and validates an adapter version (default: adapterLoaderFor the runner's model). */
+  /**
+   * Reads, verifies, validates and lays out an adapter version (the engine passes its loader thread's; default:
+   * adapterLoaderFor the runner's model, on this thread).
+   */
   loadAdapter?: LoadAdapter;
 }
 
@@ -65,8 +68,8 @@ interface Sequence {
   slot: number;
   cancelled: boolean;
   finish?: FinishReason;
-  /** Parsed adapter waiting for a free slot. */
-  adapter?: Adapter;
+  /** Its adapter, laid out for a slot, waiting for a free one. */
+  adapter?: SlotReadyAdapter;
   /**
    * What the prefill feeds: the prompt, after a soft prompt's virtual tokens (placeholders the runner replaces
    * with their embeddings), starting at cache position `offset` (a prefix's length: its keys and values are
@@ -98,10 +101,10 @@ export class Scheduler {
     this.vocabSize = runner.config.vocabSize;
     this.batch = new BatchRows(runner);
     this.hostCache = new HostAdapterCache(
-      options.loadAdapter ?? adapterLoaderFor(runner.config),
+      options.loadAdapter ?? adapterLoaderFor(runner.config, runner.slots.rank),
       options.hostCacheBytes,
       (event) => this.report.adapterCache.push(event),
-      (adapter) => runner.prepareAdapter(adapter),
+      (adapter) => runner.completeAdapter(adapter),
     );
   }
 
@@ -158,7 +161,7 @@ export class Scheduler {
     this.kick();
   }
 
-  /** Drops a parsed adapter (deleted or replaced); its slot is reused once no running sequence holds it. */
+  /** Drops a cached adapter (deleted or replaced); its slot is reused once no running sequence holds it. */
   evictAdapter(key: string): void {
     this.hostCache.delete(key);
     this.runner.slots.evict(key);
@@ -299,7 +302,7 @@ export class Scheduler {
       }
     }
     const started = performance.now();
-    const slot = slots.place(ref.key, sequence.adapter, () => this.report.adapterCache.push({ tier: 'slot', event: 'eviction' }));
+    const slot = slots.placeReady(ref.key, sequence.adapter, () => this.report.adapterCache.push({ tier: 'slot', event: 'eviction' }));
     if (slot === null) return null;
     const seconds = (performance.now() - started) / 1000;
     this.report.adapterCache.push({ tier: 'slot', event: 'miss' }, { tier: 'slot', event: 'load', seconds });

@@ -1,70 +1,18 @@
 /**
- * Runtime adapter slots: adapters already converted to the decoder graph's layout (A transposed, rank padded
- * to the slot rank, scale folded into B), from which a pass's adapter segments copy their weights; and the other
- * PEFT families' per-row inputs (slot-writer.ts), from which batch rows copy theirs (row-family-weights.ts).
+ * Runtime adapter slots: adapters in the decoder graph's layout (A transposed, rank padded to the slot rank, scale
+ * folded into B; laid out beforehand, see slot-ready-adapter.ts), from which a pass's adapter segments copy their
+ * weights; and the other PEFT families' per-row inputs, from which batch rows copy theirs (row-family-weights.ts).
  * Slot 0 is the identity and means "no adapter". This module also owns the placement policy.
  *
  * Policy: an adapter is copied into a free slot, else into the least recently used slot that no running
  * sequence holds. A slot held by a running sequence is never evicted; when every slot is held, the caller waits.
  */
-import { virtualTokensOf, type Adapter, type AdapterFamily } from '../adapters/adapter.ts';
-import { projectionDims } from '../adapters/lora.ts';
-import { bottleneckInputShapes, peftInputShapes } from '../graph/peft-blocks.ts';
-import { writeFamilyInputs } from './slot-writer.ts';
+import type { Adapter } from '../adapters/adapter.ts';
 import { elementCount } from '../formats/tensor-shape.ts';
 import { LORA_INPUTS } from '../graph/lora-delta.ts';
-import { LORA_TARGET_MODULES, type LlamaConfig, type LoraTargetModule } from '../model/types.ts';
-
-type LoraInputName = keyof typeof LORA_INPUTS;
-
-interface SlotLayout {
-  /** Graph input holding A (transposed, [aGroups, in, R]) and the block this module uses. */
-  a: LoraInputName;
-  aGroup: number;
-  aGroups: number;
-  /**
-   * Graph input holding B (transposed, [bBlocks, R, bWidth]) and the first block this module's columns fill (a
-   * module wider than bWidth fills consecutive blocks).
-   */
-  b: LoraInputName;
-  bBlock: number;
-  bBlocks: number;
-  bWidth: number;
-  inDim: number;
-  outDim: number;
-}
-
-function slotLayouts(c: LlamaConfig): Record<LoraTargetModule, SlotLayout> {
-  const kvDim = c.numKvHeads * c.headDim;
-  const qBlocks = c.numHeads / c.numKvHeads;
-  const qkv = { a: 'aQkv', aGroups: 3, b: 'bQkv', bBlocks: qBlocks + 2, bWidth: kvDim } as const;
-  const gateUp = { a: 'aGateUp', aGroups: 2, b: 'bGateUp', bBlocks: 2, bWidth: c.intermediateSize } as const;
-  const groups: Record<LoraTargetModule, Omit<SlotLayout, 'inDim' | 'outDim'>> = {
-    q_proj: { ...qkv, aGroup: 0, bBlock: 0 },
-    k_proj: { ...qkv, aGroup: 1, bBlock: qBlocks },
-    v_proj: { ...qkv, aGroup: 2, bBlock: qBlocks + 1 },
-    o_proj: { a: 'aO', aGroup: 0, aGroups: 1, b: 'bO', bBlock: 0, bBlocks: 1, bWidth: c.hiddenSize },
-    gate_proj: { ...gateUp, aGroup: 0, bBlock: 0 },
-    up_proj: { ...gateUp, aGroup: 1, bBlock: 1 },
-    down_proj: { a: 'aDown', aGroup: 0, aGroups: 1, b: 'bDown', bBlock: 0, bBlocks: 1, bWidth: c.hiddenSize },
-  };
-  const layouts = {} as Record<LoraTargetModule, SlotLayout>;
-  for (const module of LORA_TARGET_MODULES) {
-    const { inFeatures, outFeatures } = projectionDims(c, module);
-    layouts[module] = { ...groups[module], inDim: inFeatures, outDim: outFeatures };
-  }
-  return layouts;
-}
-
-/** Shape of one adapter's part of each LoRA graph input, at rank R: `[blocks, rows, columns]`. */
-export function loraInputShapes(c: LlamaConfig, rank: number): Record<LoraInputName, number[]> {
-  const shapes = {} as Record<LoraInputName, number[]>;
-  for (const layout of Object.values(slotLayouts(c))) {
-    shapes[layout.a] = [layout.aGroups, layout.inDim, rank];
-    shapes[layout.b] = [layout.bBlocks, rank, layout.bWidth];
-  }
-  return shapes;
-}
+import type { LlamaConfig } from '../model/types.ts';
+import { familyInputShapes, loraInputShapes, slotLayouts, type FamilyInput, type LoraInputName } from './slot-layout.ts';
+import { layOutForSlot, type SlotPrompt, type SlotReadyAdapter } from './slot-ready-adapter.ts';
 
 /** A LoRA graph input's weights for every slot (or adapter segment), each `size` floats of `shape`. */
 export interface LoraBuffer {
@@ -76,34 +24,11 @@ export interface LoraBuffer {
 /** Where the rank axis lies: the last axis of A (`[blocks, in, R]`), the middle one of B (`[blocks, R, width]`). */
 const RANK_AXIS = { a: 2, b: 1 } as const;
 
-/**
- * The other families' per-row inputs: bottleneck matrices on their own width axis (`bottleneck`), and
- * fixed-width scales and biases (`fixed`), each with the value that means "no adapter" (0, or 1 for scales).
- */
-export interface FamilyInput {
-  group: 'bottleneck' | 'fixed';
-  identity: 0 | 1;
-  /** Bottleneck inputs: the index of the width axis. */
-  axis?: number;
-}
-
-/** What a slot's adapter needs besides its per-row inputs: what the runner feeds at prefill or writes into the cache. */
-export interface SlotPrompt {
-  family: AdapterFamily | null;
-  /** Positions taken before the prompt's tokens. */
-  virtualTokens: number;
-  /** Prompt and p-tuning: [virtualTokens, hidden]. */
-  softPrompt?: Float32Array;
-  /** Prefix tuning: [virtualTokens, layers·2·kv_dim], PEFT's layout. */
-  prefix?: Float32Array;
-}
-
 const NO_PROMPT: SlotPrompt = { family: null, virtualTokens: 0 };
 
 export class AdapterSlots {
   /** Per graph input name (e.g. `lora_a_qkv.3`): the slots' weights, slot 0 first. */
   readonly buffers = new Map<string, LoraBuffer>();
-  private readonly layouts: Record<LoraTargetModule, SlotLayout>;
   /** Adapter key → its slot; Map order is least recently used first. */
   private readonly residents = new Map<string, number>();
   /** Per slot: how many running sequences hold it. */
@@ -135,9 +60,8 @@ export class AdapterSlots {
     readonly capacity: number,
     readonly rank: number,
   ) {
-    this.layouts = slotLayouts(config);
     const shapes = loraInputShapes(config, rank);
-    const aInputs = new Set(Object.values(this.layouts).map((layout) => layout.a));
+    const aInputs = new Set(Object.values(slotLayouts(config)).map((layout) => layout.a));
     for (let l = 0; l < config.numLayers; l++) {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [LoraInputName, (l: number) => string][]) {
         const size = elementCount(shapes[key]);
@@ -145,15 +69,11 @@ export class AdapterSlots {
         this.rankAxes.set(nameOf(l), aInputs.has(key) ? RANK_AXIS.a : RANK_AXIS.b);
       }
     }
-    const addFamilyInput = (name: string, shape: number[], input: FamilyInput) => {
+    for (const [name, { shape, ...input }] of familyInputShapes(config, rank)) {
       const size = elementCount(shape);
       this.familyBuffers.set(name, { data: new Float32Array((capacity + 1) * size).fill(input.identity), shape, size });
       this.familyInputs.set(name, input);
-    };
-    for (const [name, { shape, axis }] of bottleneckInputShapes(config, rank)) {
-      addFamilyInput(name, shape, { group: 'bottleneck', identity: 0, axis: axis === 'columns' ? shape.length - 1 : shape.length - 2 });
     }
-    for (const [name, { shape, identity }] of peftInputShapes(config)) addFamilyInput(name, shape, { group: 'fixed', identity });
     this.bottleneckWidths = new Array(capacity + 1).fill(0);
     this.fixedInUse = new Array(capacity + 1).fill(false);
     this.prompts = new Array(capacity + 1).fill(NO_PROMPT);
@@ -255,12 +175,13 @@ export class AdapterSlots {
   }
 
   /**
-   * Copies a non-resident adapter into a free slot, or into the least recently used slot nobody holds, and
-   * holds it for one running sequence. Returns null when every slot is held (try again after a sequence
-   * finishes). `onEvict` names the adapter whose slot was reused. Call only between graph runs.
+   * Copies a non-resident adapter, already laid out for a slot, into a free slot, or into the least recently used
+   * slot nobody holds, and holds it for one running sequence. Returns null when every slot is held (try again
+   * after a sequence finishes). `onEvict` names the adapter whose slot was reused. Call only between graph runs.
    */
-  place(key: string, adapter: Adapter, onEvict?: (key: string) => void): number | null {
+  placeReady(key: string, adapter: SlotReadyAdapter, onEvict?: (key: string) => void): number | null {
     if (this.residents.has(key)) throw new Error(`adapter ${key} is already resident; hold it instead`);
+    if (adapter.doraPending) throw new Error('a DoRA adapter needs its output scales computed before it takes a slot');
     let slot = this.freeSlots.pop();
     if (slot === undefined) {
       const victim = [...this.residents].find(([, resident]) => this.holders[resident] === 0);
@@ -269,15 +190,15 @@ export class AdapterSlots {
       slot = victim[1];
       onEvict?.(victim[0]);
     }
-    try {
-      this.write(slot, adapter);
-    } catch (error) {
-      this.free(slot);
-      throw error;
-    }
+    this.write(slot, adapter);
     this.residents.set(key, slot);
     this.holders[slot] = 1;
     return slot;
+  }
+
+  /** placeReady for a parsed adapter (DoRA with its scales: ModelRunner.prepareAdapter), laid out here. */
+  place(key: string, adapter: Adapter, onEvict?: (key: string) => void): number | null {
+    return this.placeReady(key, layOutForSlot(this.config, this.rank, adapter), onEvict);
   }
 
   /** Ends one running sequence's hold on a slot. */
@@ -303,43 +224,16 @@ export class AdapterSlots {
     this.freeSlots.push(slot);
   }
 
-  /**
-   * Copies an adapter into a slot: LoRA's A transposed into its group's block, B transposed with the scale folded
-   * in; the other families' inputs as slot-writer.ts lays them out.
-   */
-  private write(slot: number, adapter: Adapter): void {
-    if (adapter.rank > this.rank) {
-      throw new Error(`adapter rank (or bottleneck width) ${adapter.rank} exceeds the slot rank ${this.rank}; raise MAX_LORA_RANK (the CLI's --max-rank)`);
-    }
-    this.clear(slot);
-    writeFamilyInputs(this.config, adapter, (name) => ({ data: this.familyBuffers.get(name)!.data, offset: slot * this.familyBuffers.get(name)!.size }), this.rank);
-    const isBottleneck = adapter.family === 'seq_bn' || adapter.family === 'double_seq_bn' || adapter.family === 'par_bn';
-    this.bottleneckWidths[slot] = isBottleneck ? adapter.rank : 0;
-    this.fixedInUse[slot] = adapter.family === 'dora' || adapter.family === 'ia3' || isBottleneck;
-    this.prompts[slot] = {
-      family: adapter.family,
-      virtualTokens: virtualTokensOf(adapter),
-      ...(adapter.family === 'prompt_tuning' || adapter.family === 'p_tuning' ? { softPrompt: adapter.embeddings } : {}),
-      ...(adapter.family === 'prefix_tuning' ? { prefix: adapter.keyValues } : {}),
-    };
-    if (adapter.family !== 'lora' && adapter.family !== 'dora') return;
-    this.ranks[slot] = adapter.rank;
-    const R = this.rank;
-    for (const m of adapter.modules) {
-      const layout = this.layouts[m.module];
-      const a = this.buffers.get(LORA_INPUTS[layout.a](m.layer))!;
-      const b = this.buffers.get(LORA_INPUTS[layout.b](m.layer))!;
-      const aBase = slot * a.size + layout.aGroup * layout.inDim * R;
-      for (let j = 0; j < m.rank; j++) {
-        for (let i = 0; i < layout.inDim; i++) a.data[aBase + i * R + j] = m.A[j * layout.inDim + i];
-      }
-      const bBase = slot * b.size + layout.bBlock * R * layout.bWidth;
-      for (let j = 0; j < m.rank; j++) {
-        for (let o = 0; o < layout.outDim; o++) {
-          const block = Math.floor(o / layout.bWidth);
-          b.data[bBase + (block * R + j) * layout.bWidth + (o % layout.bWidth)] = m.B[o * m.rank + j] * m.scale;
-        }
-      }
+  /** Copies a laid-out adapter into a slot: its blocks, and identity where it has none. */
+  private write(slot: number, adapter: SlotReadyAdapter): void {
+    this.generations[slot]++;
+    this.ranks[slot] = adapter.loraRank;
+    this.bottleneckWidths[slot] = adapter.bottleneckWidth;
+    this.fixedInUse[slot] = adapter.usesFixedInputs;
+    this.prompts[slot] = adapter.prompt;
+    for (const [name, { data, size }] of this.buffers) copyOrFill(data, slot * size, size, adapter.blocks.get(name), 0);
+    for (const [name, { data, size }] of this.familyBuffers) {
+      copyOrFill(data, slot * size, size, adapter.blocks.get(name), this.familyInputs.get(name)!.identity);
     }
   }
 
@@ -356,4 +250,9 @@ export class AdapterSlots {
       data.fill(this.familyInputs.get(name)!.identity, slot * size, (slot + 1) * size);
     }
   }
+}
+
+function copyOrFill(target: Float32Array, offset: number, size: number, block: Float32Array | undefined, identity: number): void {
+  if (block) target.set(block, offset);
+  else target.fill(identity, offset, offset + size);
 }

@@ -11,7 +11,9 @@ import { PEFT_INPUTS, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type ProbeSite
 import type { Adapter } from '../adapters/adapter.ts';
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { AdapterSegments } from './adapter-segments.ts';
-import { AdapterSlots, loraInputShapes } from './adapter-slots.ts';
+import { AdapterSlots } from './adapter-slots.ts';
+import { loraInputShapes } from './slot-layout.ts';
+import { completeDoraLayout, type SlotReadyAdapter } from './slot-ready-adapter.ts';
 import { baseRowNorms, withDoraScales, type BaseRowNorms } from './dora-scales.ts';
 import { KvCache } from './kv-cache.ts';
 import { RopeTables } from './rope.ts';
@@ -147,6 +149,12 @@ export class ModelRunner {
   /** Completes what an adapter needs from the base before it can take a slot (DoRA's row scales). */
   async prepareAdapter(adapter: Adapter): Promise<Adapter> {
     return adapter.family === 'dora' ? withDoraScales(adapter, this, this.baseRowNorms) : adapter;
+  }
+
+  /** prepareAdapter for an adapter already laid out for a slot (on the loader thread): DoRA's scales added. */
+  async completeAdapter(ready: SlotReadyAdapter): Promise<SlotReadyAdapter> {
+    if (!ready.doraPending) return ready;
+    return completeDoraLayout(this.config, ready, await withDoraScales(ready.doraPending, this, this.baseRowNorms));
   }
 
   /** The lane for a sequence that needs `positions` cache positions. */

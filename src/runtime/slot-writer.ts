@@ -65,7 +65,8 @@ export function writeFamilyInputs(c: LlamaConfig, adapter: Adapter, block: SlotB
   }
 }
 
-function writeDoraScales(c: LlamaConfig, adapter: LoraAdapter, block: SlotBlock): void {
+/** DoRA's row scales into the output-scale blocks (once computed: ModelRunner.prepareAdapter). */
+export function writeDoraScales(c: LlamaConfig, adapter: LoraAdapter, block: SlotBlock): void {
   if (!adapter.outputScales) throw new Error('a DoRA adapter needs its output scales computed before it takes a slot');
   const layouts = scaledLayouts(c);
   adapter.modules.forEach((m, index) => {

@@ -18,18 +18,6 @@ const B = 'batch';
 const T = 'tokens';
 const N = 'rows';
 
-/** The activations a LoRA projection reads; projections reading the same one share its dropout mask. */
-export const LORA_INPUT_OF: Record<LoraTargetModule, LoraActivation> = {
-  q_proj: 'attention_input',
-  k_proj: 'attention_input',
-  v_proj: 'attention_input',
-  o_proj: 'attention_output',
-  gate_proj: 'ffn_input',
-  up_proj: 'ffn_input',
-  down_proj: 'ffn_hidden',
-};
-export type LoraActivation = 'attention_input' | 'attention_output' | 'ffn_input' | 'ffn_hidden';
-
 export const LAYER_GRAPH = {
   hidden: 'hidden',
   hiddenOut: 'hidden_out',
@@ -44,7 +32,8 @@ export const LAYER_GRAPH = {
   loraB: (module: LoraTargetModule) => `lora_B.${module}`,
   gradA: (module: LoraTargetModule) => `grad.lora_A.${module}`,
   gradB: (module: LoraTargetModule) => `grad.lora_B.${module}`,
-  dropoutMask: (activation: LoraActivation) => `lora_dropout.${activation}`,
+  /** Each adapted projection's own dropout mask over its LoRA input, as PEFT draws one per module. */
+  dropoutMask: (module: LoraTargetModule) => `lora_dropout.${module}`,
 } as const;
 
 export const HEAD_GRAPH = {
@@ -93,12 +82,8 @@ export function buildLayerGraph(c: LlamaConfig, lora: LoraGraphSettings, backwar
   const ctx = decoderContext(g, c, ropeCos, ropeSin);
 
   const scale = g.constFloat(lora.alpha / lora.rank, 'lora_scale');
-  const masks = new Map<LoraActivation, string>();
-  const dropped = (activation: LoraActivation, value: string, width: number) => {
-    if (!lora.dropout) return value;
-    if (!masks.has(activation)) masks.set(activation, g.input(LAYER_GRAPH.dropoutMask(activation), 'float32', [B, T, width]));
-    return g.op('Mul', [value, masks.get(activation)!]);
-  };
+  const dropped = (module: LoraTargetModule, value: string, width: number) =>
+    lora.dropout ? g.op('Mul', [value, g.input(LAYER_GRAPH.dropoutMask(module), 'float32', [B, T, width])]) : value;
   const trainable: string[] = [];
   const projection = (module: LoraTargetModule, input: string) => {
     const { inFeatures, outFeatures } = projectionDims(c, module);
@@ -108,7 +93,7 @@ export function buildLayerGraph(c: LlamaConfig, lora: LoraGraphSettings, backwar
     const a = g.input(LAYER_GRAPH.loraA(module), 'float32', [lora.rank, inFeatures]);
     const b = g.input(LAYER_GRAPH.loraB(module), 'float32', [outFeatures, lora.rank]);
     trainable.push(a, b);
-    const down = g.op('MatMul', [dropped(LORA_INPUT_OF[module], input, inFeatures), g.op('Transpose', [a], { perm: [1, 0] })]);
+    const down = g.op('MatMul', [dropped(module, input, inFeatures), g.op('Transpose', [a], { perm: [1, 0] })]);
     const delta = g.op('MatMul', [down, g.op('Transpose', [b], { perm: [1, 0] })]);
     return g.op('Add', [base, g.op('Mul', [delta, scale])]);
   };

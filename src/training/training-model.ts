@@ -9,17 +9,9 @@ import { RopeTables } from '../runtime/rope.ts';
 import { createRng } from '../engine/random.ts';
 import { LoraParameterLayout } from './lora-parameters.ts';
 import { createTrainingSession, float32Tensor, int64Tensor, type ort } from './ort-session.ts';
-import {
-  buildHeadGraph,
-  buildLayerGraph,
-  HEAD_GRAPH,
-  LAYER_GRAPH,
-  LORA_INPUT_OF,
-  type LoraActivation,
-  NORM_ROLES,
-  projectionWeightRole,
-} from './training-graph.ts';
-import type { LoraTargetModule } from '../model/types.ts';
+import { buildHeadGraph, buildLayerGraph, HEAD_GRAPH, LAYER_GRAPH, NORM_ROLES, projectionWeightRole } from './training-graph.ts';
+import { projectionDims } from '../adapters/lora.ts';
+import { LORA_TARGET_MODULES, type LoraTargetModule } from '../model/types.ts';
 
 /** Sequences right-padded to one length; padding is never attended to by real tokens (causal) nor a target. */
 export interface PackedBatch {
@@ -41,13 +33,21 @@ export interface TrainingModelSettings {
   threads: number;
   /** Rows of hidden states per head run: bounds the logits buffer to headRows × vocab floats. */
   headRows?: number;
+  /**
+   * Tokens per layer run: a batch's sequences go through each layer graph in groups of about this many tokens,
+   * which bounds the activations (attention scores grow with rows × tokens²) that one run allocates.
+   */
+  layerTokens?: number;
 }
 
-/** Seeds of one micro-batch's dropout masks, per layer and activation, so the recomputation draws the same masks. */
+/**
+ * Seeds of one micro-batch's dropout masks, per layer and adapted projection (in `LORA_TARGET_MODULES` order), so
+ * the recomputation draws the same masks.
+ */
 export type DropoutSeeds = number[][];
 
-const ACTIVATIONS: LoraActivation[] = ['attention_input', 'attention_output', 'ffn_input', 'ffn_hidden'];
 const DEFAULT_HEAD_ROWS = 256;
+const DEFAULT_LAYER_TOKENS = 512;
 
 type Feeds = Record<string, ort.Tensor>;
 
@@ -56,8 +56,8 @@ export class TrainingModel {
   private readonly ropeCache = new Map<number, Feeds>();
   private readonly layerWeights: Feeds[];
   private readonly headWeights: Feeds;
-  private readonly activationWidths: Record<LoraActivation, number>;
-  private readonly activations: LoraActivation[];
+  /** The adapted projections, each with its own dropout mask over its input of `width` features. */
+  private readonly dropoutTargets: { module: LoraTargetModule; width: number }[];
 
   private constructor(
     readonly model: BaseModel,
@@ -80,8 +80,10 @@ export class TrainingModel {
       [HEAD_GRAPH.normWeight]: weight('model.norm.weight'),
       [HEAD_GRAPH.lmHead]: weight(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'),
     };
-    this.activationWidths = { attention_input: c.hiddenSize, attention_output: c.numHeads * c.headDim, ffn_input: c.hiddenSize, ffn_hidden: c.intermediateSize };
-    this.activations = ACTIVATIONS.filter((activation) => settings.targetModules.some((m) => LORA_INPUT_OF[m] === activation));
+    this.dropoutTargets = LORA_TARGET_MODULES.filter((m) => settings.targetModules.includes(m)).map((module) => ({
+      module,
+      width: projectionDims(c, module).inFeatures,
+    }));
   }
 
   static async create(model: BaseModel, settings: TrainingModelSettings): Promise<TrainingModel> {
@@ -112,27 +114,36 @@ export class TrainingModel {
    */
   async lossAndGradients(batch: PackedBatch, parameters: Float32Array, gradients: Float32Array, dropoutSeeds: DropoutSeeds | null): Promise<number> {
     const c = this.model.config;
-    const dims = [batch.rows, batch.tokens, c.hiddenSize];
     const inputs: Float32Array[] = [this.embed(batch)];
     for (let l = 0; l < c.numLayers; l++) {
-      const feeds = this.layerFeeds(l, batch, parameters, inputs[l], dropoutSeeds?.[l] ?? 'ones');
-      inputs.push((await this.sessions.forward.run(feeds))[LAYER_GRAPH.hiddenOut].data as Float32Array);
+      const masks = this.dropoutMasks(batch, dropoutSeeds?.[l] ?? 'ones');
+      const next = new Float32Array(inputs[l].length);
+      for (const group of this.rowGroups(batch)) {
+        const feeds = this.layerFeeds(l, group, parameters, inputs[l], masks);
+        next.set((await this.sessions.forward.run(feeds))[LAYER_GRAPH.hiddenOut].data as Float32Array, group.offset);
+      }
+      inputs.push(next);
     }
     const last = inputs.pop()!;
     const { loss, hiddenGrad } = await this.head(batch, last, true);
     let upstream = hiddenGrad!;
     for (let l = c.numLayers - 1; l >= 0; l--) {
-      const feeds = this.layerFeeds(l, batch, parameters, inputs[l], dropoutSeeds?.[l] ?? 'ones');
-      feeds[LAYER_GRAPH.hiddenOutGrad] = float32Tensor(upstream, dims);
-      const out = await this.sessions.backward.run(feeds);
-      inputs.pop();
-      upstream = out[LAYER_GRAPH.hiddenGrad].data as Float32Array;
-      for (const slot of this.layout.slotsOfLayer(l)) {
-        const name = slot.matrix === 'A' ? LAYER_GRAPH.gradA(slot.module) : LAYER_GRAPH.gradB(slot.module);
-        const gradient = out[name].data as Float32Array;
-        const target = this.layout.view(gradients, slot);
-        for (let i = 0; i < target.length; i++) target[i] += gradient[i];
+      const masks = this.dropoutMasks(batch, dropoutSeeds?.[l] ?? 'ones');
+      const downstream = new Float32Array(upstream.length);
+      for (const group of this.rowGroups(batch)) {
+        const feeds = this.layerFeeds(l, group, parameters, inputs[l], masks);
+        feeds[LAYER_GRAPH.hiddenOutGrad] = float32Tensor(group.slice(upstream), group.dims);
+        const out = await this.sessions.backward.run(feeds);
+        downstream.set(out[LAYER_GRAPH.hiddenGrad].data as Float32Array, group.offset);
+        for (const slot of this.layout.slotsOfLayer(l)) {
+          const name = slot.matrix === 'A' ? LAYER_GRAPH.gradA(slot.module) : LAYER_GRAPH.gradB(slot.module);
+          const gradient = out[name].data as Float32Array;
+          const target = this.layout.view(gradients, slot);
+          for (let i = 0; i < target.length; i++) target[i] += gradient[i];
+        }
       }
+      inputs.pop();
+      upstream = downstream;
     }
     return loss;
   }
@@ -152,19 +163,47 @@ export class TrainingModel {
     return out[HEAD_GRAPH.logits].data as Float32Array;
   }
 
-  /** Per layer, one seed per dropout mask, drawn from `seed`. */
+  /** Per layer, one seed per adapted projection's dropout mask, drawn from `seed`. */
   dropoutSeeds(seed: number): DropoutSeeds {
     const rng = createRng(seed);
-    return Array.from({ length: this.model.config.numLayers }, () => this.activations.map(() => Math.floor(rng() * 2 ** 32)));
+    return Array.from({ length: this.model.config.numLayers }, () => this.dropoutTargets.map(() => Math.floor(rng() * 2 ** 32)));
   }
 
   private async lastHidden(batch: PackedBatch, parameters: Float32Array): Promise<Float32Array> {
     let hidden = this.embed(batch);
     for (let l = 0; l < this.model.config.numLayers; l++) {
-      const feeds = this.layerFeeds(l, batch, parameters, hidden, 'none');
-      hidden = (await this.sessions.forwardEval.run(feeds))[LAYER_GRAPH.hiddenOut].data as Float32Array;
+      const next = new Float32Array(hidden.length);
+      for (const group of this.rowGroups(batch)) {
+        const feeds = this.layerFeeds(l, group, parameters, hidden, null);
+        next.set((await this.sessions.forwardEval.run(feeds))[LAYER_GRAPH.hiddenOut].data as Float32Array, group.offset);
+      }
+      hidden = next;
     }
     return hidden;
+  }
+
+  /** The batch's sequences in groups of about `layerTokens` tokens, one layer run each. */
+  private *rowGroups(batch: PackedBatch): Generator<RowGroup> {
+    const c = this.model.config;
+    const perRun = Math.max(1, Math.floor((this.settings.layerTokens ?? DEFAULT_LAYER_TOKENS) / batch.tokens));
+    for (let first = 0; first < batch.rows; first += perRun) {
+      const rows = Math.min(perRun, batch.rows - first);
+      yield new RowGroup(first, rows, batch.tokens, c.hiddenSize);
+    }
+  }
+
+  /**
+   * The layer's dropout masks over the whole batch, one per adapted projection: drawn from the layer's seeds,
+   * masks of ones (dropout off in a dropout graph), or none (no dropout inputs).
+   */
+  private dropoutMasks(batch: PackedBatch, seeds: number[] | 'ones'): Float32Array[] | null {
+    if (this.settings.dropout <= 0) return null;
+    return this.dropoutTargets.map(({ width }, i) => {
+      const mask = new Float32Array(batch.rows * batch.tokens * width);
+      if (seeds === 'ones') mask.fill(1);
+      else fillDropoutMask(mask, this.settings.dropout, seeds[i]);
+      return mask;
+    });
   }
 
   private async head(batch: PackedBatch, hidden: Float32Array, backward: boolean): Promise<{ loss: number; hiddenGrad?: Float32Array }> {
@@ -198,24 +237,18 @@ export class TrainingModel {
     return out;
   }
 
-  /** `masks`: the layer's dropout seeds, masks of ones (dropout off in a dropout graph), or none (evaluation graph). */
-  private layerFeeds(layer: number, batch: PackedBatch, parameters: Float32Array, hidden: Float32Array, masks: number[] | 'ones' | 'none'): Feeds {
-    const c = this.model.config;
-    const feeds: Feeds = { ...this.layerWeights[layer], ...this.positionFeeds(batch.tokens) };
-    feeds[LAYER_GRAPH.hidden] = float32Tensor(hidden, [batch.rows, batch.tokens, c.hiddenSize]);
+  /** One layer run's inputs for the rows of `group`; `masks` (whole-batch, from `dropoutMasks`) when the graph has dropout. */
+  private layerFeeds(layer: number, group: RowGroup, parameters: Float32Array, hidden: Float32Array, masks: Float32Array[] | null): Feeds {
+    const feeds: Feeds = { ...this.layerWeights[layer], ...this.positionFeeds(group.tokens) };
+    feeds[LAYER_GRAPH.hidden] = float32Tensor(group.slice(hidden), group.dims);
     for (const slot of this.layout.slotsOfLayer(layer)) {
       const name = slot.matrix === 'A' ? LAYER_GRAPH.loraA(slot.module) : LAYER_GRAPH.loraB(slot.module);
       feeds[name] = float32Tensor(this.layout.view(parameters, slot), slot.shape);
     }
-    if (this.settings.dropout > 0 && masks !== 'none') {
-      this.activations.forEach((activation, i) => {
-        const width = this.activationWidths[activation];
-        const mask = new Float32Array(batch.rows * batch.tokens * width);
-        if (masks === 'ones') mask.fill(1);
-        else fillDropoutMask(mask, this.settings.dropout, masks[i]);
-        feeds[LAYER_GRAPH.dropoutMask(activation)] = float32Tensor(mask, [batch.rows, batch.tokens, width]);
-      });
-    }
+    masks?.forEach((mask, i) => {
+      const { module, width } = this.dropoutTargets[i];
+      feeds[LAYER_GRAPH.dropoutMask(module)] = float32Tensor(group.slice(mask, width), [group.rows, group.tokens, width]);
+    });
     return feeds;
   }
 
@@ -242,19 +275,43 @@ export class TrainingModel {
   }
 }
 
+/** Consecutive sequences of a batch that go through a layer graph together. */
+class RowGroup {
+  constructor(
+    readonly first: number,
+    readonly rows: number,
+    readonly tokens: number,
+    private readonly hiddenSize: number,
+  ) {}
+
+  /** Where the group starts in a `[rows, tokens, hiddenSize]` buffer. */
+  get offset(): number {
+    return this.first * this.tokens * this.hiddenSize;
+  }
+
+  get dims(): number[] {
+    return [this.rows, this.tokens, this.hiddenSize];
+  }
+
+  /** The group's rows of a `[rows, tokens, width]` buffer, zero-copy. */
+  slice(buffer: Float32Array, width = this.hiddenSize): Float32Array {
+    const rowLength = this.tokens * width;
+    return buffer.subarray(this.first * rowLength, (this.first + this.rows) * rowLength);
+  }
+}
+
 /**
- * Inverted dropout: each element is 0 with probability p, else 1/(1−p). 16 random bits per element (two per
- * draw) resolve p to 1/65536.
+ * Inverted dropout: each element is 0 with probability p, else 1/(1−p), independently. Rather than one draw per
+ * element, the runs of kept elements between drops are drawn (geometric: P(run ≥ k) = (1−p)^k), so a mask costs
+ * p·length draws — a 135M-shape layer's masks are millions of elements, drawn twice per step.
  */
 export function fillDropoutMask(mask: Float32Array, p: number, seed: number): void {
+  mask.fill(1 / (1 - p));
+  if (p <= 0) return;
   const rng = createRng(seed);
-  const threshold = Math.round(p * 65536);
-  const keep = 1 / (1 - p);
-  for (let i = 0; i < mask.length; i += 2) {
-    const bits = Math.floor(rng() * 4294967296);
-    mask[i] = (bits & 0xffff) < threshold ? 0 : keep;
-    if (i + 1 < mask.length) mask[i + 1] = bits >>> 16 < threshold ? 0 : keep;
-  }
+  const logKeep = Math.log1p(-p);
+  const keptRun = () => Math.floor(Math.log(1 - rng()) / logKeep);
+  for (let i = keptRun(); i < mask.length; i += 1 + keptRun()) mask[i] = 0;
 }
 
 /** Training reads float base weights; a quantized base is refused before any work starts. */

@@ -1,36 +1,57 @@
-/** The training thread: runs the training loop on the base weights moved to it and reports back (see lora-trainer.ts). */
+/**
+ * The training thread (see training-thread.ts): holds the base weights moved to it, runs each requested training
+ * run on them (runs in progress interleave between onnxruntime calls), reports back, and on release hands the
+ * weights back and ends.
+ */
 import { parentPort, workerData } from 'node:worker_threads';
 import { runTraining } from './training-loop.ts';
-import { type FromTrainingWorker, type ToTrainingWorker, unpackModel, type WorkerStart } from './lora-trainer.ts';
+import { borrowedModel, type LentModel } from './lent-weights.ts';
+import type { FromTrainingThread, RunStart, ToTrainingThread } from './training-thread.ts';
 
-const start = workerData as WorkerStart;
+const lent = workerData as LentModel;
+const model = borrowedModel(lent);
 const port = parentPort!;
-const post = (message: FromTrainingWorker) => port.postMessage(message);
-const stop = new Int32Array(start.stopFlag);
+const post = (message: FromTrainingThread, transfer: ArrayBuffer[] = []) => port.postMessage(message, transfer);
+/** Per run, the settlement of the checkpoint it is waiting to see stored. */
+const checkpointWaits = new Map<number, { resolve: () => void; reject: (error: Error) => void }>();
 
-/** Settles when the parent has stored the checkpoint, so the run never gets ahead of its last saved state. */
-function checkpointStored(): Promise<void> {
-  return new Promise((resolve, reject) => {
-    port.once('message', (message: ToTrainingWorker) => {
-      if (message.type === 'checkpoint-saved') resolve();
-      else reject(new Error(`saving a checkpoint failed: ${message.message}`));
+async function train(run: number, start: RunStart): Promise<void> {
+  const stop = new Int32Array(start.stopFlag);
+  try {
+    const result = await runTraining(model, start.data, start.config, {
+      onProgress: (progress) => post({ type: 'progress', run, progress }),
+      shouldStop: () => Atomics.load(stop, 0) === 1,
+      checkpointEvery: start.checkpointEvery,
+      resumeFrom: start.resumeFrom,
+      // Settles when the parent has stored the checkpoint, so the run never gets ahead of its last saved state.
+      onCheckpoint: (checkpoint, adapter) =>
+        new Promise<void>((resolve, reject) => {
+          checkpointWaits.set(run, { resolve, reject });
+          post({ type: 'checkpoint', run, checkpoint, adapter });
+        }),
     });
-  });
+    post({ type: 'done', run, result });
+  } catch (error) {
+    post({ type: 'failed', run, message: (error as Error).message });
+  }
 }
 
-try {
-  const result = await runTraining(unpackModel(start.model), start.data, start.config, {
-    onProgress: (progress) => post({ type: 'progress', progress }),
-    shouldStop: () => Atomics.load(stop, 0) === 1,
-    checkpointEvery: start.checkpointEvery,
-    resumeFrom: start.resumeFrom,
-    onCheckpoint: async (checkpoint, adapter) => {
-      const stored = checkpointStored();
-      post({ type: 'checkpoint', checkpoint, adapter });
-      await stored;
-    },
-  });
-  post({ type: 'done', result });
-} catch (error) {
-  post({ type: 'failed', message: (error as Error).message });
-}
+port.on('message', (message: ToTrainingThread) => {
+  switch (message.type) {
+    case 'train':
+      void train(message.run, message.start);
+      break;
+    case 'checkpoint-saved':
+      checkpointWaits.get(message.run)?.resolve();
+      checkpointWaits.delete(message.run);
+      break;
+    case 'checkpoint-failed':
+      checkpointWaits.get(message.run)?.reject(new Error(`saving a checkpoint failed: ${message.message}`));
+      checkpointWaits.delete(message.run);
+      break;
+    case 'release':
+      post({ type: 'released', buffers: lent.buffers }, lent.buffers);
+      port.close();
+      break;
+  }
+});

@@ -1,0 +1,87 @@
+/**
+ * The engine's adapter loader thread: cold adapters are read, verified, parsed, validated and laid out for a slot
+ * there (adapter-loader-worker.ts), so none of that CPU work runs on the engine thread between steps. The finished
+ * layout arrives by transfer; the engine only completes DoRA's scales (they need the base model's session) and
+ * copies the layout into a slot between steps. A thread that dies fails the loads in flight and is started again
+ * for the next one.
+ */
+import { Worker } from 'node:worker_threads';
+import type { LlamaConfig } from '../model/types.ts';
+import type { SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
+import { AdapterLoadError, type AdapterLoadErrorCode, type LoadAdapter } from './adapter-loader.ts';
+import type { AdapterRef } from './protocol.ts';
+import { workerEntry } from './worker-entry.ts';
+
+export interface LoaderThreadOptions {
+  config: LlamaConfig;
+  slotRank: number;
+}
+
+export interface LoaderRequest {
+  id: number;
+  ref: AdapterRef;
+}
+
+export type LoaderReply = { id: number; adapter: SlotReadyAdapter } | { id: number; message: string; code: AdapterLoadErrorCode };
+
+interface PendingLoad {
+  resolve: (adapter: SlotReadyAdapter) => void;
+  reject: (error: Error) => void;
+}
+
+export class AdapterLoaderThread {
+  private worker: Worker | null = null;
+  private readonly pending = new Map<number, PendingLoad>();
+  private nextId = 1;
+  private closed = false;
+
+  constructor(private readonly options: LoaderThreadOptions) {
+    // Started now, not at the first cold request, so that request does not wait for the thread to boot.
+    this.start();
+  }
+
+  readonly load: LoadAdapter = (ref) => {
+    if (this.closed) return Promise.reject(new AdapterLoadError('the adapter loader is closed', 'adapter_unavailable'));
+    const worker = this.worker ?? this.start();
+    const id = this.nextId++;
+    return new Promise<SlotReadyAdapter>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      worker.postMessage({ id, ref } satisfies LoaderRequest);
+    });
+  };
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const worker = this.worker;
+    this.worker = null;
+    this.failAll('the adapter loader is closed');
+    await worker?.terminate();
+  }
+
+  private start(): Worker {
+    const worker = new Worker(workerEntry(new URL('./adapter-loader-worker.ts', import.meta.url)), { workerData: this.options });
+    // Loads in flight never keep the engine thread alive on their own.
+    worker.unref();
+    worker.on('message', (reply: LoaderReply) => {
+      const load = this.pending.get(reply.id);
+      if (!load) return;
+      this.pending.delete(reply.id);
+      if ('adapter' in reply) load.resolve(reply.adapter);
+      else load.reject(new AdapterLoadError(reply.message, reply.code));
+    });
+    const stopped = (why: string) => {
+      if (this.worker !== worker) return;
+      this.worker = null;
+      this.failAll(why);
+    };
+    worker.on('error', (error) => stopped(`the adapter loader thread crashed: ${error.message}`));
+    worker.on('exit', (code) => stopped(`the adapter loader thread exited (code ${code})`));
+    this.worker = worker;
+    return worker;
+  }
+
+  private failAll(message: string): void {
+    for (const load of this.pending.values()) load.reject(new AdapterLoadError(message, 'adapter_unavailable'));
+    this.pending.clear();
+  }
+}
