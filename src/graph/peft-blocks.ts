@@ -158,11 +158,9 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig, B: string, R: st
       probes.get(site)!.push(project(g.input(PEFT_INPUTS.probe(site, layer), 'float32', ['probe_rows', probeWidths[site].in])));
     },
 
-    /** Declares the probe outputs; call after every layer. */
-    finishProbes(): void {
-      for (const site of PROBE_SITES) {
-        g.output(g.op('Concat', probes.get(site)!, { axis: 0 }), PROBE_OUTPUT(site), 'float32', ['probe_out_rows', probeWidths[site].out]);
-      }
+    /** Per site (PROBE_SITES' order), every layer's probe rows through its projections; call after every layer. */
+    probeResults(): string[] {
+      return PROBE_SITES.map((site) => g.op('Concat', probes.get(site)!, { axis: 0 }));
     },
   };
 }

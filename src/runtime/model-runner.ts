@@ -258,6 +258,8 @@ export class ModelRunner {
   ): void {
     const c = this.config;
     const batch = slots.length;
+    // Soft prompts and every other family come from a slot: a pass with no slot runs the layers without them.
+    feeds[GRAPH_INPUTS.adaptersInUse] = new ort.Tensor('bool', [slots.some((slot) => slot !== 0)], [1]);
     const plan = adapters.prepare(slots, tokens, firstRow === 0);
     feeds[LORA_SEGMENT_INPUTS.segmentRows] = new ort.Tensor('int64', plan.rows, [plan.adapters, plan.segmentRows]);
     feeds[LORA_SEGMENT_INPUTS.resultIndex] = new ort.Tensor('int64', plan.resultIndex, [batch, tokens]);
@@ -332,6 +334,7 @@ export class ModelRunner {
       }
     }
     this.feedAdapters(feeds, this.probeRow, 0, [0], 1);
+    feeds[GRAPH_INPUTS.adaptersInUse] = new ort.Tensor('bool', [true], [1]); // the probes run beside the adapters
     const result = await this.session.run(feeds);
     return Object.fromEntries(PROBE_SITES.map((site) => [site, result[PROBE_OUTPUT(site)].data as Float32Array])) as Record<ProbeSite, Float32Array>;
   }
