@@ -33,7 +33,7 @@ import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { baseProjection, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
 import { LORA_INPUTS, LoraDelta } from './lora-delta.ts';
 import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
-import { peftBlocks, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type BottleneckSite, type ProbeSite } from './peft-blocks.ts';
+import { PEFT_INPUTS, peftBlocks, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type BottleneckSite, type ProbeSite } from './peft-blocks.ts';
 
 export const GRAPH_INPUTS = {
   inputIds: 'input_ids',
@@ -58,6 +58,14 @@ export const GRAPH_OUTPUTS = { logits: 'logits', newKeyValues: 'new_key_values' 
 
 // Opset 23 brings RMSNormalization, one fused node per norm; onnxruntime's contrib domain, MatMulNBits.
 export const OPSET = [{ domain: '', version: 23 }, CONTRIB_OPSET];
+
+/** Each projection group's fused initializer name and the Hugging Face modules it joins (probe sites are groups). */
+const PROJECTION_GROUPS: Record<ProbeSite, [fused: string, modules: string[]]> = {
+  qkv: ['self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']],
+  o: ['self_attn.o_proj', ['self_attn.o_proj']],
+  gate_up: ['mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj']],
+  down: ['mlp.down_proj', ['mlp.down_proj']],
+};
 
 /** Symbolic axis names; the runtime feeds any size. */
 const B = 'batch';
@@ -182,12 +190,13 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const base = (x: string, l: number, fused: string, modules: string[], inputRank = 3) =>
     baseProjection(g, x, modules.map((m) => model.quantized?.get(`model.layers.${l}.${m}.weight`) ?? w(`model.layers.${l}.${m}.weight`)), `model.layers.${l}.${fused}`, { inputRank });
 
+  const group = (site: ProbeSite) => (l: number, x: string) => base(x, l, ...PROJECTION_GROUPS[site]);
   const plain: LayerImplementation = {
     normWeight: (name) => g.sharedInitializer(name, () => w(name).data, [c.hiddenSize]),
-    qkv: (l, h) => base(h, l, 'self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']),
-    o: (l, merged) => base(merged, l, 'self_attn.o_proj', ['self_attn.o_proj']),
-    gateUp: (l, h2) => base(h2, l, 'mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj']),
-    down: (l, act) => base(act, l, 'mlp.down_proj', ['mlp.down_proj']),
+    qkv: group('qkv'),
+    o: group('o'),
+    gateUp: group('gate_up'),
+    down: group('down'),
     attend: (l, qGrouped, k, v) => attendOverCache(l, qGrouped, k, v),
   };
   const lora = new LoraDelta(g);
@@ -195,11 +204,6 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const withAdapters = adapterLayers();
 
   function adapterLayers(): LayerImplementation {
-    /** A layer's base projection group, applied to the activation and to the layer's DoRA probe rows. */
-    const probed = (x: string, l: number, site: ProbeSite, fused: string, modules: string[]) => {
-      peft.probe(site, l, (rows) => base(rows, l, fused, modules, 2));
-      return base(x, l, fused, modules);
-    };
     return {
       normWeight: (name) => g.sharedInitializer(name, () => w(name).data, [c.hiddenSize]),
       qkv(l, h) {
@@ -208,26 +212,25 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
           a: LORA_INPUTS.aQkv(l), b: LORA_INPUTS.bQkv(l), inDim: c.hiddenSize, aBlocks: 3, bBlocks: qBlocks + 2, width: kvDim,
           blockSources: [...new Array<number>(qBlocks).fill(0), 1, 2],
         });
-        const qkv = probed(h, l, 'qkv', 'self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']);
-        return peft.scaleOutput(g.op('Add', [qkv, loraQkv]), 'qkv', l);
+        return peft.scaleOutput(g.op('Add', [plain.qkv(l, h), loraQkv]), 'qkv', l);
       },
       o(l, unscaled) {
         const merged = peft.scaleInput(unscaled, 'o', l);
         const loraO = lora.apply(merged, { a: LORA_INPUTS.aO(l), b: LORA_INPUTS.bO(l), inDim: qDim, aBlocks: 1, bBlocks: 1, width: c.hiddenSize });
-        return peft.scaleOutput(g.op('Add', [probed(merged, l, 'o', 'self_attn.o_proj', ['self_attn.o_proj']), loraO]), 'o', l);
+        return peft.scaleOutput(g.op('Add', [plain.o(l, merged), loraO]), 'o', l);
       },
       gateUp(l, h2) {
         const loraGateUp = lora.apply(h2, {
           a: LORA_INPUTS.aGateUp(l), b: LORA_INPUTS.bGateUp(l), inDim: c.hiddenSize, aBlocks: 2, bBlocks: 2, width: c.intermediateSize,
         });
-        return peft.scaleOutput(g.op('Add', [probed(h2, l, 'gate_up', 'mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj']), loraGateUp]), 'gate_up', l);
+        return peft.scaleOutput(g.op('Add', [plain.gateUp(l, h2), loraGateUp]), 'gate_up', l);
       },
       down(l, unscaled) {
         const act = peft.scaleInput(unscaled, 'down', l);
         const loraDown = lora.apply(act, {
           a: LORA_INPUTS.aDown(l), b: LORA_INPUTS.bDown(l), inDim: c.intermediateSize, aBlocks: 1, bBlocks: 1, width: c.hiddenSize,
         });
-        return peft.scaleOutput(g.op('Add', [probed(act, l, 'down', 'mlp.down_proj', ['mlp.down_proj']), loraDown]), 'down', l);
+        return peft.scaleOutput(g.op('Add', [plain.down(l, act), loraDown]), 'down', l);
       },
       attend: plain.attend,
       residual: (l, site, x, h) => peft.residualWithBottleneck(x, h, site, l),
@@ -258,13 +261,22 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
     return [x, g.op('Concat', newKeyValues, { axis: 1 })];
   };
   const tokenEmbeddings = g.op('Gather', [embedding, inputIds], { axis: 0 });
-  // Probe rows (DoRA) only ever come with adapters in use; without, the probe outputs are empty.
+  const [x, newKeyValues] = g.ifElse(
+    g.input(GRAPH_INPUTS.adaptersInUse, 'bool', [1]),
+    () => layers(withAdapters, peft.embed(tokenEmbeddings)),
+    () => layers(plain, tokenEmbeddings),
+  );
+  // DoRA's probe rows go through every layer's base projections in a pass of their own (once per adapter); other
+  // passes take the empty branch, so the probes' matmuls (4 per layer) cost no step anything.
   const probeWidths = probeSiteWidths(c);
   const noProbeRows = PROBE_SITES.map((site) => g.initializer(`no_probe_rows.${site}`, new Float32Array(0), [0, probeWidths[site].out]));
-  const [x, newKeyValues, ...probeResults] = g.ifElse(
-    g.input(GRAPH_INPUTS.adaptersInUse, 'bool', [1]),
-    () => [...layers(withAdapters, peft.embed(tokenEmbeddings)), ...peft.probeResults()],
-    () => [...layers(plain, tokenEmbeddings), ...noProbeRows.map((empty) => g.op('Identity', [empty]))],
+  const probeResults = g.ifElse(
+    g.input(PEFT_INPUTS.probing, 'bool', [1]),
+    () => peft.probeResults((site, l, rows) => {
+      const [fused, modules] = PROJECTION_GROUPS[site];
+      return base(rows, l, fused, modules, 2);
+    }),
+    () => noProbeRows.map((empty) => g.op('Identity', [empty])),
   );
   PROBE_SITES.forEach((site, i) => g.output(probeResults[i], PROBE_OUTPUT(site), 'float32', ['probe_out_rows', probeWidths[site].out]));
 

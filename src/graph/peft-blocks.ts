@@ -44,8 +44,10 @@ export const PEFT_INPUTS = {
   bnFromResidual: 'bn_from_residual',
   /** [B, 1, 1, BLENDED_ACTIVATIONS.length]: one-hot choice of non-linearity. */
   bnActivation: 'bn_activation',
-  /** [P, in]: rows to push through a layer's base projection group. */
-  probe: (site: ProbeSite, layer: number) => `probe_${site}.${layer}`,
+  /** [layers·P, in]: rows to push through each layer's base projection group, layer by layer. */
+  probe: (site: ProbeSite) => `probe_${site}`,
+  /** [1] bool: true on the pass that pushes probe rows (DoRA's weight norms), which then runs their matmuls. */
+  probing: 'probing',
 } as const;
 
 /** Input and output widths of each probe site (the base projection group it goes through). */
@@ -107,7 +109,6 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig, B: string, R: st
     if (!shared.has(name)) shared.set(name, broadcastable(name, rank));
     return shared.get(name)!;
   };
-  const probes = new Map<ProbeSite, string[]>(PROBE_SITES.map((site) => [site, []]));
   const probeWidths = probeSiteWidths(c);
   const unsqueezeBlend = g.constInt64([2], 'bn_blend_axis');
   const flatten = g.constInt64([0, 0, c.hiddenSize], 'bn_flat_shape');
@@ -153,14 +154,16 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig, B: string, R: st
       return g.op('Add', [g.op('Add', [x, h]), delta]);
     },
 
-    /** Pushes the layer's probe rows for `site` through `project`, the layer's own base projection of that group. */
-    probe(site: ProbeSite, layer: number, project: (rows: string) => string): void {
-      probes.get(site)!.push(project(g.input(PEFT_INPUTS.probe(site, layer), 'float32', ['probe_rows', probeWidths[site].in])));
-    },
-
-    /** Per site (PROBE_SITES' order), every layer's probe rows through its projections; call after every layer. */
-    probeResults(): string[] {
-      return PROBE_SITES.map((site) => g.op('Concat', probes.get(site)!, { axis: 0 }));
+    /**
+     * Per site (PROBE_SITES' order), every layer's probe rows through `project`, the layer's own base projection
+     * of that group: `[layers·P, out]`.
+     */
+    probeResults(project: (site: ProbeSite, layer: number, rows: string) => string): string[] {
+      return PROBE_SITES.map((site) => {
+        const stacked = g.input(PEFT_INPUTS.probe(site), 'float32', ['probe_rows', probeWidths[site].in]);
+        const perLayer = g.opMulti('Split', [stacked], c.numLayers, { axis: 0, num_outputs: c.numLayers });
+        return g.op('Concat', perLayer.map((rows, l) => project(site, l, rows)), { axis: 0 });
+      });
     },
   };
 }

@@ -294,10 +294,8 @@ export class ModelRunner {
 
   /** Probe inputs with no rows: ordinary passes push nothing through the base projections. */
   private emptyProbes(): Record<string, ort.Tensor> {
-    const feeds: Record<string, ort.Tensor> = {};
-    for (let l = 0; l < this.config.numLayers; l++) {
-      for (const site of PROBE_SITES) feeds[PEFT_INPUTS.probe(site, l)] = new ort.Tensor('float32', EMPTY, [0, this.probeWidths[site]]);
-    }
+    const feeds: Record<string, ort.Tensor> = { [PEFT_INPUTS.probing]: new ort.Tensor('bool', [false], [1]) };
+    for (const site of PROBE_SITES) feeds[PEFT_INPUTS.probe(site)] = new ort.Tensor('float32', EMPTY, [0, this.probeWidths[site]]);
     return feeds;
   }
 
@@ -328,13 +326,12 @@ export class ModelRunner {
     for (let l = 0; l < c.numLayers; l++) {
       feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', emptyCache, [1, c.numKvHeads, c.headDim, 1]);
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', emptyCache, [1, c.numKvHeads, 1, c.headDim]);
-      for (const site of PROBE_SITES) {
-        const width = this.probeWidths[site];
-        feeds[PEFT_INPUTS.probe(site, l)] = new ort.Tensor('float32', probe.inputs[site].subarray(l * probe.rows * width, (l + 1) * probe.rows * width), [probe.rows, width]);
-      }
+    }
+    feeds[PEFT_INPUTS.probing] = new ort.Tensor('bool', [true], [1]);
+    for (const site of PROBE_SITES) {
+      feeds[PEFT_INPUTS.probe(site)] = new ort.Tensor('float32', probe.inputs[site], [c.numLayers * probe.rows, this.probeWidths[site]]);
     }
     this.feedAdapters(feeds, this.probeRow, 0, [0], 1);
-    feeds[GRAPH_INPUTS.adaptersInUse] = new ort.Tensor('bool', [true], [1]); // the probes run beside the adapters
     const result = await this.session.run(feeds);
     return Object.fromEntries(PROBE_SITES.map((site) => [site, result[PROBE_OUTPUT(site)].data as Float32Array])) as Record<ProbeSite, Float32Array>;
   }
