@@ -200,7 +200,7 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
     attend: (l, qGrouped, k, v) => attendOverCache(l, qGrouped, k, v),
   };
   const lora = new LoraDelta(g);
-  const peft = peftBlocks(g, c, B, 'bottleneck_width');
+  const peft = peftBlocks(g, c);
   const withAdapters = adapterLayers();
 
   function adapterLayers(): LayerImplementation {

@@ -280,14 +280,14 @@ export class ModelRunner {
       const { data, shape, size } = families.buffers.get(name)!;
       return new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
     };
-    for (const [name, { group, identity }] of this.slots.familyInputs) {
-      const { shape } = this.slots.familyBuffers.get(name)!;
+    for (const [name, { group }] of families.inputs) {
       if (group === 'fixed') {
         // The activation choice is contracted by a MatMul, which does not broadcast its contracted axis.
         const whole = layout.fixed || name === PEFT_INPUTS.bnActivation;
-        feeds[name] = whole ? rowsOf(name) : new ort.Tensor('float32', BROADCAST_IDENTITY[identity], [1, ...shape.map(() => 1)]);
+        const identity = whole ? undefined : families.broadcastIdentity(name);
+        feeds[name] = identity ? new ort.Tensor('float32', identity.data, identity.dims) : rowsOf(name);
       } else {
-        feeds[name] = layout.bottleneckWidth > 0 ? rowsOf(name) : new ort.Tensor('float32', EMPTY, [batch, ...this.slots.familyShapeAt(name, 0)]);
+        feeds[name] = layout.bottleneckWidth > 0 ? rowsOf(name) : new ort.Tensor('float32', EMPTY, [batch, ...families.shapeAt(name, 0)]);
       }
     }
   }
