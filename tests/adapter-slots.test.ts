@@ -15,10 +15,11 @@ function adapter(seed: number): LoraAdapter {
   return { family: 'lora', rank: 4, targetModules: ['q_proj'], modules: spec.modules.map((m) => ({ ...m, rank: 4, scale: 1 })), byteSize: 0, config: {} as LoraAdapter['config'] };
 }
 
-/** The slot's copy of layer 0's q_proj A, as the graph reads it. */
+/** The first weights of layer 0's q_proj A in a slot, as the graph reads them. */
 function slotA(slots: AdapterSlots, slot: number): number[] {
-  const { data, size } = slots.buffers.get('lora_a_qkv.0')!;
-  return Array.from(data.subarray(slot * size, slot * size + 4));
+  const target = new Float32Array(slots.loraInputs.get('lora_a_qkv.0')!.size);
+  slots.copyAtRank('lora_a_qkv.0', slot, slots.rank, target, 0);
+  return Array.from(target.subarray(0, 4));
 }
 
 test('slots: least recently used idle slot is reused, held slots never are', () => {

@@ -7,10 +7,10 @@ import { loadBaseModel } from '../src/model/load.ts';
 import { weightsChecksum } from '../src/model/checksum.ts';
 import { ModelRunner, type RunnerOptions } from '../src/runtime/model-runner.ts';
 import { loadLoraAdapter } from '../src/adapters/lora.ts';
-import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
+import { randomLoraAdapter, writeLoraAdapter, type LoraAdapterSpec } from '../src/adapters/lora-writer.ts';
 import type { BaseModel, LoraTargetModule } from '../src/model/types.ts';
 import { REFERENCE, STORIES_GGUF, STORIES_HF_DIR } from './support/models.ts';
-import { mergeAdapter } from './support/merge-adapter.ts';
+import { mergedLora } from './support/family-references.ts';
 
 // Slots of rank 16 hold the rank-4 and rank-8 adapters below: rows are laid out for the highest rank among them.
 const OPTIONS: RunnerOptions = { maxBatch: 8, adapterSlots: 3, maxLoraRank: 16 };
@@ -40,10 +40,16 @@ for (const [format, path] of [['Hugging Face', STORIES_HF_DIR], ['GGUF', STORIES
   });
 }
 
+/** An adapter written to disk and loaded back as the runner gets it, with the spec it was written from. */
 async function makeAdapter(dir: string, base: BaseModel, rank: number, targets: LoraTargetModule[], seed: number, alpha: number) {
   const spec = randomLoraAdapter(base.config, { rank, targetModules: targets, seed, std: 0.15, alpha });
   await writeLoraAdapter(dir, spec);
-  return loadLoraAdapter(dir, base.config);
+  return { spec, loaded: await loadLoraAdapter(dir, base.config) };
+}
+
+/** The base with an adapter merged into its weights (the independent computation), or the base itself. */
+function mergedModel(base: BaseModel, adapter: { spec: LoraAdapterSpec } | null): BaseModel {
+  return adapter ? { ...base, weights: mergedLora(base, adapter.spec) } : base;
 }
 
 test('a batch mixing base rows and adapters of different ranks equals merged weights, row by row', async () => {
@@ -56,8 +62,8 @@ test('a batch mixing base rows and adapters of different ranks equals merged wei
     };
     const runner = await ModelRunner.create(base, OPTIONS);
     const slots = {
-      small: runner.slots.place('small', adapters.small)!,
-      full: runner.slots.place('full', adapters.full)!,
+      small: runner.slots.place('small', adapters.small.loaded)!,
+      full: runner.slots.place('full', adapters.full.loaded)!,
     };
     const rows = [
       { adapter: null, prompt: [1, 403, 407, 261, 378] },
@@ -99,7 +105,7 @@ test('a batch mixing base rows and adapters of different ranks equals merged wei
     let worst = 0;
     let adapterEffect = 0;
     for (const [b, row] of rows.entries()) {
-      const alone = await ModelRunner.create(row.adapter ? mergeAdapter(base, adapters[row.adapter]) : base, OPTIONS);
+      const alone = await ModelRunner.create(mergedModel(base, row.adapter ? adapters[row.adapter] : null), OPTIONS);
       const expected = [Float32Array.from(await alone.forward(0, [{ tokens: [...row.prompt], position: 0, slot: 0 }]))];
       for (const [i, step] of fed.entries()) {
         expected.push(Float32Array.from(await alone.forward(0, [{ tokens: [step[b % 2]], position: row.prompt.length + i, slot: 0 }])));
@@ -134,7 +140,7 @@ test('rows sharing adapters, prefilled and decoded together, each equal their ad
     const all: LoraTargetModule[] = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
     const adapters = [await makeAdapter(join(dir, 'a'), base, 8, all, 3, 16), await makeAdapter(join(dir, 'b'), base, 8, all, 4, 8)];
     const runner = await ModelRunner.create(base, OPTIONS);
-    const slots = adapters.map((adapter, i) => runner.slots.place(`shared-${i}`, adapter)!);
+    const slots = adapters.map((adapter, i) => runner.slots.place(`shared-${i}`, adapter.loaded)!);
     // Four rows on adapter 0 (one segment of four rows), two on adapter 1, one on the base model; prompts of
     // different lengths, so the pass pads rows and every token of a row must find its own result.
     const rows = [
@@ -170,7 +176,7 @@ test('rows sharing adapters, prefilled and decoded together, each equal their ad
     let worst = 0;
     let largest = 0;
     for (const [i, adapter] of [...adapters, null].entries()) {
-      const alone = await ModelRunner.create(adapter ? mergeAdapter(base, adapter) : base, OPTIONS);
+      const alone = await ModelRunner.create(mergedModel(base, adapter), OPTIONS);
       for (const [b, row] of rows.entries()) {
         if (row.adapter !== (adapter ? i : null)) continue;
         const expected = [

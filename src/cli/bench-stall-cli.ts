@@ -6,8 +6,8 @@
  */
 import { parseArgs } from 'node:util';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
-import { measureStallFree, measureStalls } from './bench-stall.ts';
-import { BENCH_DIR, benchEngineOptions, ensureAdapters, log, printReport, runBenchCommand } from './bench-workloads.ts';
+import { measureStalls } from './bench-stall.ts';
+import { benchEngineOptions, ensureAdapters, log, printReport, runBenchCommand } from './bench-workloads.ts';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
@@ -17,7 +17,7 @@ async function main(): Promise<void> {
   // The same adapters `npm run bench` uses for its adapter sections.
   const adapters = await ensureAdapters();
   const engineOptions = benchEngineOptions();
-  const common = { adapters, benchDir: BENCH_DIR, trials: Number(values.trials), log };
+  const common = { adapters, trials: Number(values.trials), log };
   if (values.budgets !== undefined) {
     const reports = [];
     for (const budget of values.budgets.split(',').map(Number)) {
@@ -27,7 +27,7 @@ async function main(): Promise<void> {
     else for (const report of reports) console.log(JSON.stringify(report));
     return;
   }
-  const report = await measureStallFree({
+  const report = await measureStalls({
     ...common,
     engineOptions: { ...engineOptions, ...(values.budget === undefined ? {} : { prefillTokenBudget: Number(values.budget) }) },
   });

@@ -18,7 +18,6 @@ export interface StallBenchOptions {
   engineOptions: EngineOptions;
   /** r=16 adapters on disk, at least ARRIVING + 1 of them; each trial loads them under keys never used before. */
   adapters: AdapterRef[];
-  benchDir: string;
   trials: number;
   log: (message: string) => void;
 }
@@ -91,12 +90,8 @@ async function firstToken(engine: Engine, adapter: AdapterRef): Promise<number> 
   return first - started;
 }
 
-export async function measureStallFree(options: StallBenchOptions) {
-  return measureStalls(options);
-}
-
 /**
- * The stall figures alone, on one engine: each trial interleaves a burst of cold-adapter requests, a burst of
+ * The stall figures, on one engine: each trial interleaves a burst of cold-adapter requests, a burst of
  * 128-token prompts, and a lone request on a resident then a never-used adapter. Times to first token are also
  * given in running decode gaps (their median), which compares across runs and prefill budgets.
  */

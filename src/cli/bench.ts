@@ -19,7 +19,7 @@ import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { loraInputShapes } from '../runtime/slot-layout.ts';
 import { measureLoraFloor } from './bench-lora-floor.ts';
 import { measureQuantizedBase } from './bench-quantized.ts';
-import { measureStallFree } from './bench-stall.ts';
+import { measureStalls } from './bench-stall.ts';
 import { measureStartup } from './bench-startup.ts';
 import { median, round } from './bench-stats.ts';
 import { BENCH_DIR, benchEngineOptions, concurrentDecode, ensureAdapters, LORA_RANK, log, printReport, runBenchCommand, singleStream, STREAMS } from './bench-workloads.ts';
@@ -83,7 +83,7 @@ async function main(): Promise<void> {
   }
   const loraFloor = await measureLoraFloor({ modelPath: BENCH_MODEL_DIR, adapterPaths: adapters.map((a) => a.path), rank: LORA_RANK, threads, trials: 10 * trials, log });
   const quantizedBase = await measureQuantizedBase({ trials, threads });
-  const stallFree = await measureStallFree({ engineOptions, adapters, benchDir: BENCH_DIR, trials, log });
+  const stallFree = await measureStalls({ engineOptions, adapters, trials, log });
   const startup = await measureStartup({ engineOptions, benchDir: BENCH_DIR, trials, log });
   const report = { ...result, lora_floor: loraFloor, quantized_base: quantizedBase, stall_free: stallFree, startup };
   printReport(report, values.json);

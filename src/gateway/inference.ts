@@ -9,7 +9,7 @@ import type { GenAiOperation } from '../observability/tracing.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
 import type { Principal } from './auth.ts';
 import { ApiError, adapterUnavailable, internalError, invalidRequest, modelNotFound, overloaded, rateLimited } from './errors.ts';
-import { promptPositions, sameVersionFiles, unavailableReason, type ResolvedModel } from './model-resolver.ts';
+import { promptPositions, unavailableReason, type ResolvedModel } from './model-resolver.ts';
 import type { GatewayServices } from './services.ts';
 
 export interface InferenceRequest {
@@ -169,7 +169,7 @@ async function adapterLoadFailureToApi(services: GatewayServices, request: Infer
   // A version deleted and published again under the same number is another version: the one resolved is gone.
   const stored = () => {
     const current = store.resolve(record.tenant, record.adapter, record.version);
-    if (current) return sameVersionFiles(current, record);
+    if (current) return current.filesTag === record.filesTag;
     return store.unavailable(record.tenant, record.adapter, record.version) !== null;
   };
   if (!stored()) return modelNotFound(request.model.id);

@@ -3,7 +3,6 @@
  * A tenant sees its own adapters and those an admin marked public; admins see all. Anything a caller may not
  * see answers exactly like something that does not exist, so names of other tenants' adapters never leak.
  */
-import { createHash } from 'node:crypto';
 import { CACHE_KEY_TAG, type AdapterRef } from '../engine/protocol.ts';
 import { parseAdapterId } from '../registry/adapter-names.ts';
 import type { AdapterRecord, AdapterStore, InvalidAdapterVersion } from '../registry/adapter-store.ts';
@@ -52,20 +51,13 @@ export function promptPositions(model: ResolvedModel, promptIds: readonly number
 }
 
 /**
- * The engine's cache key for a version: its id plus a tag of its files' checksums. A deleted adapter's version
- * numbers are given again to the next publishes, so an id alone could find the old weights in a cache (or in a
- * load still in flight when the old version was evicted); the content tag never can.
+ * The engine's cache key for a version: its id plus the tag of its files' checksums (computed once, when the store
+ * adopted the version). A deleted adapter's version numbers are given again to the next publishes, so an id alone
+ * could find the old weights in a cache (or in a load still in flight when the old version was evicted); the
+ * content tag never can: a deleted-then-republished version's key differs.
  */
-export function adapterCacheKey(record: Pick<AdapterRecord<unknown>, 'id' | 'files'>): string {
-  const files = Object.entries(record.files).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  const tag = createHash('sha256').update(files.map(([name, { sha256 }]) => `${name}:${sha256}`).join('\n')).digest('hex').slice(0, 16);
-  return `${record.id}${CACHE_KEY_TAG}${tag}`;
-}
-
-/** Whether two records of one version id hold the same files: a version deleted and published again does not. */
-export function sameVersionFiles(a: Pick<AdapterRecord<unknown>, 'files'>, b: Pick<AdapterRecord<unknown>, 'files'>): boolean {
-  const names = Object.keys(a.files);
-  return names.length === Object.keys(b.files).length && names.every((name) => b.files[name]?.sha256 === a.files[name].sha256);
+export function adapterCacheKey(record: Pick<AdapterRecord<unknown>, 'id' | 'filesTag'>): string {
+  return `${record.id}${CACHE_KEY_TAG}${record.filesTag}`;
 }
 
 /** A rescan of the store before answering "not found" at most this often, so unknown names cannot force scans. */

@@ -5,7 +5,7 @@
  */
 import type { EventEmitter } from 'node:events';
 import { formatAdapterId } from './adapter-names.ts';
-import { sameFiles, type FileDigest, type Manifest } from './manifest.ts';
+import { filesTag, sameFiles, type FileDigest, type Manifest } from './manifest.ts';
 
 export interface AdapterVersionRef {
   /** `tenant/adapter@version` */
@@ -20,6 +20,8 @@ export interface AdapterRecord<Summary = unknown> extends AdapterVersionRef {
   path: string;
   publishedAt: string;
   files: Readonly<Record<string, FileDigest>>;
+  /** `filesTag(files)`, computed once when the store adopts the version. */
+  filesTag: string;
   /** The validator's result for this directory, computed by this process. */
   summary: Summary;
   /** Whether tenants other than the owner may use the adapter. */
@@ -206,6 +208,7 @@ export function servableVersion<Summary>(
       path,
       publishedAt: manifest.publishedAt,
       files: manifest.files,
+      filesTag: filesTag(manifest.files),
       summary,
     },
     publishedAtMs: Date.parse(manifest.publishedAt),

@@ -2,6 +2,7 @@
  * `manifest.json`, written last into every servable version directory: which files make the version, with their
  * sizes and checksums, and what the validator reported. README.md beside this file describes the format.
  */
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { ADAPTER_WEIGHTS_FILES } from '../adapters/adapter.ts';
 import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
@@ -72,6 +73,15 @@ export function parseManifest(text: string, version: string): Manifest {
   const missing = missingRequiredFile((name) => name in digests);
   if (missing) throw new StoreError('invalid_file', `${MANIFEST_FILE} does not list ${missing}; ${fix}`);
   return { version, publishedAt: new Date(publishedAtMs).toISOString(), files: digests, summary: value.summary };
+}
+
+/**
+ * A short tag of a version's files, names and checksums: versions holding the same files share it, and a version
+ * deleted and published again with other files under the same number gets another one.
+ */
+export function filesTag(files: Readonly<Record<string, FileDigest>>): string {
+  const sorted = Object.entries(files).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return createHash('sha256').update(sorted.map(([name, { sha256 }]) => `${name}:${sha256}`).join('\n')).digest('hex').slice(0, 16);
 }
 
 export function sameFiles(a: Record<string, FileDigest>, b: Record<string, FileDigest>): boolean {

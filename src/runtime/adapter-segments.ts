@@ -77,7 +77,7 @@ export class AdapterSegments {
 
   private layOut(rank: number): void {
     this.rank = rank;
-    for (const name of this.slots.buffers.keys()) {
+    for (const name of this.slots.loraInputs.keys()) {
       const shape = this.slots.shapeAt(name, rank);
       const size = elementCount(shape);
       this.buffers.set(name, { data: new Float32Array(this.capacity * size), shape, size });

@@ -1,10 +1,12 @@
 /**
- * Runtime adapter slots: adapters in the decoder graph's layout (A transposed, rank padded to the slot rank, scale
- * folded into B; laid out beforehand, see slot-ready-adapter.ts), from which a pass's adapter segments copy their
- * weights; and the other PEFT families' per-row inputs, from which batch rows copy theirs (row-family-weights.ts).
- * Slot 0 is the identity and means "no adapter". This module also owns the placement policy.
+ * Runtime adapter slots: the adapters a pass may use, each in the decoder graph's layout (A transposed, rank padded
+ * to the slot rank, scale folded into B; laid out beforehand, see slot-ready-adapter.ts), from which a pass's
+ * adapter segments copy their weights; and the other PEFT families' per-row inputs, from which batch rows copy
+ * theirs (row-family-weights.ts). A slot refers to its adapter's layout rather than holding a copy, so taking a
+ * slot costs nothing in the step loop. Slot 0 is the identity and means "no adapter".
+ * This module also owns the placement policy.
  *
- * Policy: an adapter is copied into a free slot, else into the least recently used slot that no running
+ * Policy: an adapter takes a free slot, else the least recently used slot that no running
  * sequence holds. A slot held by a running sequence is never evicted; when every slot is held, the caller waits.
  */
 import type { Adapter } from '../adapters/adapter.ts';
@@ -14,9 +16,15 @@ import type { LlamaConfig } from '../model/types.ts';
 import { familyInputShapes, loraInputShapes, slotLayouts, type FamilyInput, type LoraInputName } from './slot-layout.ts';
 import { layOutForSlot, type SlotPrompt, type SlotReadyAdapter } from './slot-ready-adapter.ts';
 
-/** A LoRA graph input's weights for every slot (or adapter segment), each `size` floats of `shape`. */
+/** A LoRA graph input's weights for every adapter segment (or batch row), each `size` floats of `shape`. */
 export interface LoraBuffer {
   data: Float32Array;
+  shape: number[];
+  size: number;
+}
+
+/** One slot's block of a graph input: `size` floats of `shape`. */
+export interface SlotInput {
   shape: number[];
   size: number;
 }
@@ -27,8 +35,10 @@ const RANK_AXIS = { a: 2, b: 1 } as const;
 const NO_PROMPT: SlotPrompt = { family: null, virtualTokens: 0 };
 
 export class AdapterSlots {
-  /** Per graph input name (e.g. `lora_a_qkv.3`): the slots' weights, slot 0 first. */
-  readonly buffers = new Map<string, LoraBuffer>();
+  /** Per LoRA graph input name (e.g. `lora_a_qkv.3`): one slot's block of it. */
+  readonly loraInputs = new Map<string, SlotInput & { rankAxis: number }>();
+  /** Per graph input name of the other families: one slot's block of it, and how it is read. */
+  readonly familyInputs = new Map<string, FamilyInput & SlotInput>();
   /** Adapter key → its slot; Map order is least recently used first. */
   private readonly residents = new Map<string, number>();
   /** Per slot: how many running sequences hold it. */
@@ -40,19 +50,13 @@ export class AdapterSlots {
    */
   private readonly retired = new Set<number>();
   private readonly freeSlots: number[];
-  /** Bumped on every write into a slot, so copies of its old contents can tell they are stale. */
+  /** Bumped on every change of a slot's adapter, so copies of its old contents can tell they are stale. */
   private readonly generations: number[];
-  /** Per slot: the rank of the adapter it holds (0 when empty). */
-  private readonly ranks: number[];
-  private readonly rankAxes = new Map<string, number>();
-  /** Per graph input name of the other families: the slots' values, slot 0 first. */
-  readonly familyBuffers = new Map<string, LoraBuffer>();
-  readonly familyInputs = new Map<string, FamilyInput>();
-  /** Per slot: the bottleneck width of its adapter (0 for other families). */
-  private readonly bottleneckWidths: number[];
-  /** Per slot: whether its adapter sets any fixed-width input (IA3, DoRA, bottleneck adapters). */
-  private readonly fixedInUse: boolean[];
-  private readonly prompts: SlotPrompt[];
+  /**
+   * Per slot: its adapter, in the layout built before it got here (shared with the host cache, never written),
+   * or null for slot 0 and empty slots, which read as identity.
+   */
+  private readonly contents: (SlotReadyAdapter | null)[];
 
   constructor(
     private readonly config: LlamaConfig,
@@ -64,22 +68,14 @@ export class AdapterSlots {
     const aInputs = new Set(Object.values(slotLayouts(config)).map((layout) => layout.a));
     for (let l = 0; l < config.numLayers; l++) {
       for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [LoraInputName, (l: number) => string][]) {
-        const size = elementCount(shapes[key]);
-        this.buffers.set(nameOf(l), { data: new Float32Array((capacity + 1) * size), shape: shapes[key], size });
-        this.rankAxes.set(nameOf(l), aInputs.has(key) ? RANK_AXIS.a : RANK_AXIS.b);
+        const rankAxis = aInputs.has(key) ? RANK_AXIS.a : RANK_AXIS.b;
+        this.loraInputs.set(nameOf(l), { shape: shapes[key], size: elementCount(shapes[key]), rankAxis });
       }
     }
-    for (const [name, { shape, ...input }] of familyInputShapes(config, rank)) {
-      const size = elementCount(shape);
-      this.familyBuffers.set(name, { data: new Float32Array((capacity + 1) * size).fill(input.identity), shape, size });
-      this.familyInputs.set(name, input);
-    }
-    this.bottleneckWidths = new Array(capacity + 1).fill(0);
-    this.fixedInUse = new Array(capacity + 1).fill(false);
-    this.prompts = new Array(capacity + 1).fill(NO_PROMPT);
+    for (const [name, input] of familyInputShapes(config, rank)) this.familyInputs.set(name, { ...input, size: elementCount(input.shape) });
+    this.contents = new Array(capacity + 1).fill(null);
     this.freeSlots = Array.from({ length: capacity }, (_, i) => capacity - i);
     this.generations = new Array(capacity + 1).fill(0);
-    this.ranks = new Array(capacity + 1).fill(0);
     this.holders = new Array(capacity + 1).fill(0);
   }
 
@@ -87,62 +83,52 @@ export class AdapterSlots {
     return [...this.residents.keys()];
   }
 
+  /** Bytes of the adapters the slots hold (the same arrays the host cache may also hold). */
   get bytes(): number {
-    let total = 0;
-    for (const { data } of [...this.buffers.values(), ...this.familyBuffers.values()]) total += data.byteLength;
-    return total;
+    return this.contents.reduce((total, adapter) => total + (adapter?.byteSize ?? 0), 0);
   }
 
   generation(slot: number): number {
     return this.generations[slot];
   }
 
-  /** The rank of the adapter in a slot (0 for slot 0 and empty slots). */
+  /** The rank of the adapter in a slot (0 for slot 0, empty slots and families other than LoRA and DoRA). */
   rankOf(slot: number): number {
-    return this.ranks[slot];
+    return this.contents[slot]?.loraRank ?? 0;
   }
 
   /** The bottleneck width of the adapter in a slot (0 for slot 0, empty slots and other families). */
   bottleneckWidthOf(slot: number): number {
-    return this.bottleneckWidths[slot];
+    return this.contents[slot]?.bottleneckWidth ?? 0;
   }
 
   /** Whether the adapter in a slot sets scales or biases (IA3, DoRA, bottleneck adapters). */
   usesFixedInputs(slot: number): boolean {
-    return this.fixedInUse[slot];
+    return this.contents[slot]?.usesFixedInputs ?? false;
   }
 
   /** The virtual tokens of the adapter in a slot: soft prompt or prefix (none for other families). */
   promptOf(slot: number): SlotPrompt {
-    return this.prompts[slot];
+    return this.contents[slot]?.prompt ?? NO_PROMPT;
   }
 
   /** One row's shape of a bottleneck input at `width`, or of a fixed input. */
   familyShapeAt(name: string, width: number): number[] {
-    const { axis } = this.familyInputs.get(name)!;
-    return this.familyBuffers.get(name)!.shape.map((dim, i) => (i === axis ? width : dim));
+    const { axis, shape } = this.familyInputs.get(name)!;
+    return shape.map((dim, i) => (i === axis ? width : dim));
   }
 
   /** Copies a slot's block of a family input into `target` at `offset`, bottleneck inputs laid out for `width`. */
   copyFamilyInput(name: string, slot: number, width: number, target: Float32Array, offset: number): void {
-    const { data, shape, size } = this.familyBuffers.get(name)!;
-    const { axis } = this.familyInputs.get(name)!;
-    const from = slot * size;
-    if (axis === undefined || width === this.rank) {
-      target.set(data.subarray(from, from + size), offset);
-      return;
-    }
-    const inner = elementCount(shape.slice(axis + 1));
-    for (let block = 0; block < size / (this.rank * inner); block++) {
-      const start = from + block * this.rank * inner;
-      target.set(data.subarray(start, start + width * inner), offset + block * width * inner);
-    }
+    const { shape, size, axis, identity } = this.familyInputs.get(name)!;
+    const inner = axis === undefined ? 0 : elementCount(shape.slice(axis + 1));
+    copyBlock(this.contents[slot]?.blocks.get(name), size, axis === undefined ? this.rank : width, this.rank, inner, identity, target, offset);
   }
 
-  /** One adapter's shape of a LoRA graph input when laid out for `rank` (at most the slot rank). */
+  /** One adapter's shape of a LoRA graph input when laid out for `rank`. */
   shapeAt(name: string, rank: number): number[] {
-    const axis = this.rankAxes.get(name)!;
-    return this.buffers.get(name)!.shape.map((dim, i) => (i === axis ? rank : dim));
+    const { shape, rankAxis } = this.loraInputs.get(name)!;
+    return shape.map((dim, i) => (i === rankAxis ? rank : dim));
   }
 
   /**
@@ -150,18 +136,9 @@ export class AdapterSlots {
    * `rank` entries along the rank axis (the rest are the zero padding up to the slot rank).
    */
   copyAtRank(name: string, slot: number, rank: number, target: Float32Array, offset: number): void {
-    const { data, shape, size } = this.buffers.get(name)!;
-    const from = slot * size;
-    if (rank === this.rank) {
-      target.set(data.subarray(from, from + size), offset);
-      return;
-    }
+    const { shape, size, rankAxis } = this.loraInputs.get(name)!;
     // Floats per step along the rank axis: 1 for A (rank last), the block width for B.
-    const inner = elementCount(shape.slice(this.rankAxes.get(name)! + 1));
-    for (let block = 0; block < size / (this.rank * inner); block++) {
-      const start = from + block * this.rank * inner;
-      target.set(data.subarray(start, start + rank * inner), offset + block * rank * inner);
-    }
+    copyBlock(this.contents[slot]?.blocks.get(name), size, rank, this.rank, elementCount(shape.slice(rankAxis + 1)), 0, target, offset);
   }
 
   /** Holds the slot of `key` for one more running sequence if the adapter is resident; else undefined. */
@@ -175,7 +152,7 @@ export class AdapterSlots {
   }
 
   /**
-   * Copies a non-resident adapter, already laid out for a slot, into a free slot, or into the least recently used
+   * Puts a non-resident adapter, already laid out for a slot, into a free slot, or into the least recently used
    * slot nobody holds, and holds it for one running sequence. Returns null when every slot is held (try again
    * after a sequence finishes). `onEvict` names the adapter whose slot was reused. Call only between graph runs.
    */
@@ -190,7 +167,9 @@ export class AdapterSlots {
       slot = victim[1];
       onEvict?.(victim[0]);
     }
-    this.write(slot, adapter);
+    // The slot takes the layout itself: placing an adapter copies nothing.
+    this.contents[slot] = adapter;
+    this.generations[slot]++;
     this.residents.set(key, slot);
     this.holders[slot] = 1;
     return slot;
@@ -220,39 +199,37 @@ export class AdapterSlots {
   }
 
   private free(slot: number): void {
-    this.clear(slot);
+    this.contents[slot] = null;
+    this.generations[slot]++;
     this.freeSlots.push(slot);
-  }
-
-  /** Copies a laid-out adapter into a slot: its blocks, and identity where it has none. */
-  private write(slot: number, adapter: SlotReadyAdapter): void {
-    this.generations[slot]++;
-    this.ranks[slot] = adapter.loraRank;
-    this.bottleneckWidths[slot] = adapter.bottleneckWidth;
-    this.fixedInUse[slot] = adapter.usesFixedInputs;
-    this.prompts[slot] = adapter.prompt;
-    for (const [name, { data, size }] of this.buffers) copyOrFill(data, slot * size, size, adapter.blocks.get(name), 0);
-    for (const [name, { data, size }] of this.familyBuffers) {
-      copyOrFill(data, slot * size, size, adapter.blocks.get(name), this.familyInputs.get(name)!.identity);
-    }
-  }
-
-  private clear(slot: number): void {
-    this.generations[slot]++;
-    this.ranks[slot] = 0;
-    this.bottleneckWidths[slot] = 0;
-    this.fixedInUse[slot] = false;
-    this.prompts[slot] = NO_PROMPT;
-    for (const { data, size } of this.buffers.values()) {
-      data.fill(0, slot * size, (slot + 1) * size);
-    }
-    for (const [name, { data, size }] of this.familyBuffers) {
-      data.fill(this.familyInputs.get(name)!.identity, slot * size, (slot + 1) * size);
-    }
   }
 }
 
-function copyOrFill(target: Float32Array, offset: number, size: number, block: Float32Array | undefined, identity: number): void {
-  if (block) target.set(block, offset);
-  else target.fill(identity, offset, offset + size);
+/**
+ * Copies a slot block (`size` floats laid out for `slotWidth` along an axis with `inner` floats per step; `inner`
+ * 0: no such axis) into `target` at `offset`, laid out for `width`; an absent block reads as `identity`.
+ */
+function copyBlock(
+  block: Float32Array | undefined,
+  size: number,
+  width: number,
+  slotWidth: number,
+  inner: number,
+  identity: number,
+  target: Float32Array,
+  offset: number,
+): void {
+  const length = inner === 0 ? size : (size / slotWidth) * width;
+  if (!block) {
+    target.fill(identity, offset, offset + length);
+    return;
+  }
+  if (inner === 0 || width === slotWidth) {
+    target.set(block, offset);
+    return;
+  }
+  for (let b = 0; b < size / (slotWidth * inner); b++) {
+    const start = b * slotWidth * inner;
+    target.set(block.subarray(start, start + width * inner), offset + b * width * inner);
+  }
 }

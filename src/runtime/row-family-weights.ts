@@ -48,9 +48,9 @@ export class RowFamilyWeights {
     readonly maxRows: number,
   ) {
     this.sources = new Array<RowSource>(maxRows).fill(UNSET);
-    for (const [block, family] of slots.familyInputs) {
+    for (const [block, { group, identity, axis }] of slots.familyInputs) {
       const { input } = familyGraphInput(block);
-      if (!this.inputs.has(input)) this.inputs.set(input, { ...family, blocks: [] });
+      if (!this.inputs.has(input)) this.inputs.set(input, { group, identity, axis, blocks: [] });
       this.inputs.get(input)!.blocks.push(block);
     }
     for (const [name, { group, identity, blocks }] of this.inputs) {
