@@ -6,12 +6,14 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile, stat, truncate, utimes, writeFile } from 'node:fs/promises';
+import { readFile, rename, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { bottleneckAdapterFiles, randomBottleneckAdapter } from '../src/adapters/bottleneck-writer.ts';
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { ia3AdapterFiles, promptLearningAdapterFiles, randomIa3Adapter, randomPromptLearningAdapter } from '../src/adapters/peft-writers.ts';
-import { runInference } from '../src/gateway/inference.ts';
+import { runInference, type InferenceRequest } from '../src/gateway/inference.ts';
+import type { Principal } from '../src/gateway/auth.ts';
+import type { ResolvedModel } from '../src/gateway/model-resolver.ts';
 import type { ApiError } from '../src/gateway/errors.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
@@ -148,6 +150,21 @@ test('a gateway starting on a store lists every family from the manifests withou
   }
 });
 
+/** A completion request for `model` as the HTTP layer hands it to runInference. */
+function completionRequest(principal: Principal, model: ResolvedModel, responseId: string): InferenceRequest {
+  return {
+    principal,
+    model,
+    operation: 'text_completion',
+    responseId,
+    promptIds: [1, 403, 407],
+    promptParam: 'prompt',
+    sampling: { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 },
+    maxTokens: 4,
+    stop: [],
+  };
+}
+
 test('a version deleted after a request resolved it, before its files were read, answers 404 and counts nothing altered', async () => {
   const record = await publish('deleted-meanwhile', 3);
   const principal = gateway.services.authenticator.authenticate(`Bearer ${KEYS.acme}`)!;
@@ -156,21 +173,32 @@ test('a version deleted after a request resolved it, before its files were read,
   await gateway.services.store.remove('acme', 'deleted-meanwhile', record.version);
   const warningsBefore = warnings().length;
   const alteredBefore = await alteredCount('adapter_model.safetensors');
-  const request = {
-    principal,
-    model,
-    operation: 'text_completion' as const,
-    responseId: 'cmpl-deleted-meanwhile',
-    promptIds: [1, 403, 407],
-    promptParam: 'prompt',
-    sampling: { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 },
-    maxTokens: 4,
-    stop: [],
-  };
-  await assert.rejects(runInference(gateway.services, request), (error: ApiError) => {
+  await assert.rejects(runInference(gateway.services, completionRequest(principal, model, 'cmpl-deleted-meanwhile')), (error: ApiError) => {
     assert.deepEqual([error.status, error.code], [404, 'model_not_found']);
     return true;
   });
   assert.equal(warnings().length, warningsBefore, 'a deleted version is not an altered file');
   assert.equal(await alteredCount('adapter_model.safetensors'), alteredBefore);
+});
+
+test('a version read while a delete has moved its directory out but the store still lists it answers 404, as an unknown adapter', async () => {
+  const record = await publish('deleted-midway', 4);
+  const principal = gateway.services.authenticator.authenticate(`Bearer ${KEYS.acme}`)!;
+  const model = await gateway.services.models.resolve(principal, `${BASE_MODEL}+acme/deleted-midway`);
+  // A delete's first step, alone: the directory moves out; the store forgets the version only after that.
+  await rename(record.path, `${record.path}.moved-out`);
+  try {
+    assert.ok(gateway.services.store.resolve('acme', 'deleted-midway', record.version), 'the store still lists the version');
+    const warningsBefore = warnings().length;
+    await assert.rejects(runInference(gateway.services, completionRequest(principal, model, 'cmpl-deleted-midway')), (error: ApiError) => {
+      assert.deepEqual([error.status, error.type, error.code, error.param], [404, 'invalid_request_error', 'model_not_found', 'model']);
+      return true;
+    });
+    assert.equal(warnings().length, warningsBefore, 'a deleted version is not an altered file');
+    const answer = await status(model.id);
+    const unknown = await status(`${BASE_MODEL}+acme/never-published`);
+    assert.deepEqual([answer.status, answer.error?.type, answer.error?.code], [unknown.status, unknown.error?.type, unknown.error?.code]);
+  } finally {
+    await rename(`${record.path}.moved-out`, record.path);
+  }
 });

@@ -16,6 +16,7 @@ import type { AdapterPublishedMessage } from '../src/training/service/gateway-li
 import { JobStore } from '../src/training/jobs/job-store.ts';
 import { TrainingDir } from '../src/training/jobs/training-dir.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
+import { startGatewayProcess } from '../loadtest/gateway-process.ts';
 import { asJsonl, madeUpWordStories, startTestTrainer, trainerTestEnv, waitForJob } from './support/fine-tuning.ts';
 import { REPO_ROOT, STORIES_HF_DIR } from './support/models.ts';
 
@@ -218,23 +219,13 @@ test('a trainer killed between publishing the adapter and recording success publ
 test('npm start alone serves the fine-tuning API: the gateway runs the trainer as a child process', async () => {
   const trainingDir = join(gateway.trainingDir, '..', 'standalone-training');
   const adaptersDir = join(gateway.trainingDir, '..', 'standalone-adapters');
-  const main = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/main.ts')], {
-    cwd: REPO_ROOT,
-    env: { ...process.env, MODEL_PATH: STORIES_HF_DIR, PORT: '0', TRAINER_PORT: '0', TRAINING_DIR: trainingDir, ADAPTERS_DIR: adaptersDir, ENGINE_THREADS: '1', TRAINER_THREADS: '1', TRAINER_POLL_MS: '20' },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  const exited = new Promise((resolve) => main.once('exit', resolve));
   let log = '';
-  const url = await new Promise<string>((resolve, reject) => {
-    main.stderr!.on('data', (chunk) => {
-      log += chunk;
-      const serving = log.split('\n').map((line) => (line.startsWith('{') ? JSON.parse(line) : {})).find((entry) => entry.msg === 'serving');
-      if (serving) resolve(serving.url);
-    });
-    main.once('exit', () => reject(new Error(`npm start exited: ${log}`)));
+  const main = await startGatewayProcess({
+    env: { MODEL_PATH: STORIES_HF_DIR, TRAINER_PORT: '0', TRAINING_DIR: trainingDir, ADAPTERS_DIR: adaptersDir, ENGINE_THREADS: '1', TRAINER_THREADS: '1', TRAINER_POLL_MS: '20' },
+    onLine: (line) => (log += `${line}\n`),
   });
   try {
-    const local = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'sk-local-dev', maxRetries: 0 });
+    const local = new OpenAI({ baseURL: `${main.url}/v1`, apiKey: 'sk-local-dev', maxRetries: 0 });
     const file = await local.files.create({ file: await toFile(Buffer.from(asJsonl(madeUpWordStories(10))), 't.jsonl'), purpose: 'fine-tune' });
     const job = await local.fineTuning.jobs.create({ model: 'stories260K-hf', training_file: file.id, hyperparameters: { n_epochs: 1, batch_size: 5 } });
     const done = await waitForJob(local, job.id, finished);
@@ -242,12 +233,11 @@ test('npm start alone serves the fine-tuning API: the gateway runs the trainer a
     const chat = await local.chat.completions.create({ model: done.fine_tuned_model!, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 2 });
     assert.equal(chat.model, done.fine_tuned_model);
     // The child sidecar had the gateway load the adapter before the job said `succeeded`: the chat found it in memory.
-    const exposition = await (await fetch(`${url}/metrics`)).text();
+    const exposition = await (await fetch(`${main.url}/metrics`)).text();
     assert.match(exposition, /^gateway_adapter_cold_starts_total\{[^}]*tier="host"[^}]*\} 1$/m);
     assert.doesNotMatch(exposition, /^gateway_adapter_cold_starts_total\{[^}]*tier="disk"/m);
   } finally {
-    main.kill('SIGTERM');
-    assert.equal(await exited, 0);
+    assert.equal(await main.stop(), 0);
   }
   assert.match(log, /"msg":"trainer sidecar started as a child process"/);
 });

@@ -40,6 +40,12 @@ for (const [format, path] of [['Hugging Face', STORIES_HF_DIR], ['GGUF', STORIES
   });
 }
 
+test('with its threads sleeping between operators (ENGINE_THREAD_SPINNING=off) the runner reproduces the reference ids', async () => {
+  const runner = await ModelRunner.create(await loadBaseModel(STORIES_HF_DIR), { ...OPTIONS, threads: 2, threadSpinning: false });
+  assert.deepEqual(await greedy(runner, REFERENCE.promptIds, REFERENCE.greedyIds.length), REFERENCE.greedyIds);
+  await runner.close();
+});
+
 /** An adapter written to disk and loaded back as the runner gets it, with the spec it was written from. */
 async function makeAdapter(dir: string, base: BaseModel, rank: number, targets: LoraTargetModule[], seed: number, alpha: number) {
   const spec = randomLoraAdapter(base.config, { rank, targetModules: targets, seed, std: 0.15, alpha });

@@ -10,6 +10,7 @@ import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer
 import { randomBaseModel } from '../src/model/random-model.ts';
 import { createRng, randomNormal } from '../src/engine/random.ts';
 import { LORA_TARGET_MODULES } from '../src/model/types.ts';
+import { projectionDims } from '../src/adapters/lora.ts';
 import { TrainingModel } from '../src/training/training-model.ts';
 import { packBatch } from '../src/training/batches.ts';
 import { STORIES_HF_DIR } from './support/models.ts';
@@ -88,4 +89,31 @@ test('gradients of the whole decoder (every LoRA matrix, with dropout and paddin
   }
   for (let trial = 0; trial < 3; trial++) await directional(Float32Array.from(parameters, () => randomNormal(rng)));
   await training.close();
+});
+
+test('a backward walk over saved base-projection outputs gives the gradients of a full recomputation', async () => {
+  const model = randomBaseModel(TINY, 12, 0.4);
+  const settings = { rank: 2, alpha: 4, targetModules: ALL, dropout: 0.2, threads: 1, layerTokens: 7 };
+  const rng = createRng(6);
+  const sequence = (length: number) => ({ tokens: Int32Array.from({ length }, () => Math.floor(rng() * TINY.vocabSize)), lossMask: Uint8Array.from({ length }, (_, i) => (i > 0 ? 1 : 0)) });
+  const batch = packBatch([sequence(6), sequence(5), sequence(6)], 1 / 15);
+  const perLayer = batch.rows * batch.tokens * ALL.reduce((sum, m) => sum + projectionDims(TINY, m).outFeatures, 0) * 4;
+  const gradientsWith = async (savedActivationBytes: number) => {
+    const training = await TrainingModel.create(model, { ...settings, savedActivationBytes });
+    const p = Float32Array.from({ length: training.layout.size }, (_, i) => 0.3 * Math.sin(i));
+    const gradient = new Float32Array(p.length);
+    const loss = await training.lossAndGradients(batch, p, gradient, training.dropoutSeeds(7));
+    await training.close();
+    return { loss, gradient };
+  };
+  const recomputed = await gradientsWith(0);
+  assert.ok(recomputed.gradient.some((g) => g !== 0));
+  // Every layer saved, and only the first of them (the rest recomputed).
+  for (const budget of [perLayer * TINY.numLayers, perLayer]) {
+    const { loss, gradient } = await gradientsWith(budget);
+    assert.ok(Math.abs(loss - recomputed.loss) <= 1e-6 * Math.abs(recomputed.loss), `loss ${loss} against ${recomputed.loss}`);
+    const worst = gradient.reduce((max, g, i) => Math.max(max, Math.abs(g - recomputed.gradient[i])), 0);
+    const scale = recomputed.gradient.reduce((max, g) => Math.max(max, Math.abs(g)), 0);
+    assert.ok(worst <= 1e-5 * scale, `gradients differ by ${worst} (largest ${scale}) with ${budget} bytes saved`);
+  }
 });

@@ -11,7 +11,7 @@ import { configFromHuggingFace } from '../../src/model/config.ts';
 import { parseScrape, type Scrape } from '../../tests/support/exposition.ts';
 import { zipfSampler } from '../zipf.ts';
 import { AdapterCatalog } from './adapter-catalog.ts';
-import { startGatewayProcess, type GatewayProcess } from './gateway-process.ts';
+import { startGatewayProcess, type GatewayProcess, type LogRecord } from '../gateway-process.ts';
 import { sendRequest, streamCompletion, type StreamOutcome } from './http-client.ts';
 import { checkReport, type SoakReport } from './report.ts';
 import { SoloReference } from './solo-reference.ts';
@@ -65,8 +65,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     try {
       return await soak(options, dir, gateway);
     } finally {
-      gateway.signal('SIGKILL');
-      await gateway.exited;
+      await gateway.kill();
     }
   } finally {
     log('done');
@@ -74,7 +73,15 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
   }
 }
 
-async function startGateway(options: SoakOptions, dir: string): Promise<GatewayProcess> {
+/** The gateway under soak, with what it logged that a clean run never logs. */
+interface SoakGateway extends GatewayProcess {
+  /** The warn and error lines it logged so far, and any stray stderr; info lines (one per request) are dropped. */
+  readonly problems: LogRecord[];
+  /** Resolves once the process wrote a line saying it began shutting down on `name` (src/shutdown-on-signals.ts). */
+  shutdownBegan(name: NodeJS.Signals): Promise<void>;
+}
+
+async function startGateway(options: SoakOptions, dir: string): Promise<SoakGateway> {
   const configPath = join(dir, 'gateway.json');
   const limits = (concurrent: number) => ({ max_concurrent_requests: concurrent, tokens_per_minute: 1_000_000_000 });
   await writeFile(
@@ -87,23 +94,35 @@ async function startGateway(options: SoakOptions, dir: string): Promise<GatewayP
       },
     }),
   );
-  return startGatewayProcess({
-    MODEL_PATH: options.modelDir,
-    ADAPTERS_DIR: join(dir, 'adapters'),
-    TRAINING_DIR: join(dir, 'training'),
-    GATEWAY_CONFIG: configPath,
-    MAX_BATCH_SIZE: String(options.maxBatch),
-    MAX_QUEUE: String(options.maxBatch),
-    ADAPTER_SLOTS: '4',
-    MAX_LORA_RANK: String(MAX_LORA_RANK),
-    // Smaller than the adapters together, so the long tail is read from disk again and again.
-    HOST_CACHE_BYTES: '1MiB',
-    ENGINE_THREADS: '1',
-    SHUTDOWN_GRACE_SECONDS: '60',
+  const problems: LogRecord[] = [];
+  const shutdownLines = new Map<string, () => void>();
+  const gateway = await startGatewayProcess({
+    env: {
+      TRAINER: 'external',
+      LOG_LEVEL: 'info',
+      MODEL_PATH: options.modelDir,
+      ADAPTERS_DIR: join(dir, 'adapters'),
+      TRAINING_DIR: join(dir, 'training'),
+      GATEWAY_CONFIG: configPath,
+      MAX_BATCH_SIZE: String(options.maxBatch),
+      MAX_QUEUE: String(options.maxBatch),
+      ADAPTER_SLOTS: '4',
+      MAX_LORA_RANK: String(MAX_LORA_RANK),
+      // Smaller than the adapters together, so the long tail is read from disk again and again.
+      HOST_CACHE_BYTES: '1MiB',
+      ENGINE_THREADS: '1',
+      SHUTDOWN_GRACE_SECONDS: '60',
+    },
+    onLine: (line, record) => {
+      if (record && (record.level === 'warn' || record.level === 'error')) problems.push(record);
+      else if (!record && /^SIG(TERM|INT): /.test(line)) shutdownLines.get(line.split(':')[0])?.();
+      else if (!record && line.trim() !== '') problems.push({ level: 'stderr', msg: line });
+    },
   });
+  return { ...gateway, problems, shutdownBegan: (name) => new Promise((resolve) => shutdownLines.set(name, resolve)) };
 }
 
-async function soak(options: SoakOptions, dir: string, gateway: GatewayProcess): Promise<SoakReport> {
+async function soak(options: SoakOptions, dir: string, gateway: SoakGateway): Promise<SoakReport> {
   const { log } = options;
   const base = configFromHuggingFace(JSON.parse(await readFile(join(options.modelDir, 'config.json'), 'utf8')));
   const baseModel = await baseModelName(gateway.url);
@@ -292,7 +311,7 @@ async function settle<T>(read: () => Promise<T>, settled: (value: T) => boolean)
  * chunk, then signals SIGTERM: each must still end with its terminal event, a new request must be refused, and the
  * process must exit 0.
  */
-async function sigtermWithStreamsInFlight(gateway: GatewayProcess, baseModel: string, rows: number): Promise<SoakReport['shutdown']> {
+async function sigtermWithStreamsInFlight(gateway: SoakGateway, baseModel: string, rows: number): Promise<SoakReport['shutdown']> {
   const body = { model: baseModel, prompt: PROMPTS[0], max_tokens: 64, temperature: 0 };
   const firstChunks: Promise<void>[] = [];
   const streams: Promise<StreamOutcome>[] = [];

@@ -1,6 +1,7 @@
 /**
  * Only the LoRA floor section of the benchmark (bench-lora-floor.ts), for trying formulations:
- *   npm run bench:lora-floor [-- --json] [--trials N]
+ *   npm run bench:lora-floor [-- --json] [--trials N] [--spinning on|off]
+ * `--spinning` is the engine's ENGINE_THREAD_SPINNING for the run (default on, the engine's default).
  */
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
@@ -9,7 +10,8 @@ import { measureLoraFloor } from './bench-lora-floor.ts';
 import { ensureAdapters, LORA_RANK, log, printReport, runBenchCommand } from './bench-workloads.ts';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '30' } } });
+  const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '30' }, spinning: { type: 'string', default: 'on' } } });
+  if (values.spinning !== 'on' && values.spinning !== 'off') throw new Error(`--spinning must be on or off, got "${values.spinning}"`);
   await ensureBenchModel(BENCH_MODEL_DIR, log);
   // The same adapters `npm run bench` uses for its adapter sections.
   const adapters = await ensureAdapters();
@@ -18,6 +20,7 @@ async function main(): Promise<void> {
     adapterPaths: adapters.map((a) => a.path),
     rank: LORA_RANK,
     threads: availableParallelism(),
+    threadSpinning: values.spinning === 'on',
     trials: Number(values.trials),
     log,
   });

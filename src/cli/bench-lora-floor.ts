@@ -47,6 +47,8 @@ export interface LoraFloorOptions {
   adapterPaths: string[];
   rank: number;
   threads: number;
+  /** Whether the decoder's idle threads spin between operators (RunnerOptions.threadSpinning); default true. */
+  threadSpinning?: boolean;
   trials: number;
   log: (message: string) => void;
 }
@@ -62,7 +64,9 @@ type Mix = 'distinct' | 'zipf';
 export async function measureLoraFloor(options: LoraFloorOptions) {
   const model = await loadBaseModel(options.modelPath);
   const c = model.config;
-  const runner = await ModelRunner.create(model, { maxBatch: ROWS, adapterSlots: ROWS, maxLoraRank: options.rank, maxPositions: 256, threads: options.threads });
+  const runner = await ModelRunner.create(model, { maxBatch: ROWS, adapterSlots: ROWS, maxLoraRank: options.rank, maxPositions: 256, threads: options.threads, threadSpinning: options.threadSpinning });
+  // The probes keep onnxruntime's default threads whatever the decoder's: one large operator each, which no
+  // wake-up between operators slows, so the floor is never made easier to reach.
   const probes = await bandwidthProbes(options.threads);
   const gemm = await gemmProbe(options.threads);
   try {
@@ -130,6 +134,7 @@ export async function measureLoraFloor(options: LoraFloorOptions) {
     return {
       rows: ROWS,
       rank: options.rank,
+      thread_spinning: options.threadSpinning !== false,
       trials: options.trials,
       read_bandwidth_gb_per_s: round(median(trials.map((t) => gbPerS(bestProbe(t, 'ms'))))),
       probe_gb_per_s: Object.fromEntries(Object.keys(probes).map((name) => [name, round(median(trials.map((t) => gbPerS(t.probes[name].ms))))])),

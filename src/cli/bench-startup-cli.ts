@@ -1,6 +1,7 @@
 /**
  * Only the start-up section of the benchmark (bench-startup.ts):
- *   npm run bench:startup [-- --json] [--trials N]
+ *   npm run bench:startup [-- --json] [--trials N] [--only store]
+ * `--only store` skips the engine's starts and measures what stored adapters add to the adapter store's start.
  */
 import { parseArgs } from 'node:util';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
@@ -8,13 +9,18 @@ import { measureStartup } from './bench-startup.ts';
 import { BENCH_DIR, benchEngineOptions, log, printReport, runBenchCommand } from './bench-workloads.ts';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' } } });
-  await ensureBenchModel(BENCH_MODEL_DIR, log);
+  const { values } = parseArgs({
+    options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' }, only: { type: 'string' } },
+  });
+  if (values.only !== undefined && values.only !== 'store') throw new Error(`--only: expected "store", got ${JSON.stringify(values.only)}`);
+  const storeOnly = values.only === 'store';
+  if (!storeOnly) await ensureBenchModel(BENCH_MODEL_DIR, log);
   const report = await measureStartup({
     engineOptions: benchEngineOptions(),
     benchDir: BENCH_DIR,
     trials: Number(values.trials),
     log,
+    storeOnly,
   });
   printReport(report, values.json);
 }

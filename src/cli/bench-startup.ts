@@ -26,6 +26,8 @@ export interface StartupBenchOptions {
   benchDir: string;
   trials: number;
   log: (message: string) => void;
+  /** Only the adapter store's part, without the engine's starts: a short run that fits a quiet window. */
+  storeOnly?: boolean;
 }
 
 /**
@@ -105,12 +107,16 @@ export async function measureStartup(options: StartupBenchOptions) {
   await ensureLargeStore(large, STORED_ADAPTERS, log);
   await mkdir(empty, { recursive: true });
 
-  log(`start-up: engine ready on the benchmark model, cold and warm compiled-model cache; listing ${STORED_ADAPTERS} stored adapters against none, interleaved ...`);
+  const engine = options.storeOnly ? '' : 'engine ready on the benchmark model, cold and warm compiled-model cache; ';
+  log(`start-up: ${engine}listing ${STORED_ADAPTERS} stored adapters against none, interleaved ...`);
   const cold: EngineStart[] = [];
   const warm: EngineStart[] = [];
   const emptyStore: number[] = [];
   const largeStore: number[] = [];
   for (let i = 0; i < trials; i++) {
+    emptyStore.push(await storeStartSeconds(empty, 0));
+    largeStore.push(await storeStartSeconds(large, STORED_ADAPTERS));
+    if (options.storeOnly) continue;
     const cacheDir = await mkdtemp(join(benchDir, 'model-cache-'));
     try {
       cold.push(await engineStart({ ...options.engineOptions, compiledModelCacheDir: cacheDir }));
@@ -119,13 +125,18 @@ export async function measureStartup(options: StartupBenchOptions) {
       await rm(cacheDir, { recursive: true, force: true });
     }
     if (cold.at(-1)!.cached || !warm.at(-1)!.cached) throw new Error('the cold start must compile and the warm start must read the cache');
-    emptyStore.push(await storeStartSeconds(empty, 0));
-    largeStore.push(await storeStartSeconds(large, STORED_ADAPTERS));
   }
   const added = largeStore.map((seconds, i) => seconds - emptyStore[i]);
+  const store = {
+    stored_adapters: STORED_ADAPTERS,
+    store_start_s_empty_runs: emptyStore.map((s) => round(s, 3)),
+    store_start_s_with_stored_adapters_runs: largeStore.map((s) => round(s, 2)),
+    startup_added_by_stored_adapters_s: round(median(added), 2),
+    startup_added_by_stored_adapters_s_runs: added.map((s) => round(s, 2)),
+  };
+  if (options.storeOnly) return store;
   const ratios = warm.map((w, i) => w.seconds / cold[i].seconds);
   return {
-    stored_adapters: STORED_ADAPTERS,
     engine_ready_s_cold_cache: round(median(cold.map((c) => c.seconds)), 2),
     engine_ready_s_warm_cache: round(median(warm.map((w) => w.seconds)), 2),
     engine_ready_warm_over_cold: round(median(ratios), 2),
@@ -135,9 +146,6 @@ export async function measureStartup(options: StartupBenchOptions) {
     // The parts of the last trial's starts, in milliseconds (the rest of `seconds` is the worker's own start).
     engine_parts_ms_cold_cache: cold.at(-1)!.parts,
     engine_parts_ms_warm_cache: warm.at(-1)!.parts,
-    store_start_s_empty_runs: emptyStore.map((s) => round(s, 3)),
-    store_start_s_with_stored_adapters_runs: largeStore.map((s) => round(s, 2)),
-    startup_added_by_stored_adapters_s: round(median(added), 2),
-    startup_added_by_stored_adapters_s_runs: added.map((s) => round(s, 2)),
+    ...store,
   };
 }

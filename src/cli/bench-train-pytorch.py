@@ -10,6 +10,7 @@ checkpoint. Prints one JSON line: tokens/s over the measured steps and the proce
 import argparse
 import json
 import math
+import os
 import resource
 import struct
 import time
@@ -150,7 +151,16 @@ def main():
         "tokensPerSecond": args.rows * args.tokens * args.steps / seconds,
         "peakRssBytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "torch": torch.__version__,
+        "blas": loaded_blas(),
     }))
+
+
+def loaded_blas():
+    """The BLAS library this process runs its matmuls with: Debian's torch takes whichever libblas.so.3 the
+    system's alternatives select, and the reference implementation is about ten times slower than OpenBLAS."""
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "blas" in line or "mkl" in line}
+    return sorted(os.path.realpath(path) for path in paths if path.startswith("/"))
 
 
 if __name__ == "__main__":

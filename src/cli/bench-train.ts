@@ -15,6 +15,7 @@ import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { loadBaseModel } from '../model/load.ts';
 import { LORA_TARGET_MODULES } from '../model/types.ts';
 import { DEFAULT_LORA_TRAINING_CONFIG, trainLora, type TrainingSequence } from '../training/lora-trainer.ts';
+import { median } from './bench-stats.ts';
 
 const run = promisify(execFile);
 const log = (message: string) => process.stderr.write(`${message}\n`);
@@ -39,7 +40,12 @@ const CASES: Record<string, BenchCase> = {
 interface Measurement {
   tokensPerSecond: number;
   peakRssBytes: number;
+  /** PyTorch's side: the BLAS libraries its process loaded. */
+  blas?: string[];
 }
+
+/** Debian's reference BLAS (libblas3), which python3-torch falls back to when no optimised BLAS is installed. */
+const REFERENCE_BLAS = /\/blas\/libblas\.so/;
 
 /** This engine, in this process (a child of the benchmark): one warm-up step, then `steps` timed steps. */
 async function measureEngine(bench: BenchCase, steps: number, threads: number): Promise<Measurement> {
@@ -86,7 +92,6 @@ async function pytorchAvailable(): Promise<string | null> {
   }
 }
 
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 const spread = (values: number[]) => [Math.min(...values), Math.max(...values)];
 
 async function main(): Promise<void> {
@@ -128,6 +133,10 @@ async function main(): Promise<void> {
       }
       log(`${bench.name}, trial ${trial + 1}: engine ${ours.at(-1)!.tokensPerSecond.toFixed(0)} tokens/s` + (torchVersion ? `, PyTorch ${theirs.at(-1)!.tokensPerSecond.toFixed(0)} tokens/s` : ''));
     }
+    const blas = theirs[0]?.blas ?? [];
+    if (blas.some((path) => REFERENCE_BLAS.test(path))) {
+      log(`PyTorch runs on the reference BLAS (${blas.join(', ')}), which makes it about ten times slower: apt-get install libopenblas0-pthread for a fair anchor`);
+    }
     const throughputRatios = theirs.map((t, i) => ours[i].tokensPerSecond / t.tokensPerSecond);
     const memoryRatios = theirs.map((t, i) => ours[i].peakRssBytes / t.peakRssBytes);
     report[key] = {
@@ -135,7 +144,7 @@ async function main(): Promise<void> {
       engine: { tokensPerSecond: median(ours.map((m) => m.tokensPerSecond)), peakRssMiB: median(ours.map((m) => m.peakRssBytes)) / 2 ** 20 },
       ...(torchVersion
         ? {
-            pytorch: { tokensPerSecond: median(theirs.map((m) => m.tokensPerSecond)), peakRssMiB: median(theirs.map((m) => m.peakRssBytes)) / 2 ** 20 },
+            pytorch: { tokensPerSecond: median(theirs.map((m) => m.tokensPerSecond)), peakRssMiB: median(theirs.map((m) => m.peakRssBytes)) / 2 ** 20, blas },
             throughputRatio: { median: median(throughputRatios), spread: spread(throughputRatios) },
             memoryRatio: { median: median(memoryRatios), spread: spread(memoryRatios) },
           }
@@ -147,11 +156,11 @@ async function main(): Promise<void> {
     return;
   }
   for (const key of values.cases.split(',')) {
-    const r = report[key] as { case: string; engine: { tokensPerSecond: number; peakRssMiB: number }; pytorch?: { tokensPerSecond: number; peakRssMiB: number }; throughputRatio?: { median: number; spread: number[] }; memoryRatio?: { median: number; spread: number[] } };
+    const r = report[key] as { case: string; engine: { tokensPerSecond: number; peakRssMiB: number }; pytorch?: { tokensPerSecond: number; peakRssMiB: number; blas: string[] }; throughputRatio?: { median: number; spread: number[] }; memoryRatio?: { median: number; spread: number[] } };
     console.log(`${r.case}`);
     console.log(`  engine:  ${r.engine.tokensPerSecond.toFixed(0)} tokens/s, peak RSS ${r.engine.peakRssMiB.toFixed(0)} MiB`);
     if (r.pytorch && r.throughputRatio && r.memoryRatio) {
-      console.log(`  PyTorch: ${r.pytorch.tokensPerSecond.toFixed(0)} tokens/s, peak RSS ${r.pytorch.peakRssMiB.toFixed(0)} MiB (torch ${torchVersion})`);
+      console.log(`  PyTorch: ${r.pytorch.tokensPerSecond.toFixed(0)} tokens/s, peak RSS ${r.pytorch.peakRssMiB.toFixed(0)} MiB (torch ${torchVersion}, BLAS ${r.pytorch.blas.join(', ') || 'unknown'})`);
       console.log(`  throughput engine/PyTorch ${r.throughputRatio.median.toFixed(2)}x (spread ${r.throughputRatio.spread.map((v) => v.toFixed(2)).join('–')}), memory ${r.memoryRatio.median.toFixed(2)}x (spread ${r.memoryRatio.spread.map((v) => v.toFixed(2)).join('–')})`);
     }
   }

@@ -31,6 +31,8 @@ export interface EngineOptions {
    */
   prefillTokenBudget?: number;
   threads?: number;
+  /** Whether idle engine threads spin between operators (RunnerOptions.threadSpinning); default true. */
+  threadSpinning?: boolean;
   executionProvider?: ExecutionProvider;
   /** Quantize the float projection weights on load (llama.cpp's Q8_0 or Q4_0); a quantized GGUF is served as stored. */
   quantize?: LoadQuantization;

@@ -44,6 +44,8 @@ export interface EngineSettings {
   /** Prompt tokens one engine step may prefill beside the decoding rows (stall-free batching). */
   prefillTokenBudget: number;
   threads: number;
+  /** ENGINE_THREAD_SPINNING: idle engine threads spin between operators (`on`) or sleep (`off`). */
+  threadSpinning: boolean;
   executionProvider: ExecutionProvider;
   /** On-load quantization of float projection weights (QUANTIZE); absent: served as the file stores them. */
   quantize?: LoadQuantization;
@@ -456,6 +458,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       maxQueue: envInteger(env, 'MAX_QUEUE', 256, 1, 1_000_000),
       prefillTokenBudget: envInteger(env, 'PREFILL_TOKEN_BUDGET', DEFAULT_PREFILL_TOKEN_BUDGET, 1, 65_536),
       threads: envInteger(env, 'ENGINE_THREADS', availableParallelism(), 1, 1024),
+      threadSpinning: envChoice(env, 'ENGINE_THREAD_SPINNING', ['on', 'off'] as const, 'on') === 'on',
       executionProvider: envChoice(env, 'EXECUTION_PROVIDER', ['cpu', 'cuda'] as const, 'cpu'),
       ...envQuantization(env),
       ...envModelCacheDir(env),

@@ -6,6 +6,7 @@ import { EngineError } from '../engine/engine.ts';
 import type { AdapterTier, TokenEvent } from '../engine/protocol.ts';
 import type { SamplingParams } from '../engine/sampling.ts';
 import type { GenAiOperation } from '../observability/tracing.ts';
+import { pathExists } from '../registry/store-files.ts';
 import type { TextGenerationResult } from '../serving/text-generation.ts';
 import type { Principal } from './auth.ts';
 import { ApiError, adapterUnavailable, internalError, invalidRequest, modelNotFound, overloaded, rateLimited } from './errors.ts';
@@ -156,8 +157,9 @@ export async function runInference(services: GatewayServices, request: Inference
 
 /**
  * The engine's loader could not read the adapter version the request resolved to. If the version was deleted (or
- * deleted and published again with other files) in the meantime (its files vanish, perhaps halfway through the read), the caller hears what a request a moment later
- * hears: not found.
+ * deleted and published again with other files) in the meantime, the caller hears what a request a moment later
+ * hears: not found. That includes a read that met a delete halfway: a delete moves the version's directory out
+ * before the store forgets the version, so a directory gone means deleted, whichever file the read was at.
  * Otherwise, when the files no longer match their manifest, the store checks the version again (which makes it
  * invalid and logs and counts the altered file), and the caller hears it is unavailable.
  */
@@ -172,7 +174,8 @@ async function adapterLoadFailureToApi(services: GatewayServices, request: Infer
     if (current) return current.filesTag === record.filesTag;
     return store.unavailable(record.tenant, record.adapter, record.version) !== null;
   };
-  if (!stored()) return modelNotFound(request.model.id);
+  const directoryGone = async () => !(await pathExists(record.path).catch(() => true));
+  if (!stored() || (await directoryGone())) return modelNotFound(request.model.id);
   if (error.code !== 'adapter_corrupt') return undefined;
   await store.recheck(record.tenant, record.adapter, record.version).catch(() => undefined);
   if (!stored()) return modelNotFound(request.model.id);

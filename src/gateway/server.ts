@@ -70,6 +70,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     maxQueue: settings.engine.maxQueue,
     prefillTokenBudget: settings.engine.prefillTokenBudget,
     threads: settings.engine.threads,
+    threadSpinning: settings.engine.threadSpinning,
     executionProvider: settings.engine.executionProvider,
     quantize: settings.engine.quantize,
     compiledModelCacheDir: settings.engine.compiledModelCacheDir,

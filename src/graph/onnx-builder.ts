@@ -178,14 +178,31 @@ export class OnnxGraphBuilder {
     return this.opMulti('If', [condition], whenTrue.outputs.length, { then_branch: { graph: whenTrue }, else_branch: { graph: whenFalse } });
   }
 
+  /** A subgraph's nodes; its operations leave `operations` with them, which so stays one entry per top-level node. */
   private branch(build: () => string[]): Branch {
-    const outer = this.nodes.splice(0);
+    const [outerNodes, outerOps] = [this.nodes.splice(0), this.ops.splice(0)];
     try {
       const outputs = build();
+      this.ops.splice(0);
       return { nodes: this.nodes.splice(0), outputs };
     } finally {
-      this.nodes.push(...outer);
+      this.nodes.push(...outerNodes);
+      this.ops.push(...outerOps);
     }
+  }
+
+  /**
+   * Makes a value the operations compute a graph input instead: the operation producing it is dropped, and the
+   * caller feeds the value. The training graphs use this to read activations an earlier run saved rather than
+   * computing them again.
+   */
+  feedInstead(value: string, type: ElementType, dims: Dim[]): void {
+    const index = this.ops.findIndex((op) => op.outputs.includes(value));
+    if (index < 0 || this.ops[index].outputs.length !== 1) throw new Error(`ONNX graph value "${value}" is not the only output of an operation`);
+    this.ops.splice(index, 1);
+    this.nodes.splice(index, 1);
+    this.inputs.push(valueInfo(value, type, dims));
+    this.declarations.set(value, { type, dims });
   }
 
   build(opset: { domain: string; version: number }[]): BuiltModel {

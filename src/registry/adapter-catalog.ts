@@ -152,7 +152,8 @@ export class AdapterCatalog<Summary> {
     const unchanged =
       previous?.kind === 'servable' && next.kind === 'servable' && sameFiles(previous.record.files, next.record.files);
     if (previous?.kind === 'servable' && !unchanged) this.events.emit('removed', versionRef(previous.record));
-    if (next.kind === 'servable' && !unchanged) this.events.emit('added', publicRecord(next, state));
+    // A record per version is built only for someone listening (nobody is, during a gateway's first scan).
+    if (next.kind === 'servable' && !unchanged && this.events.listenerCount('added') > 0) this.events.emit('added', publicRecord(next, state));
     if (next.kind === 'invalid' && (previous?.kind !== 'invalid' || previous.entry.error !== next.entry.error)) {
       this.events.emit('invalid', next.entry);
     }

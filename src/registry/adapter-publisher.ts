@@ -21,9 +21,10 @@ import {
   MANIFEST_FILE,
   missingRequiredFile,
   REQUIRED_FILES_TEXT,
-  fingerprintVersion,
   joinFingerprint,
   serializeManifest,
+  servedFiles,
+  statFiles,
   type Manifest,
 } from './manifest.ts';
 import { digestBytes, errorCode, ignoreMissing, pathExists, readdirIfPresent, type FileDigest } from './store-files.ts';
@@ -163,8 +164,8 @@ export class AdapterPublisher<Summary> {
       const state = catalog.adapterState(tenant, adapter);
       readVisibility(state, adapterDir);
       const published = servableVersion(state, version, target, manifest, job.summary);
-      const fingerprint = fingerprintVersion(target);
-      if (fingerprint) published.fingerprint = joinFingerprint(fingerprint);
+      const served = servedFiles(manifest.files);
+      published.fingerprint = joinFingerprint(statFiles(target, served), served);
       catalog.apply(state, version, published);
       return publicRecord(published, state);
     }

@@ -3,12 +3,11 @@
  * sizes and checksums, and what the validator reported. README.md beside this file describes the format.
  */
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
 import { ADAPTER_WEIGHTS_FILES } from '../adapters/adapter.ts';
 import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
 import { isJsonObject } from '../storage/json-files.ts';
 import { StoreError } from './adapter-names.ts';
-import { lstatIfPresent, parseJson, statFingerprint, type FileDigest } from './store-files.ts';
+import { fileIn, lstatIfPresent, parseJson, statFingerprint, type FileDigest } from './store-files.ts';
 
 export type { FileDigest } from './store-files.ts';
 
@@ -92,20 +91,33 @@ export function sameFiles(a: Record<string, FileDigest>, b: Record<string, FileD
   );
 }
 
-/** Stat identity of one version directory's files, split so a manifest the store writes itself can be told apart. */
-export interface VersionFingerprint {
-  adapterFiles: string;
-  manifest: string;
+/**
+ * Stat identity (inode, size, mtime) of files of a version directory by name, to tell on a later scan whether they
+ * changed. A servable version is fingerprinted by its manifest and the files the manifest lists (`servedFiles`),
+ * which the check that listed it looked at anyway; a version that is not servable by every adapter file and the
+ * manifest, since any of them appearing or changing may make it servable.
+ */
+export type FileStats = ReadonlyMap<string, string>;
+
+export function statFiles(dir: string, names: Iterable<string>): Map<string, string> {
+  const stats = new Map<string, string>();
+  for (const name of names) stats.set(name, statFingerprint(lstatIfPresent(fileIn(dir, name))));
+  return stats;
 }
 
-export function fingerprintVersion(dir: string): VersionFingerprint | null {
+/** Every adapter file's and the manifest's stat identity; null when the directory is gone. */
+export function fingerprintVersion(dir: string): FileStats | null {
   if (!lstatIfPresent(dir)?.isDirectory()) return null;
-  const adapterFiles: string[] = [];
-  for (const name of ADAPTER_FILES) adapterFiles.push(`${name}=${statFingerprint(lstatIfPresent(join(dir, name)))}`);
-  const manifest = statFingerprint(lstatIfPresent(join(dir, MANIFEST_FILE)));
-  return { adapterFiles: adapterFiles.join(','), manifest };
+  return statFiles(dir, [...ADAPTER_FILES, MANIFEST_FILE]);
 }
 
-export function joinFingerprint(fingerprint: VersionFingerprint): string {
-  return `${fingerprint.adapterFiles};${MANIFEST_FILE}=${fingerprint.manifest}`;
+/** The files whose stat identity stands for a servable version: its manifest and the files it lists. */
+export function servedFiles(files: Readonly<Record<string, FileDigest>>): string[] {
+  return [MANIFEST_FILE, ...Object.keys(files).sort()];
+}
+
+export function joinFingerprint(stats: FileStats, names: Iterable<string> = stats.keys()): string {
+  const parts: string[] = [];
+  for (const name of names) parts.push(`${name}=${stats.get(name) ?? '-'}`);
+  return parts.join(',');
 }

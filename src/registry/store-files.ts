@@ -2,8 +2,8 @@
  * File-system primitives of the adapter store: opening files without following links, digests, small reads,
  * stat fingerprints and listing. They know nothing about adapters.
  *
- * Listing, stat fingerprints and small reads are synchronous: a scan makes about ten such calls per stored
- * version, and through the promise API each one is a trip to libuv's thread pool that costs several times the
+ * Listing, stat fingerprints and small reads are synchronous: a scan makes a handful of such calls per stored
+ * version (see store-scanner.ts), and through the promise API each one is a trip to libuv's thread pool that costs several times the
  * system call itself (10,000 `lstat`s measured 1.1–1.8 s one after another with promises, 0.4 s synchronously,
  * on a loaded machine). The scanner yields to the event loop between slices of work (see store-scanner.ts).
  */
@@ -65,6 +65,11 @@ export async function digestFile(path: string): Promise<FileDigest | null> {
 
 /** A small file's text (a manifest, a config), opened without following a link; null when it does not exist. */
 export function readSmallFile(path: string, maxBytes: number): string | null {
+  return readSmallFileWithStats(path, maxBytes)?.text ?? null;
+}
+
+/** readSmallFile, with the stat of the file that was read (the open file's, so it describes exactly that text). */
+export function readSmallFileWithStats(path: string, maxBytes: number): { text: string; info: Stats } | null {
   let fd: number;
   try {
     fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
@@ -86,7 +91,7 @@ export function readSmallFile(path: string, maxBytes: number): string | null {
       if (read === 0) break;
       filled += read;
     }
-    return buffer.toString('utf8', 0, filled);
+    return { text: buffer.toString('utf8', 0, filled), info };
   } finally {
     closeSync(fd);
   }
@@ -99,6 +104,14 @@ export function parseJson(text: string): Record<string, unknown> | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * A plain file name inside a directory whose path is already normal (built by StoreLayout.pathInside): the same as
+ * `join`, without normalising again, which scans do a few times per stored version.
+ */
+export function fileIn(dir: string, name: string): string {
+  return dir + sep + name;
 }
 
 export function isInside(root: string, path: string): boolean {

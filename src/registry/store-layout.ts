@@ -2,9 +2,8 @@
  * Where the store keeps things under ADAPTERS_DIR, and the last check that a path built from names stays inside it.
  */
 import { mkdir, realpath } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { join, resolve, sep } from 'node:path';
 import { StoreError } from './adapter-names.ts';
-import { isInside } from './store-files.ts';
 
 const STAGING_DIR = '.staging';
 const TRASH_DIR = '.trash';
@@ -38,12 +37,21 @@ export class StoreLayout {
     return this.prepared;
   }
 
-  /** Names are validated before they get here; this is the last check that a path stays inside ADAPTERS_DIR. */
-  pathInside(...segments: string[]): string {
-    const path = resolve(this.root, ...segments);
-    if (!isInside(this.root, path)) {
-      throw new StoreError('unsafe_path', `refusing path ${path}: it is outside ADAPTERS_DIR ${this.root}`);
+  /**
+   * Names are validated before they get here; this is the last check that a path stays inside ADAPTERS_DIR. Each
+   * segment must be one plain name, so the path is the root and the segments joined, with nothing to normalise (a
+   * scan builds one or two paths per stored version, and resolving each was a measurable part of start-up).
+   */
+  pathInside(...segments: [string, ...string[]]): string {
+    if (!segments.every(isPlainName)) {
+      const path = resolve(this.root, ...segments);
+      throw new StoreError('unsafe_path', `refusing path ${path}: it is not a name inside ADAPTERS_DIR ${this.root}`);
     }
-    return path;
+    return (this.root.endsWith(sep) ? this.root : this.root + sep) + segments.join(sep);
   }
+}
+
+/** One directory entry's name: joined to a directory, it names a child of it and nothing else. */
+function isPlainName(segment: string): boolean {
+  return segment !== '' && segment !== '.' && segment !== '..' && !segment.includes('/') && !segment.includes(sep) && !segment.includes('\0');
 }

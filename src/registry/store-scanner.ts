@@ -14,10 +14,10 @@ import {
   type AdapterCatalog,
   type AdapterState,
   type AdapterStoreEvents,
-  type VersionState,
+  type ServableVersion,
 } from './adapter-catalog.ts';
-import { fingerprintVersion, joinFingerprint } from './manifest.ts';
-import { asError, errorMessage, newestMtime, readdirIfPresent } from './store-files.ts';
+import { ADAPTER_FILES, fingerprintVersion, joinFingerprint, MANIFEST_FILE, servedFiles, statFiles } from './manifest.ts';
+import { asError, errorMessage, newestMtime, readdirIfPresent, statFingerprint } from './store-files.ts';
 import type { StoreLayout } from './store-layout.ts';
 import { AlteredFileError, checkVersionFiles, type VersionVerifier } from './version-verifier.ts';
 import { readVisibility } from './visibility.ts';
@@ -111,21 +111,49 @@ export class StoreScanner<Summary> {
     for (const version of [...state.versions.keys()]) if (!present.has(version)) catalog.forget(state, version);
   }
 
-  /** Verifies a version directory whose files changed since it was last seen. False if it vanished meanwhile. */
+  /**
+   * Verifies a version directory first seen, or whose files changed since it was last seen. False if it vanished
+   * meanwhile. A known version costs a few lstat calls; a new one with a trusted manifest, reading that manifest
+   * and an lstat per listed file; only the others get the full check.
+   */
   private async examineVersion(state: AdapterState<Summary>, version: string, path: string): Promise<boolean> {
+    const { catalog, verifier } = this.options;
+    const known = state.versions.get(version);
+    if (known?.kind === 'servable') {
+      const names = servedFiles(known.record.files);
+      if (joinFingerprint(statFiles(path, names), names) === known.fingerprint) return true;
+    }
+    if (known?.kind === 'invalid') {
+      const current = fingerprintVersion(path);
+      if (!current) return false;
+      if (joinFingerprint(current) === known.fingerprint) return true;
+    }
+    let listed: ServableVersion<Summary> | null = null;
+    try {
+      listed = verifier.verifyListed(state, version, path);
+    } catch {
+      // The full check finds the same fault and records it against stats taken before it looked.
+    }
+    if (listed) {
+      catalog.apply(state, version, listed);
+      return true;
+    }
+    return this.examineInFull(state, version, path);
+  }
+
+  private async examineInFull(state: AdapterState<Summary>, version: string, path: string): Promise<boolean> {
     const { catalog, verifier } = this.options;
     const before = fingerprintVersion(path);
     if (!before) return false;
-    if (state.versions.get(version)?.fingerprint === joinFingerprint(before)) return true;
-    let next: VersionState<Summary>;
+    let servable: ServableVersion<Summary>;
     try {
       const verified = await verifier.verify(state, version, path);
-      next = verified.state;
+      servable = verified.state;
       if (!verified.readFiles) {
-        // Only the manifest was read, just now: the fingerprint taken before stands for what was checked. A file
-        // that changed meanwhile has a new fingerprint, so the next scan checks the version again.
-        next.fingerprint = joinFingerprint(before);
-        catalog.apply(state, version, next);
+        // Only the manifest was read, just now: the stats taken before stand for what was checked. A file that
+        // changed meanwhile has new ones, so the next scan checks the version again.
+        servable.fingerprint = joinFingerprint(before, servedFiles(servable.record.files));
+        catalog.apply(state, version, servable);
         return true;
       }
     } catch (err) {
@@ -141,14 +169,15 @@ export class StoreScanner<Summary> {
     if (!after) return false;
     // A manifest may have appeared (written by adoption), but the files served must be exactly those verified.
     const changed =
-      after.adapterFiles !== before.adapterFiles || (before.manifest !== '-' && after.manifest !== before.manifest);
+      joinFingerprint(after, ADAPTER_FILES) !== joinFingerprint(before, ADAPTER_FILES) ||
+      (before.get(MANIFEST_FILE) !== statFingerprint(null) && after.get(MANIFEST_FILE) !== before.get(MANIFEST_FILE));
     if (changed) {
       const error = 'files changed while being verified; they will be checked again once they stop changing';
-      next = invalidVersion(state, version, path, joinFingerprint(before), error);
+      catalog.apply(state, version, invalidVersion(state, version, path, joinFingerprint(before), error));
     } else {
-      next.fingerprint = joinFingerprint(after);
+      servable.fingerprint = joinFingerprint(after, servedFiles(servable.record.files));
+      catalog.apply(state, version, servable);
     }
-    catalog.apply(state, version, next);
     return true;
   }
 

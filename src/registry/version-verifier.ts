@@ -1,28 +1,40 @@
 /**
- * Decides whether a version directory may be listed as servable without reading its weights: it stays inside
- * ADAPTERS_DIR, its manifest is valid, and every listed file is a regular file of the listed size. The summary comes
- * from the manifest when `readSummary` accepts it, else from the validator. Checksums are verified by whoever reads
- * the files to serve them (the engine's adapter loader, on first load), so start-up does not grow with the store.
+ * Decides whether a version directory may be listed as servable without reading its weights: its manifest is valid,
+ * every listed file is a regular file of the listed size, and the server accepts the summary the manifest carries
+ * (`verifyListed`). Checksums are verified by whoever reads the files to serve them (the engine's adapter loader, on
+ * first load), so start-up does not grow with the weights in the store.
  *
- * A directory without a manifest is checked in full (checksums computed, validator run) and adopted: the verifier
- * writes its manifest.
+ * Any other directory gets the full check (`verify`): it resolves inside ADAPTERS_DIR, and the validator runs on
+ * its files; a directory without a manifest has its checksums computed and is adopted (the verifier writes its
+ * manifest).
  */
-import { realpathSync } from 'node:fs';
+import { realpathSync, type Stats } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomically } from '../storage/durable-files.ts';
 import { StoreError } from './adapter-names.ts';
-import { servableVersion, type AdapterState, type VersionState } from './adapter-catalog.ts';
+import { servableVersion, type AdapterState, type ServableVersion } from './adapter-catalog.ts';
 import {
   ADAPTER_FILES,
+  joinFingerprint,
   MANIFEST_FILE,
   MAX_MANIFEST_BYTES,
   missingRequiredFile,
   REQUIRED_FILES_TEXT,
   parseManifest,
   serializeManifest,
+  servedFiles,
   type Manifest,
 } from './manifest.ts';
-import { digestFile, isInside, lstatIfPresent, readSmallFile, type FileDigest } from './store-files.ts';
+import {
+  digestFile,
+  fileIn,
+  isInside,
+  lstatIfPresent,
+  readSmallFile,
+  readSmallFileWithStats,
+  statFingerprint,
+  type FileDigest,
+} from './store-files.ts';
 import type { StoreLayout } from './store-layout.ts';
 
 /** A file of a published version no longer matches its manifest: altered after publishing. */
@@ -44,10 +56,34 @@ export class VersionVerifier<Summary> {
   ) {}
 
   /**
-   * The servable state of the version directory, and whether it was found by reading more than the manifest
-   * (adopted, or checked by the validator); throws what is wrong with it.
+   * The servable state of a version from its manifest alone, fingerprinted by the stats this check took (the
+   * manifest's as it was read, the listed files' as their sizes were compared), so whatever changes after is
+   * checked again by the next scan. Null when the version needs the full check: it has no manifest, or the server
+   * does not accept the manifest's summary. Throws what is wrong with it.
+   *
+   * It does not resolve the path: the scanner reaches a version directory only through entries listed as real
+   * directories (never links) below ADAPTERS_DIR's resolved root, and lstat refuses a linked file.
    */
-  async verify(state: AdapterState<Summary>, version: string, path: string): Promise<{ state: VersionState<Summary>; readFiles: boolean }> {
+  verifyListed(state: AdapterState<Summary>, version: string, path: string): ServableVersion<Summary> | null {
+    const read = readSmallFileWithStats(fileIn(path, MANIFEST_FILE), MAX_MANIFEST_BYTES);
+    if (read === null) return null;
+    const manifest = parseManifest(read.text, version);
+    const summary = this.readSummary(manifest.summary);
+    if (summary === undefined) return null;
+    const stats = new Map([[MANIFEST_FILE, statFingerprint(read.info)]]);
+    for (const [name, expected] of Object.entries(manifest.files)) {
+      stats.set(name, statFingerprint(checkListedFile(path, name, expected)));
+    }
+    const listed = servableVersion(state, version, path, manifest, summary);
+    listed.fingerprint = joinFingerprint(stats, servedFiles(manifest.files));
+    return listed;
+  }
+
+  /**
+   * The full check: the servable state of the version directory, and whether it was found by reading more than the
+   * manifest (adopted, or checked by the validator); throws what is wrong with it.
+   */
+  async verify(state: AdapterState<Summary>, version: string, path: string): Promise<{ state: ServableVersion<Summary>; readFiles: boolean }> {
     const real = realpathSync.native(path);
     if (!isInside(this.layout.realRoot, real)) {
       throw new StoreError('unsafe_path', `${path} resolves to ${real}, outside ADAPTERS_DIR; it is not served`);
@@ -55,31 +91,14 @@ export class VersionVerifier<Summary> {
     const manifestText = readSmallFile(join(path, MANIFEST_FILE), MAX_MANIFEST_BYTES);
     if (manifestText === null) return { state: await this.adopt(state, version, path), readFiles: true };
     const manifest = parseManifest(manifestText, version);
-    for (const [name, expected] of Object.entries(manifest.files)) {
-      const info = lstatIfPresent(join(path, name));
-      if (info === null) {
-        throw new StoreError('invalid_file', `${name} is listed in ${MANIFEST_FILE} but missing; publish it again`);
-      }
-      if (info.isSymbolicLink()) {
-        throw new StoreError('unsafe_path', `${join(path, name)} is a symbolic link; put the file itself in the version directory`);
-      }
-      if (!info.isFile()) throw new StoreError('invalid_file', `${join(path, name)} is not a regular file`);
-      if (info.size !== expected.size) {
-        throw new AlteredFileError(
-          name,
-          `${name} does not match ${MANIFEST_FILE} (size ${info.size}; listed size ${expected.size}): it changed after ` +
-            `publishing. Publish a new version, or delete ${MANIFEST_FILE} to have the directory checked and adopted ` +
-            'as it is now.',
-        );
-      }
-    }
+    for (const [name, expected] of Object.entries(manifest.files)) checkListedFile(path, name, expected);
     const trusted = this.readSummary(manifest.summary);
     const summary = trusted ?? (await this.validate(path));
     return { state: servableVersion(state, version, path, manifest, summary), readFiles: trusted === undefined };
   }
 
   /** A version directory without a manifest (placed by hand or by an external publisher): check it and write one. */
-  private async adopt(state: AdapterState<Summary>, version: string, path: string): Promise<VersionState<Summary>> {
+  private async adopt(state: AdapterState<Summary>, version: string, path: string): Promise<ServableVersion<Summary>> {
     const files: Record<string, FileDigest> = {};
     for (const name of ADAPTER_FILES) {
       const digest = await digestFile(join(path, name));
@@ -94,6 +113,27 @@ export class VersionVerifier<Summary> {
     await writeFileAtomically(join(path, MANIFEST_FILE), serializeManifest(manifest), this.layout.stagingDir);
     return servableVersion(state, version, path, manifest, summary);
   }
+}
+
+/** The lstat of a file a manifest lists, once it is known to be a regular file of the listed size. */
+function checkListedFile(dir: string, name: string, expected: FileDigest): Stats {
+  const info = lstatIfPresent(fileIn(dir, name));
+  if (info === null) {
+    throw new StoreError('invalid_file', `${name} is listed in ${MANIFEST_FILE} but missing; publish it again`);
+  }
+  if (info.isSymbolicLink()) {
+    throw new StoreError('unsafe_path', `${join(dir, name)} is a symbolic link; put the file itself in the version directory`);
+  }
+  if (!info.isFile()) throw new StoreError('invalid_file', `${join(dir, name)} is not a regular file`);
+  if (info.size !== expected.size) {
+    throw new AlteredFileError(
+      name,
+      `${name} does not match ${MANIFEST_FILE} (size ${info.size}; listed size ${expected.size}): it changed after ` +
+        `publishing. Publish a new version, or delete ${MANIFEST_FILE} to have the directory checked and adopted ` +
+        'as it is now.',
+    );
+  }
+  return info;
 }
 
 /**

@@ -18,7 +18,8 @@ export function readVisibility(state: AdapterState<unknown>, adapterDir: string,
   if (fingerprint === state.visibilityFingerprint) return;
   let text: string | null = null;
   try {
-    text = readSmallFile(path, MAX_MANIFEST_BYTES);
+    // No file (most adapters have none): nothing to read.
+    if (fingerprint !== statFingerprint(null)) text = readSmallFile(path, MAX_MANIFEST_BYTES);
   } catch {
     // Unreadable: private, as below.
   }

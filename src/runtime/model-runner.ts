@@ -33,6 +33,12 @@ export interface RunnerOptions {
   executionProvider?: ExecutionProvider;
   /** Intra-op threads; onnxruntime picks when absent. */
   threads?: number;
+  /**
+   * Whether idle intra-op threads spin between operators (onnxruntime's default) rather than sleep. Spinning
+   * saves a wake-up per parallel operator on cores of its own; on cores shared with other processes the spinning
+   * threads take the time the working ones need (src/graph/README.md, LoRA floor).
+   */
+  threadSpinning?: boolean;
   /** Sequences needing more cache positions than this decode in the long lane (see `lanes`); default 1024. */
   longSequencePositions?: number;
 }
@@ -142,6 +148,7 @@ export class ModelRunner {
       graphOptimizationLevel: 'all',
       ...(options.threads ? { intraOpNumThreads: options.threads } : {}),
       interOpNumThreads: 1,
+      ...(options.threadSpinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
     };
     let session: ort.InferenceSession;
     try {

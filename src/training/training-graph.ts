@@ -3,10 +3,12 @@
  * src/graph/decoder-graph.ts) with a training implementation of its projections and attention: full sequences
  * under a causal mask, no KV cache, the base weights and one LoRA adapter as inputs.
  *
- * Activations are recomputed rather than kept: one graph computes a layer forward (used layer by layer, keeping
- * only each layer's input), another recomputes the layer and appends its backward pass (autodiff.ts), and a head
- * graph turns the last hidden state into the loss and its gradient. All layers share the two layer graphs, since
- * weights are inputs, so the base weights exist once (in JavaScript, read zero-copy) whatever the depth.
+ * Activations are mostly recomputed rather than kept: one graph computes a layer forward (used layer by layer,
+ * keeping each layer's input), another recomputes the layer and appends its backward pass (autodiff.ts), and a head
+ * graph turns the last hidden state into the loss and its gradient. The base projections' matmuls are most of a
+ * layer's work, so a variant pair of graphs saves their outputs in the forward run and feeds them to the backward
+ * run, which then recomputes only the cheap rest (see `LayerPass`). All layers share the layer graphs, since weights
+ * are inputs, so the base weights exist once (in JavaScript, read zero-copy) whatever the depth.
  */
 import { decoderContext, decoderLayer, type LayerImplementation, OPSET, rmsNorm } from '../graph/decoder-graph.ts';
 import { type BuiltModel, OnnxGraphBuilder } from '../graph/onnx-builder.ts';
@@ -34,7 +36,22 @@ export const LAYER_GRAPH = {
   gradB: (module: LoraTargetModule) => `grad.lora_B.${module}`,
   /** Each adapted projection's own dropout mask over its LoRA input, as PEFT draws one per module. */
   dropoutMask: (module: LoraTargetModule) => `lora_dropout.${module}`,
+  /** A base projection's output (x·Wᵀ, without LoRA): computed inside the graph, or fed as saved. */
+  baseProjection: (module: LoraTargetModule) => `base.${module}`,
+  /** The output by which a saving forward run returns `baseProjection(module)`. */
+  savedProjection: (module: LoraTargetModule) => `saved.${module}`,
 } as const;
+
+/**
+ * Which run of a layer a graph does. `backward` recomputes the layer's forward pass and appends its backward pass.
+ * `savesProjections`: the forward run also returns each base projection's output, and the backward run takes those
+ * outputs as inputs instead of recomputing them (the input gradient through a frozen projection needs only its
+ * weight, so nothing else of the forward pass is lost).
+ */
+export interface LayerPass {
+  backward: boolean;
+  savesProjections: boolean;
+}
 
 export const HEAD_GRAPH = {
   hidden: 'hidden',
@@ -70,9 +87,9 @@ const MODULE_ROLE: Record<LoraTargetModule, string> = {
 export const projectionWeightRole = (module: LoraTargetModule) => `${MODULE_ROLE[module]}.weight`;
 export const NORM_ROLES = ['input_layernorm.weight', 'post_attention_layernorm.weight'] as const;
 
-/** One decoder layer; with `backward`, also the gradients of its input and of the LoRA weights. */
-export function buildLayerGraph(c: LlamaConfig, lora: LoraGraphSettings, backward: boolean): BuiltModel {
-  const g = new OnnxGraphBuilder(backward ? 'llama_layer_backward' : 'llama_layer_forward');
+/** One decoder layer; with `pass.backward`, also the gradients of its input and of the LoRA weights. */
+export function buildLayerGraph(c: LlamaConfig, lora: LoraGraphSettings, pass: LayerPass): BuiltModel {
+  const g = new OnnxGraphBuilder(`llama_layer_${pass.backward ? 'backward' : 'forward'}${pass.savesProjections ? '_saved' : ''}`);
   const fusedHeads = c.numHeads + 2 * c.numKvHeads;
   const group = c.numHeads / c.numKvHeads;
   const x = g.input(LAYER_GRAPH.hidden, 'float32', [B, T, c.hiddenSize]);
@@ -85,10 +102,12 @@ export function buildLayerGraph(c: LlamaConfig, lora: LoraGraphSettings, backwar
   const dropped = (module: LoraTargetModule, value: string, width: number) =>
     lora.dropout ? g.op('Mul', [value, g.input(LAYER_GRAPH.dropoutMask(module), 'float32', [B, T, width])]) : value;
   const trainable: string[] = [];
+  const projections: { module: LoraTargetModule; outFeatures: number }[] = [];
   const projection = (module: LoraTargetModule, input: string) => {
     const { inFeatures, outFeatures } = projectionDims(c, module);
     const weight = g.input(LAYER_GRAPH.weight(projectionWeightRole(module)), 'float32', [outFeatures, inFeatures]);
-    const base = g.op('MatMul', [input, g.op('Transpose', [weight], { perm: [1, 0] })]);
+    const base = g.op('MatMul', [input, g.op('Transpose', [weight], { perm: [1, 0] })], {}, LAYER_GRAPH.baseProjection(module));
+    projections.push({ module, outFeatures });
     if (!lora.targetModules.includes(module)) return base;
     const a = g.input(LAYER_GRAPH.loraA(module), 'float32', [lora.rank, inFeatures]);
     const b = g.input(LAYER_GRAPH.loraB(module), 'float32', [outFeatures, lora.rank]);
@@ -110,12 +129,18 @@ export function buildLayerGraph(c: LlamaConfig, lora: LoraGraphSettings, backwar
     },
   };
   const y = decoderLayer(ctx, training, 0, x).x;
-  if (!backward) {
+  if (!pass.backward) {
     g.output(y, LAYER_GRAPH.hiddenOut, 'float32', [B, T, c.hiddenSize]);
+    if (pass.savesProjections) {
+      for (const { module, outFeatures } of projections) g.output(LAYER_GRAPH.baseProjection(module), LAYER_GRAPH.savedProjection(module), 'float32', [B, T, outFeatures]);
+    }
     return g.build(OPSET);
   }
   const dy = g.input(LAYER_GRAPH.hiddenOutGrad, 'float32', [B, T, c.hiddenSize]);
   const gradients = appendGradients(g, new Map([[y, dy]]), [x, ...trainable]);
+  if (pass.savesProjections) {
+    for (const { module, outFeatures } of projections) g.feedInstead(LAYER_GRAPH.baseProjection(module), 'float32', [B, T, outFeatures]);
+  }
   g.output(gradients.get(x)!, LAYER_GRAPH.hiddenGrad, 'float32', [B, T, c.hiddenSize]);
   for (const module of lora.targetModules) {
     g.output(gradients.get(LAYER_GRAPH.loraA(module))!, LAYER_GRAPH.gradA(module), 'float32');

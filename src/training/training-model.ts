@@ -2,14 +2,15 @@
  * Runs the training graphs over a packed batch: the embedding lookup in JavaScript, each layer's forward pass
  * (keeping only its input), the head's loss and gradient in row chunks (so the [rows, vocab] logits stay small),
  * and each layer's recomputed forward plus backward pass in reverse order, adding LoRA gradients into one flat
- * buffer laid out like the parameters.
+ * buffer laid out like the parameters. Layers whose base-projection outputs fit `savedActivationBytes` keep them
+ * from the forward walk, so their backward run skips those matmuls.
  */
 import type { BaseModel } from '../model/types.ts';
 import { RopeTables } from '../runtime/rope.ts';
 import { createRng } from '../engine/random.ts';
 import { LoraParameterLayout } from './lora-parameters.ts';
 import { createTrainingSession, float32Tensor, int64Tensor, type ort } from './ort-session.ts';
-import { buildHeadGraph, buildLayerGraph, HEAD_GRAPH, LAYER_GRAPH, NORM_ROLES, projectionWeightRole } from './training-graph.ts';
+import { buildHeadGraph, buildLayerGraph, HEAD_GRAPH, LAYER_GRAPH, type LayerPass, NORM_ROLES, projectionWeightRole } from './training-graph.ts';
 import { projectionDims } from '../adapters/lora.ts';
 import { LORA_TARGET_MODULES, type LoraTargetModule } from '../model/types.ts';
 
@@ -38,6 +39,12 @@ export interface TrainingModelSettings {
    * which bounds the activations (attention scores grow with rows × tokens²) that one run allocates.
    */
   layerTokens?: number;
+  /**
+   * Bytes of base-projection outputs a step may keep from its forward walk for its backward walk. Each layer that
+   * fits is not recomputed in full when walking back (its seven base matmuls, most of a layer's work, are skipped);
+   * the others are. One layer's outputs are rows × tokens × (sum of the projections' widths) floats.
+   */
+  savedActivationBytes?: number;
 }
 
 /**
@@ -48,12 +55,16 @@ export type DropoutSeeds = number[][];
 
 const DEFAULT_HEAD_ROWS = 256;
 const DEFAULT_LAYER_TOKENS = 512;
+/** 1 GiB: every layer of the SmolLM2-135M shape at batch 4 × 256 (637 MB) fits. */
+const DEFAULT_SAVED_ACTIVATION_BYTES = 2 ** 30;
 
 type Feeds = Record<string, ort.Tensor>;
 
 export class TrainingModel {
   private readonly rope: RopeTables;
   private readonly ropeCache = new Map<number, Feeds>();
+  /** The training layer graphs' sessions, created on first use (a run that saves no layer never needs the saving pair). */
+  private readonly layerSessions = new Map<string, Promise<ort.InferenceSession>>();
   private readonly layerWeights: Feeds[];
   private readonly headWeights: Feeds;
   /** The adapted projections, each with its own dropout mask over its input of `width` features. */
@@ -63,10 +74,12 @@ export class TrainingModel {
     readonly model: BaseModel,
     readonly layout: LoraParameterLayout,
     private readonly settings: TrainingModelSettings,
-    private readonly sessions: { forward: ort.InferenceSession; forwardEval: ort.InferenceSession; backward: ort.InferenceSession; head: ort.InferenceSession; headLoss: ort.InferenceSession; headLogits?: ort.InferenceSession },
+    private readonly sessions: { forwardEval: ort.InferenceSession; head: ort.InferenceSession; headLoss: ort.InferenceSession; headLogits?: ort.InferenceSession },
   ) {
     const c = model.config;
     this.rope = new RopeTables(c);
+    // Without dropout, the plain training forward graph is the evaluation graph.
+    if (settings.dropout <= 0) this.layerSessions.set(layerSessionKey({ backward: false, savesProjections: false }), Promise.resolve(sessions.forwardEval));
     const weight = (name: string) => {
       const tensor = model.weights.get(name);
       if (!tensor) throw new Error(`weight ${name} missing from the loaded model`);
@@ -91,20 +104,17 @@ export class TrainingModel {
     const c = model.config;
     const lora = { rank: settings.rank, alpha: settings.alpha, targetModules: settings.targetModules };
     const session = (graph: ReturnType<typeof buildHeadGraph>) => createTrainingSession(graph, settings.threads);
-    const dropout = settings.dropout > 0;
     const sessions = {
-      forward: await session(buildLayerGraph(c, { ...lora, dropout }, false)),
-      forwardEval: dropout ? await session(buildLayerGraph(c, { ...lora, dropout: false }, false)) : undefined,
-      backward: await session(buildLayerGraph(c, { ...lora, dropout }, true)),
+      forwardEval: await session(buildLayerGraph(c, { ...lora, dropout: false }, { backward: false, savesProjections: false })),
       head: await session(buildHeadGraph(c, 'backward')),
       headLoss: await session(buildHeadGraph(c, 'loss')),
     };
     const layout = new LoraParameterLayout(c, settings.rank, settings.targetModules);
-    return new TrainingModel(model, layout, settings, { ...sessions, forwardEval: sessions.forwardEval ?? sessions.forward });
+    return new TrainingModel(model, layout, settings, sessions);
   }
 
   async close(): Promise<void> {
-    const sessions = new Set(Object.values(this.sessions));
+    const sessions = new Set([...Object.values(this.sessions), ...(await Promise.all(this.layerSessions.values()))]);
     for (const session of sessions) await session?.release();
   }
 
@@ -114,13 +124,20 @@ export class TrainingModel {
    */
   async lossAndGradients(batch: PackedBatch, parameters: Float32Array, gradients: Float32Array, dropoutSeeds: DropoutSeeds | null): Promise<number> {
     const c = this.model.config;
+    const savedLayers = Math.min(c.numLayers, Math.floor((this.settings.savedActivationBytes ?? DEFAULT_SAVED_ACTIVATION_BYTES) / this.savedBytesPerLayer(batch)));
+    const passOf = (l: number, backward: boolean): LayerPass => ({ backward, savesProjections: l < savedLayers });
     const inputs: Float32Array[] = [this.embed(batch)];
+    /** Per saving layer, per row group, the base projections' outputs as its forward run returned them. */
+    const saved: Feeds[][] = [];
     for (let l = 0; l < c.numLayers; l++) {
       const masks = this.dropoutMasks(batch, dropoutSeeds?.[l] ?? 'ones');
       const next = new Float32Array(inputs[l].length);
+      const forward = await this.layerSession(passOf(l, false));
+      saved.push([]);
       for (const group of this.rowGroups(batch)) {
-        const feeds = this.layerFeeds(l, group, parameters, inputs[l], masks);
-        next.set((await this.sessions.forward.run(feeds))[LAYER_GRAPH.hiddenOut].data as Float32Array, group.offset);
+        const out = await forward.run(this.layerFeeds(l, group, parameters, inputs[l], masks));
+        next.set(out[LAYER_GRAPH.hiddenOut].data as Float32Array, group.offset);
+        if (l < savedLayers) saved[l].push(Object.fromEntries(LORA_TARGET_MODULES.map((m) => [LAYER_GRAPH.baseProjection(m), out[LAYER_GRAPH.savedProjection(m)]])));
       }
       inputs.push(next);
     }
@@ -130,10 +147,12 @@ export class TrainingModel {
     for (let l = c.numLayers - 1; l >= 0; l--) {
       const masks = this.dropoutMasks(batch, dropoutSeeds?.[l] ?? 'ones');
       const downstream = new Float32Array(upstream.length);
+      const backward = await this.layerSession(passOf(l, true));
+      let groupIndex = 0;
       for (const group of this.rowGroups(batch)) {
-        const feeds = this.layerFeeds(l, group, parameters, inputs[l], masks);
+        const feeds = { ...this.layerFeeds(l, group, parameters, inputs[l], masks), ...saved[l][groupIndex++] };
         feeds[LAYER_GRAPH.hiddenOutGrad] = float32Tensor(group.slice(upstream), group.dims);
-        const out = await this.sessions.backward.run(feeds);
+        const out = await backward.run(feeds);
         downstream.set(out[LAYER_GRAPH.hiddenGrad].data as Float32Array, group.offset);
         for (const slot of this.layout.slotsOfLayer(l)) {
           const name = slot.matrix === 'A' ? LAYER_GRAPH.gradA(slot.module) : LAYER_GRAPH.gradB(slot.module);
@@ -143,6 +162,7 @@ export class TrainingModel {
         }
       }
       inputs.pop();
+      saved.pop();
       upstream = downstream;
     }
     return loss;
@@ -180,6 +200,24 @@ export class TrainingModel {
       hidden = next;
     }
     return hidden;
+  }
+
+  /** The session of a training layer graph (with dropout inputs when training uses dropout). */
+  private layerSession(pass: LayerPass): Promise<ort.InferenceSession> {
+    const key = layerSessionKey(pass);
+    let session = this.layerSessions.get(key);
+    if (!session) {
+      const { rank, alpha, targetModules, dropout, threads } = this.settings;
+      session = createTrainingSession(buildLayerGraph(this.model.config, { rank, alpha, targetModules, dropout: dropout > 0 }, pass), threads);
+      this.layerSessions.set(key, session);
+    }
+    return session;
+  }
+
+  /** Bytes of one layer's base-projection outputs over the batch. */
+  private savedBytesPerLayer(batch: PackedBatch): number {
+    const widths = LORA_TARGET_MODULES.reduce((sum, m) => sum + projectionDims(this.model.config, m).outFeatures, 0);
+    return batch.rows * batch.tokens * widths * Float32Array.BYTES_PER_ELEMENT;
   }
 
   /** The batch's sequences in groups of about `layerTokens` tokens, one layer run each. */
@@ -274,6 +312,8 @@ export class TrainingModel {
     return feeds;
   }
 }
+
+const layerSessionKey = (pass: LayerPass) => `${pass.backward ? 'backward' : 'forward'}/${pass.savesProjections ? 'saving' : 'recomputing'}`;
 
 /** Consecutive sequences of a batch that go through a layer graph together. */
 class RowGroup {
