@@ -2,8 +2,9 @@
  * The quantized-base section of the engine benchmark: the SmolLM2-135M-shaped model served as float32, as Q8_0
  * and as Q4_0 (on-load quantization, QUANTIZE=q8|q4): prefill, one stream's decode and 16 streams' decode, plus
  * 16 streams on 16 distinct r=16 adapters over the Q4_0 base. Each form runs in a process of its own, so its peak
- * RSS is its own and no process holds three models; all three stay loaded and every trial times them back to
- * back, so ratios against float32 are taken per trial (then their median and range).
+ * RSS is its own and no process holds three models; the adapters run over a Q4_0 base of their own process, so the
+ * base forms' peak RSS is the base's alone. All stay loaded and every trial times them back to back, so ratios
+ * against float32 are taken per trial (then their median and range).
  *   npm run bench:quantized [-- --json] [--trials N]     (also part of `npm run bench`)
  */
 import { type ChildProcess, fork } from 'node:child_process';
@@ -17,7 +18,9 @@ import { median, round } from './bench-stats.ts';
 import { concurrentDecode, ensureAdapters, LORA_RANK, log, singleStream, STREAMS } from './bench-workloads.ts';
 
 const FORMS = ['f32', 'q8', 'q4'] as const;
-type Form = (typeof FORMS)[number];
+/** The served forms, and the Q4_0 base serving the adapters. */
+const PROCESSES = [...FORMS, 'q4-adapters'] as const;
+type Form = (typeof PROCESSES)[number];
 const WORKLOADS = ['prefill', 'decode1', 'decode16', 'adapters16'] as const;
 type Workload = (typeof WORKLOADS)[number];
 
@@ -26,7 +29,7 @@ type Reply = { value: number } | { memory: { peak_rss_mib: number; rss_after_run
 
 /** The child side: one engine serving `form`, running the workloads its parent asks for, one at a time. */
 async function serveForm(form: Form, threads: number): Promise<void> {
-  const adapters = form === 'q4' ? await ensureAdapters() : [];
+  const adapters = form === 'q4-adapters' ? await ensureAdapters() : [];
   const engine = await Engine.start({
     modelPath: BENCH_MODEL_DIR,
     maxBatch: STREAMS,
@@ -36,11 +39,11 @@ async function serveForm(form: Form, threads: number): Promise<void> {
     maxQueue: 64,
     maxPositions: 2048,
     threads,
-    ...(form === 'f32' ? {} : { quantize: form }),
+    ...(form === 'f32' ? {} : { quantize: form === 'q8' ? 'q8' : 'q4' }),
   });
   const base = new Array(STREAMS).fill(null);
-  await concurrentDecode(engine, base, 4); // first-run allocations
-  if (adapters.length > 0) await concurrentDecode(engine, adapters, 8); // every adapter into its slot before timing
+  // First-run allocations, and every adapter into its slot before timing.
+  await concurrentDecode(engine, adapters.length > 0 ? adapters : base, adapters.length > 0 ? 8 : 4);
   const run: Record<Workload, () => Promise<number>> = {
     prefill: async () => (await singleStream(engine, 256, 2)).prefillTokensPerSecond,
     decode1: async () => (await singleStream(engine, 16, 48)).tokensPerSecond,
@@ -97,23 +100,21 @@ function ratioSummary(numerators: number[], denominators: number[]) {
 export async function measureQuantizedBase(options: { trials: number; threads: number }) {
   const { trials, threads } = options;
   const processes = {} as Record<Form, FormProcess>;
-  const measured = Object.fromEntries(FORMS.map((form) => [form, Object.fromEntries(WORKLOADS.map((w) => [w, [] as number[]]))])) as Record<Form, Record<Workload, number[]>>;
+  const measured = Object.fromEntries(FORMS.map((form) => [form, Object.fromEntries(WORKLOADS.map((w) => [w, [] as number[]]))])) as Record<(typeof FORMS)[number], Record<Workload, number[]>>;
   try {
-    for (const form of FORMS) {
+    for (const form of PROCESSES) {
       log(`quantized base: loading the ${form} form in its own process ...`);
       processes[form] = await FormProcess.start(form, threads);
     }
     for (let trial = 0; trial < trials; trial++) {
       log(`quantized base: trial ${trial + 1}/${trials} ...`);
       for (const workload of WORKLOADS) {
-        for (const form of FORMS) {
-          if (workload === 'adapters16' && form !== 'q4') continue;
-          measured[form][workload].push(await processes[form].run(workload));
-        }
+        if (workload === 'adapters16') measured.q4.adapters16.push(await processes['q4-adapters'].run(workload));
+        else for (const form of FORMS) measured[form][workload].push(await processes[form].run(workload));
       }
     }
     const memory = {} as Record<Form, Awaited<ReturnType<FormProcess['finish']>>>;
-    for (const form of FORMS) memory[form] = await processes[form].finish();
+    for (const form of PROCESSES) memory[form] = await processes[form].finish();
 
     const { f32, q8, q4 } = measured;
     const perForm = (workload: Workload) => Object.fromEntries(FORMS.map((form) => [form, round(median(measured[form][workload]))]));
@@ -153,7 +154,7 @@ async function main(): Promise<void> {
   const threads = values.threads ? Number(values.threads) : availableParallelism();
   const form = values['serve-form'];
   if (form !== undefined) {
-    if (!(FORMS as readonly string[]).includes(form)) throw new Error(`--serve-form must be one of ${FORMS.join(', ')}`);
+    if (!(PROCESSES as readonly string[]).includes(form)) throw new Error(`--serve-form must be one of ${PROCESSES.join(', ')}`);
     return serveForm(form as Form, threads);
   }
   await ensureBenchModel(BENCH_MODEL_DIR, log);

@@ -25,12 +25,15 @@
  *   on SmolLM2-135M's shape).
  * - The other PEFT families have per-row inputs (peft-blocks.ts): soft prompts at the embedding, IA3 and DoRA
  *   scales around the projections, bottleneck adapters on the residual stream, and DoRA's base probes.
+ * - The layers run in one `If`: with every family's nodes, or (no row on an adapter) with none, both branches
+ *   reading the same weights. Profiled at one row, the families' nodes (about 80 of a layer's 115, fed empty
+ *   stand-ins) took longer than a quantized base's matmuls: each node costs a few microseconds whatever it does.
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { baseProjection, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
 import { LORA_INPUTS, LoraDelta } from './lora-delta.ts';
 import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
-import { peftBlocks, type BottleneckSite, type ProbeSite } from './peft-blocks.ts';
+import { PEFT_INPUTS, peftBlocks, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type BottleneckSite, type ProbeSite } from './peft-blocks.ts';
 
 export const GRAPH_INPUTS = {
   inputIds: 'input_ids',
@@ -41,6 +44,12 @@ export const GRAPH_INPUTS = {
   attentionSplit: 'attention_split',
   /** Per row, the step position whose logits are returned (rows of one step may feed different token counts). */
   logitsPosition: 'logits_position',
+  /**
+   * `[1]` bool: false when no row of the step uses an adapter of any family, so the pass runs the layers without
+   * the adapter families' nodes (about 80 per layer, each with a fixed cost of a few microseconds, which at one
+   * row cost more than a quantized base's matmuls). Both branches read the same weights.
+   */
+  adaptersInUse: 'adapters_in_use',
   pastKey: (layer: number) => `past_key_t.${layer}`,
   pastValue: (layer: number) => `past_value.${layer}`,
 } as const;
@@ -49,6 +58,14 @@ export const GRAPH_OUTPUTS = { logits: 'logits', newKeyValues: 'new_key_values' 
 
 // Opset 23 brings RMSNormalization, one fused node per norm; onnxruntime's contrib domain, MatMulNBits.
 export const OPSET = [{ domain: '', version: 23 }, CONTRIB_OPSET];
+
+/** Each projection group's fused initializer name and the Hugging Face modules it joins (probe sites are groups). */
+const PROJECTION_GROUPS: Record<ProbeSite, [fused: string, modules: string[]]> = {
+  qkv: ['self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']],
+  o: ['self_attn.o_proj', ['self_attn.o_proj']],
+  gate_up: ['mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj']],
+  down: ['mlp.down_proj', ['mlp.down_proj']],
+};
 
 /** Symbolic axis names; the runtime feeds any size. */
 const B = 'batch';
@@ -164,8 +181,6 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const pastMask = g.input(GRAPH_INPUTS.pastMask, 'float32', [B, 1, 1, S]);
   const selfMask = g.input(GRAPH_INPUTS.selfMask, 'float32', [B, 1, 'group_tokens', T]);
   const attentionSplit = g.input(GRAPH_INPUTS.attentionSplit, 'int64', [2]);
-  const lora = new LoraDelta(g);
-  const peft = peftBlocks(g, c, B, 'bottleneck_width');
   const qBlocks = c.numHeads / c.numKvHeads;
 
   const embedding = g.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
@@ -174,67 +189,101 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   /** Base projections of `x` (fused when several), with each weight as served: block-quantized or float32. */
   const base = (x: string, l: number, fused: string, modules: string[], inputRank = 3) =>
     baseProjection(g, x, modules.map((m) => model.quantized?.get(`model.layers.${l}.${m}.weight`) ?? w(`model.layers.${l}.${m}.weight`)), `model.layers.${l}.${fused}`, { inputRank });
-  /** A layer's base projection group, applied to the activation and to the layer's DoRA probe rows. */
-  const probed = (x: string, l: number, site: ProbeSite, fused: string, modules: string[]) => {
-    peft.probe(site, l, (rows) => base(rows, l, fused, modules, 2));
-    return base(x, l, fused, modules);
-  };
 
-  const serving: LayerImplementation = {
-    normWeight: (name) => g.initializer(name, w(name).data, [c.hiddenSize]),
-    qkv(l, h) {
-      // q's activation feeds each of q's B blocks, then k's and v's their own.
-      const loraQkv = lora.apply(h, {
-        a: LORA_INPUTS.aQkv(l), b: LORA_INPUTS.bQkv(l), inDim: c.hiddenSize, aBlocks: 3, bBlocks: qBlocks + 2, width: kvDim,
-        blockSources: [...new Array<number>(qBlocks).fill(0), 1, 2],
-      });
-      const qkv = probed(h, l, 'qkv', 'self_attn.qkv_proj', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']);
-      return peft.scaleOutput(g.op('Add', [qkv, loraQkv]), 'qkv', l);
-    },
-    o(l, unscaled) {
-      const merged = peft.scaleInput(unscaled, 'o', l);
-      const loraO = lora.apply(merged, { a: LORA_INPUTS.aO(l), b: LORA_INPUTS.bO(l), inDim: qDim, aBlocks: 1, bBlocks: 1, width: c.hiddenSize });
-      return peft.scaleOutput(g.op('Add', [probed(merged, l, 'o', 'self_attn.o_proj', ['self_attn.o_proj']), loraO]), 'o', l);
-    },
-    gateUp(l, h2) {
-      const loraGateUp = lora.apply(h2, {
-        a: LORA_INPUTS.aGateUp(l), b: LORA_INPUTS.bGateUp(l), inDim: c.hiddenSize, aBlocks: 2, bBlocks: 2, width: c.intermediateSize,
-      });
-      return peft.scaleOutput(g.op('Add', [probed(h2, l, 'gate_up', 'mlp.gate_up_proj', ['mlp.gate_proj', 'mlp.up_proj']), loraGateUp]), 'gate_up', l);
-    },
-    down(l, unscaled) {
-      const act = peft.scaleInput(unscaled, 'down', l);
-      const loraDown = lora.apply(act, {
-        a: LORA_INPUTS.aDown(l), b: LORA_INPUTS.bDown(l), inDim: c.intermediateSize, aBlocks: 1, bBlocks: 1, width: c.hiddenSize,
-      });
-      return peft.scaleOutput(g.op('Add', [probed(act, l, 'down', 'mlp.down_proj', ['mlp.down_proj']), loraDown]), 'down', l);
-    },
-    // The cached keys (transposed) and values, then this step's own tokens under a causal mask, in one softmax.
-    attend(l, qGrouped, k, v) {
-      const pastKeyT = g.input(GRAPH_INPUTS.pastKey(l), 'float32', [B, c.numKvHeads, c.headDim, S]);
-      const pastValue = g.input(GRAPH_INPUTS.pastValue(l), 'float32', [B, c.numKvHeads, S, c.headDim]);
-      const scoresPast = g.op('Add', [g.op('MatMul', [qGrouped, pastKeyT]), pastMask]);
-      const scoresSelf = g.op('Add', [g.op('MatMul', [qGrouped, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]), selfMask]);
-      const probs = g.op('Softmax', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 })], { axis: 3 });
-      const [probsPast, probsSelf] = g.opMulti('Split', [probs, attentionSplit], 2, { axis: 3 });
-      return g.op('Add', [g.op('MatMul', [probsPast, pastValue]), g.op('MatMul', [probsSelf, v])]);
-    },
-    residual: (l, site, x, h) => peft.residualWithBottleneck(x, h, site, l),
+  const group = (site: ProbeSite) => (l: number, x: string) => base(x, l, ...PROJECTION_GROUPS[site]);
+  const plain: LayerImplementation = {
+    normWeight: (name) => g.sharedInitializer(name, () => w(name).data, [c.hiddenSize]),
+    qkv: group('qkv'),
+    o: group('o'),
+    gateUp: group('gate_up'),
+    down: group('down'),
+    attend: (l, qGrouped, k, v) => attendOverCache(l, qGrouped, k, v),
   };
+  const lora = new LoraDelta(g);
+  const peft = peftBlocks(g, c);
+  const withAdapters = adapterLayers();
 
-  let x = peft.embed(g.op('Gather', [embedding, inputIds], { axis: 0 }));
-  const newKeyValues: string[] = [];
-  for (let l = 0; l < c.numLayers; l++) {
-    const layer = decoderLayer(ctx, serving, l, x);
-    x = layer.x;
-    newKeyValues.push(layer.keys, layer.values);
+  function adapterLayers(): LayerImplementation {
+    return {
+      normWeight: (name) => g.sharedInitializer(name, () => w(name).data, [c.hiddenSize]),
+      qkv(l, h) {
+        // q's activation feeds each of q's B blocks, then k's and v's their own.
+        const loraQkv = lora.apply(h, {
+          a: LORA_INPUTS.aQkv(l), b: LORA_INPUTS.bQkv(l), inDim: c.hiddenSize, aBlocks: 3, bBlocks: qBlocks + 2, width: kvDim,
+          blockSources: [...new Array<number>(qBlocks).fill(0), 1, 2],
+        });
+        return peft.scaleOutput(g.op('Add', [plain.qkv(l, h), loraQkv]), 'qkv', l);
+      },
+      o(l, unscaled) {
+        const merged = peft.scaleInput(unscaled, 'o', l);
+        const loraO = lora.apply(merged, { a: LORA_INPUTS.aO(l), b: LORA_INPUTS.bO(l), inDim: qDim, aBlocks: 1, bBlocks: 1, width: c.hiddenSize });
+        return peft.scaleOutput(g.op('Add', [plain.o(l, merged), loraO]), 'o', l);
+      },
+      gateUp(l, h2) {
+        const loraGateUp = lora.apply(h2, {
+          a: LORA_INPUTS.aGateUp(l), b: LORA_INPUTS.bGateUp(l), inDim: c.hiddenSize, aBlocks: 2, bBlocks: 2, width: c.intermediateSize,
+        });
+        return peft.scaleOutput(g.op('Add', [plain.gateUp(l, h2), loraGateUp]), 'gate_up', l);
+      },
+      down(l, unscaled) {
+        const act = peft.scaleInput(unscaled, 'down', l);
+        const loraDown = lora.apply(act, {
+          a: LORA_INPUTS.aDown(l), b: LORA_INPUTS.bDown(l), inDim: c.intermediateSize, aBlocks: 1, bBlocks: 1, width: c.hiddenSize,
+        });
+        return peft.scaleOutput(g.op('Add', [plain.down(l, act), loraDown]), 'down', l);
+      },
+      attend: plain.attend,
+      residual: (l, site, x, h) => peft.residualWithBottleneck(x, h, site, l),
+    };
   }
-  peft.finishProbes();
+
+  // The cached keys (transposed) and values, then this step's own tokens under a causal mask, in one softmax.
+  const pastKeysT = Array.from({ length: c.numLayers }, (_, l) => g.input(GRAPH_INPUTS.pastKey(l), 'float32', [B, c.numKvHeads, c.headDim, S]));
+  const pastValues = Array.from({ length: c.numLayers }, (_, l) => g.input(GRAPH_INPUTS.pastValue(l), 'float32', [B, c.numKvHeads, S, c.headDim]));
+  function attendOverCache(l: number, qGrouped: string, k: string, v: string): string {
+    const [pastKeyT, pastValue] = [pastKeysT[l], pastValues[l]];
+    const scoresPast = g.op('Add', [g.op('MatMul', [qGrouped, pastKeyT]), pastMask]);
+    const scoresSelf = g.op('Add', [g.op('MatMul', [qGrouped, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]), selfMask]);
+    const probs = g.op('Softmax', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 })], { axis: 3 });
+    const [probsPast, probsSelf] = g.opMulti('Split', [probs, attentionSplit], 2, { axis: 3 });
+    return g.op('Add', [g.op('MatMul', [probsPast, pastValue]), g.op('MatMul', [probsSelf, v])]);
+  }
+
+  /** The decoder layers over `x`: the final hidden states and all layers' new keys and values in one tensor. */
+  const layers = (impl: LayerImplementation, x: string): string[] => {
+    const newKeyValues: string[] = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      const layer = decoderLayer(ctx, impl, l, x);
+      x = layer.x;
+      newKeyValues.push(layer.keys, layer.values);
+    }
+    // [B, layers*2*kv_heads, T, head_dim], k then v per layer.
+    return [x, g.op('Concat', newKeyValues, { axis: 1 })];
+  };
+  const tokenEmbeddings = g.op('Gather', [embedding, inputIds], { axis: 0 });
+  const [x, newKeyValues] = g.ifElse(
+    g.input(GRAPH_INPUTS.adaptersInUse, 'bool', [1]),
+    () => layers(withAdapters, peft.embed(tokenEmbeddings)),
+    () => layers(plain, tokenEmbeddings),
+  );
+  // DoRA's probe rows go through every layer's base projections in a pass of their own (once per adapter); other
+  // passes take the empty branch, so the probes' matmuls (4 per layer) cost no step anything.
+  const probeWidths = probeSiteWidths(c);
+  const noProbeRows = PROBE_SITES.map((site) => g.initializer(`no_probe_rows.${site}`, new Float32Array(0), [0, probeWidths[site].out]));
+  const probeResults = g.ifElse(
+    g.input(PEFT_INPUTS.probing, 'bool', [1]),
+    () => peft.probeResults((site, l, rows) => {
+      const [fused, modules] = PROJECTION_GROUPS[site];
+      return base(rows, l, fused, modules, 2);
+    }),
+    () => noProbeRows.map((empty) => g.op('Identity', [empty])),
+  );
+  PROBE_SITES.forEach((site, i) => g.output(probeResults[i], PROBE_OUTPUT(site), 'float32', ['probe_out_rows', probeWidths[site].out]));
 
   // Only one position's logits per row leave the graph (outputs are copied by the binding, so keep them small):
   // each row's last real token, as rows of a batched prefill are padded to the longest.
   const last = g.op('GatherElements', [x, g.input(GRAPH_INPUTS.logitsPosition, 'int64', [B, 1, c.hiddenSize])], { axis: 1 });
-  const lastFlat = g.op('Reshape', [rmsNorm(g, c, last, serving.normWeight('model.norm.weight')), g.constInt64([-1, c.hiddenSize])]);
+  const lastFlat = g.op('Reshape', [rmsNorm(g, c, last, plain.normWeight('model.norm.weight')), g.constInt64([-1, c.hiddenSize])]);
   // The embedding lookup reads float32 rows (exact values of a quantized file's embedding); the output
   // projection, a full matmul per step, uses the quantized form when there is one.
   const quantizedHead = model.quantized?.get('lm_head.weight');
@@ -242,7 +291,6 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
     ? quantizedMatMul(g, lastFlat, quantizedHead, 'lm_head', { inputRank: 2 })
     : g.op('Gemm', [lastFlat, c.tieWordEmbeddings ? embedding : g.initializer('lm_head.weight', w('lm_head.weight').data, [c.vocabSize, c.hiddenSize])], { transB: 1 });
   g.output(logits, GRAPH_OUTPUTS.logits, 'float32', [B, c.vocabSize]);
-  // All layers' new keys and values in one output: [B, layers*2*kv_heads, T, head_dim], k then v per layer.
-  g.output(g.op('Concat', newKeyValues, { axis: 1 }), GRAPH_OUTPUTS.newKeyValues, 'float32', [B, c.numLayers * 2 * c.numKvHeads, T, c.headDim]);
+  g.output(newKeyValues, GRAPH_OUTPUTS.newKeyValues, 'float32', [B, c.numLayers * 2 * c.numKvHeads, T, c.headDim]);
   return g.build(OPSET);
 }

@@ -8,9 +8,9 @@ import onnxProto from 'onnx-proto';
 const { onnx } = onnxProto;
 
 const DataType = onnx.TensorProto.DataType;
-export type ElementType = 'float32' | 'int64' | 'uint8';
+export type ElementType = 'float32' | 'int64' | 'uint8' | 'bool';
 
-const ELEMENT_TYPES: Record<ElementType, number> = { float32: DataType.FLOAT, int64: DataType.INT64, uint8: DataType.UINT8 };
+const ELEMENT_TYPES: Record<ElementType, number> = { float32: DataType.FLOAT, int64: DataType.INT64, uint8: DataType.UINT8, bool: DataType.BOOL };
 
 /** Initializer data and the element type each typed array stores. */
 type InitializerData = Float32Array | BigInt64Array | Uint8Array;
@@ -21,7 +21,13 @@ function elementTypeOf(data: InitializerData): ElementType {
 /** Dimensions are numbers or symbolic names (dynamic axes). */
 export type Dim = number | string;
 
-export type AttributeValue = number | number[] | string | { float: number };
+export type AttributeValue = number | number[] | string | { float: number } | { graph: Branch };
+
+/** A subgraph (an `If` branch): its nodes and the values it returns, all float32. */
+export interface Branch {
+  nodes: InstanceType<typeof onnx.NodeProto>[];
+  outputs: string[];
+}
 
 /** Name of the buffer onnxruntime receives through `externalData`; every initializer points into it. */
 export const EXTERNAL_DATA_FILE = 'weights.bin';
@@ -163,6 +169,29 @@ export class OnnxGraphBuilder {
   }
 
   /**
+   * `If(condition)`: runs one of two subgraphs, each built by its function from values of this graph (inputs,
+   * initializers, earlier results), which it reads without copies. Returns the taken branch's float32 results.
+   */
+  ifElse(condition: string, thenBranch: () => string[], elseBranch: () => string[]): string[] {
+    const [whenTrue, whenFalse] = [this.branch(thenBranch), this.branch(elseBranch)];
+    if (whenTrue.outputs.length !== whenFalse.outputs.length) throw new Error('both branches of an If must return as many values');
+    return this.opMulti('If', [condition], whenTrue.outputs.length, { then_branch: { graph: whenTrue }, else_branch: { graph: whenFalse } });
+  }
+
+  /** A subgraph's nodes; its operations leave `operations` with them, which so stays one entry per top-level node. */
+  private branch(build: () => string[]): Branch {
+    const [outerNodes, outerOps] = [this.nodes.splice(0), this.ops.splice(0)];
+    try {
+      const outputs = build();
+      this.ops.splice(0);
+      return { nodes: this.nodes.splice(0), outputs };
+    } finally {
+      this.nodes.push(...outerNodes);
+      this.ops.push(...outerOps);
+    }
+  }
+
+  /**
    * Makes a value the operations compute a graph input instead: the operation producing it is dropped, and the
    * caller feeds the value. The training graphs use this to read activations an earlier run saved rather than
    * computing them again.
@@ -240,5 +269,7 @@ function attribute(name: string, value: AttributeValue) {
   if (typeof value === 'string') return { name, type: AttributeType.STRING, s: new TextEncoder().encode(value) };
   if (typeof value === 'number') return { name, type: AttributeType.INT, i: value };
   if (Array.isArray(value)) return { name, type: AttributeType.INTS, ints: value };
-  return { name, type: AttributeType.FLOAT, f: value.float };
+  if ('float' in value) return { name, type: AttributeType.FLOAT, f: value.float };
+  const { nodes, outputs } = value.graph;
+  return { name, type: AttributeType.GRAPH, g: onnx.GraphProto.create({ name, node: nodes, output: outputs.map((output) => valueInfo(output, 'float32')) }) };
 }

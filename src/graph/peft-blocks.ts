@@ -34,7 +34,7 @@ export const PEFT_INPUTS = {
   tokenEmbeddingKept: 'token_embedding_kept',
   scaleIn: (site: ScaledInput, layer: number) => `scale_in_${site}.${layer}`,
   scaleOut: (site: ScaledOutput, layer: number) => `scale_out_${site}.${layer}`,
-  /** [B, hidden, R] / [B, 1, R] / [B, R, hidden] / [B, 1, hidden]. */
+  /** Per layer [B, hidden, R] / [B, 1, R] / [B, 1, R, hidden] / [B, 1, hidden] (see familyGraphInput). */
   bnDown: (site: BottleneckSite, layer: number) => `bn_down_${site}.${layer}`,
   bnDownBias: (site: BottleneckSite, layer: number) => `bn_down_bias_${site}.${layer}`,
   bnUp: (site: BottleneckSite, layer: number) => `bn_up_${site}.${layer}`,
@@ -44,9 +44,22 @@ export const PEFT_INPUTS = {
   bnFromResidual: 'bn_from_residual',
   /** [B, 1, 1, BLENDED_ACTIVATIONS.length]: one-hot choice of non-linearity. */
   bnActivation: 'bn_activation',
-  /** [P, in]: rows to push through a layer's base projection group. */
-  probe: (site: ProbeSite, layer: number) => `probe_${site}.${layer}`,
+  /** [layers·P, in]: rows to push through each layer's base projection group, layer by layer. */
+  probe: (site: ProbeSite) => `probe_${site}`,
+  /** [1] bool: true on the pass that pushes probe rows (DoRA's weight norms), which then runs their matmuls. */
+  probing: 'probing',
 } as const;
+
+/**
+ * The graph input that carries a per-layer family block: every layer's blocks of one kind travel in one input,
+ * stacked on the first axis after the batch (`scale_out_qkv.3` is layer 3's part of `scale_out_qkv`), since
+ * onnxruntime-node spends a few microseconds on every input of every run whatever its size (measured: 850 inputs
+ * cost about 5 ms of CPU a run). Blocks that are not per layer are their own input (`layer` undefined).
+ */
+export function familyGraphInput(blockName: string): { input: string; layer?: number } {
+  const match = /^(.+)\.(\d+)$/.exec(blockName);
+  return match ? { input: match[1], layer: Number(match[2]) } : { input: blockName };
+}
 
 /** Input and output widths of each probe site (the base projection group it goes through). */
 export function probeSiteWidths(c: LlamaConfig): Record<ProbeSite, { in: number; out: number }> {
@@ -97,17 +110,21 @@ export function bottleneckInputShapes(c: LlamaConfig, rank: number): Map<string,
   return shapes;
 }
 
-/** The graph pieces, bound to one builder. `B` is the batch axis, `R` the bottleneck width axis. */
-export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig, B: string, R: string) {
+/** The graph pieces, bound to one builder. */
+export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig) {
   /** A per-row input that may also be fed as one broadcast element: every axis symbolic. */
   const broadcastable = (name: string, rank: number) =>
     g.input(name, 'float32', Array.from({ length: rank }, (_, axis) => `${name}:${axis}`));
-  const shared = new Map<string, string>();
-  const sharedInput = (name: string, rank: number) => {
-    if (!shared.has(name)) shared.set(name, broadcastable(name, rank));
-    return shared.get(name)!;
+  const shared = new Map<string, string[]>();
+  /** A family block as the graph reads it: the input, or its layer's part of the stacked input (split once). */
+  const sharedInput = (blockName: string, rank: number) => {
+    const { input, layer } = familyGraphInput(blockName);
+    if (!shared.has(input)) {
+      const value = broadcastable(input, rank);
+      shared.set(input, layer === undefined ? [value] : g.opMulti('Split', [value], c.numLayers, { axis: 1, num_outputs: c.numLayers }));
+    }
+    return shared.get(input)![layer ?? 0];
   };
-  const probes = new Map<ProbeSite, string[]>(PROBE_SITES.map((site) => [site, []]));
   const probeWidths = probeSiteWidths(c);
   const unsqueezeBlend = g.constInt64([2], 'bn_blend_axis');
   const flatten = g.constInt64([0, 0, c.hiddenSize], 'bn_flat_shape');
@@ -120,11 +137,11 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig, B: string, R: st
     },
 
     scaleInput(x: string, site: ScaledInput, layer: number): string {
-      return g.op('Mul', [x, broadcastable(PEFT_INPUTS.scaleIn(site, layer), 3)]);
+      return g.op('Mul', [x, sharedInput(PEFT_INPUTS.scaleIn(site, layer), 3)]);
     },
 
     scaleOutput(y: string, site: ScaledOutput, layer: number): string {
-      return g.op('Mul', [y, broadcastable(PEFT_INPUTS.scaleOut(site, layer), 3)]);
+      return g.op('Mul', [y, sharedInput(PEFT_INPUTS.scaleOut(site, layer), 3)]);
     },
 
     /** The residual stream after a sub-layer whose output is `h`, with the row's bottleneck adapter there. */
@@ -133,8 +150,8 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig, B: string, R: st
         g.op('Mul', [h, sharedInput(PEFT_INPUTS.bnFromSublayer, 3)]),
         g.op('Mul', [x, sharedInput(PEFT_INPUTS.bnFromResidual, 3)]),
       ]);
-      const down = g.input(PEFT_INPUTS.bnDown(site, layer), 'float32', [B, c.hiddenSize, R]);
-      const downBias = g.input(PEFT_INPUTS.bnDownBias(site, layer), 'float32', [B, 1, R]);
+      const down = sharedInput(PEFT_INPUTS.bnDown(site, layer), 3);
+      const downBias = sharedInput(PEFT_INPUTS.bnDownBias(site, layer), 3);
       // [B, T, 1, R]: each non-linearity of the bottleneck, stacked on axis 2, blended by the row's one-hot choice.
       const z = g.op('Unsqueeze', [g.op('Add', [g.op('MatMul', [input, down]), downBias]), unsqueezeBlend]);
       const activations = [
@@ -145,24 +162,24 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig, B: string, R: st
         g.op('Tanh', [z]),
       ];
       const blended = g.op('MatMul', [sharedInput(PEFT_INPUTS.bnActivation, 4), g.op('Concat', activations, { axis: 2 })]);
-      const up = g.input(PEFT_INPUTS.bnUp(site, layer), 'float32', [B, 1, R, c.hiddenSize]);
+      const up = sharedInput(PEFT_INPUTS.bnUp(site, layer), 4);
       const delta = g.op('Add', [
         g.op('Reshape', [g.op('MatMul', [blended, up]), flatten]),
-        broadcastable(PEFT_INPUTS.bnUpBias(site, layer), 3),
+        sharedInput(PEFT_INPUTS.bnUpBias(site, layer), 3),
       ]);
       return g.op('Add', [g.op('Add', [x, h]), delta]);
     },
 
-    /** Pushes the layer's probe rows for `site` through `project`, the layer's own base projection of that group. */
-    probe(site: ProbeSite, layer: number, project: (rows: string) => string): void {
-      probes.get(site)!.push(project(g.input(PEFT_INPUTS.probe(site, layer), 'float32', ['probe_rows', probeWidths[site].in])));
-    },
-
-    /** Declares the probe outputs; call after every layer. */
-    finishProbes(): void {
-      for (const site of PROBE_SITES) {
-        g.output(g.op('Concat', probes.get(site)!, { axis: 0 }), PROBE_OUTPUT(site), 'float32', ['probe_out_rows', probeWidths[site].out]);
-      }
+    /**
+     * Per site (PROBE_SITES' order), every layer's probe rows through `project`, the layer's own base projection
+     * of that group: `[layers·P, out]`.
+     */
+    probeResults(project: (site: ProbeSite, layer: number, rows: string) => string): string[] {
+      return PROBE_SITES.map((site) => {
+        const stacked = g.input(PEFT_INPUTS.probe(site), 'float32', ['probe_rows', probeWidths[site].in]);
+        const perLayer = g.opMulti('Split', [stacked], c.numLayers, { axis: 0, num_outputs: c.numLayers });
+        return g.op('Concat', perLayer.map((rows, l) => project(site, l, rows)), { axis: 0 });
+      });
     },
   };
 }

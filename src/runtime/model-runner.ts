@@ -90,8 +90,13 @@ export class ModelRunner {
   readonly maxBatch: number;
   private readonly longSequencePositions: number;
   private readonly rope: RopeTables;
-  /** Rank-0 stand-ins fed when no row of a pass uses an adapter, so the LoRA branch costs almost nothing. */
-  private readonly rankZeroShapes: ReturnType<typeof loraInputShapes>;
+  /**
+   * Rank-0 stand-ins fed when no row of a pass uses an adapter, so the LoRA branch costs almost nothing; made once,
+   * since every input fed costs the binding a few microseconds of its own.
+   */
+  private readonly rankZeroLora: Record<string, ort.Tensor> = {};
+  /** Probe inputs with no rows: ordinary passes push nothing through the base projections. */
+  private readonly noProbes: Record<string, ort.Tensor>;
   /** Input width of each probe site. */
   private readonly probeWidths: Record<ProbeSite, number>;
   /** The probe pass's one row, on no adapter. */
@@ -116,8 +121,15 @@ export class ModelRunner {
       adapters: new AdapterSegments(this.slots, Math.min(options.maxBatch, options.adapterSlots)),
       families: new RowFamilyWeights(this.slots, options.maxBatch),
     }));
-    this.rankZeroShapes = loraInputShapes(config, 0);
+    const rankZeroShapes = loraInputShapes(config, 0);
+    for (let l = 0; l < config.numLayers; l++) {
+      for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
+        this.rankZeroLora[nameOf(l)] = new ort.Tensor('float32', EMPTY, [1, ...rankZeroShapes[key]]);
+      }
+    }
     this.probeWidths = Object.fromEntries(PROBE_SITES.map((site) => [site, probeSiteWidths(config)[site].in])) as Record<ProbeSite, number>;
+    this.noProbes = { [PEFT_INPUTS.probing]: new ort.Tensor('bool', [false], [1]) };
+    for (const site of PROBE_SITES) this.noProbes[PEFT_INPUTS.probe(site)] = new ort.Tensor('float32', EMPTY, [0, this.probeWidths[site]]);
     this.probeRow = { adapters: new AdapterSegments(this.slots, 1), families: new RowFamilyWeights(this.slots, 1) };
   }
 
@@ -235,7 +247,7 @@ export class ModelRunner {
       [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', logitsPosition, [batch, 1, c.hiddenSize]),
       [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', softPrompt, anySoftPrompt ? [batch, tokens, c.hiddenSize] : [1, 1, 1]),
       [PEFT_INPUTS.tokenEmbeddingKept]: new ort.Tensor('float32', tokenEmbeddingKept, anySoftPrompt ? [batch, tokens, 1] : [1, 1, 1]),
-      ...this.emptyProbes(),
+      ...this.noProbes,
     };
     const stride = cache.rowStride;
     for (let l = 0; l < c.numLayers; l++) {
@@ -265,18 +277,18 @@ export class ModelRunner {
   ): void {
     const c = this.config;
     const batch = slots.length;
+    // Soft prompts and every other family come from a slot: a pass with no slot runs the layers without them.
+    feeds[GRAPH_INPUTS.adaptersInUse] = new ort.Tensor('bool', [slots.some((slot) => slot !== 0)], [1]);
     const plan = adapters.prepare(slots, tokens, firstRow === 0);
     feeds[LORA_SEGMENT_INPUTS.segmentRows] = new ort.Tensor('int64', plan.rows, [plan.adapters, plan.segmentRows]);
     feeds[LORA_SEGMENT_INPUTS.resultIndex] = new ort.Tensor('int64', plan.resultIndex, [batch, tokens]);
     feeds[LORA_SEGMENT_INPUTS.rowMask] = new ort.Tensor('float32', plan.rowMask, [batch, 1, 1]);
-    for (let l = 0; l < c.numLayers; l++) {
-      for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
-        const name = nameOf(l);
-        if (plan.rank > 0) {
-          const { data, shape, size } = adapters.buffers.get(name)!;
-          feeds[name] = new ort.Tensor('float32', data.subarray(0, plan.adapters * size), [plan.adapters, ...shape]);
-        } else {
-          feeds[name] = new ort.Tensor('float32', EMPTY, [1, ...this.rankZeroShapes[key]]);
+    if (plan.rank === 0) Object.assign(feeds, this.rankZeroLora);
+    else {
+      for (let l = 0; l < c.numLayers; l++) {
+        for (const nameOf of Object.values(LORA_INPUTS)) {
+          const { data, shape, size } = adapters.buffers.get(nameOf(l))!;
+          feeds[nameOf(l)] = new ort.Tensor('float32', data.subarray(0, plan.adapters * size), [plan.adapters, ...shape]);
         }
       }
     }
@@ -285,24 +297,16 @@ export class ModelRunner {
       const { data, shape, size } = families.buffers.get(name)!;
       return new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
     };
-    for (const [name, { group, identity, shape }] of this.slots.familyInputs) {
+    for (const [name, { group }] of families.inputs) {
       if (group === 'fixed') {
         // The activation choice is contracted by a MatMul, which does not broadcast its contracted axis.
         const whole = layout.fixed || name === PEFT_INPUTS.bnActivation;
-        feeds[name] = whole ? rowsOf(name) : new ort.Tensor('float32', BROADCAST_IDENTITY[identity], [1, ...shape.map(() => 1)]);
+        const identity = whole ? undefined : families.broadcastIdentity(name);
+        feeds[name] = identity ? new ort.Tensor('float32', identity.data, identity.dims) : rowsOf(name);
       } else {
-        feeds[name] = layout.bottleneckWidth > 0 ? rowsOf(name) : new ort.Tensor('float32', EMPTY, [batch, ...this.slots.familyShapeAt(name, 0)]);
+        feeds[name] = layout.bottleneckWidth > 0 ? rowsOf(name) : new ort.Tensor('float32', EMPTY, [batch, ...families.shapeAt(name, 0)]);
       }
     }
-  }
-
-  /** Probe inputs with no rows: ordinary passes push nothing through the base projections. */
-  private emptyProbes(): Record<string, ort.Tensor> {
-    const feeds: Record<string, ort.Tensor> = {};
-    for (let l = 0; l < this.config.numLayers; l++) {
-      for (const site of PROBE_SITES) feeds[PEFT_INPUTS.probe(site, l)] = new ort.Tensor('float32', EMPTY, [0, this.probeWidths[site]]);
-    }
-    return feeds;
   }
 
   /**
@@ -332,10 +336,10 @@ export class ModelRunner {
     for (let l = 0; l < c.numLayers; l++) {
       feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', emptyCache, [1, c.numKvHeads, c.headDim, 1]);
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', emptyCache, [1, c.numKvHeads, 1, c.headDim]);
-      for (const site of PROBE_SITES) {
-        const width = this.probeWidths[site];
-        feeds[PEFT_INPUTS.probe(site, l)] = new ort.Tensor('float32', probe.inputs[site].subarray(l * probe.rows * width, (l + 1) * probe.rows * width), [probe.rows, width]);
-      }
+    }
+    feeds[PEFT_INPUTS.probing] = new ort.Tensor('bool', [true], [1]);
+    for (const site of PROBE_SITES) {
+      feeds[PEFT_INPUTS.probe(site)] = new ort.Tensor('float32', probe.inputs[site], [c.numLayers * probe.rows, this.probeWidths[site]]);
     }
     this.feedAdapters(feeds, this.probeRow, 0, [0], 1);
     const result = await this.session.run(feeds);

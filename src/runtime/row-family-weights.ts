@@ -1,14 +1,22 @@
 /**
  * The per-row inputs of the PEFT families beside LoRA (scales, biases, bottleneck matrices), in the layout the
- * decoder graph reads: one block per batch row. A row gets a copy of its slot's values when the slot it uses
+ * decoder graph reads: one block per batch row, holding every layer's block of that kind in layer order (one
+ * graph input per kind, see familyGraphInput). A row gets a copy of its slot's values when the slot it uses
  * changes — when a sequence joins or moves — so a step feeds contiguous, zero-copy views and copies nothing.
  *
  * Bottleneck matrices are laid out for the widest bottleneck among the rows, not the slot width, and the whole
  * group is fed empty when no row of a step uses one; scales and biases are fed only when some row of the step
- * uses them (otherwise one broadcast identity element each).
+ * uses them (otherwise one broadcast identity element per layer).
  */
 import { elementCount } from '../formats/tensor-shape.ts';
+import { familyGraphInput } from '../graph/peft-blocks.ts';
 import type { AdapterSlots, LoraBuffer } from './adapter-slots.ts';
+import type { FamilyInput } from './slot-layout.ts';
+
+/** A graph input of the families: the slot blocks it stacks (one per layer, or a single one), how it is read. */
+export interface FamilyGraphInput extends FamilyInput {
+  blocks: string[];
+}
 
 interface RowSource {
   slot: number;
@@ -28,19 +36,45 @@ export interface FamilyLayout {
 export class RowFamilyWeights {
   /** Per graph input name: the rows' values, row 0 first (bottleneck inputs absent until a row uses one). */
   readonly buffers = new Map<string, LoraBuffer>();
+  /** The graph inputs, in the order their first blocks come in the slots. */
+  readonly inputs = new Map<string, FamilyGraphInput>();
   /** The width the rows' bottleneck inputs are laid out for. */
   bottleneckWidth = 0;
   private readonly sources: RowSource[];
+  private readonly identities = new Map<string, { data: Float32Array; dims: number[] }>();
 
   constructor(
     private readonly slots: AdapterSlots,
     readonly maxRows: number,
   ) {
     this.sources = new Array<RowSource>(maxRows).fill(UNSET);
-    for (const [name, { group, identity, shape, size }] of slots.familyInputs) {
-      if (group !== 'fixed') continue;
-      this.buffers.set(name, { data: new Float32Array(maxRows * size).fill(identity), shape, size });
+    for (const [block, { group, identity, axis }] of slots.familyInputs) {
+      const { input } = familyGraphInput(block);
+      if (!this.inputs.has(input)) this.inputs.set(input, { group, identity, axis, blocks: [] });
+      this.inputs.get(input)!.blocks.push(block);
     }
+    for (const [name, { group, identity, blocks }] of this.inputs) {
+      if (group !== 'fixed') continue;
+      const shape = this.shapeAt(name, 0);
+      const size = elementCount(shape);
+      this.buffers.set(name, { data: new Float32Array(maxRows * size).fill(identity), shape, size });
+      this.identities.set(name, { data: new Float32Array(blocks.length).fill(identity), dims: [1, blocks.length, ...shape.slice(1).map(() => 1)] });
+    }
+  }
+
+  /**
+   * The stand-in fed for a fixed input that no row of a step uses: one identity element per block, broadcast over
+   * the rows and each block's values.
+   */
+  broadcastIdentity(name: string): { data: Float32Array; dims: number[] } {
+    return this.identities.get(name)!;
+  }
+
+  /** One row's shape of a graph input, bottleneck inputs at `width`: its blocks stacked on their first axis. */
+  shapeAt(name: string, width: number): number[] {
+    const { blocks } = this.inputs.get(name)!;
+    const [first, ...rest] = this.slots.familyShapeAt(blocks[0], width);
+    return [blocks.length * first, ...rest];
   }
 
   /**
@@ -65,9 +99,9 @@ export class RowFamilyWeights {
 
   private layOut(width: number): void {
     this.bottleneckWidth = width;
-    for (const [name, { group }] of this.slots.familyInputs) {
+    for (const [name, { group }] of this.inputs) {
       if (group !== 'bottleneck') continue;
-      const shape = this.slots.familyShapeAt(name, width);
+      const shape = this.shapeAt(name, width);
       const size = elementCount(shape);
       this.buffers.set(name, { data: new Float32Array(this.maxRows * size), shape, size });
     }
@@ -79,7 +113,11 @@ export class RowFamilyWeights {
     const generation = this.slots.generation(slot);
     const source = this.sources[row];
     if (source.slot === slot && source.generation === generation) return;
-    for (const [name, { data, size }] of this.buffers) this.slots.copyFamilyInput(name, slot, this.bottleneckWidth, data, row * size);
+    for (const [name, { data, size }] of this.buffers) {
+      const { blocks } = this.inputs.get(name)!;
+      const blockSize = size / blocks.length;
+      blocks.forEach((block, i) => this.slots.copyFamilyInput(block, slot, this.bottleneckWidth, data, row * size + i * blockSize));
+    }
     this.sources[row] = { slot, generation };
   }
 }
