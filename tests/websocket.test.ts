@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { WebSocket, type ClientOptions } from 'ws';
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { attachWebSocketApi, WEBSOCKET_PATH, type WebSocketApiOptions } from '../src/api/websocket.ts';
-import { stepUntilStreaming } from './support/engine-steps.ts';
+import { stepUntilSettled, stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 
 let gateway: TestGateway;
@@ -267,8 +267,7 @@ test('response.cancel ends a response as cancelled and frees its engine row', as
   engine.pause();
   try {
     const id = await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 });
-    await stepUntilStreaming(engine);
-    await client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id);
+    await stepUntilSettled(engine, client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id));
     assert.equal(engine.stats.running, 1);
     client.send({ type: 'response.cancel', response_id: id });
     const terminal = client.terminal(id);
@@ -292,8 +291,7 @@ test('a socket that closes mid-stream cancels the work it started', async () => 
   try {
     ids = [await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 })];
     ids.push(await client.create({ model: ADAPTER_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 }));
-    await stepUntilStreaming(engine, 2);
-    await Promise.all(ids.map((id) => client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id)));
+    await stepUntilSettled(engine, Promise.all(ids.map((id) => client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id))));
     assert.equal(engine.pendingRequests, 2);
     client.socket.close();
     await stepUntilIdle();
@@ -375,8 +373,7 @@ test('closing the API cancels what is running, sends the terminal events, then c
   // Paused with the response running; the close cancels it before the engine may go on.
   engine.pause();
   const id = await client.create({ model: BASE_MODEL, input: PROMPT, max_tokens: 400, temperature: 0 });
-  await stepUntilStreaming(engine);
-  await client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id);
+  await stepUntilSettled(engine, client.waitFor((event) => event.type === 'response.output_text.delta' && event.response_id === id));
   const closed = new Promise<number>((resolve) => client.socket.once('close', resolve));
   const closing = extra.close();
   engine.resume();

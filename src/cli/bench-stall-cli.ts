@@ -3,6 +3,7 @@
  *   npm run bench:stall [-- --json] [--trials N] [--budget TOKENS]
  * or only its stall figures for each of several budgets, one engine after another (compare their ratios):
  *   npm run bench:stall -- --budgets 32,64,128,256 [--trials N] [--json]
+ * `--spinning on|off` is the engine's ENGINE_THREAD_SPINNING for the run (default on, the engine's default).
  */
 import { parseArgs } from 'node:util';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
@@ -11,12 +12,13 @@ import { benchEngineOptions, ensureAdapters, log, printReport, runBenchCommand }
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' }, budget: { type: 'string' }, budgets: { type: 'string' } },
+    options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' }, budget: { type: 'string' }, budgets: { type: 'string' }, spinning: { type: 'string', default: 'on' } },
   });
   await ensureBenchModel(BENCH_MODEL_DIR, log);
   // The same adapters `npm run bench` uses for its adapter sections.
   const adapters = await ensureAdapters();
-  const engineOptions = benchEngineOptions();
+  if (values.spinning !== 'on' && values.spinning !== 'off') throw new Error(`--spinning must be on or off, got ${values.spinning}`);
+  const engineOptions = { ...benchEngineOptions(), threadSpinning: values.spinning === 'on' };
   const common = { adapters, trials: Number(values.trials), log };
   if (values.budgets !== undefined) {
     const reports = [];

@@ -119,6 +119,7 @@ export async function measureStalls(options: StallBenchOptions) {
     const coldPenalty = coldTtft.map((c, i) => c - residentTtft[i]);
     return {
       prefill_token_budget: options.engineOptions.prefillTokenBudget ?? DEFAULT_PREFILL_TOKEN_BUDGET,
+      thread_spinning: options.engineOptions.threadSpinning ?? true,
       stall_cold_adapters_max_gap_over_median: round(median(cold.map((r) => r.maxOverMedian)), 2),
       stall_cold_adapters_runs: ratios(cold),
       stall_long_prompts_max_gap_over_median: round(median(long.map((r) => r.maxOverMedian)), 2),
