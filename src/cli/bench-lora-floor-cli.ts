@@ -7,11 +7,11 @@ import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { measureLoraFloor } from './bench-lora-floor.ts';
-import { ensureAdapters, LORA_RANK, log, printReport, runBenchCommand } from './bench-workloads.ts';
+import { ensureAdapters, LORA_RANK, log, printReport, runBenchCommand, SPINNING_OPTION, threadSpinning } from './bench-workloads.ts';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '30' }, spinning: { type: 'string', default: 'on' } } });
-  if (values.spinning !== 'on' && values.spinning !== 'off') throw new Error(`--spinning must be on or off, got "${values.spinning}"`);
+  const { values } = parseArgs({ options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '30' }, ...SPINNING_OPTION } });
+  const spinning = threadSpinning(values.spinning);
   await ensureBenchModel(BENCH_MODEL_DIR, log);
   // The same adapters `npm run bench` uses for its adapter sections.
   const adapters = await ensureAdapters();
@@ -20,7 +20,7 @@ async function main(): Promise<void> {
     adapterPaths: adapters.map((a) => a.path),
     rank: LORA_RANK,
     threads: availableParallelism(),
-    threadSpinning: values.spinning === 'on',
+    threadSpinning: spinning,
     trials: Number(values.trials),
     log,
   });

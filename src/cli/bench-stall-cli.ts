@@ -8,17 +8,16 @@
 import { parseArgs } from 'node:util';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { measureStalls } from './bench-stall.ts';
-import { benchEngineOptions, ensureAdapters, log, printReport, runBenchCommand } from './bench-workloads.ts';
+import { benchEngineOptions, ensureAdapters, log, printReport, runBenchCommand, SPINNING_OPTION, threadSpinning } from './bench-workloads.ts';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({
-    options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' }, budget: { type: 'string' }, budgets: { type: 'string' }, spinning: { type: 'string', default: 'on' } },
+    options: { json: { type: 'boolean', default: false }, trials: { type: 'string', default: '3' }, budget: { type: 'string' }, budgets: { type: 'string' }, ...SPINNING_OPTION },
   });
+  const engineOptions = { ...benchEngineOptions(), threadSpinning: threadSpinning(values.spinning) };
   await ensureBenchModel(BENCH_MODEL_DIR, log);
   // The same adapters `npm run bench` uses for its adapter sections.
   const adapters = await ensureAdapters();
-  if (values.spinning !== 'on' && values.spinning !== 'off') throw new Error(`--spinning must be on or off, got ${values.spinning}`);
-  const engineOptions = { ...benchEngineOptions(), threadSpinning: values.spinning === 'on' };
   const common = { adapters, trials: Number(values.trials), log };
   if (values.budgets !== undefined) {
     const reports = [];

@@ -20,6 +20,15 @@ const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequency
 
 export const log = (message: string) => process.stderr.write(`${message}\n`);
 
+/** The option `--spinning on|off` of the engine benchmarks: ENGINE_THREAD_SPINNING for the run. */
+export const SPINNING_OPTION = { spinning: { type: 'string', default: 'on' } } as const;
+
+/** Whether the engine's idle threads spin, from `--spinning`; anything but on or off is refused. */
+export function threadSpinning(value: string): boolean {
+  if (value !== 'on' && value !== 'off') throw new Error(`--spinning must be on or off, got "${value}"`);
+  return value === 'on';
+}
+
 /** The engine the benchmark's sections measure: STREAMS rows and slots for r=LORA_RANK adapters, every core. */
 export function benchEngineOptions(): EngineOptions {
   return {
