@@ -229,6 +229,8 @@ const zeros = (...shape: number[]): SafetensorsTensorInput => ({ dtype: 'F32', s
 const weightRefusals: { title: string; key: string; edit: (tensors: Record<string, SafetensorsTensorInput>, key: string) => void; code: AdapterErrorCode; parts: string[] }[] = [
   { title: 'a tensor of the wrong shape', key: loraTensorKey(2, 'v_proj', 'B'), edit: (t, key) => (t[key] = zeros(31, 4)), code: 'shape_mismatch', parts: ['has shape [31, 4], expected [32, 4]'] },
   { title: 'a NaN value', key: loraTensorKey(4, 'q_proj', 'B'), edit: (t, key) => ((t[key].data as Float32Array)[9] = NaN), code: 'non_finite', parts: ['holds NaN at element 9'] },
+  { title: 'an infinite value', key: loraTensorKey(1, 'q_proj', 'A'), edit: (t, key) => ((t[key].data as Float32Array)[130] = Infinity), code: 'non_finite', parts: ['holds Infinity at element 130 (row 2)'] },
+  { title: 'a negative infinite value', key: loraTensorKey(2, 'v_proj', 'B'), edit: (t, key) => ((t[key].data as Float32Array)[0] = -Infinity), code: 'non_finite', parts: ['holds -Infinity at element 0'] },
   { title: 'an embedding adapter key', key: 'base_model.model.model.embed_tokens.lora_embedding_A', edit: (t, key) => (t[key] = zeros(4, 512)), code: 'invalid_tensor', parts: ['unexpected tensor'] },
   { title: 'a DoRA magnitude vector without use_dora', key: 'base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector', edit: (t, key) => (t[key] = zeros(64)), code: 'invalid_tensor', parts: ['does not set "use_dora": true'] },
   { title: 'a layer index beyond the base model', key: loraTensorKey(5, 'q_proj', 'A'), edit: (t, key) => (t[key] = zeros(4, 64)), code: 'incompatible_base', parts: ['is for layer 5', 'has 5 layers'] },

@@ -92,11 +92,24 @@ export function readFloatTensor(fileName: string, entry: SafetensorsEntry, expec
     tensorError(fileName, 'shape_mismatch', `tensor "${entry.name}" has shape [${entry.shape.join(', ')}], expected [${expectedShape.join(', ')}] (${explanation})`);
   }
   const values = entryToFloat32(entry);
-  const bad = values.findIndex((value) => !Number.isFinite(value));
+  const bad = firstNonFinite(values);
   if (bad >= 0) {
     const columns = expectedShape.length > 1 ? expectedShape[expectedShape.length - 1] : 0;
     const where = columns > 0 ? ` (row ${Math.floor(bad / columns)})` : '';
     tensorError(fileName, 'non_finite', `tensor "${entry.name}" holds ${values[bad]} at element ${bad}${where}; the adapter is corrupt or diverged in training`);
   }
   return values;
+}
+
+/**
+ * The index of the first NaN or infinity in `values`, or -1. A plain loop: an adapter holds millions of values,
+ * and findIndex with a callback took about ten times as long (50 ms for an r=16 adapter of SmolLM2-135M's shape).
+ */
+function firstNonFinite(values: Float32Array): number {
+  for (let i = 0; i < values.length; i++) {
+    const value = values[i];
+    // Infinity − Infinity and NaN − NaN are NaN; every finite value minus itself is 0.
+    if (value - value !== 0) return i;
+  }
+  return -1;
 }

@@ -123,19 +123,24 @@ function layOutLora(c: LlamaConfig, R: number, adapter: LoraAdapter, blocks: Map
     if (!data) blocks.set(name, (data = new Float32Array(elementCount(shapes[key]))));
     return data;
   };
-  for (const m of adapter.modules) {
-    const layout = layouts[m.module];
-    const a = block(layout.a, m.layer);
-    const b = block(layout.b, m.layer);
-    const aBase = layout.aGroup * layout.inDim * R;
-    for (let j = 0; j < m.rank; j++) {
-      for (let i = 0; i < layout.inDim; i++) a[aBase + i * R + j] = m.A[j * layout.inDim + i];
+  // Locals and plain index arithmetic in the inner loops: with property reads and Math.floor there, laying out an
+  // r=16 adapter of SmolLM2-135M's shape took 95 ms instead of 17.
+  for (const { module, layer, rank, scale, A, B } of adapter.modules) {
+    const { inDim, outDim, bWidth, aGroup, bBlock } = layouts[module];
+    const a = block(layouts[module].a, layer);
+    const b = block(layouts[module].b, layer);
+    // A [rank, in] → [in, R]: row i of the block holds column i of A.
+    const aBase = aGroup * inDim * R;
+    for (let i = 0; i < inDim; i++) {
+      const to = aBase + i * R;
+      for (let j = 0; j < rank; j++) a[to + j] = A[j * inDim + i];
     }
-    const bBase = layout.bBlock * R * layout.bWidth;
-    for (let j = 0; j < m.rank; j++) {
-      for (let o = 0; o < layout.outDim; o++) {
-        const bBlock = Math.floor(o / layout.bWidth);
-        b[bBase + (bBlock * R + j) * layout.bWidth + (o % layout.bWidth)] = m.B[o * m.rank + j] * m.scale;
+    // B [out, rank] → [blocks, R, bWidth], scaled: output o lies in block ⌊o/bWidth⌋, column o mod bWidth.
+    for (let first = 0, blockIndex = bBlock; first < outDim; first += bWidth, blockIndex++) {
+      const columns = Math.min(bWidth, outDim - first);
+      for (let j = 0; j < rank; j++) {
+        const to = (blockIndex * R + j) * bWidth;
+        for (let o = 0; o < columns; o++) b[to + o] = B[(first + o) * rank + j] * scale;
       }
     }
   }
