@@ -3,11 +3,13 @@
  * never-used adapter gives its first token than a resident one. Every figure is a ratio or a difference between
  * cases run interleaved in this run. (Start-up is measured by bench-startup.ts.)
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ADAPTER_CONFIG_FILE } from '../adapters/adapter-files.ts';
+import { ADAPTER_WEIGHTS_FILE } from '../adapters/lora.ts';
 import { Engine } from '../engine/engine.ts';
 import { DEFAULT_PREFILL_TOKEN_BUDGET, type AdapterRef, type EngineOptions } from '../engine/protocol.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
+import { digestFile, type FileDigest } from '../registry/store-files.ts';
 import { median, round } from './bench-stats.ts';
 
 const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
@@ -27,15 +29,35 @@ function prompt(length: number, seed: number): number[] {
 }
 
 let freshKeys = 0;
-/** The same files under a key the engine has never seen: a cold load from the page cache. */
+/**
+ * The same files (and checksums) under a key the engine has never seen: a cold load from the page cache, its
+ * checksums verified as on the gateway's first load of a version.
+ */
 function neverUsed(ref: AdapterRef): AdapterRef {
   return { ...ref, key: `${ref.key}#cold-${++freshKeys}` };
 }
 
+/** The refs with their files' sizes and checksums, as the gateway passes a published version's manifest. */
+async function withChecksums(refs: AdapterRef[]): Promise<AdapterRef[]> {
+  return Promise.all(
+    refs.map(async (ref) => {
+      const files: Record<string, FileDigest> = {};
+      for (const name of [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]) files[name] = (await digestFile(join(ref.path, name)))!;
+      return { ...ref, files };
+    }),
+  );
+}
+
+/** Tokens each running stream decodes before its gaps count: the first ones come while the streams prefill. */
+const SETTLING_TOKENS = 4;
+/** Undisturbed gaps per running stream before the newcomers arrive; their median is the ratios' denominator. */
+const UNDISTURBED_GAPS = 32;
+
 /**
- * RUNNING base-model streams decode; once each has a few tokens, ARRIVING requests arrive at once. Returns the
- * running streams' longest inter-token gap over their median gap, from the arrival until every newcomer has its
- * first token, and the newcomers' times to first token.
+ * RUNNING base-model streams decode; once each has SETTLING_TOKENS + UNDISTURBED_GAPS tokens, ARRIVING requests
+ * arrive at once. Returns the running streams' longest inter-token gap from the arrival until every newcomer has
+ * its first token, over their median gap before the arrival (once all of them decode: a gap undisturbed by any
+ * newcomer), that median, and the newcomers' times to first token.
  */
 async function burst(engine: Engine, newcomers: { adapter: AdapterRef | null; promptIds: number[] }[]) {
   const times: number[][] = Array.from({ length: RUNNING }, () => []);
@@ -53,7 +75,7 @@ async function burst(engine: Engine, newcomers: { adapter: AdapterRef | null; pr
         signal: controller.signal,
         onToken: () => {
           t.push(performance.now());
-          if (times.every((s) => s.length >= 8)) arrive();
+          if (times.every((s) => s.length >= SETTLING_TOKENS + UNDISTURBED_GAPS)) arrive();
         },
       })
       .catch(() => undefined),
@@ -76,10 +98,12 @@ async function burst(engine: Engine, newcomers: { adapter: AdapterRef | null; pr
   const until = arrival + Math.max(...ttft);
   controller.abort();
   await Promise.all(streams);
-  const gaps = (t: number[]) => t.slice(1).map((x, i) => [t[i], x - t[i]] as const);
-  const allGaps = times.flatMap((t) => gaps(t).map(([, g]) => g));
-  const during = times.flatMap((t) => gaps(t).filter(([at]) => at >= arrival - 1 && at <= until).map(([, g]) => g));
-  return { maxOverMedian: Math.max(...during) / median(allGaps), medianGapMs: median(allGaps), ttftMs: ttft };
+  const settled = Math.max(...times.map((t) => t[SETTLING_TOKENS - 1]));
+  // Each gap with the time it started.
+  const gaps = times.flatMap((t) => t.slice(1).map((x, i) => [t[i], x] as const));
+  const undisturbed = median(gaps.filter(([from, to]) => from >= settled && to <= arrival).map(([from, to]) => to - from));
+  const during = gaps.filter(([from]) => from >= arrival - 1 && from <= until).map(([from, to]) => to - from);
+  return { maxOverMedian: Math.max(...during) / undisturbed, undisturbedGapMs: undisturbed, ttftMs: ttft };
 }
 
 /** Time to first token of one request alone, on an adapter resident in a slot or never used before. */
@@ -93,12 +117,13 @@ async function firstToken(engine: Engine, adapter: AdapterRef): Promise<number> 
 /**
  * The stall figures, on one engine: each trial interleaves a burst of cold-adapter requests, a burst of
  * 128-token prompts, and a lone request on a resident then a never-used adapter. Times to first token are also
- * given in running decode gaps (their median), which compares across runs and prefill budgets.
+ * given in running decode gaps (their undisturbed median), which compares across runs and prefill budgets.
  */
 export async function measureStalls(options: StallBenchOptions) {
-  const { trials, log, adapters } = options;
-  // Page cache: the adapters' files are read once, as "files in the page cache" in the targets assumes.
-  for (const ref of adapters) await readFile(join(ref.path, 'adapter_model.safetensors'));
+  const { trials, log } = options;
+  // Page cache: the adapters' files are read once (here, to checksum them), as "files in the page cache" in the
+  // targets assumes.
+  const adapters = await withChecksums(options.adapters);
   log(`stalls: ${RUNNING} streams decoding while ${ARRIVING} requests arrive (cold adapters / 128-token prompts), interleaved ...`);
   const engine = await Engine.start(options.engineOptions);
   try {
@@ -115,7 +140,7 @@ export async function measureStalls(options: StallBenchOptions) {
       coldTtft.push(await firstToken(engine, neverUsed(adapters[i % ARRIVING])));
     }
     const ratios = (runs: { maxOverMedian: number }[]) => runs.map((r) => round(r.maxOverMedian, 2));
-    const inGaps = (runs: { ttftMs: number[]; medianGapMs: number }[]) => round(median(runs.flatMap((r) => r.ttftMs.map((t) => t / r.medianGapMs))), 1);
+    const inGaps = (runs: { ttftMs: number[]; undisturbedGapMs: number }[]) => round(median(runs.flatMap((r) => r.ttftMs.map((t) => t / r.undisturbedGapMs))), 1);
     const coldPenalty = coldTtft.map((c, i) => c - residentTtft[i]);
     return {
       prefill_token_budget: options.engineOptions.prefillTokenBudget ?? DEFAULT_PREFILL_TOKEN_BUDGET,
@@ -124,7 +149,7 @@ export async function measureStalls(options: StallBenchOptions) {
       stall_cold_adapters_runs: ratios(cold),
       stall_long_prompts_max_gap_over_median: round(median(long.map((r) => r.maxOverMedian)), 2),
       stall_long_prompts_runs: ratios(long),
-      running_median_gap_ms: round(median([...cold, ...long].map((r) => r.medianGapMs))),
+      running_undisturbed_median_gap_ms: round(median([...cold, ...long].map((r) => r.undisturbedGapMs))),
       newcomer_ttft_ms_cold_adapters_median: Math.round(median(cold.flatMap((r) => r.ttftMs))),
       newcomer_ttft_ms_long_prompts_median: Math.round(median(long.flatMap((r) => r.ttftMs))),
       newcomer_ttft_in_running_gaps_cold_adapters: inGaps(cold),
