@@ -54,10 +54,17 @@ test('the cache keeps every written token through growing, moving rows and shrin
   cache.shrinkToFit(1, 11);
   assert.equal(cache.rows, 2);
   assert.deepEqual(readToken(cache, 0, 9), before);
-  // Not worth a copy unless it at least halves the width.
-  cache.ensure(1, 300);
-  cache.shrinkToFit(1, 200);
+  // Not worth a copy unless a quarter of the width would do: a sequence crossing a bucket edge while another
+  // leaves does not copy the cache back and forth.
+  cache.ensure(1, CACHE_BUCKET + 1);
+  cache.shrinkToFit(1, CACHE_BUCKET);
+  assert.equal(cache.width, 2 * CACHE_BUCKET);
+  cache.ensure(1, 3 * CACHE_BUCKET);
+  cache.shrinkToFit(1, CACHE_BUCKET);
   assert.equal(cache.width, 3 * CACHE_BUCKET);
+  cache.ensure(1, 4 * CACHE_BUCKET);
+  cache.shrinkToFit(1, CACHE_BUCKET);
+  assert.equal(cache.width, CACHE_BUCKET);
   assert.throws(() => cache.ensure(1, 5000), /exceeds the context limit of 4096/);
   assert.throws(() => cache.ensure(6, 10), /6 rows exceed the cache's 5/);
 });

@@ -52,12 +52,14 @@ export class KvCache {
   /**
    * Gives memory and attention work back once long sequences or many of them have left: every step attends
    * over the whole bucket, so a width kept from one long request would slow every later step. The width
-   * shrinks only to half or less, and the rows only to twice what is needed once a quarter would do, so a
-   * load that rises and falls around an edge does not copy the cache back and forth.
+   * shrinks only once a quarter of it would do, and the rows only to twice what is needed once a quarter would
+   * do, so a load that rises and falls around an edge does not copy the cache back and forth: with "half", a
+   * burst of 128-token prompts grew the width to 256 as each one started decoding and shrank it back as each
+   * finished, a copy of the whole cache (100 ms and more) every few steps.
    */
   shrinkToFit(rows: number, positions: number): void {
     const width = roundUpBucket(Math.max(positions, 1));
-    const narrower = width <= this.width / 2;
+    const narrower = width <= this.width / 4;
     const needed = roundUpPowerOfTwo(rows, this.maxRows);
     const fewer = needed <= this.rows / 4;
     if (narrower || fewer) this.resize(fewer ? 2 * needed : this.rows, narrower ? width : this.width);
