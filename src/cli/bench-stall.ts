@@ -57,7 +57,8 @@ const UNDISTURBED_GAPS = 32;
  * RUNNING base-model streams decode; once each has SETTLING_TOKENS + UNDISTURBED_GAPS tokens, ARRIVING requests
  * arrive at once. Returns the running streams' longest inter-token gap from the arrival until every newcomer has
  * its first token, over their median gap before the arrival (once all of them decode: a gap undisturbed by any
- * newcomer), that median, and the newcomers' times to first token.
+ * newcomer), and their median gap in that window over the same (what a typical step of the burst costs, apart
+ * from one-off slow steps); that undisturbed median, and the newcomers' times to first token.
  */
 async function burst(engine: Engine, newcomers: { adapter: AdapterRef | null; promptIds: number[] }[]) {
   const times: number[][] = Array.from({ length: RUNNING }, () => []);
@@ -103,7 +104,7 @@ async function burst(engine: Engine, newcomers: { adapter: AdapterRef | null; pr
   const gaps = times.flatMap((t) => t.slice(1).map((x, i) => [t[i], x] as const));
   const undisturbed = median(gaps.filter(([from, to]) => from >= settled && to <= arrival).map(([from, to]) => to - from));
   const during = gaps.filter(([from]) => from >= arrival - 1 && from <= until).map(([from, to]) => to - from);
-  return { maxOverMedian: Math.max(...during) / undisturbed, undisturbedGapMs: undisturbed, ttftMs: ttft };
+  return { maxOverMedian: Math.max(...during) / undisturbed, medianDuringOverMedian: median(during) / undisturbed, undisturbedGapMs: undisturbed, ttftMs: ttft };
 }
 
 /** Time to first token of one request alone, on an adapter resident in a slot or never used before. */
@@ -140,6 +141,7 @@ export async function measureStalls(options: StallBenchOptions) {
       coldTtft.push(await firstToken(engine, neverUsed(adapters[i % ARRIVING])));
     }
     const ratios = (runs: { maxOverMedian: number }[]) => runs.map((r) => round(r.maxOverMedian, 2));
+    const typical = (runs: { medianDuringOverMedian: number }[]) => runs.map((r) => round(r.medianDuringOverMedian, 2));
     const inGaps = (runs: { ttftMs: number[]; undisturbedGapMs: number }[]) => round(median(runs.flatMap((r) => r.ttftMs.map((t) => t / r.undisturbedGapMs))), 1);
     const coldPenalty = coldTtft.map((c, i) => c - residentTtft[i]);
     return {
@@ -147,8 +149,10 @@ export async function measureStalls(options: StallBenchOptions) {
       thread_spinning: options.engineOptions.threadSpinning ?? true,
       stall_cold_adapters_max_gap_over_median: round(median(cold.map((r) => r.maxOverMedian)), 2),
       stall_cold_adapters_runs: ratios(cold),
+      stall_cold_adapters_median_gap_during_over_median: typical(cold),
       stall_long_prompts_max_gap_over_median: round(median(long.map((r) => r.maxOverMedian)), 2),
       stall_long_prompts_runs: ratios(long),
+      stall_long_prompts_median_gap_during_over_median: typical(long),
       running_undisturbed_median_gap_ms: round(median([...cold, ...long].map((r) => r.undisturbedGapMs))),
       newcomer_ttft_ms_cold_adapters_median: Math.round(median(cold.flatMap((r) => r.ttftMs))),
       newcomer_ttft_ms_long_prompts_median: Math.round(median(long.flatMap((r) => r.ttftMs))),

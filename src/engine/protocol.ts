@@ -6,8 +6,12 @@ import type { ExecutionProvider } from '../runtime/model-runner.ts';
 import type { LlamaConfig, LoadQuantization } from '../model/types.ts';
 import type { SamplingParams } from './sampling.ts';
 
-/** Reasoned, not yet measured on a quiet machine: see the engine README and `npm run bench:stall -- --budgets`. */
-export const DEFAULT_PREFILL_TOKEN_BUDGET = 64;
+/**
+ * The largest budget whose typical step in a burst of 128-token prompts stays within 3× an undisturbed decode step
+ * on the 135M shape (`npm run bench:stall -- --budgets 16,32,64,128`; the engine README has the sweep and what it
+ * costs in time to first token).
+ */
+export const DEFAULT_PREFILL_TOKEN_BUDGET = 16;
 
 export interface EngineOptions {
   /** A GGUF file or a Hugging Face model directory. */
