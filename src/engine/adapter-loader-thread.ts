@@ -2,7 +2,7 @@
  * The engine's adapter loader thread: cold adapters are read, verified, parsed, validated and laid out for a slot
  * there (adapter-loader-worker.ts), so none of that CPU work runs on the engine thread between steps. The finished
  * layout arrives by transfer; the engine only completes DoRA's scales (they need the base model's session) and
- * copies the layout into a slot between steps. A thread that dies fails the loads in flight and is started again
+ * points a slot at the layout between steps. A thread that dies fails the loads in flight and is started again
  * for the next one.
  */
 import { Worker } from 'node:worker_threads';
