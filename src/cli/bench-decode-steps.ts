@@ -35,7 +35,7 @@ async function serveSteps(tree: string, form: (typeof FORMS)[number]): Promise<v
   const { compileBaseModel } = await import(resolve(tree, 'src/runtime/compiled-model-cache.ts'));
   const { ModelRunner } = await import(resolve(tree, 'src/runtime/model-runner.ts'));
   const model = await compileBaseModel(BENCH_MODEL_DIR, form === 'f32' ? {} : { quantize: form });
-  const runner = await ModelRunner.fromGraph(model.graph, model.config, { maxBatch: 16, adapterSlots: 16, maxLoraRank: 16, maxPositions: 2048, threads: 2 }, model.rowNorms);
+  const runner = await ModelRunner.fromGraphs(model.graphs, model.config, { maxBatch: 16, adapterSlots: 16, maxLoraRank: 16, maxPositions: 2048, threads: 2 }, model.rowNorms);
   const rowsAt = (rows: number, position: number) => Array.from({ length: rows }, (_, b) => ({ tokens: [1 + b], position, slot: 0 }));
   for (const rows of ROWS) for (let p = 0; p < WARMUP_STEPS; p++) await runner.forward(0, rowsAt(rows, p));
   process.send!({ ready: true });

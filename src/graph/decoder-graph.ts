@@ -1,6 +1,6 @@
 /**
  * Builds the ONNX graph of a Llama-family decoder from its weights, with a JavaScript-managed KV cache and
- * multi-adapter inputs built in. Read `decoderLayer` then `buildDecoderGraph` top to bottom: they are the Llama
+ * multi-adapter inputs built in. Read `decoderLayer` then `servingGraph` top to bottom: they are the Llama
  * forward pass. `decoderLayer` is the one description of a layer: the serving graph here and the training graphs
  * (src/training/training-graph.ts) both build their layers with it, supplying only what differs between them
  * (`LayerImplementation`: weight storage, how adapters apply, what attention attends over).
@@ -25,14 +25,15 @@
  *   on SmolLM2-135M's shape).
  * - The other PEFT families have per-row inputs (peft-blocks.ts): soft prompts at the embedding, IA3 and DoRA
  *   scales around the projections, bottleneck adapters on the residual stream, and DoRA's base probes.
- * - The layers run in one `If`: with every family's nodes, or (no row on an adapter) with none, both branches
- *   reading the same weights. Profiled at one row, the families' nodes (about 80 of a layer's 115, fed empty
- *   stand-ins) took longer than a quantized base's matmuls: each node costs a few microseconds whatever it does.
+ * - Two graphs serve (`buildDecoderGraphs`): one with every family's nodes, for passes with adapter rows, and one
+ *   with the base layers alone, for passes without, both reading one copy of the weights. Profiled at one row,
+ *   the families' nodes (about 80 of a layer's 115, fed empty stand-ins) took longer than a quantized base's
+ *   matmuls, and their inputs (about 270) cost the binding a few microseconds each per run.
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { baseProjection, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
 import { LORA_INPUTS, LoraDelta } from './lora-delta.ts';
-import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
+import { OnnxGraphBuilder, SharedInitializers } from './onnx-builder.ts';
 import { PEFT_INPUTS, peftBlocks, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type BottleneckSite, type ProbeSite } from './peft-blocks.ts';
 
 export const GRAPH_INPUTS = {
@@ -44,12 +45,6 @@ export const GRAPH_INPUTS = {
   attentionSplit: 'attention_split',
   /** Per row, the step position whose logits are returned (rows of one step may feed different token counts). */
   logitsPosition: 'logits_position',
-  /**
-   * `[1]` bool: false when no row of the step uses an adapter of any family, so the pass runs the layers without
-   * the adapter families' nodes (about 80 per layer, each with a fixed cost of a few microseconds, which at one
-   * row cost more than a quantized base's matmuls). Both branches read the same weights.
-   */
-  adaptersInUse: 'adapters_in_use',
   pastKey: (layer: number) => `past_key_t.${layer}`,
   pastValue: (layer: number) => `past_value.${layer}`,
 } as const;
@@ -163,9 +158,32 @@ export function rmsNorm(g: OnnxGraphBuilder, c: LlamaConfig, x: string, scale: s
   return g.op('RMSNormalization', [x, scale], { axis: -1, epsilon: { float: c.rmsNormEps } });
 }
 
-export function buildDecoderGraph(model: BaseModel): BuiltModel {
+/**
+ * The serving graphs: `adapters` runs passes with at least one row on an adapter (every family's nodes, rows on no
+ * adapter getting exactly their base result) and DoRA's probe pass; `base` runs passes whose rows all use the
+ * base model, with only the inputs the base layers read (67 of the adapter graph's 335 on SmolLM2-135M's shape,
+ * each of which costs onnxruntime-node a few microseconds a run whatever its size). Both are built from the same
+ * `decoderLayer` and base projections, and their weights are stored once in the buffer both reference.
+ */
+export type ServingGraph = 'adapters' | 'base';
+export const SERVING_GRAPHS: readonly ServingGraph[] = ['adapters', 'base'];
+
+export interface DecoderGraphs {
+  /** Serialised ModelProto of each serving graph. */
+  models: Record<ServingGraph, Uint8Array>;
+  /** The initializers' bytes, which every graph references by offset (`EXTERNAL_DATA_FILE`). */
+  weights: Uint8Array;
+}
+
+export function buildDecoderGraphs(model: BaseModel): DecoderGraphs {
+  const shared = new SharedInitializers();
+  const builders = SERVING_GRAPHS.map((kind) => servingGraph(model, kind, new OnnxGraphBuilder(`llama_decoder_${kind}`, shared)));
+  const { models, weights } = OnnxGraphBuilder.buildTogether(builders, OPSET);
+  return { models: Object.fromEntries(SERVING_GRAPHS.map((kind, i) => [kind, models[i]])) as Record<ServingGraph, Uint8Array>, weights };
+}
+
+function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder): OnnxGraphBuilder {
   const c = model.config;
-  const g = new OnnxGraphBuilder('llama_decoder');
   const w = (name: string) => {
     const tensor = model.weights.get(name);
     if (!tensor) throw new Error(`weight ${name} missing from the loaded model`);
@@ -183,7 +201,7 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const attentionSplit = g.input(GRAPH_INPUTS.attentionSplit, 'int64', [2]);
   const qBlocks = c.numHeads / c.numKvHeads;
 
-  const embedding = g.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
+  const embedding = g.sharedInitializer('model.embed_tokens.weight', () => w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
   const ctx = decoderContext(g, c, ropeCos, ropeSin);
 
   /** Base projections of `x` (fused when several), with each weight as served: block-quantized or float32. */
@@ -199,11 +217,9 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
     down: group('down'),
     attend: (l, qGrouped, k, v) => attendOverCache(l, qGrouped, k, v),
   };
-  const lora = new LoraDelta(g);
-  const peft = peftBlocks(g, c);
-  const withAdapters = adapterLayers();
 
-  function adapterLayers(): LayerImplementation {
+  /** The layers with every adapter family's nodes, each around `plain`'s base projections. */
+  function adapterLayers(lora: LoraDelta, peft: ReturnType<typeof peftBlocks>): LayerImplementation {
     return {
       normWeight: (name) => g.sharedInitializer(name, () => w(name).data, [c.hiddenSize]),
       qkv(l, h) {
@@ -261,24 +277,27 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
     return [x, g.op('Concat', newKeyValues, { axis: 1 })];
   };
   const tokenEmbeddings = g.op('Gather', [embedding, inputIds], { axis: 0 });
-  const [x, newKeyValues] = g.ifElse(
-    g.input(GRAPH_INPUTS.adaptersInUse, 'bool', [1]),
-    () => layers(withAdapters, peft.embed(tokenEmbeddings)),
-    () => layers(plain, tokenEmbeddings),
-  );
-  // DoRA's probe rows go through every layer's base projections in a pass of their own (once per adapter); other
-  // passes take the empty branch, so the probes' matmuls (4 per layer) cost no step anything.
-  const probeWidths = probeSiteWidths(c);
-  const noProbeRows = PROBE_SITES.map((site) => g.initializer(`no_probe_rows.${site}`, new Float32Array(0), [0, probeWidths[site].out]));
-  const probeResults = g.ifElse(
-    g.input(PEFT_INPUTS.probing, 'bool', [1]),
-    () => peft.probeResults((site, l, rows) => {
-      const [fused, modules] = PROJECTION_GROUPS[site];
-      return base(rows, l, fused, modules, 2);
-    }),
-    () => noProbeRows.map((empty) => g.op('Identity', [empty])),
-  );
-  PROBE_SITES.forEach((site, i) => g.output(probeResults[i], PROBE_OUTPUT(site), 'float32', ['probe_out_rows', probeWidths[site].out]));
+  const [x, newKeyValues] = kind === 'base' ? layers(plain, tokenEmbeddings) : adapterPass();
+
+  /** The adapter graph's layers, and DoRA's probe results as outputs of their own. */
+  function adapterPass(): string[] {
+    const peft = peftBlocks(g, c);
+    const result = layers(adapterLayers(new LoraDelta(g), peft), peft.embed(tokenEmbeddings));
+    // DoRA's probe rows go through every layer's base projections in a pass of their own (once per adapter); other
+    // passes take the empty branch, so the probes' matmuls (4 per layer) cost no step anything.
+    const probeWidths = probeSiteWidths(c);
+    const noProbeRows = PROBE_SITES.map((site) => g.initializer(`no_probe_rows.${site}`, new Float32Array(0), [0, probeWidths[site].out]));
+    const probeResults = g.ifElse(
+      g.input(PEFT_INPUTS.probing, 'bool', [1]),
+      () => peft.probeResults((site, l, rows) => {
+        const [fused, modules] = PROJECTION_GROUPS[site];
+        return base(rows, l, fused, modules, 2);
+      }),
+      () => noProbeRows.map((empty) => g.op('Identity', [empty])),
+    );
+    PROBE_SITES.forEach((site, i) => g.output(probeResults[i], PROBE_OUTPUT(site), 'float32', ['probe_out_rows', probeWidths[site].out]));
+    return result;
+  }
 
   // Only one position's logits per row leave the graph (outputs are copied by the binding, so keep them small):
   // each row's last real token, as rows of a batched prefill are padded to the longest.
@@ -289,8 +308,8 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const quantizedHead = model.quantized?.get('lm_head.weight');
   const logits = quantizedHead
     ? quantizedMatMul(g, lastFlat, quantizedHead, 'lm_head', { inputRank: 2 })
-    : g.op('Gemm', [lastFlat, c.tieWordEmbeddings ? embedding : g.initializer('lm_head.weight', w('lm_head.weight').data, [c.vocabSize, c.hiddenSize])], { transB: 1 });
+    : g.op('Gemm', [lastFlat, c.tieWordEmbeddings ? embedding : g.sharedInitializer('lm_head.weight', () => w('lm_head.weight').data, [c.vocabSize, c.hiddenSize])], { transB: 1 });
   g.output(logits, GRAPH_OUTPUTS.logits, 'float32', [B, c.vocabSize]);
   g.output(newKeyValues, GRAPH_OUTPUTS.newKeyValues, 'float32', [B, c.numLayers * 2 * c.numKvHeads, T, c.headDim]);
-  return g.build(OPSET);
+  return g;
 }
