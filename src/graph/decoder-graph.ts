@@ -10,8 +10,8 @@
  *   `[B, kv_heads, head_dim, S]` and values `[B, kv_heads, S, head_dim]`, where S is the cache bucket width.
  *   The graph returns only the new keys/values of this step, which the runtime writes into the cache. This
  *   avoids returning (and so copying) the whole cache each step.
- * - Attention runs over the whole bucket with an additive mask `[B,1,1,S]` shared by all layers, plus the
- *   step's own tokens with a causal mask, joined in one softmax.
+ * - Attention runs over the whole bucket plus the step's own tokens, joined in one softmax under one additive
+ *   mask `[B, 1, group·T, S + T]` shared by all layers (cache positions past a row's length, and causal).
  * - RoPE tables come in as inputs (rotate-half order, one row per head of the fused q|k|v projection: value
  *   heads get cos=1, sin=0 and query heads carry the 1/sqrt(head_dim) attention scale), so the graph is
  *   independent of context length and RoPE scaling variants.
@@ -40,8 +40,11 @@ export const GRAPH_INPUTS = {
   inputIds: 'input_ids',
   ropeCos: 'rope_cos',
   ropeSin: 'rope_sin',
-  pastMask: 'past_mask',
-  selfMask: 'self_mask',
+  /**
+   * `[B, 1, group·T, S + T]`: the additive mask over the cache bucket then the step's own tokens, for each grouped
+   * query (one Add a layer over the joined scores instead of one for each part).
+   */
+  attentionMask: 'attention_mask',
   attentionSplit: 'attention_split',
   /** Per row, the step position whose logits are returned (rows of one step may feed different token counts). */
   logitsPosition: 'logits_position',
@@ -196,8 +199,7 @@ function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder)
   const inputIds = g.input(GRAPH_INPUTS.inputIds, 'int64', [B, T]);
   const ropeCos = g.input(GRAPH_INPUTS.ropeCos, 'float32', [B, T, fusedHeads, c.headDim]);
   const ropeSin = g.input(GRAPH_INPUTS.ropeSin, 'float32', [B, T, fusedHeads, c.headDim]);
-  const pastMask = g.input(GRAPH_INPUTS.pastMask, 'float32', [B, 1, 1, S]);
-  const selfMask = g.input(GRAPH_INPUTS.selfMask, 'float32', [B, 1, 'group_tokens', T]);
+  const attentionMask = g.input(GRAPH_INPUTS.attentionMask, 'float32', [B, 1, 'group_tokens', 'attended']);
   const attentionSplit = g.input(GRAPH_INPUTS.attentionSplit, 'int64', [2]);
   const qBlocks = c.numHeads / c.numKvHeads;
 
@@ -258,9 +260,9 @@ function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder)
   const pastValues = Array.from({ length: c.numLayers }, (_, l) => g.input(GRAPH_INPUTS.pastValue(l), 'float32', [B, c.numKvHeads, S, c.headDim]));
   function attendOverCache(l: number, qGrouped: string, k: string, v: string): string {
     const [pastKeyT, pastValue] = [pastKeysT[l], pastValues[l]];
-    const scoresPast = g.op('Add', [g.op('MatMul', [qGrouped, pastKeyT]), pastMask]);
-    const scoresSelf = g.op('Add', [g.op('MatMul', [qGrouped, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]), selfMask]);
-    const probs = g.op('Softmax', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 })], { axis: 3 });
+    const scoresPast = g.op('MatMul', [qGrouped, pastKeyT]);
+    const scoresSelf = g.op('MatMul', [qGrouped, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]);
+    const probs = g.op('Softmax', [g.op('Add', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 }), attentionMask])], { axis: 3 });
     const [probsPast, probsSelf] = g.opMulti('Split', [probs, attentionSplit], 2, { axis: 3 });
     return g.op('Add', [g.op('MatMul', [probsPast, pastValue]), g.op('MatMul', [probsSelf, v])]);
   }

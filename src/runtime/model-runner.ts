@@ -217,8 +217,8 @@ export class ModelRunner {
     const ropeStride = this.rope.tokenStride;
     const cos = new Float32Array(batch * tokens * ropeStride);
     const sin = new Float32Array(batch * tokens * ropeStride);
-    const pastMask = new Float32Array(batch * width);
-    const selfMask = new Float32Array(batch * groupSize * tokens * tokens);
+    const attended = width + tokens;
+    const mask = new Float32Array(batch * groupSize * tokens * attended);
     const logitsPosition = new BigInt64Array(batch * c.hiddenSize);
     rows.forEach((row, b) => {
       // Padding (token 0) follows a shorter row's real tokens: causal masking keeps it out of their attention,
@@ -228,11 +228,11 @@ export class ModelRunner {
         this.rope.fill(cos, sin, b * tokens + t, row.position + t);
       }
       logitsPosition.fill(BigInt(row.tokens.length - 1), b * c.hiddenSize, (b + 1) * c.hiddenSize);
-      pastMask.fill(MASKED, b * width + row.position, (b + 1) * width);
+      // Per grouped query: the cache positions past the row's length, then the step's later tokens.
       for (let gq = 0; gq < groupSize * tokens; gq++) {
-        const t = gq % tokens;
-        const base = (b * groupSize * tokens + gq) * tokens;
-        selfMask.fill(MASKED, base + t + 1, base + tokens);
+        const start = (b * groupSize * tokens + gq) * attended;
+        mask.fill(MASKED, start + row.position, start + width);
+        mask.fill(MASKED, start + width + (gq % tokens) + 1, start + attended);
       }
     });
 
@@ -241,8 +241,7 @@ export class ModelRunner {
       [GRAPH_INPUTS.inputIds]: new ort.Tensor('int64', inputIds, [batch, tokens]),
       [GRAPH_INPUTS.ropeCos]: new ort.Tensor('float32', cos, [batch, tokens, fusedHeads, c.headDim]),
       [GRAPH_INPUTS.ropeSin]: new ort.Tensor('float32', sin, [batch, tokens, fusedHeads, c.headDim]),
-      [GRAPH_INPUTS.pastMask]: new ort.Tensor('float32', pastMask, [batch, 1, 1, width]),
-      [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', selfMask, [batch, 1, groupSize * tokens, tokens]),
+      [GRAPH_INPUTS.attentionMask]: new ort.Tensor('float32', mask, [batch, 1, groupSize * tokens, attended]),
       [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(BigInt(width), BigInt(tokens)), [2]),
       [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', logitsPosition, [batch, 1, c.hiddenSize]),
     };
@@ -348,8 +347,8 @@ export class ModelRunner {
       [GRAPH_INPUTS.inputIds]: new ort.Tensor('int64', new BigInt64Array(1), [1, 1]),
       [GRAPH_INPUTS.ropeCos]: new ort.Tensor('float32', cos, [1, 1, fusedHeads, c.headDim]),
       [GRAPH_INPUTS.ropeSin]: new ort.Tensor('float32', sin, [1, 1, fusedHeads, c.headDim]),
-      [GRAPH_INPUTS.pastMask]: new ort.Tensor('float32', Float32Array.of(MASKED), [1, 1, 1, 1]),
-      [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', new Float32Array(group), [1, 1, group, 1]),
+      // The one cache position is empty; the token attends to itself.
+      [GRAPH_INPUTS.attentionMask]: new ort.Tensor('float32', Float32Array.from({ length: 2 * group }, (_, i) => (i % 2 === 0 ? MASKED : 0)), [1, 1, group, 2]),
       [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(1n, 1n), [2]),
       [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', new BigInt64Array(c.hiddenSize), [1, 1, c.hiddenSize]),
       ...this.noSoftPrompts,
