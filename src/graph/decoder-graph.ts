@@ -164,7 +164,7 @@ export function rmsNorm(g: OnnxGraphBuilder, c: LlamaConfig, x: string, scale: s
 /**
  * The serving graphs: `adapters` runs passes with at least one row on an adapter (every family's nodes, rows on no
  * adapter getting exactly their base result) and DoRA's probe pass; `base` runs passes whose rows all use the
- * base model, with only the inputs the base layers read (67 of the adapter graph's 335 on SmolLM2-135M's shape,
+ * base model, with only the inputs the base layers read (66 of the adapter graph's 333 on SmolLM2-135M's shape,
  * each of which costs onnxruntime-node a few microseconds a run whatever its size). Both are built from the same
  * `decoderLayer` and base projections, and their weights are stored once in the buffer both reference.
  */
