@@ -31,7 +31,7 @@
  *   matmuls, and their inputs (about 270) cost the binding a few microseconds each per run.
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
-import { baseProjection, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
+import { baseProjection, CONTRIB_DOMAIN, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
 import { LORA_INPUTS, LoraDelta } from './lora-delta.ts';
 import { OnnxGraphBuilder, SharedInitializers } from './onnx-builder.ts';
 import { PEFT_INPUTS, peftBlocks, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type BottleneckSite, type ProbeSite } from './peft-blocks.ts';
@@ -88,8 +88,11 @@ export interface LayerImplementation {
   down(layer: number, act: string): string;
   /** Attention context `[B, kv_heads, group·T, head_dim]` of the grouped queries over the keys and values. */
   attend(layer: number, queriesGrouped: string, keys: string, values: string): string;
-  /** The residual stream after a sub-layer's output `h` joins `x`; `x + h` when absent (bottleneck adapters hook in here). */
-  residual?(layer: number, site: BottleneckSite, x: string, h: string): string;
+  /**
+   * What a sub-layer adds to the residual stream `x`, given its output `h`: `h` when absent (bottleneck adapters
+   * add theirs here).
+   */
+  residualTerm?(layer: number, site: BottleneckSite, x: string, h: string): string;
 }
 
 /** Constants and RoPE tables that every layer of one graph shares. */
@@ -125,15 +128,26 @@ export function decoderContext(g: OnnxGraphBuilder, c: LlamaConfig, ropeCos: str
 }
 
 /**
- * One Llama decoder layer on `x` `[B, T, hidden]`: returns the layer's output and its rotated keys and the values
+ * The residual stream as `x + added`, the sum not taken yet: the next RMSNorm takes it with the norm in one node
+ * (`normAfterResidual`), since at one row each node costs a few microseconds whatever it computes.
+ */
+export interface ResidualStream {
+  x: string;
+  added?: string;
+}
+
+/**
+ * One Llama decoder layer on the residual stream `[B, T, hidden]`: returns the stream after the layer (its last
+ * sum still to be taken, by the next layer's norm or `residualSum`) and the rotated keys and the values
  * `[B, kv_heads, T, head_dim]` (which serving writes into its cache).
  */
-export function decoderLayer(ctx: DecoderContext, impl: LayerImplementation, l: number, x: string): { x: string; keys: string; values: string } {
-  const { g, shapes } = ctx;
+export function decoderLayer(ctx: DecoderContext, impl: LayerImplementation, l: number, stream: ResidualStream): { stream: ResidualStream; keys: string; values: string } {
+  const { g, shapes, config } = ctx;
   const p = `model.layers.${l}`;
+  const term = (site: BottleneckSite, x: string, h: string) => (impl.residualTerm ? impl.residualTerm(l, site, x, h) : h);
 
   // ---- attention ----
-  const h = rmsNorm(g, ctx.config, x, impl.normWeight(`${p}.input_layernorm.weight`));
+  const { normed: h, sum: x } = normAfterResidual(g, config, stream, impl.normWeight(`${p}.input_layernorm.weight`));
   const qkv = g.op('Reshape', [impl.qkv(l, h), shapes.halves]);
   const swapHalves = g.op('Slice', [qkv, g.constInt64([-1]), g.constInt64([-Number.MAX_SAFE_INTEGER]), g.constInt64([3]), g.constInt64([-1])]);
   const rotated = g.op('Reshape', [
@@ -147,14 +161,28 @@ export function decoderLayer(ctx: DecoderContext, impl: LayerImplementation, l: 
     g.op('Transpose', [g.op('Reshape', [context, shapes.perHead])], { perm: [0, 2, 1, 3] }),
     shapes.merged,
   ]);
-  const residual = (site: BottleneckSite, from: string, h: string) => (impl.residual ? impl.residual(l, site, from, h) : g.op('Add', [from, h]));
-  const attended = residual('attention', x, impl.o(l, merged));
+  const afterAttention = { x, added: term('attention', x, impl.o(l, merged)) };
 
   // ---- feed-forward (SwiGLU) ----
-  const h2 = rmsNorm(g, ctx.config, attended, impl.normWeight(`${p}.post_attention_layernorm.weight`));
+  const { normed: h2, sum: attended } = normAfterResidual(g, config, afterAttention, impl.normWeight(`${p}.post_attention_layernorm.weight`));
   const [gate, up] = g.opMulti('Split', [impl.gateUp(l, h2), shapes.ffnSplit], 2, { axis: 2 });
   const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
-  return { x: residual('output', attended, impl.down(l, act)), keys: k, values: v };
+  return { stream: { x: attended, added: term('output', attended, impl.down(l, act)) }, keys: k, values: v };
+}
+
+/** The residual stream's value, its last sum taken. */
+export function residualSum(g: OnnxGraphBuilder, stream: ResidualStream): string {
+  return stream.added ? g.op('Add', [stream.x, stream.added]) : stream.x;
+}
+
+/**
+ * RMSNorm of the residual stream, and the stream's value: with a sum still to take, onnxruntime's
+ * `SkipSimplifiedLayerNormalization` takes it and the norm in one node (its fourth output is the sum).
+ */
+export function normAfterResidual(g: OnnxGraphBuilder, c: LlamaConfig, stream: ResidualStream, scale: string): { normed: string; sum: string } {
+  if (!stream.added) return { normed: rmsNorm(g, c, stream.x, scale), sum: stream.x };
+  const [normed, , , sum] = g.opMulti('SkipSimplifiedLayerNormalization', [stream.x, stream.added, scale], 4, { epsilon: { float: c.rmsNormEps } }, undefined, CONTRIB_DOMAIN);
+  return { normed, sum };
 }
 
 export function rmsNorm(g: OnnxGraphBuilder, c: LlamaConfig, x: string, scale: string): string {
@@ -251,7 +279,7 @@ function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder)
         return peft.scaleOutput(g.op('Add', [plain.down(l, act), loraDown]), 'down', l);
       },
       attend: plain.attend,
-      residual: (l, site, x, h) => peft.residualWithBottleneck(x, h, site, l),
+      residualTerm: (l, site, x, h) => peft.bottleneckResidualTerm(x, h, site, l),
     };
   }
 
@@ -270,13 +298,14 @@ function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder)
   /** The decoder layers over `x`: the final hidden states and all layers' new keys and values in one tensor. */
   const layers = (impl: LayerImplementation, x: string): string[] => {
     const newKeyValues: string[] = [];
+    let stream: ResidualStream = { x };
     for (let l = 0; l < c.numLayers; l++) {
-      const layer = decoderLayer(ctx, impl, l, x);
-      x = layer.x;
+      const layer = decoderLayer(ctx, impl, l, stream);
+      stream = layer.stream;
       newKeyValues.push(layer.keys, layer.values);
     }
     // [B, layers*2*kv_heads, T, head_dim], k then v per layer.
-    return [x, g.op('Concat', newKeyValues, { axis: 1 })];
+    return [residualSum(g, stream), g.op('Concat', newKeyValues, { axis: 1 })];
   };
   const tokenEmbeddings = g.op('Gather', [embedding, inputIds], { axis: 0 });
   const [x, newKeyValues] = kind === 'base' ? layers(plain, tokenEmbeddings) : adapterPass();
