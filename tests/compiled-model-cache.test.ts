@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { cp, mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile, rename, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { compileBaseModel, type CompiledModel } from '../src/runtime/compiled-model-cache.ts';
@@ -21,7 +21,7 @@ async function workDir(t: { after: (fn: () => Promise<void>) => void }): Promise
 
 /** The logits of the reference prompt's last position, computed by a session built from `compiled`. */
 async function lastLogits(compiled: CompiledModel): Promise<Float32Array> {
-  const runner = await ModelRunner.fromGraph(compiled.graph, compiled.config, { maxBatch: 1, adapterSlots: 1, maxLoraRank: 4, threads: 1 }, compiled.rowNorms);
+  const runner = await ModelRunner.fromGraphs(compiled.graphs, compiled.config, { maxBatch: 1, adapterSlots: 1, maxLoraRank: 4, threads: 1 }, compiled.rowNorms);
   try {
     return await runner.forward(0, [{ tokens: REFERENCE.promptIds, position: 0, slot: 0 }]);
   } finally {
@@ -36,7 +36,7 @@ test('a second start serves the same model from the cache', async (t) => {
   const second = await compileBaseModel(model, { cacheDir: cache });
   assert.equal(first.cached, false);
   assert.equal(second.cached, true);
-  assert.equal(typeof second.graph, 'string', 'served from the entry on disk');
+  assert.ok(!('models' in second.graphs), 'served from the entry on disk');
   assert.equal(second.checksum, uncached.checksum);
   assert.deepEqual(second.config, uncached.config);
   assert.deepEqual([...second.rowNorms.keys()], [...uncached.rowNorms.keys()]);
@@ -66,5 +66,22 @@ test('a damaged entry is compiled again', async (t) => {
   const again = await compileBaseModel(model, { cacheDir: cache });
   assert.equal(again.cached, false);
   assert.equal(again.checksum, good.checksum);
+  assert.equal((await compileBaseModel(model, { cacheDir: cache })).cached, true);
+});
+
+test('an entry laid out by an earlier version (one graph file) is compiled again, and the model still serves', async (t) => {
+  const { model, cache } = await workDir(t);
+  const good = await compileBaseModel(model, { cacheDir: cache });
+  const [entry] = (await readdir(cache)).filter((name) => !name.includes('.partial-'));
+  // An entry as the version with one graph wrote it: model.onnx beside the weights, listed in meta.json.
+  const dir = join(cache, entry);
+  await rename(join(dir, 'adapters.onnx'), join(dir, 'model.onnx'));
+  await rm(join(dir, 'base.onnx'));
+  const meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as { sizes: Record<string, number> };
+  meta.sizes = { 'model.onnx': meta.sizes['adapters.onnx'], 'weights.bin': meta.sizes['weights.bin'], 'row-norms.bin': meta.sizes['row-norms.bin'] };
+  await writeFile(join(dir, 'meta.json'), JSON.stringify(meta));
+  const again = await compileBaseModel(model, { cacheDir: cache });
+  assert.equal(again.cached, false);
+  assert.deepEqual(await lastLogits(again), await lastLogits(good));
   assert.equal((await compileBaseModel(model, { cacheDir: cache })).cached, true);
 });

@@ -234,3 +234,33 @@ test('a prefill of prompts of different lengths in one pass equals each prompt p
   assert.ok(worst < 1e-4, `max abs logit difference ${worst}`);
   await runner.close();
 });
+
+test('base rows get the same bits from the base graph as beside an adapter row in the adapter graph, float32 and Q4_0', async () => {
+  const prompts = [[1, 403, 407, 261, 378], [1, 338, 286]];
+  for (const quantize of [undefined, 'q4'] as const) {
+    const base = await loadBaseModel(STORIES_HF_DIR, quantize ? { quantize } : {});
+    const vocab = base.config.vocabSize;
+    const dir = await mkdtemp(join(tmpdir(), 'two-graphs-'));
+    try {
+      const adapter = await makeAdapter(dir, base, 4, ['q_proj', 'v_proj', 'down_proj'], 3, 8);
+      const runner = await ModelRunner.create(base, OPTIONS);
+      const slot = runner.slots.place('adapter', adapter.loaded)!;
+      // Rows 0–1 run on their own (the base graph); rows 3–4 run the same sequences beside row 5 on the adapter.
+      const baseRows = (tokens: number[][], positions: number[]) => tokens.map((t, b) => ({ tokens: t, position: positions[b], slot: 0 }));
+      let alone = await runner.forward(0, baseRows(prompts, [0, 0]));
+      let beside = await runner.forward(3, [...baseRows(prompts, [0, 0]), { tokens: [1, 291, 376], position: 0, slot }]);
+      const positions = prompts.map((prompt) => prompt.length);
+      let adapterPosition = 3;
+      for (let step = 0; step < 3; step++) {
+        assert.deepEqual(beside.subarray(0, 2 * vocab), alone, `${quantize ?? 'f32'}: step ${step}`);
+        const next = prompts.map((_, b) => [argmax(alone.subarray(b * vocab, (b + 1) * vocab))]);
+        alone = await runner.forward(0, baseRows(next, positions));
+        beside = await runner.forward(3, [...baseRows(next, positions), { tokens: [383], position: adapterPosition++, slot }]);
+        positions.forEach((_, b) => positions[b]++);
+      }
+      await runner.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+});

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { OnnxGraphBuilder } from '../src/graph/onnx-builder.ts';
+import { CONTRIB_DOMAIN } from '../src/graph/base-projection.ts';
 import { OPSET } from '../src/graph/decoder-graph.ts';
 import { appendGradients } from '../src/training/autodiff.ts';
 import { createTrainingSession, float32Tensor, int64Tensor } from '../src/training/ort-session.ts';
@@ -85,7 +86,7 @@ test('MatMul and Gemm rules: batched, broadcast batch, a 2-D weight under batche
   await checkRule('Gemm plain', [{ name: 'a', dims: [3, 4] }, { name: 'b', dims: [4, 2] }], (g, [a, b]) => g.op('Gemm', [a, b]));
 });
 
-test('Sigmoid, Exp, Softmax, LogSoftmax and RMSNormalization rules', async () => {
+test('Sigmoid, Exp, Softmax, LogSoftmax, RMSNormalization and SkipSimplifiedLayerNormalization rules', async () => {
   await checkRule('Sigmoid', [{ name: 'a', dims: [2, 5] }], (g, [a]) => g.op('Mul', [a, g.op('Sigmoid', [a])]));
   await checkRule('Exp', [{ name: 'a', dims: [6] }], (g, [a]) => g.op('Exp', [a]));
   await checkRule('Softmax', [{ name: 'a', dims: [2, 2, 3, 4] }], (g, [a]) => g.op('Softmax', [a], { axis: 3 }));
@@ -95,6 +96,15 @@ test('Sigmoid, Exp, Softmax, LogSoftmax and RMSNormalization rules', async () =>
     [{ name: 'x', dims: [2, 3, 8] }, { name: 'w', dims: [8] }],
     (g, [x, w]) => g.op('RMSNormalization', [x, w], { axis: -1, epsilon: { float: 1e-5 } }),
   );
+  // The fused residual Add + RMSNorm: its normed output and its sum both feed the loss, or the norm alone.
+  const skipNorm = (g: OnnxGraphBuilder, [x, skip, w]: string[]) =>
+    g.opMulti('SkipSimplifiedLayerNormalization', [x, skip, w], 4, { epsilon: { float: 1e-5 } }, undefined, CONTRIB_DOMAIN);
+  const skipInputs = [{ name: 'x', dims: [2, 3, 8] }, { name: 'skip', dims: [2, 3, 8] }, { name: 'w', dims: [8] }];
+  await checkRule('SkipSimplifiedLayerNormalization', skipInputs, (g, names) => {
+    const [y, , , sum] = skipNorm(g, names);
+    return g.op('Add', [y, g.op('Mul', [sum, sum])]);
+  });
+  await checkRule('SkipSimplifiedLayerNormalization, norm only', skipInputs, (g, names) => skipNorm(g, names)[0]);
 });
 
 test('layout rules: Reshape, Flatten, Transpose, the RoPE half-swap Slice, Split (one part unused), Concat', async () => {

@@ -3,7 +3,8 @@
  * model as float32, Q8_0 and Q4_0, built by each of several source trees (this checkout and, say, an export of an
  * earlier commit), each (tree, form) in a process of its own, trials interleaved with the trees' order alternating.
  * It reports wall and process CPU time per step at 1 and 16 rows, each tree's per-trial speed ratio against the
- * first tree and each quantized form's against float32. CPU time (both onnxruntime threads) is stretched far less
+ * first tree and each quantized form's against float32, and per process the CPU and wall seconds of creating the
+ * runner's sessions (from graphs in memory) and the resident memory after warm-up. CPU time (both onnxruntime threads) is stretched far less
  * than wall time when other work shares the machine.
  *   npm run bench:decode-steps -- [--trees /path/to/earlier,.] [--trials N] [--json]
  * A tree must hold src/ and node_modules/ (a symlink will do) and .bench/ with the benchmark model.
@@ -35,10 +36,22 @@ async function serveSteps(tree: string, form: (typeof FORMS)[number]): Promise<v
   const { compileBaseModel } = await import(resolve(tree, 'src/runtime/compiled-model-cache.ts'));
   const { ModelRunner } = await import(resolve(tree, 'src/runtime/model-runner.ts'));
   const model = await compileBaseModel(BENCH_MODEL_DIR, form === 'f32' ? {} : { quantize: form });
-  const runner = await ModelRunner.fromGraph(model.graph, model.config, { maxBatch: 16, adapterSlots: 16, maxLoraRank: 16, maxPositions: 2048, threads: 2 }, model.rowNorms);
+  const options = { maxBatch: 16, adapterSlots: 16, maxLoraRank: 16, maxPositions: 2048, threads: 2 };
+  const cpuBefore = process.cpuUsage();
+  const wallBefore = performance.now();
+  // Trees from before the base-only graph serve one graph, through `fromGraph`.
+  const runner = ModelRunner.fromGraphs
+    ? await ModelRunner.fromGraphs(model.graphs, model.config, options, model.rowNorms)
+    : await ModelRunner.fromGraph(model.graph, model.config, options, model.rowNorms);
   const rowsAt = (rows: number, position: number) => Array.from({ length: rows }, (_, b) => ({ tokens: [1 + b], position, slot: 0 }));
+  const sessionCpu = process.cpuUsage(cpuBefore);
+  const sessionWallMs = performance.now() - wallBefore;
   for (const rows of ROWS) for (let p = 0; p < WARMUP_STEPS; p++) await runner.forward(0, rowsAt(rows, p));
-  process.send!({ ready: true });
+  process.send!({
+    sessionCpuS: (sessionCpu.user + sessionCpu.system) / 1e6,
+    sessionWallS: sessionWallMs / 1000,
+    rssMib: process.memoryUsage().rss / 2 ** 20,
+  } satisfies Setup);
   process.on('message', async ({ rows }: { rows: (typeof ROWS)[number] }) => {
     const steps = STEPS[rows];
     const cpu = process.cpuUsage();
@@ -47,6 +60,13 @@ async function serveSteps(tree: string, form: (typeof FORMS)[number]): Promise<v
     const used = process.cpuUsage(cpu);
     process.send!({ wallMs: (performance.now() - start) / steps, cpuMs: (used.user + used.system) / 1000 / steps } satisfies Timing);
   });
+}
+
+/** What one (tree, form) process reports once its runner is warm: creating the sessions, and memory after warm-up. */
+interface Setup {
+  sessionCpuS: number;
+  sessionWallS: number;
+  rssMib: number;
 }
 
 async function reply<T>(child: ChildProcess): Promise<T> {
@@ -60,13 +80,14 @@ function ratioSummary(ratios: number[]) {
 
 export async function measureDecodeSteps(trees: string[], trials: number) {
   const children = new Map<string, ChildProcess>();
+  const setups = new Map<string, Setup>();
   const key = (tree: string, form: string) => `${tree}|${form}`;
   try {
     for (const form of FORMS) {
       for (const tree of trees) {
         log(`decode steps: loading ${form} from ${tree} ...`);
         const child = fork(fileURLToPath(import.meta.url), ['--serve', tree, '--form', form], { execArgv: ['--import', 'tsx'] });
-        await reply(child);
+        setups.set(key(tree, form), await reply<Setup>(child));
         children.set(key(tree, form), child);
       }
     }
@@ -88,6 +109,9 @@ export async function measureDecodeSteps(trees: string[], trials: number) {
     const series = (tree: string, form: string, rows: number, measure: keyof Timing) => timings.get(`${key(tree, form)}|${rows}`)!.map((t) => t[measure]);
     const ratios = (slower: number[], faster: number[]) => ratioSummary(slower.map((value, i) => value / faster[i]));
     const report: Record<string, unknown> = { trees, trials, model: 'SmolLM2-135M shape, random weights; base-model rows only' };
+    for (const measure of ['sessionCpuS', 'sessionWallS', 'rssMib'] as const) {
+      report[`${measure}_at_start`] = Object.fromEntries(trees.map((tree) => [tree, Object.fromEntries(FORMS.map((form) => [form, round(setups.get(key(tree, form))![measure], 2)]))]));
+    }
     for (const measure of ['cpuMs', 'wallMs'] as const) {
       for (const rows of ROWS) {
         report[`${measure}_per_step_${rows}_rows`] = Object.fromEntries(trees.map((tree) => [tree, Object.fromEntries(FORMS.map((form) => [form, round(median(series(tree, form, rows, measure)))]))]));

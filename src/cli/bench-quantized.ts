@@ -4,7 +4,8 @@
  * 16 streams on 16 distinct r=16 adapters over the Q4_0 base. Each form runs in a process of its own, so its peak
  * RSS is its own and no process holds three models; the adapters run over a Q4_0 base of their own process, so the
  * base forms' peak RSS is the base's alone. All stay loaded and every trial times them back to back, so ratios
- * against float32 are taken per trial (then their median and range).
+ * against float32 are taken per trial (then their median and range). `matmul_ceiling` times the matmul kernels alone
+ * on the same shapes (bench-matmul-ceiling.ts): no step can gain more over float32 than they do.
  *   npm run bench:quantized [-- --json] [--trials N]     (also part of `npm run bench`)
  */
 import { type ChildProcess, fork } from 'node:child_process';
@@ -15,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { Engine } from '../engine/engine.ts';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
 import { median, round } from './bench-stats.ts';
+import { measureMatmulCeiling } from './bench-matmul-ceiling.ts';
 import { concurrentDecode, ensureAdapters, LORA_RANK, log, singleStream, STREAMS } from './bench-workloads.ts';
 
 const FORMS = ['f32', 'q8', 'q4'] as const;
@@ -115,6 +117,8 @@ export async function measureQuantizedBase(options: { trials: number; threads: n
     }
     const memory = {} as Record<Form, Awaited<ReturnType<FormProcess['finish']>>>;
     for (const form of PROCESSES) memory[form] = await processes[form].finish();
+    log('quantized base: the matmul kernels alone (the ceiling of any speed-up) ...');
+    const matmulCeiling = await measureMatmulCeiling({ trials, threads });
 
     const { f32, q8, q4 } = measured;
     const perForm = (workload: Workload) => Object.fromEntries(FORMS.map((form) => [form, round(median(measured[form][workload]))]));
@@ -136,6 +140,7 @@ export async function measureQuantizedBase(options: { trials: number; threads: n
       ratio_16_adapters_vs_q4_base: ratioSummary(q4.adapters16, q4.decode16),
       memory_by_form: memory,
       peak_rss_vs_f32: { q8: round(memory.q8.peak_rss_mib / memory.f32.peak_rss_mib, 2), q4: round(memory.q4.peak_rss_mib / memory.f32.peak_rss_mib, 2) },
+      matmul_ceiling: matmulCeiling,
     };
   } finally {
     for (const handle of Object.values(processes)) handle.kill();

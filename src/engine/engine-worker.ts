@@ -38,7 +38,7 @@ async function start(options: EngineWorkerData): Promise<void> {
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
   const loader = new AdapterLoaderThread({ config: model.config, slotRank: options.maxLoraRank });
   const sessionStarted = performance.now();
-  const runner = await ModelRunner.fromGraph(model.graph, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, model.rowNorms);
+  const runner = await ModelRunner.fromGraphs(model.graphs, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, model.rowNorms);
   const startup = { cached: model.cached, ms: { ...model.timings, session: Math.round(performance.now() - sessionStarted) } };
   const scheduler = new Scheduler(
     runner,

@@ -1,6 +1,6 @@
 /**
  * Builds the ONNX graph of a Llama-family decoder from its weights, with a JavaScript-managed KV cache and
- * multi-adapter inputs built in. Read `decoderLayer` then `buildDecoderGraph` top to bottom: they are the Llama
+ * multi-adapter inputs built in. Read `decoderLayer` then `servingGraph` top to bottom: they are the Llama
  * forward pass. `decoderLayer` is the one description of a layer: the serving graph here and the training graphs
  * (src/training/training-graph.ts) both build their layers with it, supplying only what differs between them
  * (`LayerImplementation`: weight storage, how adapters apply, what attention attends over).
@@ -10,8 +10,8 @@
  *   `[B, kv_heads, head_dim, S]` and values `[B, kv_heads, S, head_dim]`, where S is the cache bucket width.
  *   The graph returns only the new keys/values of this step, which the runtime writes into the cache. This
  *   avoids returning (and so copying) the whole cache each step.
- * - Attention runs over the whole bucket with an additive mask `[B,1,1,S]` shared by all layers, plus the
- *   step's own tokens with a causal mask, joined in one softmax.
+ * - Attention runs over the whole bucket plus the step's own tokens, joined in one softmax under one additive
+ *   mask `[B, 1, group·T, S + T]` shared by all layers (cache positions past a row's length, and causal).
  * - RoPE tables come in as inputs (rotate-half order, one row per head of the fused q|k|v projection: value
  *   heads get cos=1, sin=0 and query heads carry the 1/sqrt(head_dim) attention scale), so the graph is
  *   independent of context length and RoPE scaling variants.
@@ -25,31 +25,29 @@
  *   on SmolLM2-135M's shape).
  * - The other PEFT families have per-row inputs (peft-blocks.ts): soft prompts at the embedding, IA3 and DoRA
  *   scales around the projections, bottleneck adapters on the residual stream, and DoRA's base probes.
- * - The layers run in one `If`: with every family's nodes, or (no row on an adapter) with none, both branches
- *   reading the same weights. Profiled at one row, the families' nodes (about 80 of a layer's 115, fed empty
- *   stand-ins) took longer than a quantized base's matmuls: each node costs a few microseconds whatever it does.
+ * - Two graphs serve (`buildDecoderGraphs`): one with every family's nodes, for passes with adapter rows, and one
+ *   with the base layers alone, for passes without, both reading one copy of the weights. Profiled at one row,
+ *   the families' nodes (about 80 of a layer's 115, fed empty stand-ins) took longer than a quantized base's
+ *   matmuls, and their inputs (about 270) cost the binding a few microseconds each per run.
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
-import { baseProjection, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
+import { baseProjection, CONTRIB_DOMAIN, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';
 import { LORA_INPUTS, LoraDelta } from './lora-delta.ts';
-import { type BuiltModel, OnnxGraphBuilder } from './onnx-builder.ts';
+import { OnnxGraphBuilder, SharedInitializers } from './onnx-builder.ts';
 import { PEFT_INPUTS, peftBlocks, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type BottleneckSite, type ProbeSite } from './peft-blocks.ts';
 
 export const GRAPH_INPUTS = {
   inputIds: 'input_ids',
   ropeCos: 'rope_cos',
   ropeSin: 'rope_sin',
-  pastMask: 'past_mask',
-  selfMask: 'self_mask',
+  /**
+   * `[B, 1, group·T, S + T]`: the additive mask over the cache bucket then the step's own tokens, for each grouped
+   * query (one Add a layer over the joined scores instead of one for each part).
+   */
+  attentionMask: 'attention_mask',
   attentionSplit: 'attention_split',
   /** Per row, the step position whose logits are returned (rows of one step may feed different token counts). */
   logitsPosition: 'logits_position',
-  /**
-   * `[1]` bool: false when no row of the step uses an adapter of any family, so the pass runs the layers without
-   * the adapter families' nodes (about 80 per layer, each with a fixed cost of a few microseconds, which at one
-   * row cost more than a quantized base's matmuls). Both branches read the same weights.
-   */
-  adaptersInUse: 'adapters_in_use',
   pastKey: (layer: number) => `past_key_t.${layer}`,
   pastValue: (layer: number) => `past_value.${layer}`,
 } as const;
@@ -90,8 +88,11 @@ export interface LayerImplementation {
   down(layer: number, act: string): string;
   /** Attention context `[B, kv_heads, group·T, head_dim]` of the grouped queries over the keys and values. */
   attend(layer: number, queriesGrouped: string, keys: string, values: string): string;
-  /** The residual stream after a sub-layer's output `h` joins `x`; `x + h` when absent (bottleneck adapters hook in here). */
-  residual?(layer: number, site: BottleneckSite, x: string, h: string): string;
+  /**
+   * What a sub-layer adds to the residual stream `x`, given its output `h`: `h` when absent (bottleneck adapters
+   * add theirs here).
+   */
+  residualTerm?(layer: number, site: BottleneckSite, x: string, h: string): string;
 }
 
 /** Constants and RoPE tables that every layer of one graph shares. */
@@ -127,15 +128,26 @@ export function decoderContext(g: OnnxGraphBuilder, c: LlamaConfig, ropeCos: str
 }
 
 /**
- * One Llama decoder layer on `x` `[B, T, hidden]`: returns the layer's output and its rotated keys and the values
+ * The residual stream as `x + added`, the sum not taken yet: the next RMSNorm takes it with the norm in one node
+ * (`normAfterResidual`), since at one row each node costs a few microseconds whatever it computes.
+ */
+export interface ResidualStream {
+  x: string;
+  added?: string;
+}
+
+/**
+ * One Llama decoder layer on the residual stream `[B, T, hidden]`: returns the stream after the layer (its last
+ * sum still to be taken, by the next layer's norm or `residualSum`) and the rotated keys and the values
  * `[B, kv_heads, T, head_dim]` (which serving writes into its cache).
  */
-export function decoderLayer(ctx: DecoderContext, impl: LayerImplementation, l: number, x: string): { x: string; keys: string; values: string } {
-  const { g, shapes } = ctx;
+export function decoderLayer(ctx: DecoderContext, impl: LayerImplementation, l: number, stream: ResidualStream): { stream: ResidualStream; keys: string; values: string } {
+  const { g, shapes, config } = ctx;
   const p = `model.layers.${l}`;
+  const term = (site: BottleneckSite, x: string, h: string) => (impl.residualTerm ? impl.residualTerm(l, site, x, h) : h);
 
   // ---- attention ----
-  const h = rmsNorm(g, ctx.config, x, impl.normWeight(`${p}.input_layernorm.weight`));
+  const { normed: h, sum: x } = normAfterResidual(g, config, stream, impl.normWeight(`${p}.input_layernorm.weight`));
   const qkv = g.op('Reshape', [impl.qkv(l, h), shapes.halves]);
   const swapHalves = g.op('Slice', [qkv, g.constInt64([-1]), g.constInt64([-Number.MAX_SAFE_INTEGER]), g.constInt64([3]), g.constInt64([-1])]);
   const rotated = g.op('Reshape', [
@@ -149,23 +161,60 @@ export function decoderLayer(ctx: DecoderContext, impl: LayerImplementation, l: 
     g.op('Transpose', [g.op('Reshape', [context, shapes.perHead])], { perm: [0, 2, 1, 3] }),
     shapes.merged,
   ]);
-  const residual = (site: BottleneckSite, from: string, h: string) => (impl.residual ? impl.residual(l, site, from, h) : g.op('Add', [from, h]));
-  const attended = residual('attention', x, impl.o(l, merged));
+  const afterAttention = { x, added: term('attention', x, impl.o(l, merged)) };
 
   // ---- feed-forward (SwiGLU) ----
-  const h2 = rmsNorm(g, ctx.config, attended, impl.normWeight(`${p}.post_attention_layernorm.weight`));
+  const { normed: h2, sum: attended } = normAfterResidual(g, config, afterAttention, impl.normWeight(`${p}.post_attention_layernorm.weight`));
   const [gate, up] = g.opMulti('Split', [impl.gateUp(l, h2), shapes.ffnSplit], 2, { axis: 2 });
   const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
-  return { x: residual('output', attended, impl.down(l, act)), keys: k, values: v };
+  return { stream: { x: attended, added: term('output', attended, impl.down(l, act)) }, keys: k, values: v };
+}
+
+/** The residual stream's value, its last sum taken. */
+export function residualSum(g: OnnxGraphBuilder, stream: ResidualStream): string {
+  return stream.added ? g.op('Add', [stream.x, stream.added]) : stream.x;
+}
+
+/**
+ * RMSNorm of the residual stream, and the stream's value: with a sum still to take, onnxruntime's
+ * `SkipSimplifiedLayerNormalization` takes it and the norm in one node (its fourth output is the sum).
+ */
+export function normAfterResidual(g: OnnxGraphBuilder, c: LlamaConfig, stream: ResidualStream, scale: string): { normed: string; sum: string } {
+  if (!stream.added) return { normed: rmsNorm(g, c, stream.x, scale), sum: stream.x };
+  const [normed, , , sum] = g.opMulti('SkipSimplifiedLayerNormalization', [stream.x, stream.added, scale], 4, { epsilon: { float: c.rmsNormEps } }, undefined, CONTRIB_DOMAIN);
+  return { normed, sum };
 }
 
 export function rmsNorm(g: OnnxGraphBuilder, c: LlamaConfig, x: string, scale: string): string {
   return g.op('RMSNormalization', [x, scale], { axis: -1, epsilon: { float: c.rmsNormEps } });
 }
 
-export function buildDecoderGraph(model: BaseModel): BuiltModel {
+/**
+ * The serving graphs: `adapters` runs passes with at least one row on an adapter (every family's nodes, rows on no
+ * adapter getting exactly their base result) and DoRA's probe pass; `base` runs passes whose rows all use the
+ * base model, with only the inputs the base layers read (66 of the adapter graph's 333 on SmolLM2-135M's shape,
+ * each of which costs onnxruntime-node a few microseconds a run whatever its size). Both are built from the same
+ * `decoderLayer` and base projections, and their weights are stored once in the buffer both reference.
+ */
+export type ServingGraph = 'adapters' | 'base';
+export const SERVING_GRAPHS: readonly ServingGraph[] = ['adapters', 'base'];
+
+export interface DecoderGraphs {
+  /** Serialised ModelProto of each serving graph. */
+  models: Record<ServingGraph, Uint8Array>;
+  /** The initializers' bytes, which every graph references by offset (`EXTERNAL_DATA_FILE`). */
+  weights: Uint8Array;
+}
+
+export function buildDecoderGraphs(model: BaseModel): DecoderGraphs {
+  const shared = new SharedInitializers();
+  const builders = SERVING_GRAPHS.map((kind) => servingGraph(model, kind, new OnnxGraphBuilder(`llama_decoder_${kind}`, shared)));
+  const { models, weights } = OnnxGraphBuilder.buildTogether(builders, OPSET);
+  return { models: Object.fromEntries(SERVING_GRAPHS.map((kind, i) => [kind, models[i]])) as Record<ServingGraph, Uint8Array>, weights };
+}
+
+function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder): OnnxGraphBuilder {
   const c = model.config;
-  const g = new OnnxGraphBuilder('llama_decoder');
   const w = (name: string) => {
     const tensor = model.weights.get(name);
     if (!tensor) throw new Error(`weight ${name} missing from the loaded model`);
@@ -178,12 +227,11 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const inputIds = g.input(GRAPH_INPUTS.inputIds, 'int64', [B, T]);
   const ropeCos = g.input(GRAPH_INPUTS.ropeCos, 'float32', [B, T, fusedHeads, c.headDim]);
   const ropeSin = g.input(GRAPH_INPUTS.ropeSin, 'float32', [B, T, fusedHeads, c.headDim]);
-  const pastMask = g.input(GRAPH_INPUTS.pastMask, 'float32', [B, 1, 1, S]);
-  const selfMask = g.input(GRAPH_INPUTS.selfMask, 'float32', [B, 1, 'group_tokens', T]);
+  const attentionMask = g.input(GRAPH_INPUTS.attentionMask, 'float32', [B, 1, 'group_tokens', 'attended']);
   const attentionSplit = g.input(GRAPH_INPUTS.attentionSplit, 'int64', [2]);
   const qBlocks = c.numHeads / c.numKvHeads;
 
-  const embedding = g.initializer('model.embed_tokens.weight', w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
+  const embedding = g.sharedInitializer('model.embed_tokens.weight', () => w('model.embed_tokens.weight').data, [c.vocabSize, c.hiddenSize]);
   const ctx = decoderContext(g, c, ropeCos, ropeSin);
 
   /** Base projections of `x` (fused when several), with each weight as served: block-quantized or float32. */
@@ -199,11 +247,9 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
     down: group('down'),
     attend: (l, qGrouped, k, v) => attendOverCache(l, qGrouped, k, v),
   };
-  const lora = new LoraDelta(g);
-  const peft = peftBlocks(g, c);
-  const withAdapters = adapterLayers();
 
-  function adapterLayers(): LayerImplementation {
+  /** The layers with every adapter family's nodes, each around `plain`'s base projections. */
+  function adapterLayers(lora: LoraDelta, peft: ReturnType<typeof peftBlocks>): LayerImplementation {
     return {
       normWeight: (name) => g.sharedInitializer(name, () => w(name).data, [c.hiddenSize]),
       qkv(l, h) {
@@ -233,7 +279,7 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
         return peft.scaleOutput(g.op('Add', [plain.down(l, act), loraDown]), 'down', l);
       },
       attend: plain.attend,
-      residual: (l, site, x, h) => peft.residualWithBottleneck(x, h, site, l),
+      residualTerm: (l, site, x, h) => peft.bottleneckResidualTerm(x, h, site, l),
     };
   }
 
@@ -242,9 +288,9 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const pastValues = Array.from({ length: c.numLayers }, (_, l) => g.input(GRAPH_INPUTS.pastValue(l), 'float32', [B, c.numKvHeads, S, c.headDim]));
   function attendOverCache(l: number, qGrouped: string, k: string, v: string): string {
     const [pastKeyT, pastValue] = [pastKeysT[l], pastValues[l]];
-    const scoresPast = g.op('Add', [g.op('MatMul', [qGrouped, pastKeyT]), pastMask]);
-    const scoresSelf = g.op('Add', [g.op('MatMul', [qGrouped, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]), selfMask]);
-    const probs = g.op('Softmax', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 })], { axis: 3 });
+    const scoresPast = g.op('MatMul', [qGrouped, pastKeyT]);
+    const scoresSelf = g.op('MatMul', [qGrouped, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]);
+    const probs = g.op('Softmax', [g.op('Add', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 }), attentionMask])], { axis: 3 });
     const [probsPast, probsSelf] = g.opMulti('Split', [probs, attentionSplit], 2, { axis: 3 });
     return g.op('Add', [g.op('MatMul', [probsPast, pastValue]), g.op('MatMul', [probsSelf, v])]);
   }
@@ -252,33 +298,37 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   /** The decoder layers over `x`: the final hidden states and all layers' new keys and values in one tensor. */
   const layers = (impl: LayerImplementation, x: string): string[] => {
     const newKeyValues: string[] = [];
+    let stream: ResidualStream = { x };
     for (let l = 0; l < c.numLayers; l++) {
-      const layer = decoderLayer(ctx, impl, l, x);
-      x = layer.x;
+      const layer = decoderLayer(ctx, impl, l, stream);
+      stream = layer.stream;
       newKeyValues.push(layer.keys, layer.values);
     }
     // [B, layers*2*kv_heads, T, head_dim], k then v per layer.
-    return [x, g.op('Concat', newKeyValues, { axis: 1 })];
+    return [residualSum(g, stream), g.op('Concat', newKeyValues, { axis: 1 })];
   };
   const tokenEmbeddings = g.op('Gather', [embedding, inputIds], { axis: 0 });
-  const [x, newKeyValues] = g.ifElse(
-    g.input(GRAPH_INPUTS.adaptersInUse, 'bool', [1]),
-    () => layers(withAdapters, peft.embed(tokenEmbeddings)),
-    () => layers(plain, tokenEmbeddings),
-  );
-  // DoRA's probe rows go through every layer's base projections in a pass of their own (once per adapter); other
-  // passes take the empty branch, so the probes' matmuls (4 per layer) cost no step anything.
-  const probeWidths = probeSiteWidths(c);
-  const noProbeRows = PROBE_SITES.map((site) => g.initializer(`no_probe_rows.${site}`, new Float32Array(0), [0, probeWidths[site].out]));
-  const probeResults = g.ifElse(
-    g.input(PEFT_INPUTS.probing, 'bool', [1]),
-    () => peft.probeResults((site, l, rows) => {
-      const [fused, modules] = PROJECTION_GROUPS[site];
-      return base(rows, l, fused, modules, 2);
-    }),
-    () => noProbeRows.map((empty) => g.op('Identity', [empty])),
-  );
-  PROBE_SITES.forEach((site, i) => g.output(probeResults[i], PROBE_OUTPUT(site), 'float32', ['probe_out_rows', probeWidths[site].out]));
+  const [x, newKeyValues] = kind === 'base' ? layers(plain, tokenEmbeddings) : adapterPass();
+
+  /** The adapter graph's layers, and DoRA's probe results as outputs of their own. */
+  function adapterPass(): string[] {
+    const peft = peftBlocks(g, c);
+    const result = layers(adapterLayers(new LoraDelta(g), peft), peft.embed(tokenEmbeddings));
+    // DoRA's probe rows go through every layer's base projections in a pass of their own (once per adapter); other
+    // passes take the empty branch, so the probes' matmuls (4 per layer) cost no step anything.
+    const probeWidths = probeSiteWidths(c);
+    const noProbeRows = PROBE_SITES.map((site) => g.initializer(`no_probe_rows.${site}`, new Float32Array(0), [0, probeWidths[site].out]));
+    const probeResults = g.ifElse(
+      g.input(PEFT_INPUTS.probing, 'bool', [1]),
+      () => peft.probeResults((site, l, rows) => {
+        const [fused, modules] = PROJECTION_GROUPS[site];
+        return base(rows, l, fused, modules, 2);
+      }),
+      () => noProbeRows.map((empty) => g.op('Identity', [empty])),
+    );
+    PROBE_SITES.forEach((site, i) => g.output(probeResults[i], PROBE_OUTPUT(site), 'float32', ['probe_out_rows', probeWidths[site].out]));
+    return result;
+  }
 
   // Only one position's logits per row leave the graph (outputs are copied by the binding, so keep them small):
   // each row's last real token, as rows of a batched prefill are padded to the longest.
@@ -289,8 +339,8 @@ export function buildDecoderGraph(model: BaseModel): BuiltModel {
   const quantizedHead = model.quantized?.get('lm_head.weight');
   const logits = quantizedHead
     ? quantizedMatMul(g, lastFlat, quantizedHead, 'lm_head', { inputRank: 2 })
-    : g.op('Gemm', [lastFlat, c.tieWordEmbeddings ? embedding : g.initializer('lm_head.weight', w('lm_head.weight').data, [c.vocabSize, c.hiddenSize])], { transB: 1 });
+    : g.op('Gemm', [lastFlat, c.tieWordEmbeddings ? embedding : g.sharedInitializer('lm_head.weight', () => w('lm_head.weight').data, [c.vocabSize, c.hiddenSize])], { transB: 1 });
   g.output(logits, GRAPH_OUTPUTS.logits, 'float32', [B, c.vocabSize]);
   g.output(newKeyValues, GRAPH_OUTPUTS.newKeyValues, 'float32', [B, c.numLayers * 2 * c.numKvHeads, T, c.headDim]);
-  return g.build(OPSET);
+  return g;
 }

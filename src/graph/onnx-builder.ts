@@ -61,18 +61,41 @@ export interface BuiltModel {
   weights: Uint8Array;
 }
 
+interface InitializerRecord {
+  name: string;
+  dims: number[];
+  type: ElementType;
+  bytes: Uint8Array;
+}
+
+function initializerRecord(name: string, data: InitializerData, dims: number[]): InitializerRecord {
+  return { name, dims, type: elementTypeOf(data), bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
+}
+
+/**
+ * The `sharedInitializer`s of graphs built together (`OnnxGraphBuilder.buildTogether`): each is made once, whichever
+ * graph asks first, and stored once in their common weight buffer, however many of the graphs read it.
+ */
+export class SharedInitializers {
+  readonly records = new Map<string, InitializerRecord>();
+}
+
 export class OnnxGraphBuilder {
   private readonly nodes: InstanceType<typeof onnx.NodeProto>[] = [];
   private readonly inputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
   private readonly outputs: InstanceType<typeof onnx.ValueInfoProto>[] = [];
-  private readonly initializers: { name: string; dims: number[]; type: ElementType; bytes: Uint8Array }[] = [];
+  private readonly initializers: InitializerRecord[] = [];
   private readonly ops: GraphOp[] = [];
   private readonly declarations = new Map<string, ValueDeclaration>();
   private readonly int64Constants = new Map<string, number[]>();
   private readonly usedNames = new Set<string>();
   private counter = 0;
 
-  constructor(private readonly graphName: string) {}
+  /** `shared`: the store of shared initializers, when this graph is built together with others. */
+  constructor(
+    private readonly graphName: string,
+    private readonly shared = new SharedInitializers(),
+  ) {}
 
   input(name: string, type: ElementType, dims: Dim[]): string {
     this.claim(name);
@@ -93,20 +116,28 @@ export class OnnxGraphBuilder {
    * callers must not change it before then.
    */
   initializer(name: string, data: InitializerData, dims: number[]): string {
-    this.claim(name);
-    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    const type = elementTypeOf(data);
-    this.initializers.push({ name, dims, type, bytes });
-    this.declarations.set(name, { type, dims });
-    return name;
+    return this.addInitializer(initializerRecord(name, data, dims));
   }
 
   /**
-   * An initializer several parts of the graph read: created by `data()` on first use, then only referenced (a
-   * projection applied to more than one input keeps one copy of its weights).
+   * An initializer several parts of the graph, or several graphs built together, read: created by `data()` on
+   * first use, then only referenced (a projection applied to more than one input keeps one copy of its weights).
    */
   sharedInitializer(name: string, data: () => InitializerData, dims: number[]): string {
-    return this.usedNames.has(name) ? name : this.initializer(name, data(), dims);
+    if (this.usedNames.has(name)) return name;
+    let record = this.shared.records.get(name);
+    if (!record) {
+      record = initializerRecord(name, data(), dims);
+      this.shared.records.set(name, record);
+    }
+    return this.addInitializer(record);
+  }
+
+  private addInitializer(record: InitializerRecord): string {
+    this.claim(record.name);
+    this.initializers.push(record);
+    this.declarations.set(record.name, { type: record.type, dims: record.dims });
+    return record.name;
   }
 
   constInt64(values: number[], name = this.fresh('const')): string {
@@ -206,19 +237,35 @@ export class OnnxGraphBuilder {
   }
 
   build(opset: { domain: string; version: number }[]): BuiltModel {
+    const { models, weights } = OnnxGraphBuilder.buildTogether([this], opset);
+    return { modelBytes: models[0], weights };
+  }
+
+  /**
+   * Serialises graphs into one weight buffer that all of them reference: an initializer they share
+   * (`SharedInitializers`) is stored in it once, so sessions of all the graphs can load from one copy of the bytes.
+   */
+  static buildTogether(graphs: OnnxGraphBuilder[], opset: { domain: string; version: number }[]): { models: Uint8Array[]; weights: Uint8Array } {
+    const offsets = new Map<InitializerRecord, number>();
     let size = 0;
-    const placed = this.initializers.map((init) => {
-      if (init.bytes.byteLength < INLINE_LIMIT) return { init, offset: -1 };
+    for (const init of graphs.flatMap((graph) => graph.initializers)) {
+      if (init.bytes.byteLength < INLINE_LIMIT || offsets.has(init)) continue;
       const offset = Math.ceil(size / EXTERNAL_ALIGNMENT) * EXTERNAL_ALIGNMENT;
+      offsets.set(init, offset);
       size = offset + init.bytes.byteLength;
-      return { init, offset };
-    });
+    }
     const weights = new Uint8Array(size);
-    const initializerProtos = placed.map(({ init, offset }) => {
-      if (offset < 0) {
+    for (const [init, offset] of offsets) weights.set(init.bytes, offset);
+    return { models: graphs.map((graph) => graph.encode(opset, offsets)), weights };
+  }
+
+  /** The ModelProto, its large initializers pointing at `offsets` in the external weight buffer. */
+  private encode(opset: { domain: string; version: number }[], offsets: Map<InitializerRecord, number>): Uint8Array {
+    const initializerProtos = this.initializers.map((init) => {
+      const offset = offsets.get(init);
+      if (offset === undefined) {
         return onnx.TensorProto.create({ name: init.name, dims: init.dims, dataType: ELEMENT_TYPES[init.type], rawData: init.bytes });
       }
-      weights.set(init.bytes, offset);
       return onnx.TensorProto.create({
         name: init.name,
         dims: init.dims,
@@ -243,7 +290,7 @@ export class OnnxGraphBuilder {
         initializer: initializerProtos,
       }),
     });
-    return { modelBytes: onnx.ModelProto.encode(model).finish(), weights };
+    return onnx.ModelProto.encode(model).finish();
   }
 
   private fresh(prefix: string): string {

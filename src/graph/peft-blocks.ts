@@ -144,8 +144,8 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig) {
       return g.op('Mul', [y, sharedInput(PEFT_INPUTS.scaleOut(site, layer), 3)]);
     },
 
-    /** The residual stream after a sub-layer whose output is `h`, with the row's bottleneck adapter there. */
-    residualWithBottleneck(x: string, h: string, site: BottleneckSite, layer: number): string {
+    /** What joins the residual stream `x` after a sub-layer whose output is `h`: `h` and the row's bottleneck adapter there. */
+    bottleneckResidualTerm(x: string, h: string, site: BottleneckSite, layer: number): string {
       const input = g.op('Add', [
         g.op('Mul', [h, sharedInput(PEFT_INPUTS.bnFromSublayer, 3)]),
         g.op('Mul', [x, sharedInput(PEFT_INPUTS.bnFromResidual, 3)]),
@@ -167,7 +167,7 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig) {
         g.op('Reshape', [g.op('MatMul', [blended, up]), flatten]),
         sharedInput(PEFT_INPUTS.bnUpBias(site, layer), 3),
       ]);
-      return g.op('Add', [g.op('Add', [x, h]), delta]);
+      return g.op('Add', [h, delta]);
     },
 
     /**

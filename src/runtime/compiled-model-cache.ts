@@ -16,25 +16,27 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildDecoderGraph } from '../graph/decoder-graph.ts';
-import { EXTERNAL_DATA_FILE, type BuiltModel } from '../graph/onnx-builder.ts';
+import { buildDecoderGraphs, type DecoderGraphs, SERVING_GRAPHS, type ServingGraph } from '../graph/decoder-graph.ts';
+import { EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
 import { loadBaseModel, type LoadOptions } from '../model/load.ts';
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { baseRowNorms, type BaseRowNorms } from './dora-scales.ts';
+import type { ServingGraphs } from './model-runner.ts';
 
 export interface CompiledModel {
   config: LlamaConfig;
   checksum: string;
   source: BaseModel['source'];
   rowNorms: BaseRowNorms;
-  /** The ONNX file of a cache entry (its weights beside it), or the graph in memory when there is no cache. */
-  graph: string | BuiltModel;
+  /** The ONNX files of a cache entry (their weights beside them), or the graphs in memory when there is no cache. */
+  graphs: ServingGraphs;
   /** Whether the model came from the cache, and how long each part of compiling took (ms). */
   cached: boolean;
   timings: Record<string, number>;
 }
 
-const MODEL_FILE = 'model.onnx';
+/** Both serving graphs read the entry's one weight file (EXTERNAL_DATA_FILE). */
+const MODEL_FILES: Record<ServingGraph, string> = { adapters: 'adapters.onnx', base: 'base.onnx' };
 const ROW_NORMS_FILE = 'row-norms.bin';
 const META_FILE = 'meta.json';
 
@@ -44,7 +46,7 @@ interface EntryMeta {
   source: BaseModel['source'];
   /** Row norms' names and lengths, in the order of ROW_NORMS_FILE. */
   rowNorms: [name: string, length: number][];
-  /** Byte sizes of the entry's files: a partial entry does not match. */
+  /** Byte sizes of the entry's files: a partial entry, or one missing a file this version writes, does not match. */
   sizes: Record<string, number>;
 }
 
@@ -61,11 +63,11 @@ export async function compileBaseModel(modelPath: string, options: LoadOptions &
   if (entry) {
     const found = await readEntry(entry);
     lap('cache_read');
-    if (found) return { ...found, graph: join(entry, MODEL_FILE), cached: true, timings };
+    if (found) return { ...found, graphs: entryGraphs(entry), cached: true, timings };
   }
   const model = await loadBaseModel(modelPath, options);
   lap('load_and_checksum');
-  const graph = buildDecoderGraph(model);
+  const graphs = buildDecoderGraphs(model);
   lap('graph');
   const rowNorms = baseRowNorms(model);
   lap('row_norms');
@@ -75,10 +77,10 @@ export async function compileBaseModel(modelPath: string, options: LoadOptions &
   model.weights.clear();
   model.quantized?.clear();
   if (entry) {
-    await writeEntry(entry, compiled, graph);
+    await writeEntry(entry, compiled, graphs);
     lap('cache_write');
   }
-  return { ...compiled, graph, cached: false, timings };
+  return { ...compiled, graphs, cached: false, timings };
 }
 
 /** The entry's name: what the compiled result depends on, hashed. */
@@ -119,10 +121,13 @@ function compilerVersion(): string {
   return compilerHash;
 }
 
-async function readEntry(entry: string): Promise<Omit<CompiledModel, 'graph' | 'cached' | 'timings'> | null> {
+const entryGraphs = (entry: string) => Object.fromEntries(SERVING_GRAPHS.map((kind) => [kind, join(entry, MODEL_FILES[kind])])) as Record<ServingGraph, string>;
+
+async function readEntry(entry: string): Promise<Omit<CompiledModel, 'graphs' | 'cached' | 'timings'> | null> {
   let meta: EntryMeta;
   try {
     meta = JSON.parse(await readFile(join(entry, META_FILE), 'utf8')) as EntryMeta;
+    if (!Object.values(MODEL_FILES).every((name) => name in meta.sizes)) return null;
     for (const [name, size] of Object.entries(meta.sizes)) if ((await stat(join(entry, name))).size !== size) return null;
   } catch {
     return null;
@@ -138,7 +143,7 @@ async function readEntry(entry: string): Promise<Omit<CompiledModel, 'graph' | '
   return { config: meta.config, checksum: meta.checksum, source: meta.source, rowNorms };
 }
 
-async function writeEntry(entry: string, compiled: Omit<CompiledModel, 'graph' | 'cached' | 'timings'>, graph: BuiltModel): Promise<void> {
+async function writeEntry(entry: string, compiled: Omit<CompiledModel, 'graphs' | 'cached' | 'timings'>, graphs: DecoderGraphs): Promise<void> {
   const partial = `${entry}.partial-${randomUUID()}`;
   try {
     await mkdir(partial, { recursive: true });
@@ -150,8 +155,8 @@ async function writeEntry(entry: string, compiled: Omit<CompiledModel, 'graph' |
       offset += values.length;
     }
     const files: Record<string, Uint8Array> = {
-      [MODEL_FILE]: graph.modelBytes,
-      [EXTERNAL_DATA_FILE]: graph.weights,
+      ...Object.fromEntries(SERVING_GRAPHS.map((kind) => [MODEL_FILES[kind], graphs.models[kind]])),
+      [EXTERNAL_DATA_FILE]: graphs.weights,
       [ROW_NORMS_FILE]: new Uint8Array(packed.buffer),
     };
     for (const [name, bytes] of Object.entries(files)) await writeFile(join(partial, name), bytes);

@@ -4,9 +4,9 @@
  * `session.run` blocks its thread, so it must never run on the HTTP thread.
  */
 import * as ort from 'onnxruntime-node';
-import { buildDecoderGraph, GRAPH_INPUTS, GRAPH_OUTPUTS } from '../graph/decoder-graph.ts';
+import { buildDecoderGraphs, type DecoderGraphs, GRAPH_INPUTS, GRAPH_OUTPUTS, SERVING_GRAPHS, type ServingGraph } from '../graph/decoder-graph.ts';
 import { LORA_INPUTS, LORA_SEGMENT_INPUTS } from '../graph/lora-delta.ts';
-import { type BuiltModel, EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
+import { EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
 import { PEFT_INPUTS, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type ProbeSite } from '../graph/peft-blocks.ts';
 import type { Adapter } from '../adapters/adapter.ts';
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
@@ -20,6 +20,9 @@ import { RopeTables } from './rope.ts';
 import { RowFamilyWeights } from './row-family-weights.ts';
 
 export type ExecutionProvider = 'cpu' | 'cuda';
+
+/** The serving graphs in memory, or as ONNX files (a compiled-model cache entry) with their weights beside them. */
+export type ServingGraphs = DecoderGraphs | Record<ServingGraph, string>;
 
 export interface RunnerOptions {
   /** Rows the KV cache holds: the most sequences decoded together. */
@@ -91,10 +94,16 @@ export class ModelRunner {
   private readonly longSequencePositions: number;
   private readonly rope: RopeTables;
   /**
-   * Rank-0 stand-ins fed when no row of a pass uses an adapter, so the LoRA branch costs almost nothing; made once,
-   * since every input fed costs the binding a few microseconds of its own.
+   * Rank-0 stand-ins fed to the adapter graph when no row of its pass uses LoRA (other families only, or the probe
+   * pass), so the LoRA nodes cost almost nothing; made once, since every input fed costs the binding a few
+   * microseconds of its own.
    */
   private readonly rankZeroLora: Record<string, ort.Tensor> = {};
+  /** Soft-prompt inputs of a pass with no virtual token: one broadcast identity element each. */
+  private readonly noSoftPrompts = {
+    [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', BROADCAST_IDENTITY[0], [1, 1, 1]),
+    [PEFT_INPUTS.tokenEmbeddingKept]: new ort.Tensor('float32', BROADCAST_IDENTITY[1], [1, 1, 1]),
+  };
   /** Probe inputs with no rows: ordinary passes push nothing through the base projections. */
   private readonly noProbes: Record<string, ort.Tensor>;
   /** Input width of each probe site. */
@@ -103,7 +112,8 @@ export class ModelRunner {
   private readonly probeRow: { adapters: AdapterSegments; families: RowFamilyWeights };
 
   private constructor(
-    private readonly session: ort.InferenceSession,
+    /** `base` runs passes whose rows all use the base model; `adapters` every other pass and DoRA's probes. */
+    private readonly sessions: Record<ServingGraph, ort.InferenceSession>,
     config: LlamaConfig,
     options: RunnerOptions,
     /** Squared row norms of the base projections, for DoRA (see dora-scales.ts). */
@@ -134,14 +144,14 @@ export class ModelRunner {
   }
 
   static async create(model: BaseModel, options: RunnerOptions): Promise<ModelRunner> {
-    return ModelRunner.fromGraph(buildDecoderGraph(model), model.config, options, baseRowNorms(model));
+    return ModelRunner.fromGraphs(buildDecoderGraphs(model), model.config, options, baseRowNorms(model));
   }
 
   /**
-   * A runner for a decoder graph already built, in memory or as an ONNX file with its external weights beside it
-   * (its builder's model weights may be dropped first, once `rowNorms` = baseRowNorms(model) is taken).
+   * A runner for the serving graphs already built, in memory or as ONNX files with their external weights beside
+   * them (their builder's model weights may be dropped first, once `rowNorms` = baseRowNorms(model) is taken).
    */
-  static async fromGraph(graph: BuiltModel | string, config: LlamaConfig, options: RunnerOptions, rowNorms: BaseRowNorms): Promise<ModelRunner> {
+  static async fromGraphs(graphs: ServingGraphs, config: LlamaConfig, options: RunnerOptions, rowNorms: BaseRowNorms): Promise<ModelRunner> {
     const provider = options.executionProvider ?? 'cpu';
     const sessionOptions: ort.InferenceSession.SessionOptions = {
       executionProviders: [provider],
@@ -150,14 +160,18 @@ export class ModelRunner {
       interOpNumThreads: 1,
       ...(options.threadSpinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
     };
-    let session: ort.InferenceSession;
+    const sessions: Partial<Record<ServingGraph, ort.InferenceSession>> = {};
     try {
-      // A file (a compiled-model cache entry) has its weights beside it, which onnxruntime reads itself.
-      session =
-        typeof graph === 'string'
-          ? await ort.InferenceSession.create(graph, sessionOptions)
-          : await ort.InferenceSession.create(graph.modelBytes, { ...sessionOptions, externalData: [{ path: EXTERNAL_DATA_FILE, data: graph.weights }] });
+      for (const kind of SERVING_GRAPHS) {
+        // A file (a compiled-model cache entry) has its weights beside it, which onnxruntime reads itself; graphs in
+        // memory share one weight buffer.
+        sessions[kind] =
+          'models' in graphs
+            ? await ort.InferenceSession.create(graphs.models[kind], { ...sessionOptions, externalData: [{ path: EXTERNAL_DATA_FILE, data: graphs.weights }] })
+            : await ort.InferenceSession.create(graphs[kind], sessionOptions);
+      }
     } catch (error) {
+      await Promise.all(Object.values(sessions).map((session) => session.release()));
       if (provider === 'cuda') {
         throw new Error(
           `the CUDA execution provider is not available here (${(error as Error).message}); ` +
@@ -166,7 +180,7 @@ export class ModelRunner {
       }
       throw error;
     }
-    return new ModelRunner(session, config, options, rowNorms);
+    return new ModelRunner(sessions as Record<ServingGraph, ort.InferenceSession>, config, options, rowNorms);
   }
 
   /** Completes what an adapter needs from the base before it can take a slot (DoRA's row scales). */
@@ -203,23 +217,9 @@ export class ModelRunner {
     const ropeStride = this.rope.tokenStride;
     const cos = new Float32Array(batch * tokens * ropeStride);
     const sin = new Float32Array(batch * tokens * ropeStride);
-    const pastMask = new Float32Array(batch * width);
-    const selfMask = new Float32Array(batch * groupSize * tokens * tokens);
+    const attended = width + tokens;
+    const mask = new Float32Array(batch * groupSize * tokens * attended);
     const logitsPosition = new BigInt64Array(batch * c.hiddenSize);
-    // Soft prompts: their virtual tokens are the sequence's first positions, fed as embeddings.
-    const prompts = rows.map((row) => this.slots.promptOf(row.slot));
-    const anySoftPrompt = rows.some((row, b) => prompts[b].softPrompt && row.position < prompts[b].virtualTokens);
-    const softPrompt = anySoftPrompt ? new Float32Array(batch * tokens * c.hiddenSize) : BROADCAST_IDENTITY[0];
-    const tokenEmbeddingKept = anySoftPrompt ? new Float32Array(batch * tokens).fill(1) : BROADCAST_IDENTITY[1];
-    rows.forEach((row, b) => {
-      const { softPrompt: embeddings, virtualTokens } = prompts[b];
-      if (!anySoftPrompt || !embeddings) return;
-      for (let t = 0; t < row.tokens.length && row.position + t < virtualTokens; t++) {
-        const from = (row.position + t) * c.hiddenSize;
-        softPrompt.set(embeddings.subarray(from, from + c.hiddenSize), (b * tokens + t) * c.hiddenSize);
-        tokenEmbeddingKept[b * tokens + t] = 0;
-      }
-    });
     rows.forEach((row, b) => {
       // Padding (token 0) follows a shorter row's real tokens: causal masking keeps it out of their attention,
       // and its keys and values are never written to the cache.
@@ -228,11 +228,11 @@ export class ModelRunner {
         this.rope.fill(cos, sin, b * tokens + t, row.position + t);
       }
       logitsPosition.fill(BigInt(row.tokens.length - 1), b * c.hiddenSize, (b + 1) * c.hiddenSize);
-      pastMask.fill(MASKED, b * width + row.position, (b + 1) * width);
+      // Per grouped query: the cache positions past the row's length, then the step's later tokens.
       for (let gq = 0; gq < groupSize * tokens; gq++) {
-        const t = gq % tokens;
-        const base = (b * groupSize * tokens + gq) * tokens;
-        selfMask.fill(MASKED, base + t + 1, base + tokens);
+        const start = (b * groupSize * tokens + gq) * attended;
+        mask.fill(MASKED, start + row.position, start + width);
+        mask.fill(MASKED, start + width + (gq % tokens) + 1, start + attended);
       }
     });
 
@@ -241,13 +241,9 @@ export class ModelRunner {
       [GRAPH_INPUTS.inputIds]: new ort.Tensor('int64', inputIds, [batch, tokens]),
       [GRAPH_INPUTS.ropeCos]: new ort.Tensor('float32', cos, [batch, tokens, fusedHeads, c.headDim]),
       [GRAPH_INPUTS.ropeSin]: new ort.Tensor('float32', sin, [batch, tokens, fusedHeads, c.headDim]),
-      [GRAPH_INPUTS.pastMask]: new ort.Tensor('float32', pastMask, [batch, 1, 1, width]),
-      [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', selfMask, [batch, 1, groupSize * tokens, tokens]),
+      [GRAPH_INPUTS.attentionMask]: new ort.Tensor('float32', mask, [batch, 1, groupSize * tokens, attended]),
       [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(BigInt(width), BigInt(tokens)), [2]),
       [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', logitsPosition, [batch, 1, c.hiddenSize]),
-      [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', softPrompt, anySoftPrompt ? [batch, tokens, c.hiddenSize] : [1, 1, 1]),
-      [PEFT_INPUTS.tokenEmbeddingKept]: new ort.Tensor('float32', tokenEmbeddingKept, anySoftPrompt ? [batch, tokens, 1] : [1, 1, 1]),
-      ...this.noProbes,
     };
     const stride = cache.rowStride;
     for (let l = 0; l < c.numLayers; l++) {
@@ -255,12 +251,40 @@ export class ModelRunner {
       feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
     }
-    this.feedAdapters(feeds, { adapters, families }, firstRow, rows.map((r) => r.slot), tokens);
+    // Every family, soft prompts included, comes from a slot: a pass with no slot runs the base graph.
+    const withAdapters = rows.some((row) => row.slot !== 0);
+    if (withAdapters) {
+      Object.assign(feeds, this.softPrompts(rows, tokens), this.noProbes);
+      this.feedAdapters(feeds, { adapters, families }, firstRow, rows.map((r) => r.slot), tokens);
+    }
 
-    const result = await this.session.run(feeds);
+    const result = await this.sessions[withAdapters ? 'adapters' : 'base'].run(feeds);
     const newKeyValues = result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array;
     cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position), rows.map((r) => r.tokens.length));
     return result[GRAPH_OUTPUTS.logits].data as Float32Array;
+  }
+
+  /** Soft prompts' inputs: their virtual tokens are the sequence's first positions, fed as embeddings. */
+  private softPrompts(rows: StepRow[], tokens: number): Record<string, ort.Tensor> {
+    const c = this.config;
+    const batch = rows.length;
+    const prompts = rows.map((row) => this.slots.promptOf(row.slot));
+    if (!rows.some((row, b) => prompts[b].softPrompt && row.position < prompts[b].virtualTokens)) return this.noSoftPrompts;
+    const softPrompt = new Float32Array(batch * tokens * c.hiddenSize);
+    const tokenEmbeddingKept = new Float32Array(batch * tokens).fill(1);
+    rows.forEach((row, b) => {
+      const { softPrompt: embeddings, virtualTokens } = prompts[b];
+      if (!embeddings) return;
+      for (let t = 0; t < row.tokens.length && row.position + t < virtualTokens; t++) {
+        const from = (row.position + t) * c.hiddenSize;
+        softPrompt.set(embeddings.subarray(from, from + c.hiddenSize), (b * tokens + t) * c.hiddenSize);
+        tokenEmbeddingKept[b * tokens + t] = 0;
+      }
+    });
+    return {
+      [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', softPrompt, [batch, tokens, c.hiddenSize]),
+      [PEFT_INPUTS.tokenEmbeddingKept]: new ort.Tensor('float32', tokenEmbeddingKept, [batch, tokens, 1]),
+    };
   }
 
   /**
@@ -277,8 +301,6 @@ export class ModelRunner {
   ): void {
     const c = this.config;
     const batch = slots.length;
-    // Soft prompts and every other family come from a slot: a pass with no slot runs the layers without them.
-    feeds[GRAPH_INPUTS.adaptersInUse] = new ort.Tensor('bool', [slots.some((slot) => slot !== 0)], [1]);
     const plan = adapters.prepare(slots, tokens, firstRow === 0);
     feeds[LORA_SEGMENT_INPUTS.segmentRows] = new ort.Tensor('int64', plan.rows, [plan.adapters, plan.segmentRows]);
     feeds[LORA_SEGMENT_INPUTS.resultIndex] = new ort.Tensor('int64', plan.resultIndex, [batch, tokens]);
@@ -325,12 +347,11 @@ export class ModelRunner {
       [GRAPH_INPUTS.inputIds]: new ort.Tensor('int64', new BigInt64Array(1), [1, 1]),
       [GRAPH_INPUTS.ropeCos]: new ort.Tensor('float32', cos, [1, 1, fusedHeads, c.headDim]),
       [GRAPH_INPUTS.ropeSin]: new ort.Tensor('float32', sin, [1, 1, fusedHeads, c.headDim]),
-      [GRAPH_INPUTS.pastMask]: new ort.Tensor('float32', Float32Array.of(MASKED), [1, 1, 1, 1]),
-      [GRAPH_INPUTS.selfMask]: new ort.Tensor('float32', new Float32Array(group), [1, 1, group, 1]),
+      // The one cache position is empty; the token attends to itself.
+      [GRAPH_INPUTS.attentionMask]: new ort.Tensor('float32', Float32Array.from({ length: 2 * group }, (_, i) => (i % 2 === 0 ? MASKED : 0)), [1, 1, group, 2]),
       [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(1n, 1n), [2]),
       [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', new BigInt64Array(c.hiddenSize), [1, 1, c.hiddenSize]),
-      [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', BROADCAST_IDENTITY[0], [1, 1, 1]),
-      [PEFT_INPUTS.tokenEmbeddingKept]: new ort.Tensor('float32', BROADCAST_IDENTITY[1], [1, 1, 1]),
+      ...this.noSoftPrompts,
     };
     const emptyCache = new Float32Array(c.numKvHeads * c.headDim);
     for (let l = 0; l < c.numLayers; l++) {
@@ -342,7 +363,7 @@ export class ModelRunner {
       feeds[PEFT_INPUTS.probe(site)] = new ort.Tensor('float32', probe.inputs[site], [c.numLayers * probe.rows, this.probeWidths[site]]);
     }
     this.feedAdapters(feeds, this.probeRow, 0, [0], 1);
-    const result = await this.session.run(feeds);
+    const result = await this.sessions.adapters.run(feeds);
     return Object.fromEntries(PROBE_SITES.map((site) => [site, result[PROBE_OUTPUT(site)].data as Float32Array])) as Record<ProbeSite, Float32Array>;
   }
 
@@ -370,6 +391,6 @@ export class ModelRunner {
   }
 
   async close(): Promise<void> {
-    await this.session.release();
+    await Promise.all(SERVING_GRAPHS.map((kind) => this.sessions[kind].release()));
   }
 }

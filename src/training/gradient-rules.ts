@@ -95,6 +95,19 @@ export const GRADIENT_RULES: Record<string, GradientRule> = {
   },
 
   /**
+   * y = RMSNorm(s) · w and s = x + skip (outputs 0 and 3): ds = dy through the RMSNorm rule plus s's own
+   * gradient, and dx = dskip = ds.
+   */
+  SkipSimplifiedLayerNormalization: (ctx, op, [dy, , , dSum], needs) => {
+    const [x, skip, w] = op.inputs;
+    const [y, , , sum] = op.outputs;
+    const norm: GraphOp = { opType: 'RMSNormalization', inputs: [sum, w], outputs: [y], attributes: { axis: -1, epsilon: op.attributes.epsilon } };
+    const [fromNorm, dw] = dy ? GRADIENT_RULES.RMSNormalization(ctx, norm, [dy], [true, needs[2]]) : [undefined, undefined];
+    const ds = fromNorm && dSum ? ctx.g.op('Add', [fromNorm, dSum]) : (fromNorm ?? dSum);
+    return [needs[0] ? ctx.unbroadcast(ds!, x, ctx.shapeOf(sum)) : undefined, needs[1] ? ctx.unbroadcast(ds!, skip, ctx.shapeOf(sum)) : undefined, dw];
+  },
+
+  /**
    * y = a · b (batched): da = dy · bᵀ, db = aᵀ · dy, summed over broadcast batch axes. A 2-D b under a batched a
    * (a projection weight) gets one large product over the flattened rows instead of a batch of small ones.
    */

@@ -35,6 +35,8 @@ const SHAPE_RULES: Record<string, ShapeRule> = {
   Softmax: sameAsFirst,
   LogSoftmax: sameAsFirst,
   RMSNormalization: sameAsFirst,
+  // The normed value, the mean and the inverse root mean square over the last axis, and the sum x + skip.
+  SkipSimplifiedLayerNormalization: (_op, [x]) => [x, [...x.slice(0, -1), 1], [...x.slice(0, -1), 1], x],
   Slice: (op, [x], g) => {
     const axes = constant(g, op.inputs[3], op).map((a) => normalizeAxis(a, x.length));
     return [x.map((d, axis) => (axes.includes(axis) ? null : d))];

@@ -10,7 +10,7 @@
  * run, which then recomputes only the cheap rest (see `LayerPass`). All layers share the layer graphs, since weights
  * are inputs, so the base weights exist once (in JavaScript, read zero-copy) whatever the depth.
  */
-import { decoderContext, decoderLayer, type LayerImplementation, OPSET, rmsNorm } from '../graph/decoder-graph.ts';
+import { decoderContext, decoderLayer, type LayerImplementation, OPSET, residualSum, rmsNorm } from '../graph/decoder-graph.ts';
 import { type BuiltModel, OnnxGraphBuilder } from '../graph/onnx-builder.ts';
 import { projectionDims } from '../adapters/lora.ts';
 import type { LlamaConfig, LoraTargetModule } from '../model/types.ts';
@@ -128,7 +128,7 @@ export function buildLayerGraph(c: LlamaConfig, lora: LoraGraphSettings, pass: L
       return g.op('MatMul', [g.op('Softmax', [scores], { axis: 3 }), v]);
     },
   };
-  const y = decoderLayer(ctx, training, 0, x).x;
+  const y = residualSum(g, decoderLayer(ctx, training, 0, { x }).stream);
   if (!pass.backward) {
     g.output(y, LAYER_GRAPH.hiddenOut, 'float32', [B, T, c.hiddenSize]);
     if (pass.savesProjections) {
