@@ -63,7 +63,7 @@ test('an empty environment gives the documented defaults and the development key
     maxLoraRank: 16,
     hostCacheBytes: 1024 ** 3,
     maxQueue: 256,
-    prefillTokenBudget: 64,
+    prefillTokenBudget: 16,
     threads: availableParallelism(),
     threadSpinning: true,
     executionProvider: 'cpu',
