@@ -4,7 +4,7 @@
  *
  * Why: loads are CPU work (checksums, parsing, validation, the slot layout: about 55 ms for an r=16 adapter of
  * SmolLM2-135M's shape) on a machine whose cores the engine's onnxruntime threads already fill. Eight loads run
- * at once all finished late (the last after about 1 s), and meanwhile every step ran at a third of its speed; one
+ * at once all finished late (the last after about 1 s), and meanwhile steps took two to three times as long; one
  * after another, the first adapter is ready after one load, and its sequence starts prefilling while the rest
  * load. The pause keeps the loader to half a core while a burst of loads drains, so the steps beside it keep more
  * of their speed; a lone load, with nothing waiting behind it, never pauses (engine README, measured figures).
