@@ -35,6 +35,9 @@ export async function listAdapterFiles(dir: string, weightsFile: string): Promis
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
 
+/** Files of an adapter directory already read (and verified), by name; the rest are read from the directory. */
+export type ReadFiles = ReadonlyMap<string, Buffer>;
+
 /**
  * Reads an adapter directory: `adapter_config.json`, then the weights file the config calls for
  * (`weightsFor` names it and what kind of adapter needs it, or throws for a config of no known format).
@@ -43,19 +46,20 @@ export async function readAdapterDirectory(
   dir: string,
   weightsFor: (json: unknown) => { file: string; kind: string },
   anyWeightsFile: string,
+  read: ReadFiles = new Map(),
 ): Promise<{ json: unknown; weights: SafetensorsFile }> {
   const files = await listAdapterFiles(dir, anyWeightsFile);
   if (!files.includes(ADAPTER_CONFIG_FILE)) {
     throw new AdapterError('missing_file', `${ADAPTER_CONFIG_FILE} is missing; an adapter needs ${ADAPTER_CONFIG_FILE} and its weights (${anyWeightsFile})`);
   }
-  const json = await readJsonFile(join(dir, ADAPTER_CONFIG_FILE), ADAPTER_CONFIG_FILE);
+  const json = parseJsonFile(read.get(ADAPTER_CONFIG_FILE) ?? (await readFile(join(dir, ADAPTER_CONFIG_FILE))), ADAPTER_CONFIG_FILE);
   const { file, kind } = weightsFor(json);
   if (!files.includes(file)) throw new AdapterError('missing_file', `${file} is missing; ${kind} needs ${ADAPTER_CONFIG_FILE} and ${file}`);
-  return { json, weights: await readSafetensorsFile(join(dir, file), file) };
+  return { json, weights: parseSafetensorsFile(read.get(file) ?? (await readFile(join(dir, file))), file) };
 }
 
-export async function readJsonFile(path: string, fileName: string): Promise<unknown> {
-  const text = await readFile(path, 'utf8');
+function parseJsonFile(bytes: Buffer, fileName: string): unknown {
+  const text = bytes.toString('utf8');
   try {
     return JSON.parse(text);
   } catch (error) {
@@ -63,8 +67,7 @@ export async function readJsonFile(path: string, fileName: string): Promise<unkn
   }
 }
 
-export async function readSafetensorsFile(path: string, fileName: string): Promise<SafetensorsFile> {
-  const file = await readFile(path);
+function parseSafetensorsFile(file: Buffer, fileName: string): SafetensorsFile {
   try {
     return parseSafetensors(new Uint8Array(file.buffer, file.byteOffset, file.byteLength), fileName);
   } catch (error) {

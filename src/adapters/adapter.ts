@@ -6,7 +6,7 @@
  */
 import type { LlamaConfig } from '../model/types.ts';
 import { isJsonObject } from '../storage/json-files.ts';
-import { readAdapterDirectory } from './adapter-files.ts';
+import { readAdapterDirectory, type ReadFiles } from './adapter-files.ts';
 import { AdapterError } from './adapter-error.ts';
 import { BOTTLENECK_WEIGHTS_FILE, parseBottleneckAdapter, type BottleneckAdapter } from './bottleneck.ts';
 import { parseIa3Adapter, type Ia3Adapter } from './ia3.ts';
@@ -78,9 +78,12 @@ function formatOf(json: unknown): { format: 'peft' | 'adapterhub'; file: string;
   );
 }
 
-/** Loads an adapter directory of either format and validates it against `base`. */
-export async function loadAdapter(dir: string, base: LlamaConfig): Promise<Adapter> {
-  const { json, weights } = await readAdapterDirectory(dir, formatOf, ADAPTER_WEIGHTS_FILES.join(' or '));
+/**
+ * Loads an adapter directory of either format and validates it against `base`; files in `read` (already read and
+ * verified) are parsed from there instead of read again.
+ */
+export async function loadAdapter(dir: string, base: LlamaConfig, read?: ReadFiles): Promise<Adapter> {
+  const { json, weights } = await readAdapterDirectory(dir, formatOf, ADAPTER_WEIGHTS_FILES.join(' or '), read);
   const config = json as Record<string, unknown>;
   if (formatOf(json).format === 'adapterhub') return parseBottleneckAdapter(config, weights, base);
   const peftType = config.peft_type;

@@ -10,7 +10,7 @@ import { AdapterError } from '../adapters/adapter-error.ts';
 import { loadAdapter, type Adapter } from '../adapters/adapter.ts';
 import { layOutForSlot, type SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
 import type { LlamaConfig } from '../model/types.ts';
-import { AlteredFileError, checkVersionFiles } from '../registry/version-verifier.ts';
+import { AlteredFileError, readVersionFiles } from '../registry/version-verifier.ts';
 import type { AdapterRef } from './protocol.ts';
 
 /** Why a load failed, as the engine reports it: the adapter is invalid, altered on disk, or could not be read. */
@@ -37,15 +37,17 @@ export function loadErrorCode(error: unknown): AdapterLoadErrorCode {
 export type LoadAdapter = (ref: AdapterRef) => Promise<SlotReadyAdapter>;
 
 /**
- * Reads one adapter version: checksums first (when the ref carries its manifest's files), then parse and validate.
- * `verified` remembers, per version, the stat identity of the files whose checksums were checked.
+ * Reads one adapter version: checksums first (when the ref carries its manifest's files), then parse and validate
+ * the very bytes whose checksums matched, read once. `verified` remembers, per version, the stat identity of the
+ * files whose checksums were checked; a version read again with unchanged files is parsed from disk unhashed.
  */
 export async function loadVerifiedAdapter(ref: AdapterRef, config: LlamaConfig, verified: Map<string, string>): Promise<Adapter> {
   if (ref.files) {
     const identity = await statIdentity(ref.path, Object.keys(ref.files));
     if (verified.get(ref.key) !== identity) {
-      await checkVersionFiles(ref.path, ref.files);
+      const read = await readVersionFiles(ref.path, ref.files);
       verified.set(ref.key, identity);
+      return loadAdapter(ref.path, config, read);
     }
   }
   return loadAdapter(ref.path, config);

@@ -2,7 +2,7 @@
  * The order of the adapter loader thread's work: one load at a time, in the order asked for, and, while more
  * loads wait, a pause after each as long as it took.
  *
- * Why: loads are CPU work (checksums, parsing, validation, the slot layout: about 55 ms for an r=16 adapter of
+ * Why: loads are CPU work (checksums, parsing, validation, the slot layout: about 50 ms for an r=16 adapter of
  * SmolLM2-135M's shape) on a machine whose cores the engine's onnxruntime threads already fill. Eight loads run
  * at once all finished late (the last after about 1 s), and meanwhile steps took two to three times as long; one
  * after another, the first adapter is ready after one load, and its sequence starts prefilling while the rest
@@ -14,7 +14,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 
-/** How long one load may hold back the loads behind it; a load of a page-cached r=16 adapter takes about 55 ms. */
+/** How long one load may hold back the loads behind it; a load of a page-cached r=16 adapter takes about 50 ms. */
 export const STUCK_LOAD_MS = 2000;
 
 export interface LoadQueueTimers {

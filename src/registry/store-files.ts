@@ -39,6 +39,17 @@ async function openRegularFile(path: string): Promise<{ handle: FileHandle; size
   return { handle, size: info.size };
 }
 
+/** A whole file's bytes, opened without following a link; null when it does not exist. */
+export async function readRegularFile(path: string): Promise<Buffer | null> {
+  const opened = await openRegularFile(path);
+  if (!opened) return null;
+  try {
+    return await opened.handle.readFile();
+  } finally {
+    await opened.handle.close();
+  }
+}
+
 export function digestBytes(data: Uint8Array): FileDigest {
   return { size: data.byteLength, sha256: createHash('sha256').update(data).digest('hex') };
 }

@@ -26,11 +26,13 @@ import {
   type Manifest,
 } from './manifest.ts';
 import {
+  digestBytes,
   digestFile,
   fileIn,
   isInside,
   lstatIfPresent,
   readSmallFile,
+  readRegularFile,
   readSmallFileWithStats,
   statFingerprint,
   type FileDigest,
@@ -141,15 +143,30 @@ function checkListedFile(dir: string, name: string, expected: FileDigest): Stats
  * it reads a version listed without reading its weights. Throws AlteredFileError naming the first file that differs.
  */
 export async function checkVersionFiles(dir: string, files: Readonly<Record<string, FileDigest>>): Promise<void> {
+  for (const [name, expected] of Object.entries(files)) checkDigest(name, await digestFile(join(dir, name)), expected);
+}
+
+/**
+ * checkVersionFiles, keeping what it read: each listed file's bytes by name, exactly the bytes whose checksums
+ * matched, so whoever parses them next parses what was verified (and does not read the files again).
+ */
+export async function readVersionFiles(dir: string, files: Readonly<Record<string, FileDigest>>): Promise<Map<string, Buffer>> {
+  const contents = new Map<string, Buffer>();
   for (const [name, expected] of Object.entries(files)) {
-    const actual = await digestFile(join(dir, name));
-    if (actual === null) throw new AlteredFileError(name, `${name} is listed in ${MANIFEST_FILE} but missing`);
-    if (actual.size !== expected.size || actual.sha256 !== expected.sha256) {
-      throw new AlteredFileError(
-        name,
-        `${name} does not match ${MANIFEST_FILE} (size ${actual.size}, sha256 ${actual.sha256}; listed size ` +
-          `${expected.size}, sha256 ${expected.sha256}): it changed after publishing`,
-      );
-    }
+    const bytes = await readRegularFile(join(dir, name));
+    checkDigest(name, bytes && digestBytes(bytes), expected);
+    contents.set(name, bytes!);
+  }
+  return contents;
+}
+
+function checkDigest(name: string, actual: FileDigest | null, expected: FileDigest): void {
+  if (actual === null) throw new AlteredFileError(name, `${name} is listed in ${MANIFEST_FILE} but missing`);
+  if (actual.size !== expected.size || actual.sha256 !== expected.sha256) {
+    throw new AlteredFileError(
+      name,
+      `${name} does not match ${MANIFEST_FILE} (size ${actual.size}, sha256 ${actual.sha256}; listed size ` +
+        `${expected.size}, sha256 ${expected.sha256}): it changed after publishing`,
+    );
   }
 }
