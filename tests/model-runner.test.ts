@@ -11,25 +11,11 @@ import { randomLoraAdapter, writeLoraAdapter, type LoraAdapterSpec } from '../sr
 import type { BaseModel, LoraTargetModule } from '../src/model/types.ts';
 import { REFERENCE, STORIES_GGUF, STORIES_HF_DIR } from './support/models.ts';
 import { mergedLora } from './support/family-references.ts';
+import { argmax, greedy } from './support/greedy.ts';
 
 // Slots of rank 16 hold the rank-4 and rank-8 adapters below: rows are laid out for the highest rank among them.
 const OPTIONS: RunnerOptions = { maxBatch: 8, adapterSlots: 3, maxLoraRank: 16 };
 
-function argmax(values: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
-  return best;
-}
-
-async function greedy(runner: ModelRunner, prompt: number[], count: number): Promise<number[]> {
-  let logits = await runner.forward(0, [{ tokens: prompt, position: 0, slot: 0 }]);
-  const out: number[] = [];
-  for (let position = prompt.length; out.length < count; position++) {
-    out.push(argmax(logits));
-    logits = await runner.forward(0, [{ tokens: [out.at(-1)!], position, slot: 0 }]);
-  }
-  return out;
-}
 
 for (const [format, path] of [['Hugging Face', STORIES_HF_DIR], ['GGUF', STORIES_GGUF]] as const) {
   test(`greedy decoding of the ${format} model reproduces the reference ids`, async () => {
@@ -263,4 +249,45 @@ test('base rows get the same bits from the base graph as beside an adapter row i
       await rm(dir, { recursive: true, force: true });
     }
   }
+});
+
+test('sequences crossing bucket edges while the cache grows a layer a step get the bits they get when it grows at once', async () => {
+  const model = await loadBaseModel(STORIES_HF_DIR);
+  const spread = await ModelRunner.create(model, OPTIONS);
+  const atOnce = await ModelRunner.create(model, OPTIONS);
+  const spreadCache = spread.lanes[0].cache;
+  const layers = model.config.numLayers;
+  const prompts = [[...REFERENCE.promptIds, ...REFERENCE.greedyIds], REFERENCE.promptIds];
+  const vocab = model.config.vocabSize;
+  const prefill = async (runner: ModelRunner) => {
+    const firstTokens: number[] = [];
+    for (const [b, tokens] of prompts.entries()) firstTokens.push(argmax(await runner.forward(b, [{ tokens, position: 0, slot: 0 }])));
+    return firstTokens;
+  };
+  let next = await prefill(spread);
+  assert.deepEqual(await prefill(atOnce), next);
+  const positions = prompts.map((tokens) => tokens.length);
+  const widths = new Set<number>();
+  let stepsMidGrowth = 0;
+  // 300 decode steps take the longer row past positions 128 and 256.
+  for (let step = 0; step < 300; step++) {
+    // One layer a step, planned as many positions ahead as the growth takes steps.
+    spreadCache.planGrowth(2, Math.max(...positions) + layers);
+    spreadCache.continueGrowth(1);
+    if (spreadCache.plannedGrowth) stepsMidGrowth++;
+    const width = spreadCache.width;
+    assert.ok(Math.max(...positions) < width, `step ${step}: the growth completed before a pass needed it`);
+    widths.add(width);
+    // The same width on both, so the pass computes over the same shapes and only how the cache grew differs.
+    atOnce.lanes[0].cache.ensure(2, width);
+    const rows = next.map((token, b) => ({ tokens: [token], position: positions[b], slot: 0 }));
+    const [a, b] = [await spread.forward(0, rows), await atOnce.forward(0, rows)];
+    assert.equal(spreadCache.width, width, `step ${step}: the pass found the cache wide enough`);
+    for (let v = 0; v < 2 * vocab; v++) assert.equal(a[v], b[v], `step ${step}: logit ${v}`);
+    next = [0, 1].map((row) => argmax(a.subarray(row * vocab, (row + 1) * vocab)));
+    positions.forEach((_, b) => positions[b]++);
+  }
+  assert.deepEqual([...widths], [128, 256, 384]);
+  assert.ok(stepsMidGrowth >= 2 * (layers - 1), `${stepsMidGrowth} steps ran while a growth was migrating`);
+  await Promise.all([spread.close(), atOnce.close()]);
 });

@@ -16,7 +16,9 @@ import type { AdapterRef, SequenceRequest } from '../src/engine/protocol.ts';
 import { Scheduler, type StepReport } from '../src/engine/scheduler.ts';
 import { loadBaseModel } from '../src/model/load.ts';
 import { LORA_TARGET_MODULES } from '../src/model/types.ts';
+import { CACHE_BUCKET } from '../src/runtime/kv-cache.ts';
 import { ModelRunner, type StepRow } from '../src/runtime/model-runner.ts';
+import { greedy } from './support/greedy.ts';
 import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
 
 const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
@@ -27,6 +29,9 @@ const LONG_PROMPT = [...REFERENCE.promptIds, ...REFERENCE.greedyIds.slice(0, 35)
 interface Pass {
   firstRow: number;
   rows: { tokens: number; position: number }[];
+  /** The lane cache's rows and width as the pass started, and whether the pass itself had to grow it. */
+  cache: { rows: number; width: number };
+  grewCache: boolean;
 }
 
 const SLOT_RANK = 8;
@@ -47,9 +52,18 @@ before(async () => {
   runner = await ModelRunner.create(model, { maxBatch: 4, adapterSlots: 2, maxLoraRank: SLOT_RANK });
   loaderThread = new AdapterLoaderThread({ config: model.config, slotRank: SLOT_RANK });
   const forward = runner.forward.bind(runner);
-  runner.forward = (firstRow: number, rows: StepRow[], lane?: number) => {
-    passes.push({ firstRow, rows: rows.map((r) => ({ tokens: r.tokens.length, position: r.position })) });
-    return forward(firstRow, rows, lane);
+  runner.forward = async (firstRow: number, rows: StepRow[], lane = 0) => {
+    const cache = runner.lanes[lane].cache;
+    const pass: Pass = {
+      firstRow,
+      rows: rows.map((r) => ({ tokens: r.tokens.length, position: r.position })),
+      cache: { rows: cache.rows, width: cache.width },
+      grewCache: false,
+    };
+    passes.push(pass);
+    const logits = await forward(firstRow, rows, lane);
+    pass.grewCache = cache.rows !== pass.cache.rows || cache.width !== pass.cache.width;
+    return logits;
   };
 });
 
@@ -183,4 +197,40 @@ test('a sequence whose adapter is loading waits without a row while every step g
   // Once loaded it runs with its adapter, exactly as it does alone.
   assert.deepEqual(adapterTokens, alone);
   assert.notDeepEqual(adapterTokens, REFERENCE.greedyIds.slice(0, 8));
+});
+
+test('a stream crossing a bucket edge finds the cache grown ahead, a few layers a step, and generates what it does alone', async () => {
+  const model = await loadBaseModel(STORIES_HF_DIR);
+  const atOnce = await ModelRunner.create(model, { maxBatch: 4, adapterSlots: 2, maxLoraRank: SLOT_RANK });
+  // 40 prompt tokens and 100 generated: the stream feeds position 128 with its 90th token.
+  const crossing = request(LONG_PROMPT, 100);
+  const newcomer = request(REFERENCE.promptIds, 12);
+  // Each alone on a runner whose cache grows in the pass that needs it.
+  const expected = { crossing: await greedy(atOnce, LONG_PROMPT, 100), newcomer: await greedy(atOnce, REFERENCE.promptIds, 12) };
+  await atOnce.close();
+  const cache = runner.lanes[0].cache;
+  assert.equal(cache.width, CACHE_BUCKET, 'the shared runner starts this test one bucket wide');
+
+  const passesBefore = passes.length;
+  let crossingTokens = 0;
+  let newcomerDone!: Promise<number[]>;
+  const { run } = createScheduler((report) => {
+    crossingTokens += report.tokens.filter((t) => t.id === crossing.id).length;
+    // Arriving as the growth is planned: its row is added, the growth starts again, and its prefill is written
+    // while layers migrate.
+    if (crossingTokens === 88 && !newcomerDone) newcomerDone = run(newcomer);
+  });
+  const crossingGot = await run(crossing);
+  assert.deepEqual(crossingGot, expected.crossing);
+  assert.deepEqual(await newcomerDone, expected.newcomer);
+
+  const observed = passes.slice(passesBefore);
+  assert.deepEqual(observed.filter((p) => p.grewCache), [], 'no pass had to grow the cache itself');
+  const needs = (pass: Pass) => Math.max(...pass.rows.map((r) => r.position + r.tokens));
+  const firstWide = observed.findIndex((p) => p.cache.width === 2 * CACHE_BUCKET);
+  assert.ok(firstWide > 0, 'the cache grew to the next bucket');
+  assert.ok(needs(observed[firstWide]) <= 2 * CACHE_BUCKET);
+  assert.ok(observed.slice(0, firstWide).every((p) => needs(p) <= CACHE_BUCKET), 'every pass before it fit the first bucket');
+  assert.ok(observed.slice(firstWide).some((p) => needs(p) > CACHE_BUCKET), 'the stream crossed the edge');
+  assert.equal(observed[firstWide].cache.rows, 2, 'the newcomer\'s row was there before the growth completed');
 });

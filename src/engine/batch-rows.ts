@@ -71,6 +71,21 @@ export class BatchRows<T extends { position: number }> {
     return removed;
   }
 
+  /**
+   * Plans each lane's cache for the positions its sequences can reach within the steps a growth takes (`reach`,
+   * given a sequence and that number of steps) and moves a planned growth on by a few layers, so that crossing a
+   * bucket edge copies the cache a few layers a step instead of all of it in the step that crosses.
+   */
+  growCaches(reach: (sequence: T, steps: number) => number): void {
+    this.lanes.forEach((lane, index) => {
+      const cache = this.runner.lanes[index].cache;
+      // Rows taken by newcomers are fed from the next step on, so they are added at once, not planned.
+      cache.ensure(lane.rows.length, 1);
+      cache.planGrowth(lane.rows.length, Math.max(1, ...lane.rows.map((sequence) => reach(sequence, cache.growthSteps))));
+      cache.continueGrowth();
+    });
+  }
+
   /** Empties every lane (after a failed pass left the batch's state unknown). */
   clear(): T[] {
     const removed = this.all;

@@ -84,6 +84,15 @@ interface Sequence {
 
 const NO_SLOT = -1;
 
+/**
+ * Cache positions a sequence can need within the next `steps` steps: its whole prompt, then one more a step,
+ * never past its last token (the token sampled last is never fed).
+ */
+function reach(sequence: Sequence, steps: number): number {
+  const promptEnd = sequence.offset + sequence.feed.length;
+  return Math.min(Math.max(sequence.position, promptEnd) + steps, promptEnd + sequence.request.maxTokens - 1);
+}
+
 export class Scheduler {
   private readonly waiting: Sequence[] = [];
   /** Sequences holding a batch row, decoding or prefilling. */
@@ -193,6 +202,7 @@ export class Scheduler {
       while (this.waiting.length > 0 || this.running.length > 0) {
         this.retire();
         this.admit();
+        this.batch.growCaches(reach);
         if (this.running.length > 0) await this.step();
         this.flush();
         if (this.running.length === 0 && this.waiting.every((s) => s.adapterLoading)) {

@@ -5,17 +5,14 @@
  * The width S grows in buckets; attention runs over the whole bucket with a mask, which costs less than
  * returning or re-concatenating the cache every step. The rows allocated grow in powers of two up to
  * `maxRows`, so memory follows the sequences running, not the batch limit times the longest one.
+ * A growth the engine sees coming (planGrowth) is copied a few layers a step (cache-growth.ts), every write
+ * meanwhile going to both the current and the migrated layers' buffers; ensure still grows at once what a step
+ * needs before then.
  */
 import type { LlamaConfig } from '../model/types.ts';
+import { CacheGrowth, GROWTH_LAYERS_PER_STEP, type LayerBuffers } from './cache-growth.ts';
 
 export const CACHE_BUCKET = 128;
-
-/** Per-layer key and value buffers and the width their rows are laid out for. */
-interface CacheBuffers {
-  keys: Float32Array[];
-  values: Float32Array[];
-  width: number;
-}
 
 export class KvCache {
   keys: Float32Array[] = [];
@@ -24,6 +21,8 @@ export class KvCache {
   width = 0;
   /** Rows allocated. */
   rows = 0;
+  /** A larger shape being migrated to, a few layers a step (planGrowth); null when none is planned. */
+  private growth: CacheGrowth | null = null;
 
   constructor(
     private readonly config: LlamaConfig,
@@ -38,15 +37,69 @@ export class KvCache {
     return this.config.numKvHeads * this.config.headDim * this.width;
   }
 
-  /** Makes room for `rows` rows of `positions` tokens, copying the cache into larger buffers when needed. */
+  /** Steps (continueGrowth calls) a growth planned now takes to complete. */
+  get growthSteps(): number {
+    return Math.ceil(this.config.numLayers / GROWTH_LAYERS_PER_STEP);
+  }
+
+  /** The shape a growth is migrating to, if one is planned. */
+  get plannedGrowth(): { rows: number; width: number } | null {
+    return this.growth && { rows: this.growth.rows, width: this.growth.width };
+  }
+
+  /**
+   * Makes room for `rows` rows of `positions` tokens now. A planned growth to exactly that shape completes here;
+   * any other shape is copied into at once, and a planned growth larger than it starts again from there.
+   */
   ensure(rows: number, positions: number): void {
     if (positions > this.maxPositions) {
       throw new Error(`sequence of ${positions} tokens exceeds the context limit of ${this.maxPositions}`);
     }
     if (rows > this.maxRows) throw new Error(`${rows} rows exceed the cache's ${this.maxRows}`);
-    if (positions > this.width || rows > this.rows) {
-      this.resize(Math.max(this.rows, roundUpPowerOfTwo(rows, this.maxRows)), Math.max(this.width, roundUpBucket(positions)));
+    if (positions <= this.width && rows <= this.rows) return;
+    const needed = this.shapeFor(rows, positions);
+    const planned = this.growth;
+    if (planned?.leadsTo(needed.rows, needed.width)) {
+      this.continueGrowth(this.config.numLayers);
+      return;
     }
+    this.resize(needed.rows, needed.width);
+    if (planned) this.planGrowth(planned.rows, planned.width);
+  }
+
+  /**
+   * Plans the shape the rows will need within the next `growthSteps` steps: when it is larger than the current
+   * one, continueGrowth migrates to it a few layers a step; when it is not, a planned growth is dropped.
+   * Beyond the cache's limits the plan is clamped to them (ensure is what refuses a sequence).
+   */
+  planGrowth(rows: number, positions: number): void {
+    const target = this.shapeFor(Math.min(rows, this.maxRows), Math.min(positions, this.maxPositions));
+    if (target.rows === this.rows && target.width === this.width) this.growth = null;
+    else if (!this.growth?.leadsTo(target.rows, target.width)) {
+      this.growth = new CacheGrowth(target.rows, target.width, this.config.numLayers);
+    }
+  }
+
+  /**
+   * Migrates the next `layers` layers of a planned growth into buffers of the larger shape, allocated only now so
+   * that their page faults are spread over the steps too; after the last layer the cache switches to them.
+   */
+  continueGrowth(layers = GROWTH_LAYERS_PER_STEP): void {
+    const growth = this.growth;
+    if (!growth) return;
+    for (let i = 0; i < layers && !growth.done; i++) {
+      const size = growth.rows * this.config.numKvHeads * this.config.headDim * growth.width;
+      const larger = { keys: new Float32Array(size), values: new Float32Array(size), width: growth.width };
+      const current = this.layer(growth.nextLayer);
+      for (let row = 0; row < this.rows; row++) copyLayerRow(this.config, current, row, larger, row, this.width);
+      growth.add(larger);
+    }
+    if (!growth.done) return;
+    this.keys = growth.keys;
+    this.values = growth.values;
+    this.rows = growth.rows;
+    this.width = growth.width;
+    this.growth = null;
   }
 
   /**
@@ -55,7 +108,7 @@ export class KvCache {
    * shrinks only once a quarter of it would do, and the rows only to twice what is needed once a quarter would
    * do, so a load that rises and falls around an edge does not copy the cache back and forth: with "half", a
    * burst of 128-token prompts grew the width to 256 as each one started decoding and shrank it back as each
-   * finished, a copy of the whole cache (100 ms and more) every few steps.
+   * finished, a copy of the whole cache (100 ms and more) every few steps. Shrinking drops a planned growth.
    */
   shrinkToFit(rows: number, positions: number): void {
     const width = roundUpBucket(Math.max(positions, 1));
@@ -65,12 +118,16 @@ export class KvCache {
     if (narrower || fewer) this.resize(fewer ? 2 * needed : this.rows, narrower ? width : this.width);
   }
 
+  /** Copies the cache into buffers of another shape at once, dropping a planned growth. */
   private resize(rows: number, width: number): void {
-    const old: CacheBuffers = { keys: this.keys, values: this.values, width: this.width };
+    this.growth = null;
+    const old = Array.from({ length: this.config.numLayers }, (_, l) => this.layer(l));
     const kept = Math.min(this.width, width);
     const keptRows = Math.min(this.rows, rows);
     this.allocate(rows, width);
-    for (let row = 0; row < keptRows; row++) this.copyRow(old, row, row, kept);
+    old.forEach((from, l) => {
+      for (let row = 0; row < keptRows; row++) copyLayerRow(this.config, from, row, this.layer(l), row, kept);
+    });
   }
 
   /**
@@ -86,23 +143,22 @@ export class KvCache {
     counts: ArrayLike<number>,
   ): void {
     const { numLayers, numKvHeads, headDim } = this.config;
-    const width = this.width;
-    for (let b = 0; b < batch; b++) {
-      const row = firstRow + b;
-      const start = starts[b];
-      for (let l = 0; l < numLayers; l++) {
-        const keys = this.keys[l];
-        const values = this.values[l];
-        for (let h = 0; h < numKvHeads; h++) {
-          const kBase = (((b * numLayers + l) * 2 * numKvHeads + h) * tokens) * headDim;
-          const vBase = kBase + numKvHeads * tokens * headDim;
-          const keyRow = (row * numKvHeads + h) * headDim * width;
-          const valueRow = (row * numKvHeads + h) * width * headDim;
-          for (let t = 0; t < counts[b]; t++) {
-            const pos = start + t;
-            const k = kBase + t * headDim;
-            for (let d = 0; d < headDim; d++) keys[keyRow + d * width + pos] = newKeyValues[k + d];
-            values.set(newKeyValues.subarray(vBase + t * headDim, vBase + (t + 1) * headDim), valueRow + pos * headDim);
+    for (let l = 0; l < numLayers; l++) {
+      for (const { keys, values, width } of this.writeTargets(l)) {
+        for (let b = 0; b < batch; b++) {
+          const row = firstRow + b;
+          const start = starts[b];
+          for (let h = 0; h < numKvHeads; h++) {
+            const kBase = (((b * numLayers + l) * 2 * numKvHeads + h) * tokens) * headDim;
+            const vBase = kBase + numKvHeads * tokens * headDim;
+            const keyRow = (row * numKvHeads + h) * headDim * width;
+            const valueRow = (row * numKvHeads + h) * width * headDim;
+            for (let t = 0; t < counts[b]; t++) {
+              const pos = start + t;
+              const k = kBase + t * headDim;
+              for (let d = 0; d < headDim; d++) keys[keyRow + d * width + pos] = newKeyValues[k + d];
+              values.set(newKeyValues.subarray(vBase + t * headDim, vBase + (t + 1) * headDim), valueRow + pos * headDim);
+            }
           }
         }
       }
@@ -117,16 +173,17 @@ export class KvCache {
   writePrefix(row: number, keyValues: Float32Array, tokens: number): void {
     const { numLayers, numKvHeads, headDim } = this.config;
     this.ensure(row + 1, tokens);
-    const width = this.width;
     const tokenStride = numLayers * 2 * numKvHeads * headDim;
-    for (let t = 0; t < tokens; t++) {
-      for (let l = 0; l < numLayers; l++) {
-        for (let h = 0; h < numKvHeads; h++) {
-          const key = t * tokenStride + (2 * l * numKvHeads + h) * headDim;
-          const value = key + numKvHeads * headDim;
-          const keyRow = (row * numKvHeads + h) * headDim * width;
-          for (let d = 0; d < headDim; d++) this.keys[l][keyRow + d * width + t] = keyValues[key + d];
-          this.values[l].set(keyValues.subarray(value, value + headDim), ((row * numKvHeads + h) * width + t) * headDim);
+    for (let l = 0; l < numLayers; l++) {
+      for (const { keys, values, width } of this.writeTargets(l)) {
+        for (let t = 0; t < tokens; t++) {
+          for (let h = 0; h < numKvHeads; h++) {
+            const key = t * tokenStride + (2 * l * numKvHeads + h) * headDim;
+            const value = key + numKvHeads * headDim;
+            const keyRow = (row * numKvHeads + h) * headDim * width;
+            for (let d = 0; d < headDim; d++) keys[keyRow + d * width + t] = keyValues[key + d];
+            values.set(keyValues.subarray(value, value + headDim), ((row * numKvHeads + h) * width + t) * headDim);
+          }
         }
       }
     }
@@ -135,34 +192,36 @@ export class KvCache {
   /** Copies the first `positions` tokens of another cache's row (of any width) into `row`. */
   copyRowFrom(source: KvCache, sourceRow: number, row: number, positions: number): void {
     this.ensure(row + 1, positions);
-    this.copyRow(source, sourceRow, row, positions);
-  }
-
-  /** Copies a row's first `positions` tokens from buffers of any width into this cache's `row`. */
-  private copyRow(source: CacheBuffers, sourceRow: number, row: number, positions: number): void {
-    const { numLayers, numKvHeads, headDim } = this.config;
-    for (let l = 0; l < numLayers; l++) {
-      for (let h = 0; h < numKvHeads; h++) {
-        const fromHead = sourceRow * numKvHeads + h;
-        const toHead = row * numKvHeads + h;
-        for (let d = 0; d < headDim; d++) {
-          const from = (fromHead * headDim + d) * source.width;
-          this.keys[l].set(source.keys[l].subarray(from, from + positions), (toHead * headDim + d) * this.width);
-        }
-        const from = fromHead * source.width * headDim;
-        this.values[l].set(source.values[l].subarray(from, from + positions * headDim), toHead * this.width * headDim);
-      }
+    for (let l = 0; l < this.config.numLayers; l++) {
+      for (const target of this.writeTargets(l)) copyLayerRow(this.config, source.layer(l), sourceRow, target, row, positions);
     }
   }
 
   /** Moves a row (used to keep the running batch contiguous when a sequence leaves). */
   moveRow(from: number, to: number): void {
     if (from === to) return;
-    const stride = this.rowStride;
     for (let l = 0; l < this.config.numLayers; l++) {
-      this.keys[l].copyWithin(to * stride, from * stride, (from + 1) * stride);
-      this.values[l].copyWithin(to * stride, from * stride, (from + 1) * stride);
+      for (const { keys, values, width } of this.writeTargets(l)) {
+        const stride = this.config.numKvHeads * this.config.headDim * width;
+        keys.copyWithin(to * stride, from * stride, (from + 1) * stride);
+        values.copyWithin(to * stride, from * stride, (from + 1) * stride);
+      }
     }
+  }
+
+  /** Layer `l`'s current buffers, which the passes read. */
+  private layer(l: number): LayerBuffers {
+    return { keys: this.keys[l], values: this.values[l], width: this.width };
+  }
+
+  /** Where a write to layer `l` goes: its current buffers and, once it has migrated, its larger ones too. */
+  private writeTargets(l: number): LayerBuffers[] {
+    const migrated = this.growth?.layer(l);
+    return migrated ? [this.layer(l), migrated] : [this.layer(l)];
+  }
+
+  private shapeFor(rows: number, positions: number): { rows: number; width: number } {
+    return { rows: Math.max(this.rows, roundUpPowerOfTwo(rows, this.maxRows)), width: Math.max(this.width, roundUpBucket(positions)) };
   }
 
   private allocate(rows: number, width: number): void {
@@ -171,6 +230,27 @@ export class KvCache {
     const size = rows * this.config.numKvHeads * this.config.headDim * width;
     this.keys = Array.from({ length: this.config.numLayers }, () => new Float32Array(size));
     this.values = Array.from({ length: this.config.numLayers }, () => new Float32Array(size));
+  }
+}
+
+/** Copies a row's first `positions` tokens of one layer between buffers of any widths. */
+function copyLayerRow(
+  { numKvHeads, headDim }: LlamaConfig,
+  from: LayerBuffers,
+  fromRow: number,
+  to: LayerBuffers,
+  toRow: number,
+  positions: number,
+): void {
+  for (let h = 0; h < numKvHeads; h++) {
+    const fromHead = fromRow * numKvHeads + h;
+    const toHead = toRow * numKvHeads + h;
+    for (let d = 0; d < headDim; d++) {
+      const source = (fromHead * headDim + d) * from.width;
+      to.keys.set(from.keys.subarray(source, source + positions), (toHead * headDim + d) * to.width);
+    }
+    const source = fromHead * from.width * headDim;
+    to.values.set(from.values.subarray(source, source + positions * headDim), toHead * to.width * headDim);
   }
 }
 
