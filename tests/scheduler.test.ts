@@ -216,8 +216,8 @@ test('a stream crossing a bucket edge finds the cache grown ahead, a few layers 
   let newcomerDone!: Promise<number[]>;
   const { run } = createScheduler((report) => {
     crossingTokens += report.tokens.filter((t) => t.id === crossing.id).length;
-    // Arriving as the growth is planned: its row is added, the growth starts again, and its prefill is written
-    // while layers migrate.
+    // Arriving as the growth is planned: it takes the spare row the lane kept, and its prefill is written while
+    // layers migrate.
     if (crossingTokens === 88 && !newcomerDone) newcomerDone = run(newcomer);
   });
   const crossingGot = await run(crossing);
@@ -232,5 +232,6 @@ test('a stream crossing a bucket edge finds the cache grown ahead, a few layers 
   assert.ok(needs(observed[firstWide]) <= 2 * CACHE_BUCKET);
   assert.ok(observed.slice(0, firstWide).every((p) => needs(p) <= CACHE_BUCKET), 'every pass before it fit the first bucket');
   assert.ok(observed.slice(firstWide).some((p) => needs(p) > CACHE_BUCKET), 'the stream crossed the edge');
-  assert.equal(observed[firstWide].cache.rows, 2, 'the newcomer\'s row was there before the growth completed');
+  const arrival = observed.findIndex((p) => p.rows.some((r) => r.tokens === REFERENCE.promptIds.length));
+  assert.ok(arrival > 0 && arrival < firstWide, 'the newcomer arrived while the growth was migrating');
 });

@@ -73,15 +73,18 @@ export class BatchRows<T extends { position: number }> {
 
   /**
    * Plans each lane's cache for the positions its sequences can reach within the steps a growth takes (`reach`,
-   * given a sequence and that number of steps) and moves a planned growth on by a few layers, so that crossing a
-   * bucket edge copies the cache a few layers a step instead of all of it in the step that crosses.
+   * given a sequence and that number of steps) and for one row more than it holds, and moves a planned growth on
+   * by a few layers, so that neither a sequence crossing a bucket edge nor a newcomer taking the row past the last
+   * one copies the whole cache in one step. A newcomer is fed in the step it arrives, so its row has to be there
+   * before it comes: a lane whose rows are all held grows to the next power of two ahead of time (shrinkToFit
+   * keeps twice the rows needed too).
    */
   growCaches(reach: (sequence: T, steps: number) => number): void {
     this.lanes.forEach((lane, index) => {
       const cache = this.runner.lanes[index].cache;
-      // Rows taken by newcomers are fed from the next step on, so they are added at once, not planned.
+      // Rows taken since the last plan (a burst beyond the spare row) are fed in this step: added at once.
       cache.ensure(lane.rows.length, 1);
-      cache.planGrowth(lane.rows.length, Math.max(1, ...lane.rows.map((sequence) => reach(sequence, cache.growthSteps))));
+      cache.planGrowth(lane.rows.length + 1, Math.max(1, ...lane.rows.map((sequence) => reach(sequence, cache.growthSteps))));
       cache.continueGrowth();
     });
   }
