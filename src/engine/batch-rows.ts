@@ -72,20 +72,24 @@ export class BatchRows<T extends { position: number }> {
   }
 
   /**
-   * Plans each lane's cache for the positions its sequences can reach within the steps a growth takes (`reach`,
-   * given a sequence and that number of steps) and for one row more than it holds, and moves a planned growth on
-   * by a few layers, so that neither a sequence crossing a bucket edge nor a newcomer taking the row past the last
-   * one copies the whole cache in one step. A newcomer is fed in the step it arrives, so its row has to be there
-   * before it comes: a lane whose rows are all held grows to the next power of two ahead of time (shrinkToFit
-   * keeps twice the rows needed too).
+   * Plans each lane's cache for the positions its sequences can reach within the steps a growth takes (`reach`:
+   * the most positions a sequence can need after that many steps, this one included) and for one row more than
+   * it holds, and moves a planned growth on by a few layers, more when a sequence needs the larger width sooner,
+   * so that neither a sequence crossing a bucket edge nor a newcomer taking the row past the last one copies the
+   * whole cache in one step. A newcomer is fed in the step it arrives, so its row has to be there before it
+   * comes: a lane whose rows are all held grows to the next power of two ahead of time (shrinkToFit keeps twice
+   * the rows needed too).
    */
   growCaches(reach: (sequence: T, steps: number) => number): void {
     this.lanes.forEach((lane, index) => {
       const cache = this.runner.lanes[index].cache;
       // Rows taken since the last plan (a burst beyond the spare row) are fed in this step: added at once.
       cache.ensure(lane.rows.length, 1);
-      cache.planGrowth(lane.rows.length + 1, Math.max(1, ...lane.rows.map((sequence) => reach(sequence, cache.growthSteps))));
-      cache.continueGrowth();
+      const within = (steps: number) => Math.max(1, ...lane.rows.map((sequence) => reach(sequence, steps)));
+      cache.planGrowth(lane.rows.length + 1, within(cache.growthSteps));
+      let deadline = 1;
+      while (deadline < cache.growthSteps && within(deadline) <= cache.width) deadline++;
+      cache.continueGrowth(cache.layersToCompleteWithin(deadline));
     });
   }
 

@@ -85,12 +85,16 @@ interface Sequence {
 const NO_SLOT = -1;
 
 /**
- * Cache positions a sequence can need within the next `steps` steps: its whole prompt, then one more a step,
- * never past its last token (the token sampled last is never fed).
+ * The most cache positions a sequence can need after the next `steps` steps: its prompt is fed at most `budget`
+ * tokens a step, then one position a step from the step after the one that completed it, never past its last
+ * token (the token sampled last is never fed).
  */
-function reach(sequence: Sequence, steps: number): number {
+function reach(sequence: Sequence, steps: number, budget: number): number {
   const promptEnd = sequence.offset + sequence.feed.length;
-  return Math.min(Math.max(sequence.position, promptEnd) + steps, promptEnd + sequence.request.maxTokens - 1);
+  const prefillSteps = Math.ceil(Math.max(0, promptEnd - sequence.position) / budget);
+  const reached =
+    steps <= prefillSteps ? Math.min(promptEnd, sequence.position + steps * budget) : Math.max(sequence.position, promptEnd) + steps - prefillSteps;
+  return Math.min(reached, promptEnd + sequence.request.maxTokens - 1);
 }
 
 export class Scheduler {
@@ -202,7 +206,7 @@ export class Scheduler {
       while (this.waiting.length > 0 || this.running.length > 0) {
         this.retire();
         this.admit();
-        this.batch.growCaches(reach);
+        this.batch.growCaches((sequence, steps) => reach(sequence, steps, this.options.prefillTokenBudget));
         if (this.running.length > 0) await this.step();
         this.flush();
         if (this.running.length === 0 && this.waiting.every((s) => s.adapterLoading)) {

@@ -81,6 +81,15 @@ export class KvCache {
   }
 
   /**
+   * Layers to migrate per step so that a planned growth completes within `steps` steps (this one included): at
+   * least the usual few, more when a sequence needs the larger shape sooner than that pace allows.
+   */
+  layersToCompleteWithin(steps: number): number {
+    const left = this.growth ? this.config.numLayers - this.growth.nextLayer : 0;
+    return Math.max(GROWTH_LAYERS_PER_STEP, Math.ceil(left / Math.max(steps, 1)));
+  }
+
+  /**
    * Migrates the next `layers` layers of a planned growth into buffers of the larger shape, allocated only now so
    * that their page faults are spread over the steps too; after the last layer the cache switches to them.
    */
