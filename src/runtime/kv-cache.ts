@@ -76,7 +76,8 @@ export class KvCache {
     const target = this.shapeFor(Math.min(rows, this.maxRows), Math.min(positions, this.maxPositions));
     if (target.rows === this.rows && target.width === this.width) this.growth = null;
     else if (!this.growth?.leadsTo(target.rows, target.width)) {
-      this.growth = new CacheGrowth(target.rows, target.width, this.config.numLayers);
+      const layerSize = target.rows * this.config.numKvHeads * this.config.headDim * target.width;
+      this.growth = new CacheGrowth(target.rows, target.width, this.config.numLayers, layerSize);
     }
   }
 
@@ -90,15 +91,14 @@ export class KvCache {
   }
 
   /**
-   * Migrates the next `layers` layers of a planned growth into buffers of the larger shape, allocated only now so
+   * Migrates the next `layers` layers of a planned growth into buffers of the larger shape, touched only now so
    * that their page faults are spread over the steps too; after the last layer the cache switches to them.
    */
   continueGrowth(layers = GROWTH_LAYERS_PER_STEP): void {
     const growth = this.growth;
     if (!growth) return;
     for (let i = 0; i < layers && !growth.done; i++) {
-      const size = growth.rows * this.config.numKvHeads * this.config.headDim * growth.width;
-      const larger = { keys: new Float32Array(size), values: new Float32Array(size), width: growth.width };
+      const larger = growth.nextLayerBuffers();
       const current = this.layer(growth.nextLayer);
       for (let row = 0; row < this.rows; row++) copyLayerRow(this.config, current, row, larger, row, this.width);
       growth.add(larger);
