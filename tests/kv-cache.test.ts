@@ -43,7 +43,7 @@ test('the cache keeps every written token through growing, moving rows and shrin
   assert.deepEqual(readToken(cache, 0, 9), before);
   writeTokens(cache, 2, 0, 600);
   const far = readToken(cache, 2, 599);
-  cache.moveRow(2, 1);
+  cache.moveRow(2, 1, 600);
   assert.deepEqual(readToken(cache, 1, 599), far);
   // Only short sequences left: the bucket shrinks, and what they hold is intact.
   cache.shrinkToFit(3, 11);
@@ -116,7 +116,7 @@ test('writes, moves and copies during a growth spread over steps land as they do
   // Every kind of write, while layer 0 has its larger buffers and layer 1 not yet.
   both((cache) => {
     writeTokens(cache, 0, 100, 20);
-    cache.moveRow(2, 1);
+    cache.moveRow(2, 1, 50);
     cache.writePrefix(2, prefix(6, 3), 6);
     cache.copyRowFrom(otherLane, 1, 3, 120);
   });
@@ -155,7 +155,7 @@ test('a step needing the planned shape before it has migrated completes the grow
   assert.deepEqual(spread.plannedGrowth, { rows: 4, width: 3 * CACHE_BUCKET });
   both((cache) => writeTokens(cache, 1, 0, 40));
   spread.continueGrowth(1);
-  both((cache) => cache.moveRow(1, 0));
+  both((cache) => cache.moveRow(1, 0, 40));
   spread.continueGrowth(1);
   assert.deepEqual([spread.rows, spread.width], [4, 3 * CACHE_BUCKET]);
   atOnce.ensure(4, 300);

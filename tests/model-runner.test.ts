@@ -83,7 +83,7 @@ test('a batch mixing base rows and adapters of different ranks equals merged wei
     assert.equal(runner.lanes[0].adapters.rank, 8, 'the rows are laid out for their highest adapter rank, not the slot rank');
     // Once only rank-4 rows remain, the layout shrinks to rank 4 and they still match (checked below).
     const smallRows = rows.flatMap((row, b) => (row.adapter === 'small' ? [b] : []));
-    for (const b of smallRows) runner.moveRow(b, smallRows.indexOf(b));
+    for (const b of smallRows) runner.moveRow(b, smallRows.indexOf(b), rows[b].prompt.length + fed.length);
     const smallLogits = await runner.forward(0, smallRows.map((b) => ({
       tokens: [383],
       position: rows[b].prompt.length + fed.length,

@@ -124,7 +124,7 @@ export class BatchRows<T extends { position: number }> {
     const { rows, decoding } = this.lanes[lane];
     if (rows.length > decoding) this.runner.lanes[lane].cache.ensure(rows.length + 1, 1);
     for (let row = rows.length; row > decoding; row--) {
-      this.runner.moveRow(row - 1, row, lane);
+      this.runner.moveRow(row - 1, row, rows[row - 1].position, lane);
       rows[row] = rows[row - 1];
     }
     return decoding;
@@ -142,13 +142,13 @@ export class BatchRows<T extends { position: number }> {
       const lastDecoding = --state.decoding;
       if (row !== lastDecoding) {
         rows[row] = rows[lastDecoding];
-        this.runner.moveRow(lastDecoding, row, lane);
+        this.runner.moveRow(lastDecoding, row, rows[row].position, lane);
       }
       hole = lastDecoding;
     }
     for (let next = hole + 1; next < rows.length; next++) {
       rows[next - 1] = rows[next];
-      this.runner.moveRow(next, next - 1, lane);
+      this.runner.moveRow(next, next - 1, rows[next].position, lane);
     }
     rows.pop();
   }

@@ -206,15 +206,15 @@ export class KvCache {
     }
   }
 
-  /** Moves a row (used to keep the running batch contiguous when a sequence leaves). */
-  moveRow(from: number, to: number): void {
+  /**
+   * Moves a row's first `positions` tokens, all it holds (used to keep the running batch contiguous when a
+   * sequence leaves); what lies past them is masked until overwritten. Whole rows at 16 rows × 256 positions:
+   * a sequence leaving ahead of 7 prefilling rows moved 94 MB, 50–100 ms in one step.
+   */
+  moveRow(from: number, to: number, positions: number): void {
     if (from === to) return;
     for (let l = 0; l < this.config.numLayers; l++) {
-      for (const { keys, values, width } of this.writeTargets(l)) {
-        const stride = this.config.numKvHeads * this.config.headDim * width;
-        keys.copyWithin(to * stride, from * stride, (from + 1) * stride);
-        values.copyWithin(to * stride, from * stride, (from + 1) * stride);
-      }
+      for (const target of this.writeTargets(l)) copyLayerRow(this.config, target, from, target, to, positions);
     }
   }
 

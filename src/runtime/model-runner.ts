@@ -377,8 +377,8 @@ export class ModelRunner {
    * Moves a sequence's cache row within a lane (to keep the lane's rows contiguous) with its family inputs; its
    * LoRA follows its slot.
    */
-  moveRow(from: number, to: number, lane = 0): void {
-    this.lanes[lane].cache.moveRow(from, to);
+  moveRow(from: number, to: number, positions: number, lane = 0): void {
+    this.lanes[lane].cache.moveRow(from, to, positions);
     this.lanes[lane].families.move(from, to);
   }
 
