@@ -15,7 +15,7 @@ import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
-import { median, round } from './bench-stats.ts';
+import { median, ratioSummary, round } from './bench-stats.ts';
 import { log, printReport, runBenchCommand } from './bench-workloads.ts';
 
 const FORMS = ['f32', 'q8', 'q4'] as const;
@@ -74,10 +74,6 @@ async function reply<T>(child: ChildProcess): Promise<T> {
   return ((await Promise.race([once(child, 'message'), exited])) as [T])[0];
 }
 
-function ratioSummary(ratios: number[]) {
-  return { median: round(median(ratios), 2), range: [round(Math.min(...ratios), 2), round(Math.max(...ratios), 2)] };
-}
-
 export async function measureDecodeSteps(trees: string[], trials: number) {
   const children = new Map<string, ChildProcess>();
   const setups = new Map<string, Setup>();
@@ -107,7 +103,6 @@ export async function measureDecodeSteps(trees: string[], trials: number) {
       }
     }
     const series = (tree: string, form: string, rows: number, measure: keyof Timing) => timings.get(`${key(tree, form)}|${rows}`)!.map((t) => t[measure]);
-    const ratios = (slower: number[], faster: number[]) => ratioSummary(slower.map((value, i) => value / faster[i]));
     const report: Record<string, unknown> = { trees, trials, model: 'SmolLM2-135M shape, random weights; base-model rows only' };
     for (const measure of ['sessionCpuS', 'sessionWallS', 'rssMib'] as const) {
       report[`${measure}_at_start`] = Object.fromEntries(trees.map((tree) => [tree, Object.fromEntries(FORMS.map((form) => [form, round(setups.get(key(tree, form))![measure], 2)]))]));
@@ -116,10 +111,10 @@ export async function measureDecodeSteps(trees: string[], trials: number) {
       for (const rows of ROWS) {
         report[`${measure}_per_step_${rows}_rows`] = Object.fromEntries(trees.map((tree) => [tree, Object.fromEntries(FORMS.map((form) => [form, round(median(series(tree, form, rows, measure)))]))]));
         report[`${measure}_speed_vs_f32_${rows}_rows`] = Object.fromEntries(
-          trees.map((tree) => [tree, Object.fromEntries(FORMS.slice(1).map((form) => [form, ratios(series(tree, 'f32', rows, measure), series(tree, form, rows, measure))]))]),
+          trees.map((tree) => [tree, Object.fromEntries(FORMS.slice(1).map((form) => [form, ratioSummary(series(tree, 'f32', rows, measure), series(tree, form, rows, measure))]))]),
         );
         report[`${measure}_speed_vs_first_tree_${rows}_rows`] = Object.fromEntries(
-          trees.slice(1).map((tree) => [tree, Object.fromEntries(FORMS.map((form) => [form, ratios(series(trees[0], form, rows, measure), series(tree, form, rows, measure))]))]),
+          trees.slice(1).map((tree) => [tree, Object.fromEntries(FORMS.map((form) => [form, ratioSummary(series(trees[0], form, rows, measure), series(tree, form, rows, measure))]))]),
         );
       }
     }

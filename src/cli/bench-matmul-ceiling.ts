@@ -12,7 +12,7 @@ import { baseProjection, type ProjectionWeight } from '../graph/base-projection.
 import { EXTERNAL_DATA_FILE, OnnxGraphBuilder } from '../graph/onnx-builder.ts';
 import { quantizeMatrix } from '../model/quantize.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
-import { median, round } from './bench-stats.ts';
+import { median, ratioSummary, round } from './bench-stats.ts';
 
 const CHAIN = 60;
 const ROWS = [1, 16] as const;
@@ -69,10 +69,7 @@ export async function measureMatmulCeiling(options: { trials: number; threads: n
         }
       }
     }
-    const speedUp = (form: Form, rows: number) => {
-      const ratios = ms.f32[rows].map((f32, i) => f32 / ms[form][rows][i]);
-      return { median: round(median(ratios), 2), range: [round(Math.min(...ratios), 2), round(Math.max(...ratios), 2)] };
-    };
+    const speedUp = (form: Form, rows: number) => ratioSummary(ms.f32[rows], ms[form][rows]);
     return {
       chain: `${CHAIN} projections ${SMOLLM2_135M_SHAPE.hiddenSize}↔${SMOLLM2_135M_SHAPE.intermediateSize}, ${options.threads} threads`,
       ms_per_chain: Object.fromEntries(FORMS.map((form) => [form, Object.fromEntries(ROWS.map((rows) => [`rows_${rows}`, round(median(ms[form][rows]), 2)]))])),

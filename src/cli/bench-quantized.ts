@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Engine } from '../engine/engine.ts';
 import { BENCH_MODEL_DIR, ensureBenchModel } from '../model/bench-model.ts';
-import { median, round } from './bench-stats.ts';
+import { median, ratioSummary, round } from './bench-stats.ts';
 import { measureMatmulCeiling } from './bench-matmul-ceiling.ts';
 import { concurrentDecode, ensureAdapters, LORA_RANK, log, singleStream, STREAMS } from './bench-workloads.ts';
 
@@ -91,12 +91,6 @@ class FormProcess {
   kill(): void {
     this.child.kill();
   }
-}
-
-/** Median and range of per-trial ratios. */
-function ratioSummary(numerators: number[], denominators: number[]) {
-  const ratios = numerators.map((value, i) => value / denominators[i]);
-  return { median: round(median(ratios), 2), range: [round(Math.min(...ratios), 2), round(Math.max(...ratios), 2)] };
 }
 
 export async function measureQuantizedBase(options: { trials: number; threads: number }) {
