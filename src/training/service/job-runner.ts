@@ -99,12 +99,14 @@ export async function finishJob(
   job.error = error;
   job.finished_at = Math.floor(Date.now() / 1000);
   job.estimated_finish = null;
+  // Recorded before the status is written, so whoever sees the job finished (the API reads the file) also finds
+  // its duration among the metrics.
+  if (trainingSeconds !== undefined) context.metrics.recordFinished(status, trainingSeconds);
   await context.jobs.write(job);
   await context.jobs.appendEvent(job, { message, level: status === 'failed' ? 'error' : 'info' });
   await rm(context.jobs.jobPath(job, STATE_FILE), { force: true });
   await rm(context.jobs.jobPath(job, PUBLISH_FILE), { force: true });
   await context.jobs.release(job);
-  if (trainingSeconds !== undefined) context.metrics.recordFinished(status, trainingSeconds);
   context.logger.info('fine-tuning job finished', { job: job.id, tenant: job.organization_id, status, code: error?.code });
 }
 
