@@ -8,6 +8,8 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { ADAPTER_CONFIG_FILE } from '../src/adapters/adapter-files.ts';
+import { ADAPTER_WEIGHTS_FILE } from '../src/adapters/lora.ts';
 import { randomLoraAdapter, writeLoraAdapter } from '../src/adapters/lora-writer.ts';
 import type { LoadAdapter } from '../src/engine/adapter-loader.ts';
 import { AdapterLoaderThread } from '../src/engine/adapter-loader-thread.ts';
@@ -17,6 +19,7 @@ import { Scheduler, type StepReport } from '../src/engine/scheduler.ts';
 import { loadBaseModel } from '../src/model/load.ts';
 import { LORA_TARGET_MODULES } from '../src/model/types.ts';
 import { CACHE_BUCKET } from '../src/runtime/kv-cache.ts';
+import { digestFile, type FileDigest } from '../src/registry/store-files.ts';
 import { ModelRunner, type StepRow } from '../src/runtime/model-runner.ts';
 import { greedy } from './support/greedy.ts';
 import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
@@ -41,7 +44,7 @@ let adapter: AdapterRef;
 const passes: Pass[] = [];
 let loaderThread: AdapterLoaderThread;
 /** The engine's own loader thread: verifies, reads, validates and lays out adapter files. */
-const load: LoadAdapter = (ref) => loaderThread.load(ref);
+const load: LoadAdapter = (ref, between) => loaderThread.load(ref, between);
 
 before(async () => {
   const model = await loadBaseModel(STORIES_HF_DIR);
@@ -79,12 +82,12 @@ function request(promptIds: number[], maxTokens: number, onAdapter: AdapterRef |
 }
 
 /** A scheduler whose steps go to `onStep`; resolves each sequence's tokens when it finishes. */
-function createScheduler(onStep: (report: StepReport) => void = () => {}, loadAdapter: LoadAdapter = load) {
+function createScheduler(onStep: (report: StepReport) => void = () => {}, loadAdapter: LoadAdapter = load, loadTurnMs?: number) {
   const tokens = new Map<number, number[]>();
   const finished = new Map<number, () => void>();
   const scheduler: Scheduler = new Scheduler(
     runner,
-    { maxQueue: 8, maxPositions: 256, prefillTokenBudget: BUDGET, hostCacheBytes: 1 << 20, loadAdapter },
+    { maxQueue: 8, maxPositions: 256, prefillTokenBudget: BUDGET, hostCacheBytes: 1 << 20, loadAdapter, loadTurnMs },
     {
       step(report) {
         for (const t of report.tokens) tokens.set(t.id, [...(tokens.get(t.id) ?? []), t.token]);
@@ -176,10 +179,10 @@ test('a sequence whose adapter is loading waits without a row while every step g
   const { run } = createScheduler((report) => {
     if (!adapterDone && report.tokens.some((t) => t.id === streaming.id)) {
       adapterDone = run(onAdapter);
-      // Loading starts when the sequence is accepted, before it gets anywhere near a batch row.
-      assert.ok(loadStarted, 'the adapter load started at submission');
       return;
     }
+    // Loading starts in the step after the sequence is accepted, before it gets anywhere near a batch row.
+    if (adapterDone !== undefined && whileLoading.length === 0) assert.ok(loadStarted, 'the adapter load started in the first step after submission');
     if (!adapterDone || report.started.some((s) => s.id === onAdapter.id) || whileLoading.length >= 6) return;
     whileLoading.push(report);
     if (whileLoading.length === 6) openGate();
@@ -197,6 +200,126 @@ test('a sequence whose adapter is loading waits without a row while every step g
   // Once loaded it runs with its adapter, exactly as it does alone.
   assert.deepEqual(adapterTokens, alone);
   assert.notDeepEqual(adapterTokens, REFERENCE.greedyIds.slice(0, 8));
+});
+
+test('a step gives its turn to a prefill chunk or to one phase of an adapter load, never both, first come first served', async () => {
+  const alone = await createScheduler().run(request(REFERENCE.promptIds, 8, { ...adapter, key: 't/a@alone' }));
+
+  /** What happened from the arrivals on, in order: each pass's start and end and each load phase's start and end. */
+  const events: string[] = [];
+  const forward = runner.forward;
+  runner.forward = async (firstRow, rows, lane) => {
+    const kind = rows.some((r) => r.tokens.length > 1) ? 'prefill' : 'decode';
+    events.push(`${kind}-start`);
+    try {
+      return await forward(firstRow, rows, lane);
+    } finally {
+      events.push(`${kind}-end`);
+    }
+  };
+  const loggedLoad: LoadAdapter = async (ref, between) => {
+    events.push('phase-start');
+    const adapter = await load(ref, async () => {
+      events.push('phase-end');
+      await between!();
+      events.push('phase-start');
+    });
+    events.push('phase-end', 'load-done');
+    return adapter;
+  };
+  // While a stream decodes, a request arrives on an adapter whose load (its files checked against their checksums,
+  // as a published version's are) has three phases, then a 40-token prompt, which a budget of 8 prefills over five
+  // steps, then a second request on that adapter's files under another key.
+  const streaming = request(REFERENCE.promptIds, 30);
+  const files: Record<string, FileDigest> = {};
+  for (const name of [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]) files[name] = (await digestFile(join(adapter.path, name)))!;
+  const first = request(REFERENCE.promptIds, 8, { ...adapter, key: 't/a@turns', files });
+  const long = request(LONG_PROMPT, 4);
+  const second = request(REFERENCE.promptIds, 8, { ...adapter, key: 't/a@turns-2', files });
+  let arrived!: Promise<number[][]>;
+  // A turn that waits as long as its phase takes, so that on any machine every phase ends within its turn.
+  const { run } = createScheduler(
+    (report) => {
+      if (arrived !== undefined || !report.tokens.some((t) => t.id === streaming.id)) return;
+      events.length = 0;
+      arrived = Promise.all([run(first), run(long), run(second)]);
+    },
+    loggedLoad,
+    600_000,
+  );
+  try {
+    await run(streaming);
+    const [firstTokens, , secondTokens] = await arrived;
+    assert.deepEqual(firstTokens, alone);
+    assert.deepEqual(secondTokens, alone);
+  } finally {
+    runner.forward = forward;
+  }
+
+  // No pass runs while a load phase does.
+  let inPhase = false;
+  for (const event of events) {
+    if (event === 'phase-start') inPhase = true;
+    if (event === 'phase-end') inPhase = false;
+    if (event.endsWith('-start') && event !== 'phase-start') assert.ok(!inPhase, 'a pass started during a load phase');
+  }
+  // Each step starts with its decode pass; after it, its turn went to a prefill chunk (P), load phases (L), or
+  // nothing. In order of arrival: the first load; the long prompt's five chunks (it took its row while the load
+  // ran, so it prefills ahead of the first request) and the first request's prompt, both older than the second
+  // load; that load; the second request's prompt.
+  const turns = events
+    .join(' ')
+    .split('decode-start')
+    .slice(1)
+    .map((step) => (step.includes('prefill-start') ? 'P' : '') + 'L'.repeat(step.split('phase-start').length - 1) || '-');
+  // A turn runs further phases of its load while the step stays within about twice its decode pass, so how many
+  // of the three each step ran depends on the machine; what is run, and in which order, does not.
+  assert.match(turns.join(' '), /^(L+ )+(P ){6}(L+ )+P/);
+  const [firstLoad, secondLoad] = turns.join('').split(/P+/).filter(Boolean);
+  assert.deepEqual([firstLoad, secondLoad], ['LLL', 'LLL'], 'each load ran its three phases');
+});
+
+test('while a request on an adapter is in the engine every pass runs the adapter graph, base rows unchanged', async () => {
+  /** Per pass: whether it ran the adapter graph, and whether any of its rows is on an adapter. */
+  const graphs: { adapterGraph: boolean; adapterRow: boolean }[] = [];
+  const forward = runner.forward;
+  runner.forward = (firstRow, rows, lane, onAdapterGraph) => {
+    const adapterRow = rows.some((r) => r.slot !== 0);
+    graphs.push({ adapterGraph: adapterRow || onAdapterGraph === true, adapterRow });
+    return forward(firstRow, rows, lane, onAdapterGraph);
+  };
+  // A base-model stream runs until the test cancels it: a request on an adapter arrives once it decodes, and the
+  // stream goes on for a few steps after that request has finished, however long its load takes.
+  const streaming = request(REFERENCE.promptIds, 200);
+  const onAdapter = request(REFERENCE.promptIds, 4, { ...adapter, key: 't/a@graphs' });
+  let submittedAt = -1;
+  let adapterDone = -1;
+  let streamed = 0;
+  let adapterTokens!: Promise<number[]>;
+  const { scheduler, run } = createScheduler((report) => {
+    streamed += report.tokens.filter((t) => t.id === streaming.id).length;
+    if (report.finished.some((f) => f.id === onAdapter.id)) adapterDone = graphs.length;
+    if (adapterDone >= 0 && graphs.length >= adapterDone + 4 && streamed >= REFERENCE.greedyIds.length) scheduler.cancel(streaming.id);
+    if (submittedAt >= 0 || !report.tokens.some((t) => t.id === streaming.id)) return;
+    submittedAt = graphs.length;
+    adapterTokens = run(onAdapter);
+  });
+  try {
+    const tokens = await run(streaming);
+    // The base stream generates exactly the reference, whichever graph its passes ran.
+    assert.deepEqual(tokens.slice(0, REFERENCE.greedyIds.length), REFERENCE.greedyIds);
+    await adapterTokens;
+  } finally {
+    runner.forward = forward;
+  }
+  assert.ok(submittedAt > 0 && adapterDone > submittedAt);
+  assert.ok(graphs.slice(0, submittedAt).every((g) => !g.adapterGraph), 'before the request on an adapter: the base graph');
+  const during = graphs.slice(submittedAt, adapterDone - 1);
+  assert.ok(during.every((g) => g.adapterGraph), 'while it loads, prefills and decodes: the adapter graph for every pass');
+  assert.ok(during.some((g) => !g.adapterRow), 'including passes without a row on an adapter');
+  // Its finish is reported after the step that follows its last token, whose pass already ran without it.
+  const after = graphs.slice(adapterDone);
+  assert.ok(after.length >= 3 && after.every((g) => !g.adapterGraph), 'after it finished: the base graph again');
 });
 
 test('a stream crossing a bucket edge finds the cache grown ahead, a few layers a step, and generates what it does alone', async () => {

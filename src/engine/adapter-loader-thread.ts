@@ -8,7 +8,7 @@
 import { Worker } from 'node:worker_threads';
 import type { LlamaConfig } from '../model/types.ts';
 import type { SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
-import { AdapterLoadError, type AdapterLoadErrorCode, type LoadAdapter } from './adapter-loader.ts';
+import { AdapterLoadError, type AdapterLoadErrorCode, type LoadAdapter, type PhaseGate } from './adapter-loader.ts';
 import type { AdapterRef } from './protocol.ts';
 import { workerEntry } from './worker-entry.ts';
 
@@ -17,16 +17,19 @@ export interface LoaderThreadOptions {
   slotRank: number;
 }
 
-export interface LoaderRequest {
-  id: number;
-  ref: AdapterRef;
-}
+/** A load to start (pausing between its phases when `phased`), or a paused load to go on with. */
+export type LoaderRequest = { type: 'load'; id: number; ref: AdapterRef; phased: boolean } | { type: 'continue'; id: number };
 
-export type LoaderReply = { id: number; adapter: SlotReadyAdapter } | { id: number; message: string; code: AdapterLoadErrorCode };
+/** A load's result or failure, or word that it paused between two phases. */
+export type LoaderReply =
+  | { id: number; adapter: SlotReadyAdapter }
+  | { id: number; message: string; code: AdapterLoadErrorCode }
+  | { id: number; paused: true };
 
 interface PendingLoad {
   resolve: (adapter: SlotReadyAdapter) => void;
   reject: (error: Error) => void;
+  between?: PhaseGate;
 }
 
 export class AdapterLoaderThread {
@@ -40,13 +43,13 @@ export class AdapterLoaderThread {
     this.start();
   }
 
-  readonly load: LoadAdapter = (ref) => {
+  readonly load: LoadAdapter = (ref, between) => {
     if (this.closed) return Promise.reject(new AdapterLoadError('the adapter loader is closed', 'adapter_unavailable'));
     const worker = this.worker ?? this.start();
     const id = this.nextId++;
     return new Promise<SlotReadyAdapter>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      worker.postMessage({ id, ref } satisfies LoaderRequest);
+      this.pending.set(id, { resolve, reject, between });
+      worker.postMessage({ type: 'load', id, ref, phased: between !== undefined } satisfies LoaderRequest);
     });
   };
 
@@ -65,6 +68,11 @@ export class AdapterLoaderThread {
     worker.on('message', (reply: LoaderReply) => {
       const load = this.pending.get(reply.id);
       if (!load) return;
+      if ('paused' in reply) {
+        // A thread that died meanwhile has failed the load already; its successor never heard of it.
+        void load.between!().then(() => this.worker === worker && worker.postMessage({ type: 'continue', id: reply.id } satisfies LoaderRequest));
+        return;
+      }
       this.pending.delete(reply.id);
       if ('adapter' in reply) load.resolve(reply.adapter);
       else load.reject(new AdapterLoadError(reply.message, reply.code));

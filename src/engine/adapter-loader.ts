@@ -33,20 +33,27 @@ export function loadErrorCode(error: unknown): AdapterLoadErrorCode {
   return error instanceof AdapterError ? 'invalid_adapter' : 'adapter_unavailable';
 }
 
-/** Reads an adapter version and lays it out for a runtime slot. */
-export type LoadAdapter = (ref: AdapterRef) => Promise<SlotReadyAdapter>;
+/**
+ * Awaited between a load's phases (verifying the files, parsing and validating them, laying them out), so whoever
+ * runs loads can spread one over several turns between the engine's passes (load-turns.ts).
+ */
+export type PhaseGate = () => Promise<void>;
+
+/** Reads an adapter version and lays it out for a runtime slot, pausing at `between` from phase to phase. */
+export type LoadAdapter = (ref: AdapterRef, between?: PhaseGate) => Promise<SlotReadyAdapter>;
 
 /**
  * Reads one adapter version: checksums first (when the ref carries its manifest's files), then parse and validate
  * the very bytes whose checksums matched, read once. `verified` remembers, per version, the stat identity of the
  * files whose checksums were checked; a version read again with unchanged files is parsed from disk unhashed.
  */
-export async function loadVerifiedAdapter(ref: AdapterRef, config: LlamaConfig, verified: Map<string, string>): Promise<Adapter> {
+export async function loadVerifiedAdapter(ref: AdapterRef, config: LlamaConfig, verified: Map<string, string>, between?: PhaseGate): Promise<Adapter> {
   if (ref.files) {
     const identity = await statIdentity(ref.path, Object.keys(ref.files));
     if (verified.get(ref.key) !== identity) {
       const read = await readVersionFiles(ref.path, ref.files);
       verified.set(ref.key, identity);
+      await between?.();
       return loadAdapter(ref.path, config, read);
     }
   }
@@ -56,7 +63,11 @@ export async function loadVerifiedAdapter(ref: AdapterRef, config: LlamaConfig, 
 /** A LoadAdapter running on this thread for one base model and slot rank, remembering which versions it verified. */
 export function adapterLoaderFor(config: LlamaConfig, slotRank: number): LoadAdapter {
   const verified = new Map<string, string>();
-  return async (ref) => layOutForSlot(config, slotRank, await loadVerifiedAdapter(ref, config, verified));
+  return async (ref, between) => {
+    const adapter = await loadVerifiedAdapter(ref, config, verified, between);
+    await between?.();
+    return layOutForSlot(config, slotRank, adapter);
+  };
 }
 
 async function statIdentity(dir: string, names: string[]): Promise<string> {

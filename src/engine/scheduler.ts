@@ -4,8 +4,10 @@
  * step, decode together, and leave as soon as they finish or are cancelled. A burst of new or long prompts thus
  * delays running streams by at most one prefill budget per step. Runs on the engine worker thread.
  *
- * A sequence on an adapter takes a row only once its adapter sits in a runtime slot; loading it from disk starts
- * when the sequence is submitted and happens in the background while the batch keeps stepping.
+ * A sequence on an adapter takes a row only once its adapter sits in a runtime slot; its load is asked for when the
+ * sequence is submitted and runs in turns between passes (load-turns.ts): after its decode pass a step carries
+ * either a prefill chunk or one phase of an adapter load, whichever belongs to the older request, so neither adds
+ * to the other and neither runs beside a pass.
  */
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { ModelRunner } from '../runtime/model-runner.ts';
@@ -13,6 +15,7 @@ import type { SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
 import { adapterLoaderFor, loadErrorCode, type LoadAdapter } from './adapter-loader.ts';
 import { BatchRows } from './batch-rows.ts';
 import { HostAdapterCache } from './host-adapter-cache.ts';
+import { LOAD_TURN_MS, LoadTurns } from './load-turns.ts';
 import { planPrefillPass } from './prefill-plan.ts';
 import type {
   AdapterCacheEvent,
@@ -39,6 +42,8 @@ export interface SchedulerOptions {
    * adapterLoaderFor the runner's model, on this thread).
    */
   loadAdapter?: LoadAdapter;
+  /** How long a step waits for the adapter load phase it gives a turn (default LOAD_TURN_MS). */
+  loadTurnMs?: number;
 }
 
 /** What one scheduler iteration produced, delivered in one message to keep cross-thread traffic per step. */
@@ -102,6 +107,7 @@ export class Scheduler {
   /** Sequences holding a batch row, decoding or prefilling. */
   private readonly batch: BatchRows<Sequence>;
   private readonly hostCache: HostAdapterCache;
+  private readonly loads: LoadTurns;
   private report: Omit<StepReport, 'stats'> = { started: [], tokens: [], finished: [], adapterCache: [] };
   private looping = false;
   private wake: (() => void) | null = null;
@@ -114,8 +120,9 @@ export class Scheduler {
   ) {
     this.vocabSize = runner.config.vocabSize;
     this.batch = new BatchRows(runner);
+    this.loads = new LoadTurns(options.loadAdapter ?? adapterLoaderFor(runner.config, runner.slots.rank), () => this.kick(), options.loadTurnMs ?? LOAD_TURN_MS);
     this.hostCache = new HostAdapterCache(
-      options.loadAdapter ?? adapterLoaderFor(runner.config, runner.slots.rank),
+      this.loads.load,
       options.hostCacheBytes,
       (event) => this.report.adapterCache.push(event),
       (adapter) => runner.completeAdapter(adapter),
@@ -203,13 +210,15 @@ export class Scheduler {
   private async loop(): Promise<void> {
     this.looping = true;
     try {
-      while (this.waiting.length > 0 || this.running.length > 0) {
+      while (this.waiting.length > 0 || this.running.length > 0 || this.loads.waiting > 0) {
         this.retire();
         this.admit();
         this.batch.growCaches((sequence, steps) => reach(sequence, steps, this.options.prefillTokenBudget));
         if (this.running.length > 0) await this.step();
+        // With no pass to share the cores with, loads take their turns one after another.
+        else if (this.loads.waiting > 0) await this.loads.takeTurn();
         this.flush();
-        if (this.running.length === 0 && this.waiting.every((s) => s.adapterLoading)) {
+        if (this.running.length === 0 && this.loads.waiting === 0 && this.waiting.every((s) => s.adapterLoading)) {
           // Nothing runs and everything waiting needs an adapter still loading: sleep until a load ends.
           await new Promise<void>((resolve) => (this.wake = resolve));
         } else {
@@ -278,11 +287,21 @@ export class Scheduler {
     }
   }
 
-  /** One engine step: every decoding row advances one token, then at most one prefill budget of prompt tokens. */
+  /**
+   * One engine step: every decoding row advances one token, then the step's turn goes to at most one prefill budget
+   * of prompt tokens or to one phase of an adapter load, whichever belongs to the request submitted first (first
+   * come, first served: a cold request's load does not wait behind prompts that arrived after it, nor they behind
+   * loads asked for after them).
+   */
   private async step(): Promise<void> {
     try {
+      const decodeStarted = performance.now();
       await this.decode();
-      await this.prefillChunk();
+      const lane = this.nextPrefillLane();
+      const prefillSince = lane < 0 ? Infinity : this.batch.prefilling(lane)[0].submittedAt;
+      // A load's turn may run as long as the decode pass did: a step at most about twice its decode pass.
+      if (this.loads.waiting > 0 && this.loads.nextAskedAt <= prefillSince) await this.loads.takeTurn(performance.now() - decodeStarted);
+      else if (lane >= 0) await this.prefillChunk(lane);
     } catch (error) {
       this.failRunning(error as Error);
     }
@@ -386,7 +405,8 @@ export class Scheduler {
     for (let lane = 0; lane < this.batch.laneCount; lane++) {
       const decoding = this.batch.decoding(lane);
       if (decoding.length === 0) continue;
-      const logits = await this.runner.forward(0, decoding.map((s) => ({ tokens: [s.nextToken], position: s.position, slot: s.slot })), lane);
+      const rows = decoding.map((s) => ({ tokens: [s.nextToken], position: s.position, slot: s.slot }));
+      const logits = await this.runner.forward(0, rows, lane, this.adaptersInUse);
       decoding.forEach((sequence, row) => {
         sequence.position++;
         if (!sequence.finish) this.accept(sequence, this.rowLogits(logits, row));
@@ -395,16 +415,29 @@ export class Scheduler {
   }
 
   /**
-   * Feeds the next prompt chunk(s) of the lane whose first prefilling sequence arrived earliest, within the
-   * prefill budget. Sequences whose prompt is complete sample their first token and decode from the next step.
+   * Whether any sequence in the engine, or any load, is on an adapter: then every pass runs the adapter graph, so
+   * a burst of adapter requests beside base-model streams never switches sessions from one pass to the next
+   * (ModelRunner.forward says what a switch costs).
    */
-  private async prefillChunk(): Promise<void> {
+  private get adaptersInUse(): boolean {
+    return this.loads.waiting > 0 || this.running.some((s) => s.request.adapter) || this.waiting.some((s) => s.request.adapter);
+  }
+
+  /** The lane whose first prefilling sequence arrived earliest, or -1 when no sequence is prefilling. */
+  private nextPrefillLane(): number {
     let lane = -1;
     for (let candidate = 0; candidate < this.batch.laneCount; candidate++) {
       const first = this.batch.prefilling(candidate)[0];
       if (first && (lane < 0 || first.submittedAt < this.batch.prefilling(lane)[0].submittedAt)) lane = candidate;
     }
-    if (lane < 0) return;
+    return lane;
+  }
+
+  /**
+   * Feeds the lane's next prompt chunk(s), within the prefill budget. Sequences whose prompt is complete sample
+   * their first token and decode from the next step.
+   */
+  private async prefillChunk(lane: number): Promise<void> {
     const prefilling = this.batch.prefilling(lane);
     const pass = planPrefillPass(prefilling.map((s) => s.offset + s.feed.length - s.position), this.options.prefillTokenBudget)!;
     const fed = prefilling.slice(0, pass.rows);
@@ -414,6 +447,7 @@ export class Scheduler {
       this.batch.firstPrefillRow(lane),
       fed.map((s) => ({ tokens: s.feed.slice(s.position - s.offset, s.position - s.offset + pass.width), position: s.position, slot: s.slot })),
       lane,
+      this.adaptersInUse,
     );
     let completed = 0;
     fed.forEach((sequence, row) => {

@@ -201,9 +201,13 @@ export class ModelRunner {
 
   /**
    * One forward pass over rows [firstRow, firstRow + rows.length) of a lane. Returns the last position's
-   * logits, `[rows, vocab]`, and leaves the new keys/values in the lane's cache.
+   * logits, `[rows, vocab]`, and leaves the new keys/values in the lane's cache. A pass with a row on an adapter
+   * runs the adapter graph, any other the base graph unless `onAdapterGraph` (base rows get the same bits in
+   * both): each graph has its own session and thread pool, and a pass that follows one on the other session
+   * shares the cores with that session's threads still spinning (about 25 ms more for a 16-token prefill or an
+   * 8-row decode step on SmolLM2-135M's shape), more than the adapter graph's own cost for base rows.
    */
-  async forward(firstRow: number, rows: StepRow[], lane = 0): Promise<Float32Array> {
+  async forward(firstRow: number, rows: StepRow[], lane = 0, onAdapterGraph = false): Promise<Float32Array> {
     const c = this.config;
     const { cache, adapters, families } = this.lanes[lane];
     const batch = rows.length;
@@ -251,8 +255,8 @@ export class ModelRunner {
       feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
       feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
     }
-    // Every family, soft prompts included, comes from a slot: a pass with no slot runs the base graph.
-    const withAdapters = rows.some((row) => row.slot !== 0);
+    // Every family, soft prompts included, comes from a slot: a pass with no slot can run the base graph.
+    const withAdapters = onAdapterGraph || rows.some((row) => row.slot !== 0);
     if (withAdapters) {
       Object.assign(feeds, this.softPrompts(rows, tokens), this.noProbes);
       this.feedAdapters(feeds, { adapters, families }, firstRow, rows.map((r) => r.slot), tokens);

@@ -1,0 +1,137 @@
+/**
+ * When cold adapters load: in turns the engine gives them between its passes, instead of beside the passes. A load
+ * has three phases (verifying the files, parsing and validating them, laying them out: adapter-loader.ts); a turn
+ * runs the next phase of the first load waiting, and further phases of the same load while it stays within the
+ * time it was given (the scheduler gives as long as the step's decode pass took).
+ *
+ * Why: a load is CPU work (about 50 ms alone for an r=16 adapter of SmolLM2-135M's shape, 65–105 ms inside the
+ * serving process) on a machine whose two cores onnxruntime's two threads already fill. Run beside a pass, it
+ * took a core from one of them, and a pass's threads wait for each other: decode passes went from 37 ms to 60–100
+ * ms and prefill passes from 45 to 80–100 ms, so a step carrying both came to 150–190 ms, five times an
+ * undisturbed one. Given the cores to itself between passes, a phase adds its own 15–45 ms to one step, and a step
+ * carries load phases or a prefill chunk, never both, whichever belongs to the request asked for first
+ * (scheduler.ts). One phase a turn and no more made each load wait for three steps, which under steady traffic
+ * (decode passes of 100 ms) raised the time to first token of requests on cold adapters more than it saved.
+ *
+ * A phase still running when its turn ends (LOAD_TURN_MS: a read hanging on storage, an adapter many times
+ * larger) lets its load go on beside the passes without pausing again, as every load did before, so neither a
+ * stuck file nor a huge adapter stops the steps or the loads behind it.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
+import type { LoadAdapter } from './adapter-loader.ts';
+import type { AdapterRef } from './protocol.ts';
+
+/** How long a turn waits for a phase: several times what a phase of a page-cached r=16 load of the 135M shape takes. */
+export const LOAD_TURN_MS = 150;
+
+/** Ends a turn's wait after `ms` milliseconds; never keeps the thread alive on its own. */
+export type TurnTimer = (ms: number) => Promise<unknown>;
+
+const REAL_TIMER: TurnTimer = (ms) => sleep(ms, undefined, { ref: false });
+
+interface QueuedLoad {
+  ref: AdapterRef;
+  /** When it was asked for (performance.now()). */
+  askedAt: number;
+  resolve: (adapter: SlotReadyAdapter) => void;
+  reject: (error: Error) => void;
+  started: boolean;
+  /** Set while the load waits between two phases: runs its next phase. */
+  resume?: () => void;
+  /** Ends the current turn's wait: the phase it gave ended. */
+  phaseEnded?: () => void;
+  /** It outlasted a turn and runs on without pausing. */
+  freed: boolean;
+}
+
+export class LoadTurns {
+  /** Loads asked for and not finished, in the order asked for; the first one gets the next turn. */
+  private readonly queued: QueuedLoad[] = [];
+
+  constructor(
+    private readonly loadAdapter: LoadAdapter,
+    /** Called when a load is queued, so an idle engine wakes up to give it a turn. */
+    private readonly onQueued: () => void,
+    private readonly turnMs = LOAD_TURN_MS,
+    /** Tests pass their own, to decide when a turn's wait ends. */
+    private readonly timer: TurnTimer = REAL_TIMER,
+  ) {}
+
+  /** A LoadAdapter whose phases run at turns; the result comes as soon as the last phase ends. */
+  readonly load: LoadAdapter = (ref) =>
+    new Promise<SlotReadyAdapter>((resolve, reject) => {
+      this.queued.push({ ref, askedAt: performance.now(), resolve, reject, started: false, freed: false });
+      this.onQueued();
+    });
+
+  /** Loads waiting for a turn (not started, or paused between phases). */
+  get waiting(): number {
+    return this.queued.length;
+  }
+
+  /** When the load the next turn goes to was asked for (performance.now()); Infinity when none waits. */
+  get nextAskedAt(): number {
+    return this.queued[0]?.askedAt ?? Infinity;
+  }
+
+  /**
+   * Runs the next phase of the first load waiting, if any, and further phases of the same load while the turn,
+   * judged by its last phase, stays within `budgetMs`. Resolves once the last phase it ran has ended or its time
+   * is up, whichever comes first; at once when no load waits.
+   */
+  async takeTurn(budgetMs = 0): Promise<void> {
+    const load = this.queued[0];
+    if (!load) return;
+    const started = performance.now();
+    for (;;) {
+      const phaseStarted = performance.now();
+      if (!(await this.runPhase(load)) || this.queued[0] !== load) return;
+      const now = performance.now();
+      if (now - started + (now - phaseStarted) >= budgetMs) return;
+    }
+  }
+
+  /** Runs the load's next phase; false when the phase outlasted its time and the load was freed. */
+  private async runPhase(load: QueuedLoad): Promise<boolean> {
+    const phaseEnded = new Promise<void>((end) => (load.phaseEnded = end));
+    if (load.started) {
+      const resume = load.resume!;
+      load.resume = undefined;
+      resume();
+    } else {
+      load.started = true;
+      void this.run(load);
+    }
+    const inTime = await Promise.race([phaseEnded.then(() => true), this.timer(this.turnMs).then(() => false)]);
+    if (inTime) return true;
+    // The phase outlasted its time: the load runs on by itself, and the next turn goes to the load behind it.
+    load.freed = true;
+    this.remove(load);
+    // Its phase may have ended just as the time ran out, leaving it paused.
+    load.resume?.();
+    return false;
+  }
+
+  private async run(load: QueuedLoad): Promise<void> {
+    const between = () => {
+      if (load.freed) return Promise.resolve();
+      const paused = new Promise<void>((resume) => (load.resume = resume));
+      load.phaseEnded?.();
+      return paused;
+    };
+    try {
+      load.resolve(await this.loadAdapter(load.ref, between));
+    } catch (error) {
+      load.reject(error as Error);
+    } finally {
+      this.remove(load);
+      load.phaseEnded?.();
+    }
+  }
+
+  private remove(load: QueuedLoad): void {
+    const index = this.queued.indexOf(load);
+    if (index >= 0) this.queued.splice(index, 1);
+  }
+}
