@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import {
   SafetensorsError,
+  entryAsFloat32,
   entryToFloat32,
   parseSafetensors,
   readSafetensors,
@@ -251,4 +252,26 @@ test('entryToFloat32 returns an aligned copy even when the tensor starts at an o
   assert.deepEqual([...values], [2.5]);
   w.bytes.fill(0);
   assert.deepEqual([...values], [2.5], 'the result does not alias the file buffer');
+});
+
+test('entryAsFloat32 reads aligned F32 data in place, and decodes unaligned or 16-bit data into its own array', () => {
+  const bytes = serializeSafetensors({
+    w: { dtype: 'F32', shape: [3], data: Float32Array.of(1.5, -2, 0.25) },
+    h: { dtype: 'F16', shape: [2], data: Float32Array.of(0.5, -4) },
+  });
+  const file = parseSafetensors(bytes);
+  const w = file.tensors.get('w')!;
+  const view = entryAsFloat32(w);
+  assert.deepEqual([...view], [1.5, -2, 0.25]);
+  assert.equal(view.buffer, bytes.buffer, 'aligned F32 values are a view of the file buffer');
+  assert.deepEqual([...entryAsFloat32(file.tensors.get('h')!)], [0.5, -4]);
+
+  const odd = parseSafetensors(
+    rawFile({ pad: { dtype: 'U8', shape: [1], data_offsets: [0, 1] }, w: { dtype: 'F32', shape: [1], data_offsets: [1, 5] } }, 5),
+  );
+  const unaligned = odd.tensors.get('w')!;
+  new DataView(unaligned.bytes.buffer, unaligned.bytes.byteOffset).setFloat32(0, 2.5, true);
+  const copy = entryAsFloat32(unaligned);
+  assert.deepEqual([...copy], [2.5]);
+  assert.notEqual(copy.buffer, unaligned.bytes.buffer, 'unaligned data is copied into an aligned array');
 });

@@ -5,7 +5,7 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
-import { entryToFloat32, parseSafetensors, SafetensorsError, type SafetensorsEntry, type SafetensorsFile } from '../formats/safetensors.ts';
+import { entryAsFloat32, parseSafetensors, SafetensorsError, type SafetensorsEntry, type SafetensorsFile } from '../formats/safetensors.ts';
 import { AdapterError, type AdapterErrorCode } from './adapter-error.ts';
 
 /** Extensions of PyTorch pickle checkpoints: loading one runs arbitrary code, so their mere presence is refused. */
@@ -85,7 +85,8 @@ export function tensorError(fileName: string, code: TensorErrorCode, message: st
 
 /**
  * A float tensor (F32, F16 or BF16) as float32 values, checked against `expectedShape` (the explanation says
- * where the expected sizes come from) and for NaN or infinity.
+ * where the expected sizes come from) and for NaN or infinity. F32 values may be a view of the file's buffer
+ * (`entryAsFloat32`): read them, copy them, never write to them.
  */
 export function readFloatTensor(fileName: string, entry: SafetensorsEntry, expectedShape: number[], explanation: string): Float32Array {
   if (entry.dtype !== 'F32' && entry.dtype !== 'F16' && entry.dtype !== 'BF16') {
@@ -94,7 +95,7 @@ export function readFloatTensor(fileName: string, entry: SafetensorsEntry, expec
   if (entry.shape.length !== expectedShape.length || entry.shape.some((dim, axis) => dim !== expectedShape[axis])) {
     tensorError(fileName, 'shape_mismatch', `tensor "${entry.name}" has shape [${entry.shape.join(', ')}], expected [${expectedShape.join(', ')}] (${explanation})`);
   }
-  const values = entryToFloat32(entry);
+  const values = entryAsFloat32(entry);
   const bad = firstNonFinite(values);
   if (bad >= 0) {
     const columns = expectedShape.length > 1 ? expectedShape[expectedShape.length - 1] : 0;

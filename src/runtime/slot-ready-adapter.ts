@@ -79,7 +79,7 @@ export function layOutForSlot(c: LlamaConfig, slotRank: number, adapter: Adapter
     },
     blocks,
     byteSize: 0,
-    ...(doraPending ? { doraPending: adapter } : {}),
+    ...(doraPending ? { doraPending: withOwnBuffers(adapter) } : {}),
   };
   ready.byteSize = byteSizeOf(ready);
   return ready;
@@ -98,6 +98,15 @@ export function completeDoraLayout(c: LlamaConfig, ready: SlotReadyAdapter, scal
   const complete: SlotReadyAdapter = { family, loraRank, bottleneckWidth, usesFixedInputs, prompt, blocks, byteSize: 0 };
   complete.byteSize = byteSizeOf(complete);
   return complete;
+}
+
+/**
+ * The DoRA adapter with each matrix and magnitude in a buffer of its own: parsed weights may be views of the file's
+ * buffer, which must not move to another thread with them.
+ */
+function withOwnBuffers(adapter: LoraAdapter): LoraAdapter {
+  const modules = adapter.modules.map((m) => ({ ...m, A: m.A.slice(), B: m.B.slice(), ...(m.magnitude ? { magnitude: m.magnitude.slice() } : {}) }));
+  return { ...adapter, modules };
 }
 
 /** The buffers to transfer when the layout moves to another thread (each owned by one of its arrays). */
