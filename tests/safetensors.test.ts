@@ -242,12 +242,18 @@ test('entryToFloat32 refuses non-float dtypes, naming tensor and dtype', () => {
   assert.throws(() => entryToFloat32(file.tensors.get('ids')!), /tensor "ids" has dtype I32; only F32, F16 and BF16/);
 });
 
-test('entryToFloat32 returns an aligned copy even when the tensor starts at an odd byte', () => {
+/** An F32 tensor `w` holding 2.5 whose data starts at an odd byte of the file buffer. */
+function unalignedTensor() {
   const file = parseSafetensors(
     rawFile({ pad: { dtype: 'U8', shape: [1], data_offsets: [0, 1] }, w: { dtype: 'F32', shape: [1], data_offsets: [1, 5] } }, 5),
   );
   const w = file.tensors.get('w')!;
   new DataView(w.bytes.buffer, w.bytes.byteOffset).setFloat32(0, 2.5, true);
+  return w;
+}
+
+test('entryToFloat32 returns an aligned copy even when the tensor starts at an odd byte', () => {
+  const w = unalignedTensor();
   const values = entryToFloat32(w);
   assert.deepEqual([...values], [2.5]);
   w.bytes.fill(0);
@@ -266,11 +272,7 @@ test('entryAsFloat32 reads aligned F32 data in place, and decodes unaligned or 1
   assert.equal(view.buffer, bytes.buffer, 'aligned F32 values are a view of the file buffer');
   assert.deepEqual([...entryAsFloat32(file.tensors.get('h')!)], [0.5, -4]);
 
-  const odd = parseSafetensors(
-    rawFile({ pad: { dtype: 'U8', shape: [1], data_offsets: [0, 1] }, w: { dtype: 'F32', shape: [1], data_offsets: [1, 5] } }, 5),
-  );
-  const unaligned = odd.tensors.get('w')!;
-  new DataView(unaligned.bytes.buffer, unaligned.bytes.byteOffset).setFloat32(0, 2.5, true);
+  const unaligned = unalignedTensor();
   const copy = entryAsFloat32(unaligned);
   assert.deepEqual([...copy], [2.5]);
   assert.notEqual(copy.buffer, unaligned.bytes.buffer, 'unaligned data is copied into an aligned array');

@@ -2,7 +2,7 @@
  * When cold adapters load: in turns the engine gives them between its passes, instead of beside the passes. A load
  * has three phases (verifying the files, parsing and validating them, laying them out: adapter-loader.ts); a turn
  * runs the next phase of the first load waiting, and further phases of the same load while it stays within the
- * time it was given (the scheduler gives as long as the step's decode pass took).
+ * time it was given (the scheduler gives as long as the step's decode pass took, times the loads waiting).
  *
  * Why: a load is CPU work (about 50 ms alone for an r=16 adapter of SmolLM2-135M's shape, 65–105 ms inside the
  * serving process) on a machine whose two cores onnxruntime's two threads already fill. Run beside a pass, it
@@ -10,8 +10,9 @@
  * ms and prefill passes from 45 to 80–100 ms, so a step carrying both came to 150–190 ms, five times an
  * undisturbed one. Given the cores to itself between passes, a phase adds its own 15–45 ms to one step, and a step
  * carries load phases or a prefill chunk, never both, whichever belongs to the request asked for first
- * (scheduler.ts). One phase a turn and no more made each load wait for three steps, which under steady traffic
- * (decode passes of 100 ms) raised the time to first token of requests on cold adapters more than it saved.
+ * (scheduler.ts). Turns of one phase, or of one decode pass's time, made a burst of cold requests wait for their
+ * loads one phase a step: the load test's opening burst of 16 cold requests got its last first tokens after 4–10 s
+ * instead of 3.
  *
  * A phase still running when its turn ends (LOAD_TURN_MS: a read hanging on storage, an adapter many times
  * larger) lets its load go on beside the passes without pausing again, as every load did before, so neither a
@@ -22,8 +23,12 @@ import type { SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
 import type { LoadAdapter } from './adapter-loader.ts';
 import type { AdapterRef } from './protocol.ts';
 
-/** How long a turn waits for a phase: several times what a phase of a page-cached r=16 load of the 135M shape takes. */
-export const LOAD_TURN_MS = 150;
+/**
+ * How long a turn waits for a phase: many times what a phase of a page-cached r=16 load of the 135M shape takes
+ * (17–66 ms), and beyond the first loads of a new process (up to about 300 ms while the loader thread warms up).
+ * A shorter wait freed those first loads to run beside the passes and beside each other.
+ */
+export const LOAD_TURN_MS = 1000;
 
 /** Ends a turn's wait after `ms` milliseconds; never keeps the thread alive on its own. */
 export type TurnTimer = (ms: number) => Promise<unknown>;

@@ -299,8 +299,9 @@ export class Scheduler {
       await this.decode();
       const lane = this.nextPrefillLane();
       const prefillSince = lane < 0 ? Infinity : this.batch.prefilling(lane)[0].submittedAt;
-      // A load's turn may run as long as the decode pass did: a step at most about twice its decode pass.
-      if (this.loads.waiting > 0 && this.loads.nextAskedAt <= prefillSince) await this.loads.takeTurn(performance.now() - decodeStarted);
+      // A load's turn may run as long as the decode pass took, times the loads waiting: a lone load adds about one
+      // decode pass to a step, and a burst of loads drains faster, with longer steps while it lasts.
+      if (this.loads.waiting > 0 && this.loads.nextAskedAt <= prefillSince) await this.loads.takeTurn((performance.now() - decodeStarted) * this.loads.waiting);
       else if (lane >= 0) await this.prefillChunk(lane);
     } catch (error) {
       this.failRunning(error as Error);
