@@ -1,7 +1,7 @@
 /**
  * The adapter loader thread's own side (see adapter-loader-thread.ts): reads, verifies, parses, validates and lays
- * out adapters for a slot as the engine asks for them, pausing between phases when asked to (the engine runs one
- * phase a turn between its passes: load-turns.ts), and moves each finished layout to the engine thread without
+ * out adapters for a slot as the engine asks for them, pausing between phases when asked to (the engine runs
+ * phases in turns between its passes: load-turns.ts), and moves each finished layout to the engine thread without
  * copying it.
  */
 import { parentPort, workerData } from 'node:worker_threads';

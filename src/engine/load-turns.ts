@@ -1,8 +1,9 @@
 /**
  * When cold adapters load: in turns the engine gives them between its passes, instead of beside the passes. A load
- * has three phases (verifying the files, parsing and validating them, laying them out: adapter-loader.ts); a turn
- * runs the next phase of the first load waiting, and further phases of the same load while it stays within the
- * time it was given (the scheduler gives as long as the step's decode pass took, times the loads waiting).
+ * has up to three phases (verifying the files when their checksums are not yet checked, parsing and validating
+ * them, laying them out: adapter-loader.ts); a turn runs the next phase of the first load waiting, and further
+ * phases of the same load while it stays within the time it was given (the scheduler gives as long as the step's
+ * decode pass took, times the loads waiting).
  *
  * Why: a load is CPU work (about 50 ms alone for an r=16 adapter of SmolLM2-135M's shape, 65–105 ms inside the
  * serving process) on a machine whose two cores onnxruntime's two threads already fill. Run beside a pass, it
@@ -11,8 +12,8 @@
  * undisturbed one. Given the cores to itself between passes, a phase adds its own 15–45 ms to one step, and a step
  * carries load phases or a prefill chunk, never both, whichever belongs to the request asked for first
  * (scheduler.ts). Turns of one phase, or of one decode pass's time, made a burst of cold requests wait for their
- * loads one phase a step: the load test's opening burst of 16 cold requests got its last first tokens after 4–10 s
- * instead of 3.
+ * loads one phase a step: the load test's opening burst of 16 cold requests got its last first tokens after about
+ * 5 s instead of 3–4.
  *
  * A phase still running when its turn ends (LOAD_TURN_MS: a read hanging on storage, an adapter many times
  * larger) lets its load go on beside the passes without pausing again, as every load did before, so neither a

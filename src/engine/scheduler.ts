@@ -6,7 +6,7 @@
  *
  * A sequence on an adapter takes a row only once its adapter sits in a runtime slot; its load is asked for when the
  * sequence is submitted and runs in turns between passes (load-turns.ts): after its decode pass a step carries
- * either a prefill chunk or one phase of an adapter load, whichever belongs to the older request, so neither adds
+ * either a prefill chunk or phases of one adapter load, whichever belongs to the older request, so neither adds
  * to the other and neither runs beside a pass.
  */
 import { setImmediate as nextTurn } from 'node:timers/promises';
@@ -289,7 +289,7 @@ export class Scheduler {
 
   /**
    * One engine step: every decoding row advances one token, then the step's turn goes to at most one prefill budget
-   * of prompt tokens or to one phase of an adapter load, whichever belongs to the request submitted first (first
+   * of prompt tokens or to phases of one adapter load, whichever belongs to the request submitted first (first
    * come, first served: a cold request's load does not wait behind prompts that arrived after it, nor they behind
    * loads asked for after them).
    */
