@@ -7,7 +7,9 @@ import { loadBaseModel } from '../src/model/load.ts';
 import { weightsChecksum } from '../src/model/checksum.ts';
 import { ModelRunner, type RunnerOptions } from '../src/runtime/model-runner.ts';
 import { loadLoraAdapter } from '../src/adapters/lora.ts';
-import { randomLoraAdapter, writeLoraAdapter, type LoraAdapterSpec } from '../src/adapters/lora-writer.ts';
+import { randomLoraAdapter, writeAdapterFiles, writeLoraAdapter, type LoraAdapterSpec } from '../src/adapters/lora-writer.ts';
+import { ia3AdapterFiles, randomIa3Adapter } from '../src/adapters/peft-writers.ts';
+import { loadAdapter } from '../src/adapters/adapter.ts';
 import type { BaseModel, LoraTargetModule } from '../src/model/types.ts';
 import { REFERENCE, STORIES_GGUF, STORIES_HF_DIR } from './support/models.ts';
 import { mergedLora } from './support/family-references.ts';
@@ -185,6 +187,84 @@ test('rows sharing adapters, prefilled and decoded together, each equal their ad
       await alone.close();
     }
     assert.ok(worst < 1e-5 * largest, `max abs logit difference ${worst} against logits up to ${largest}`);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a mixed pass of decode rows and prompt chunks equals the decode pass and the prefill pass run one after the other on the adapter graph', async () => {
+  const base = await loadBaseModel(STORIES_HF_DIR);
+  const vocab = base.config.vocabSize;
+  const dir = await mkdtemp(join(tmpdir(), 'lora-mixed-'));
+  try {
+    const all: LoraTargetModule[] = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+    const adapters = [await makeAdapter(join(dir, 'a'), base, 8, all, 5, 16), await makeAdapter(join(dir, 'b'), base, 4, ['q_proj', 'v_proj'], 6, 8)];
+    // The second runner has no mixed graph (ENGINE_MIXED_PASSES=off): its LoRA passes run on the adapter graph.
+    const runners = [await ModelRunner.create(base, OPTIONS), await ModelRunner.create(base, { ...OPTIONS, mixedPasses: false })];
+    const slots = runners.map((runner) => adapters.map((adapter, i) => runner.slots.place(`mixed-${i}`, adapter.loaded)!));
+    assert.deepEqual(slots[0], slots[1]);
+    const slotOf = (adapter: number | null) => (adapter === null ? 0 : slots[0][adapter]);
+    // Rows 0-2 decode; rows 3-4 prefill prompts of 7 and 4 tokens in chunks of up to 4 (row 4's second chunk is
+    // shorter than row 3's, so the pass pads it).
+    const decoders = [
+      { adapter: 0, prompt: [1, 403, 407, 261, 378] },
+      { adapter: null, prompt: [1, 338, 286] },
+      { adapter: 1, prompt: [1, 291, 376, 298] },
+    ];
+    const prefillers = [
+      { adapter: 1, prompt: [1, 317, 394, 421, 395, 317, 426] },
+      { adapter: 0, prompt: [1, 298, 315, 421, 338, 401] },
+    ];
+    const chunks = [[0, 4], [4, 7]] as const;
+    const results: Float32Array[][] = [[], []];
+    for (const [r, runner] of runners.entries()) {
+      const record = (logits: Float32Array) => results[r].push(Float32Array.from(logits));
+      record(await runner.forward(0, decoders.map((row) => ({ tokens: row.prompt, position: 0, slot: slotOf(row.adapter) }))));
+      for (const [step, [from, to]] of chunks.entries()) {
+        const decode = { firstRow: 0, rows: decoders.map((row, b) => ({ tokens: [432 + b + step], position: row.prompt.length + step, slot: slotOf(row.adapter) })) };
+        const prefill = { firstRow: 3, rows: prefillers.map((row) => ({ tokens: row.prompt.slice(from, to), position: from, slot: slotOf(row.adapter) })) };
+        assert.equal(runner.canMix([...decode.rows, ...prefill.rows]), r === 0);
+        if (r === 0) {
+          const mixed = await runner.forwardMixed(0, decode, prefill);
+          record(mixed.decode);
+          record(mixed.prefill);
+        } else {
+          record(await runner.forward(decode.firstRow, decode.rows));
+          record(await runner.forward(prefill.firstRow, prefill.rows));
+        }
+      }
+      // Every row decodes on from what the passes left in the cache.
+      const rows = [...decoders, ...prefillers].map((row, b) => ({
+        tokens: [383 + b],
+        position: b < decoders.length ? row.prompt.length + chunks.length : row.prompt.length,
+        slot: slotOf(row.adapter),
+      }));
+      record(await runner.forward(0, rows));
+      await runner.close();
+    }
+    assert.equal(results[0].length, 6);
+    let worst = 0;
+    let largest = 0;
+    for (const [i, logits] of results[0].entries()) {
+      assert.equal(logits.length, results[1][i].length);
+      for (let v = 0; v < logits.length; v++) {
+        worst = Math.max(worst, Math.abs(logits[v] - results[1][i][v]));
+        largest = Math.max(largest, Math.abs(logits[v]));
+      }
+    }
+    assert.equal(results[0][5].length, 5 * vocab);
+    // Rows on the families with per-row scales go to the adapter graph instead.
+    const ia3 = join(dir, 'ia3');
+    await writeAdapterFiles(ia3, ia3AdapterFiles(randomIa3Adapter(base.config, { targetModules: ['k_proj', 'down_proj'], feedforwardModules: ['down_proj'], seed: 7 })));
+    const checker = await ModelRunner.create(base, OPTIONS);
+    const ia3Slot = checker.slots.place('ia3', await loadAdapter(ia3, base.config))!;
+    const loraSlot = checker.slots.place('lora', adapters[0].loaded)!;
+    assert.equal(checker.canMix([{ tokens: [1], position: 0, slot: 0 }, { tokens: [1], position: 0, slot: loraSlot }]), true);
+    assert.equal(checker.canMix([{ tokens: [1], position: 0, slot: loraSlot }, { tokens: [1], position: 0, slot: ia3Slot }]), false);
+    await checker.close();
+    assert.ok(largest > 1, `logits must be real (largest ${largest})`);
+    // Only the matmuls' row counts differ between the two, which changes float rounding and nothing else.
+    assert.ok(worst < 1e-4, `max abs logit difference ${worst}`);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -20,7 +20,7 @@ import { loadBaseModel } from '../src/model/load.ts';
 import { LORA_TARGET_MODULES } from '../src/model/types.ts';
 import { CACHE_BUCKET } from '../src/runtime/kv-cache.ts';
 import { digestFile, type FileDigest } from '../src/registry/store-files.ts';
-import { ModelRunner, type StepRow } from '../src/runtime/model-runner.ts';
+import { ModelRunner, type RowRange, type StepRow } from '../src/runtime/model-runner.ts';
 import { greedy } from './support/greedy.ts';
 import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
 
@@ -32,6 +32,8 @@ const LONG_PROMPT = [...REFERENCE.promptIds, ...REFERENCE.greedyIds.slice(0, 35)
 interface Pass {
   firstRow: number;
   rows: { tokens: number; position: number }[];
+  /** Decode rows fed in the same pass (a mixed pass: the lane's decode rows beside its prompt chunk). */
+  beside: { tokens: number; position: number }[];
   /** The lane cache's rows and width as the pass started, and whether the pass itself had to grow it. */
   cache: { rows: number; width: number };
   grewCache: boolean;
@@ -54,20 +56,21 @@ before(async () => {
   adapter = { key: 't/a@1', path };
   runner = await ModelRunner.create(model, { maxBatch: 4, adapterSlots: 2, maxLoraRank: SLOT_RANK });
   loaderThread = new AdapterLoaderThread({ config: model.config, slotRank: SLOT_RANK });
-  const forward = runner.forward.bind(runner);
-  runner.forward = async (firstRow: number, rows: StepRow[], lane = 0) => {
+  /** Records a pass as it reaches the runner: its rows (a mixed pass's prefill rows) and those decoding beside them. */
+  async function recorded<T>(lane: number, { firstRow, rows }: RowRange, beside: StepRow[], run: () => Promise<T>): Promise<T> {
     const cache = runner.lanes[lane].cache;
-    const pass: Pass = {
-      firstRow,
-      rows: rows.map((r) => ({ tokens: r.tokens.length, position: r.position })),
-      cache: { rows: cache.rows, width: cache.width },
-      grewCache: false,
-    };
+    const shape = (r: StepRow) => ({ tokens: r.tokens.length, position: r.position });
+    const pass: Pass = { firstRow, rows: rows.map(shape), beside: beside.map(shape), cache: { rows: cache.rows, width: cache.width }, grewCache: false };
     passes.push(pass);
-    const logits = await forward(firstRow, rows, lane);
+    const result = await run();
     pass.grewCache = cache.rows !== pass.cache.rows || cache.width !== pass.cache.width;
-    return logits;
-  };
+    return result;
+  }
+  const forward = runner.forward.bind(runner);
+  runner.forward = (firstRow: number, rows: StepRow[], lane = 0, onAdapterGraph?: boolean) =>
+    recorded(lane, { firstRow, rows }, [], () => forward(firstRow, rows, lane, onAdapterGraph));
+  const forwardMixed = runner.forwardMixed.bind(runner);
+  runner.forwardMixed = (lane: number, decode: RowRange, prefill: RowRange) => recorded(lane, prefill, decode.rows, () => forwardMixed(lane, decode, prefill));
 });
 
 after(async () => {
@@ -152,7 +155,11 @@ test('a long prompt is split across steps while every decoding row advances in e
   }
   const prefillPasses = passes.slice(passesBefore).filter((p) => p.rows.some((r) => r.tokens > 1));
   assert.equal(prefillPasses.length, Math.ceil(LONG_PROMPT.length / BUDGET));
-  for (const pass of prefillPasses) assert.ok(pass.rows.length * Math.max(...pass.rows.map((r) => r.tokens)) <= BUDGET);
+  for (const pass of prefillPasses) {
+    assert.ok(pass.rows.length * Math.max(...pass.rows.map((r) => r.tokens)) <= BUDGET);
+    // The decoding stream advances in the same pass as the chunk: a step is one pass, not two.
+    assert.deepEqual(pass.beside.map((r) => r.tokens), [1], 'the decoding row rides along with the chunk');
+  }
   assert.deepEqual(prefillPasses.map((p) => p.rows[0].position), [0, 8, 16, 24, 32]);
 
   // Splitting the prompt changes nothing in what is generated.
@@ -207,16 +214,19 @@ test('a step gives its turn to a prefill chunk or to one phase of an adapter loa
 
   /** What happened from the arrivals on, in order: each pass's start and end and each load phase's start and end. */
   const events: string[] = [];
-  const forward = runner.forward;
-  runner.forward = async (firstRow, rows, lane) => {
-    const kind = rows.some((r) => r.tokens.length > 1) ? 'prefill' : 'decode';
-    events.push(`${kind}-start`);
+  const { forward, forwardMixed } = runner;
+  const logged = async <T>(kinds: string[], run: () => Promise<T>): Promise<T> => {
+    events.push(...kinds.map((kind) => `${kind}-start`));
     try {
-      return await forward(firstRow, rows, lane);
+      return await run();
     } finally {
-      events.push(`${kind}-end`);
+      events.push(...kinds.map((kind) => `${kind}-end`));
     }
   };
+  runner.forward = (firstRow, rows, lane, onAdapterGraph) =>
+    logged([rows.some((r) => r.tokens.length > 1) ? 'prefill' : 'decode'], () => forward(firstRow, rows, lane, onAdapterGraph));
+  // A mixed pass is the step's decode pass and its prefill chunk in one.
+  runner.forwardMixed = (lane, decode, prefill) => logged(['decode', 'prefill'], () => forwardMixed(lane, decode, prefill));
   const loggedLoad: LoadAdapter = async (ref, between) => {
     events.push('phase-start');
     const adapter = await load(ref, async () => {
@@ -253,7 +263,7 @@ test('a step gives its turn to a prefill chunk or to one phase of an adapter loa
     assert.deepEqual(firstTokens, alone);
     assert.deepEqual(secondTokens, alone);
   } finally {
-    runner.forward = forward;
+    Object.assign(runner, { forward, forwardMixed });
   }
 
   // No pass runs while a load phase does.
@@ -279,14 +289,19 @@ test('a step gives its turn to a prefill chunk or to one phase of an adapter loa
   assert.deepEqual([firstLoad, secondLoad], ['LLL', 'LLL'], 'each load ran its three phases');
 });
 
-test('while a request on an adapter is in the engine every pass runs the adapter graph, base rows unchanged', async () => {
-  /** Per pass: whether it ran the adapter graph, and whether any of its rows is on an adapter. */
+test('while a request on an adapter is in the engine every pass runs a graph with adapters, base rows unchanged', async () => {
+  /** Per pass: whether it ran a graph with adapters, and whether any of its rows is on an adapter. */
   const graphs: { adapterGraph: boolean; adapterRow: boolean }[] = [];
-  const forward = runner.forward;
+  const { forward, forwardMixed } = runner;
   runner.forward = (firstRow, rows, lane, onAdapterGraph) => {
     const adapterRow = rows.some((r) => r.slot !== 0);
     graphs.push({ adapterGraph: adapterRow || onAdapterGraph === true, adapterRow });
     return forward(firstRow, rows, lane, onAdapterGraph);
+  };
+  // A mixed pass always runs the mixed graph, which carries LoRA.
+  runner.forwardMixed = (lane, decode, prefill) => {
+    graphs.push({ adapterGraph: true, adapterRow: [...decode.rows, ...prefill.rows].some((r) => r.slot !== 0) });
+    return forwardMixed(lane, decode, prefill);
   };
   // A base-model stream runs until the test cancels it: a request on an adapter arrives once it decodes, and the
   // stream goes on for a few steps after that request has finished, however long its load takes.
@@ -310,12 +325,12 @@ test('while a request on an adapter is in the engine every pass runs the adapter
     assert.deepEqual(tokens.slice(0, REFERENCE.greedyIds.length), REFERENCE.greedyIds);
     await adapterTokens;
   } finally {
-    runner.forward = forward;
+    Object.assign(runner, { forward, forwardMixed });
   }
   assert.ok(submittedAt > 0 && adapterDone > submittedAt);
   assert.ok(graphs.slice(0, submittedAt).every((g) => !g.adapterGraph), 'before the request on an adapter: the base graph');
   const during = graphs.slice(submittedAt, adapterDone - 1);
-  assert.ok(during.every((g) => g.adapterGraph), 'while it loads, prefills and decodes: the adapter graph for every pass');
+  assert.ok(during.every((g) => g.adapterGraph), 'while it loads, prefills and decodes: a graph with adapters for every pass');
   assert.ok(during.some((g) => !g.adapterRow), 'including passes without a row on an adapter');
   // Its finish is reported after the step that follows its last token, whose pass already ran without it.
   const after = graphs.slice(adapterDone);

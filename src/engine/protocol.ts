@@ -37,6 +37,8 @@ export interface EngineOptions {
   threads?: number;
   /** Whether idle engine threads spin between operators (RunnerOptions.threadSpinning); default true. */
   threadSpinning?: boolean;
+  /** Whether a session of the mixed graph runs decode rows and prompt chunks together (RunnerOptions.mixedPasses); default true. */
+  mixedPasses?: boolean;
   executionProvider?: ExecutionProvider;
   /** Quantize the float projection weights on load (llama.cpp's Q8_0 or Q4_0); a quantized GGUF is served as stored. */
   quantize?: LoadQuantization;

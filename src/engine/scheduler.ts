@@ -1,16 +1,17 @@
 /**
  * Continuous batching without stalls. Sequences wait in a queue, take a batch row between steps, prefill their
  * prompt in budget-sized chunks (prefill-plan.ts) while the rows already decoding advance one token in every
- * step, decode together, and leave as soon as they finish or are cancelled. A burst of new or long prompts thus
- * delays running streams by at most one prefill budget per step. Runs on the engine worker thread.
+ * step (in the same forward pass as the chunk, when the rows are on LoRA or the base model), decode together, and
+ * leave as soon as they finish or are cancelled. A burst of new or long prompts thus delays running streams by at
+ * most one prefill budget per step. Runs on the engine worker thread.
  *
  * A sequence on an adapter takes a row only once its adapter sits in a runtime slot; its load is asked for when the
- * sequence is submitted and runs in turns between passes (load-turns.ts): after its decode pass a step carries
- * either a prefill chunk or phases of one adapter load, whichever belongs to the older request, so neither adds
+ * sequence is submitted and runs in turns between passes (load-turns.ts): a step carries either a prefill chunk
+ * or, after its decode passes, phases of one adapter load, whichever belongs to the older request, so neither adds
  * to the other and neither runs beside a pass.
  */
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import type { ModelRunner } from '../runtime/model-runner.ts';
+import type { ModelRunner, StepRow } from '../runtime/model-runner.ts';
 import type { SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
 import { adapterLoaderFor, loadErrorCode, type LoadAdapter } from './adapter-loader.ts';
 import { BatchRows } from './batch-rows.ts';
@@ -88,6 +89,11 @@ interface Sequence {
 }
 
 const NO_SLOT = -1;
+
+/** Decoding sequences' rows of a pass: each feeds the token it sampled last. */
+function decodeRows(decoding: Sequence[]): StepRow[] {
+  return decoding.map((s) => ({ tokens: [s.nextToken], position: s.position, slot: s.slot }));
+}
 
 /**
  * The most cache positions a sequence can need after the next `steps` steps: its prompt is fed at most `budget`
@@ -288,21 +294,26 @@ export class Scheduler {
   }
 
   /**
-   * One engine step: every decoding row advances one token, then the step's turn goes to at most one prefill budget
-   * of prompt tokens or to phases of one adapter load, whichever belongs to the request submitted first (first
-   * come, first served: a cold request's load does not wait behind prompts that arrived after it, nor they behind
-   * loads asked for after them).
+   * One engine step: every decoding row advances one token, and the step's turn goes to at most one prefill budget
+   * of prompt tokens, fed in the same pass as its lane's decoding rows, or to phases of one adapter load after the
+   * decode passes, whichever belongs to the request submitted first (first come, first served: a cold request's
+   * load does not wait behind prompts that arrived after it, nor they behind loads asked for after them).
    */
   private async step(): Promise<void> {
     try {
-      const decodeStarted = performance.now();
-      await this.decode();
+      this.batch.promote();
       const lane = this.nextPrefillLane();
       const prefillSince = lane < 0 ? Infinity : this.batch.prefilling(lane)[0].submittedAt;
-      // A load's turn may run as long as the decode pass took, times the loads waiting: a lone load adds about one
-      // decode pass to a step, and a burst of loads drains faster, with longer steps while it lasts.
-      if (this.loads.waiting > 0 && this.loads.nextAskedAt <= prefillSince) await this.loads.takeTurn((performance.now() - decodeStarted) * this.loads.waiting);
-      else if (lane >= 0) await this.prefillChunk(lane);
+      if (this.loads.waiting > 0 && this.loads.nextAskedAt <= prefillSince) {
+        // A load's turn may run as long as the decode passes took, times the loads waiting: a lone load adds about
+        // one decode pass to a step, and a burst of loads drains faster, with longer steps while it lasts.
+        const decodeStarted = performance.now();
+        await this.decode();
+        await this.loads.takeTurn((performance.now() - decodeStarted) * this.loads.waiting);
+      } else if (lane >= 0) {
+        await this.decode(lane);
+        await this.prefillChunk(lane);
+      } else await this.decode();
     } catch (error) {
       this.failRunning(error as Error);
     }
@@ -400,25 +411,31 @@ export class Scheduler {
     );
   }
 
-  /** Each lane with decoding rows runs one pass that feeds every one of them its last sampled token. */
-  private async decode(): Promise<void> {
-    this.batch.promote();
+  /**
+   * Each lane with decoding rows runs one pass that feeds every one of them its last sampled token, but lane
+   * `except`, whose decoding rows go with its prefill chunk.
+   */
+  private async decode(except = -1): Promise<void> {
     for (let lane = 0; lane < this.batch.laneCount; lane++) {
       const decoding = this.batch.decoding(lane);
-      if (decoding.length === 0) continue;
-      const rows = decoding.map((s) => ({ tokens: [s.nextToken], position: s.position, slot: s.slot }));
-      const logits = await this.runner.forward(0, rows, lane, this.adaptersInUse);
-      decoding.forEach((sequence, row) => {
-        sequence.position++;
-        if (!sequence.finish) this.accept(sequence, this.rowLogits(logits, row));
-      });
+      if (lane === except || decoding.length === 0) continue;
+      this.acceptDecoded(decoding, await this.runner.forward(0, decodeRows(decoding), lane, this.adaptersInUse));
     }
   }
 
+  /** The decoding sequences advance one position and sample from their rows of `logits`. */
+  private acceptDecoded(decoding: Sequence[], logits: Float32Array): void {
+    decoding.forEach((sequence, row) => {
+      sequence.position++;
+      if (!sequence.finish) this.accept(sequence, this.rowLogits(logits, row));
+    });
+  }
+
   /**
-   * Whether any sequence in the engine, or any load, is on an adapter: then every pass runs the adapter graph, so
-   * a burst of adapter requests beside base-model streams never switches sessions from one pass to the next
-   * (ModelRunner.forward says what a switch costs).
+   * Whether any sequence in the engine, or any load, is on an adapter: then every pass runs a graph with adapters
+   * (the mixed graph while every row is on LoRA or the base model), so a burst of adapter requests beside
+   * base-model streams never switches sessions from one pass to the next (ModelRunner.forward says what a switch
+   * costs).
    */
   private get adaptersInUse(): boolean {
     return this.loads.waiting > 0 || this.running.some((s) => s.request.adapter) || this.waiting.some((s) => s.request.adapter);
@@ -435,8 +452,9 @@ export class Scheduler {
   }
 
   /**
-   * Feeds the lane's next prompt chunk(s), within the prefill budget. Sequences whose prompt is complete sample
-   * their first token and decode from the next step.
+   * Feeds the lane's next prompt chunk(s), within the prefill budget, in one pass with the lane's decoding rows
+   * when the runner can mix them (LoRA and base rows), else in a pass after theirs. Sequences whose prompt is
+   * complete sample their first token and decode from the next step.
    */
   private async prefillChunk(lane: number): Promise<void> {
     const prefilling = this.batch.prefilling(lane);
@@ -444,12 +462,21 @@ export class Scheduler {
     const fed = prefilling.slice(0, pass.rows);
     const now = performance.now();
     for (const sequence of fed) sequence.prefillStartedAt ??= now;
-    const logits = await this.runner.forward(
-      this.batch.firstPrefillRow(lane),
-      fed.map((s) => ({ tokens: s.feed.slice(s.position - s.offset, s.position - s.offset + pass.width), position: s.position, slot: s.slot })),
-      lane,
-      this.adaptersInUse,
-    );
+    const prefill = {
+      firstRow: this.batch.firstPrefillRow(lane),
+      rows: fed.map((s) => ({ tokens: s.feed.slice(s.position - s.offset, s.position - s.offset + pass.width), position: s.position, slot: s.slot })),
+    };
+    const decoding = this.batch.decoding(lane);
+    const decode = { firstRow: 0, rows: decodeRows(decoding) };
+    let logits: Float32Array;
+    if (decoding.length > 0 && this.runner.canMix([...decode.rows, ...prefill.rows])) {
+      const mixed = await this.runner.forwardMixed(lane, decode, prefill);
+      this.acceptDecoded(decoding, mixed.decode);
+      logits = mixed.prefill;
+    } else {
+      if (decoding.length > 0) this.acceptDecoded(decoding, await this.runner.forward(0, decode.rows, lane, this.adaptersInUse));
+      logits = await this.runner.forward(prefill.firstRow, prefill.rows, lane, this.adaptersInUse);
+    }
     let completed = 0;
     fed.forEach((sequence, row) => {
       const end = sequence.offset + sequence.feed.length;

@@ -46,6 +46,8 @@ export interface EngineSettings {
   threads: number;
   /** ENGINE_THREAD_SPINNING: idle engine threads spin between operators (`on`) or sleep (`off`). */
   threadSpinning: boolean;
+  /** ENGINE_MIXED_PASSES: decode rows and prompt chunks share a pass (`on`), or the memory of its session is saved (`off`). */
+  mixedPasses: boolean;
   executionProvider: ExecutionProvider;
   /** On-load quantization of float projection weights (QUANTIZE); absent: served as the file stores them. */
   quantize?: LoadQuantization;
@@ -459,6 +461,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       prefillTokenBudget: envInteger(env, 'PREFILL_TOKEN_BUDGET', DEFAULT_PREFILL_TOKEN_BUDGET, 1, 65_536),
       threads: envInteger(env, 'ENGINE_THREADS', availableParallelism(), 1, 1024),
       threadSpinning: envChoice(env, 'ENGINE_THREAD_SPINNING', ['on', 'off'] as const, 'on') === 'on',
+      mixedPasses: envChoice(env, 'ENGINE_MIXED_PASSES', ['on', 'off'] as const, 'on') === 'on',
       executionProvider: envChoice(env, 'EXECUTION_PROVIDER', ['cpu', 'cuda'] as const, 'cpu'),
       ...envQuantization(env),
       ...envModelCacheDir(env),

@@ -71,6 +71,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     prefillTokenBudget: settings.engine.prefillTokenBudget,
     threads: settings.engine.threads,
     threadSpinning: settings.engine.threadSpinning,
+    mixedPasses: settings.engine.mixedPasses,
     executionProvider: settings.engine.executionProvider,
     quantize: settings.engine.quantize,
     compiledModelCacheDir: settings.engine.compiledModelCacheDir,

@@ -35,6 +35,7 @@ import { baseProjection, CONTRIB_DOMAIN, CONTRIB_OPSET, quantizedMatMul } from '
 import { LORA_INPUTS, LoraDelta } from './lora-delta.ts';
 import { OnnxGraphBuilder, SharedInitializers } from './onnx-builder.ts';
 import { PEFT_INPUTS, peftBlocks, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type BottleneckSite, type ProbeSite } from './peft-blocks.ts';
+import { PREFILL_NEW_KEY_VALUES, TOKEN_GROUP_INPUTS, TokenGroups, type CacheView } from './token-groups.ts';
 
 export const GRAPH_INPUTS = {
   inputIds: 'input_ids',
@@ -190,14 +191,16 @@ export function rmsNorm(g: OnnxGraphBuilder, c: LlamaConfig, x: string, scale: s
 }
 
 /**
- * The serving graphs: `adapters` runs passes with at least one row on an adapter (every family's nodes, rows on no
- * adapter getting exactly their base result) and DoRA's probe pass; `base` runs passes whose rows all use the
- * base model, with only the inputs the base layers read (66 of the adapter graph's 333 on SmolLM2-135M's shape,
- * each of which costs onnxruntime-node a few microseconds a run whatever its size). Both are built from the same
- * `decoderLayer` and base projections, and their weights are stored once in the buffer both reference.
+ * The serving graphs: `adapters` runs passes with a row on an adapter of a family beside LoRA (every family's
+ * nodes, rows on no adapter getting exactly their base result) and DoRA's probe pass; `mixed` runs passes whose
+ * rows are on LoRA adapters or the base model, with the decode rows and a prompt chunk in one pass (flat tokens,
+ * token-groups.ts); `base` runs passes whose rows all use the base model, with only the inputs the base layers
+ * read (66 of the adapter graph's 333 on SmolLM2-135M's shape, each of which costs onnxruntime-node a few
+ * microseconds a run whatever its size). All are built from the same `decoderLayer` and base projections, and
+ * their weights are stored once in the buffer they all reference.
  */
-export type ServingGraph = 'adapters' | 'base';
-export const SERVING_GRAPHS: readonly ServingGraph[] = ['adapters', 'base'];
+export type ServingGraph = 'adapters' | 'mixed' | 'base';
+export const SERVING_GRAPHS: readonly ServingGraph[] = ['adapters', 'mixed', 'base'];
 
 export interface DecoderGraphs {
   /** Serialised ModelProto of each serving graph. */
@@ -224,10 +227,13 @@ function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder)
   const kvDim = c.numKvHeads * c.headDim;
   const fusedHeads = c.numHeads + 2 * c.numKvHeads;
 
+  // The mixed graph's batch axis is flat tokens (one a row); its decode group's rows are the cache's.
+  const mixed = kind === 'mixed';
+  const cacheRows = mixed ? 'decode_rows' : B;
   const inputIds = g.input(GRAPH_INPUTS.inputIds, 'int64', [B, T]);
   const ropeCos = g.input(GRAPH_INPUTS.ropeCos, 'float32', [B, T, fusedHeads, c.headDim]);
   const ropeSin = g.input(GRAPH_INPUTS.ropeSin, 'float32', [B, T, fusedHeads, c.headDim]);
-  const attentionMask = g.input(GRAPH_INPUTS.attentionMask, 'float32', [B, 1, 'group_tokens', 'attended']);
+  const attentionMask = g.input(GRAPH_INPUTS.attentionMask, 'float32', [cacheRows, 1, 'group_tokens', 'attended']);
   const attentionSplit = g.input(GRAPH_INPUTS.attentionSplit, 'int64', [2]);
   const qBlocks = c.numHeads / c.numKvHeads;
 
@@ -245,75 +251,104 @@ function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder)
     o: group('o'),
     gateUp: group('gate_up'),
     down: group('down'),
-    attend: (l, qGrouped, k, v) => attendOverCache(l, qGrouped, k, v),
+    attend: (l, qGrouped, k, v) => attendOverCache(qGrouped, k, v, decodeCache(l)),
   };
+
+  /**
+   * Each projection group's LoRA delta: q's activation feeds each of q's B blocks, then k's and v's their own;
+   * gate|up share one activation.
+   */
+  const loraDeltas = (lora: LoraDelta) => ({
+    qkv: (l: number, h: string) =>
+      lora.apply(h, {
+        a: LORA_INPUTS.aQkv(l), b: LORA_INPUTS.bQkv(l), inDim: c.hiddenSize, aBlocks: 3, bBlocks: qBlocks + 2, width: kvDim,
+        blockSources: [...new Array<number>(qBlocks).fill(0), 1, 2],
+      }),
+    o: (l: number, x: string) => lora.apply(x, { a: LORA_INPUTS.aO(l), b: LORA_INPUTS.bO(l), inDim: qDim, aBlocks: 1, bBlocks: 1, width: c.hiddenSize }),
+    gateUp: (l: number, h: string) =>
+      lora.apply(h, { a: LORA_INPUTS.aGateUp(l), b: LORA_INPUTS.bGateUp(l), inDim: c.hiddenSize, aBlocks: 2, bBlocks: 2, width: c.intermediateSize }),
+    down: (l: number, x: string) =>
+      lora.apply(x, { a: LORA_INPUTS.aDown(l), b: LORA_INPUTS.bDown(l), inDim: c.intermediateSize, aBlocks: 1, bBlocks: 1, width: c.hiddenSize }),
+  });
 
   /** The layers with every adapter family's nodes, each around `plain`'s base projections. */
   function adapterLayers(lora: LoraDelta, peft: ReturnType<typeof peftBlocks>): LayerImplementation {
+    const delta = loraDeltas(lora);
     return {
-      normWeight: (name) => g.sharedInitializer(name, () => w(name).data, [c.hiddenSize]),
-      qkv(l, h) {
-        // q's activation feeds each of q's B blocks, then k's and v's their own.
-        const loraQkv = lora.apply(h, {
-          a: LORA_INPUTS.aQkv(l), b: LORA_INPUTS.bQkv(l), inDim: c.hiddenSize, aBlocks: 3, bBlocks: qBlocks + 2, width: kvDim,
-          blockSources: [...new Array<number>(qBlocks).fill(0), 1, 2],
-        });
-        return peft.scaleOutput(g.op('Add', [plain.qkv(l, h), loraQkv]), 'qkv', l);
-      },
+      normWeight: plain.normWeight,
+      qkv: (l, h) => peft.scaleOutput(g.op('Add', [plain.qkv(l, h), delta.qkv(l, h)]), 'qkv', l),
       o(l, unscaled) {
         const merged = peft.scaleInput(unscaled, 'o', l);
-        const loraO = lora.apply(merged, { a: LORA_INPUTS.aO(l), b: LORA_INPUTS.bO(l), inDim: qDim, aBlocks: 1, bBlocks: 1, width: c.hiddenSize });
-        return peft.scaleOutput(g.op('Add', [plain.o(l, merged), loraO]), 'o', l);
+        return peft.scaleOutput(g.op('Add', [plain.o(l, merged), delta.o(l, merged)]), 'o', l);
       },
-      gateUp(l, h2) {
-        const loraGateUp = lora.apply(h2, {
-          a: LORA_INPUTS.aGateUp(l), b: LORA_INPUTS.bGateUp(l), inDim: c.hiddenSize, aBlocks: 2, bBlocks: 2, width: c.intermediateSize,
-        });
-        return peft.scaleOutput(g.op('Add', [plain.gateUp(l, h2), loraGateUp]), 'gate_up', l);
-      },
+      gateUp: (l, h2) => peft.scaleOutput(g.op('Add', [plain.gateUp(l, h2), delta.gateUp(l, h2)]), 'gate_up', l),
       down(l, unscaled) {
         const act = peft.scaleInput(unscaled, 'down', l);
-        const loraDown = lora.apply(act, {
-          a: LORA_INPUTS.aDown(l), b: LORA_INPUTS.bDown(l), inDim: c.intermediateSize, aBlocks: 1, bBlocks: 1, width: c.hiddenSize,
-        });
-        return peft.scaleOutput(g.op('Add', [plain.down(l, act), loraDown]), 'down', l);
+        return peft.scaleOutput(g.op('Add', [plain.down(l, act), delta.down(l, act)]), 'down', l);
       },
       attend: plain.attend,
       residualTerm: (l, site, x, h) => peft.bottleneckResidualTerm(x, h, site, l),
     };
   }
 
+  /** The mixed graph's layers: LoRA around the base projections, over flat tokens, attending by token group. */
+  function mixedLayers(lora: LoraDelta, groups: TokenGroups): LayerImplementation {
+    const delta = loraDeltas(lora);
+    return {
+      normWeight: plain.normWeight,
+      qkv: (l, h) => g.op('Add', [plain.qkv(l, h), delta.qkv(l, h)]),
+      o: (l, x) => g.op('Add', [plain.o(l, x), delta.o(l, x)]),
+      gateUp: (l, h) => g.op('Add', [plain.gateUp(l, h), delta.gateUp(l, h)]),
+      down: (l, x) => g.op('Add', [plain.down(l, x), delta.down(l, x)]),
+      attend: (l, qGrouped, k, v) => groups.attend(l, qGrouped, k, v, decodeCache(l), attendOverCache),
+    };
+  }
+
   // The cached keys (transposed) and values, then this step's own tokens under a causal mask, in one softmax.
-  const pastKeysT = Array.from({ length: c.numLayers }, (_, l) => g.input(GRAPH_INPUTS.pastKey(l), 'float32', [B, c.numKvHeads, c.headDim, S]));
-  const pastValues = Array.from({ length: c.numLayers }, (_, l) => g.input(GRAPH_INPUTS.pastValue(l), 'float32', [B, c.numKvHeads, S, c.headDim]));
-  function attendOverCache(l: number, qGrouped: string, k: string, v: string): string {
-    const [pastKeyT, pastValue] = [pastKeysT[l], pastValues[l]];
+  const pastKeysT = Array.from({ length: c.numLayers }, (_, l) => g.input(GRAPH_INPUTS.pastKey(l), 'float32', [cacheRows, c.numKvHeads, c.headDim, S]));
+  const pastValues = Array.from({ length: c.numLayers }, (_, l) => g.input(GRAPH_INPUTS.pastValue(l), 'float32', [cacheRows, c.numKvHeads, S, c.headDim]));
+  const decodeCache = (l: number): CacheView => ({ pastKeyT: pastKeysT[l], pastValue: pastValues[l], mask: attentionMask, split: attentionSplit });
+  function attendOverCache(qGrouped: string, k: string, v: string, { pastKeyT, pastValue, mask, split }: CacheView): string {
     const scoresPast = g.op('MatMul', [qGrouped, pastKeyT]);
     const scoresSelf = g.op('MatMul', [qGrouped, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]);
-    const probs = g.op('Softmax', [g.op('Add', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 }), attentionMask])], { axis: 3 });
-    const [probsPast, probsSelf] = g.opMulti('Split', [probs, attentionSplit], 2, { axis: 3 });
+    const probs = g.op('Softmax', [g.op('Add', [g.op('Concat', [scoresPast, scoresSelf], { axis: 3 }), mask])], { axis: 3 });
+    const [probsPast, probsSelf] = g.opMulti('Split', [probs, split], 2, { axis: 3 });
     return g.op('Add', [g.op('MatMul', [probsPast, pastValue]), g.op('MatMul', [probsSelf, v])]);
   }
 
-  /** The decoder layers over `x`: the final hidden states and all layers' new keys and values in one tensor. */
-  const layers = (impl: LayerImplementation, x: string): string[] => {
-    const newKeyValues: string[] = [];
+  /** The decoder layers over `x`: the final hidden states, and every layer's new keys and values (k then v). */
+  const layers = (impl: LayerImplementation, x: string): { hidden: string; keyValues: string[] } => {
+    const keyValues: string[] = [];
     let stream: ResidualStream = { x };
     for (let l = 0; l < c.numLayers; l++) {
       const layer = decoderLayer(ctx, impl, l, stream);
       stream = layer.stream;
-      newKeyValues.push(layer.keys, layer.values);
+      keyValues.push(layer.keys, layer.values);
     }
-    // [B, layers*2*kv_heads, T, head_dim], k then v per layer.
-    return [residualSum(g, stream), g.op('Concat', newKeyValues, { axis: 1 })];
+    return { hidden: residualSum(g, stream), keyValues };
   };
+  /** All layers' new keys and values in one tensor, `[rows, layers·2·kv_heads, tokens, head_dim]`. */
+  const joined = (keyValues: string[]) => g.op('Concat', keyValues, { axis: 1 });
   const tokenEmbeddings = g.op('Gather', [embedding, inputIds], { axis: 0 });
-  const [x, newKeyValues] = kind === 'base' ? layers(plain, tokenEmbeddings) : adapterPass();
+  const [x, newKeyValues] = kind === 'base' ? basePass() : kind === 'adapters' ? adapterPass() : mixedPass();
+
+  function basePass(): string[] {
+    const { hidden, keyValues } = layers(plain, tokenEmbeddings);
+    return [hidden, joined(keyValues)];
+  }
+
+  /** The mixed graph's layers, and each token group's keys and values as a pass of that group alone returns them. */
+  function mixedPass(): string[] {
+    const groups = new TokenGroups(g, c);
+    const { hidden } = layers(mixedLayers(new LoraDelta(g), groups), tokenEmbeddings);
+    g.output(joined(groups.prefillKeyValues), PREFILL_NEW_KEY_VALUES, 'float32', ['prefill_rows', c.numLayers * 2 * c.numKvHeads, 'prefill_tokens', c.headDim]);
+    return [hidden, joined(groups.decodeKeyValues)];
+  }
 
   /** The adapter graph's layers, and DoRA's probe results as outputs of their own. */
   function adapterPass(): string[] {
     const peft = peftBlocks(g, c);
-    const result = layers(adapterLayers(new LoraDelta(g), peft), peft.embed(tokenEmbeddings));
+    const { hidden, keyValues } = layers(adapterLayers(new LoraDelta(g), peft), peft.embed(tokenEmbeddings));
     // DoRA's probe rows go through every layer's base projections in a pass of their own (once per adapter); other
     // passes take the empty branch, so the probes' matmuls (4 per layer) cost no step anything.
     const probeWidths = probeSiteWidths(c);
@@ -327,12 +362,15 @@ function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder)
       () => noProbeRows.map((empty) => g.op('Identity', [empty])),
     );
     PROBE_SITES.forEach((site, i) => g.output(probeResults[i], PROBE_OUTPUT(site), 'float32', ['probe_out_rows', probeWidths[site].out]));
-    return result;
+    return [hidden, joined(keyValues)];
   }
 
   // Only one position's logits per row leave the graph (outputs are copied by the binding, so keep them small):
-  // each row's last real token, as rows of a batched prefill are padded to the longest.
-  const last = g.op('GatherElements', [x, g.input(GRAPH_INPUTS.logitsPosition, 'int64', [B, 1, c.hiddenSize])], { axis: 1 });
+  // each row's last real token, as rows of a batched prefill are padded to the longest (of the mixed graph's flat
+  // tokens, those it is told).
+  const last = mixed
+    ? g.op('Gather', [x, g.input(TOKEN_GROUP_INPUTS.logitsTokens, 'int64', ['logits_rows'])], { axis: 0 })
+    : g.op('GatherElements', [x, g.input(GRAPH_INPUTS.logitsPosition, 'int64', [B, 1, c.hiddenSize])], { axis: 1 });
   const lastFlat = g.op('Reshape', [rmsNorm(g, c, last, plain.normWeight('model.norm.weight')), g.constInt64([-1, c.hiddenSize])]);
   // The embedding lookup reads float32 rows (exact values of a quantized file's embedding); the output
   // projection, a full matmul per step, uses the quantized form when there is one.
@@ -340,7 +378,7 @@ function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder)
   const logits = quantizedHead
     ? quantizedMatMul(g, lastFlat, quantizedHead, 'lm_head', { inputRank: 2 })
     : g.op('Gemm', [lastFlat, c.tieWordEmbeddings ? embedding : g.sharedInitializer('lm_head.weight', () => w('lm_head.weight').data, [c.vocabSize, c.hiddenSize])], { transB: 1 });
-  g.output(logits, GRAPH_OUTPUTS.logits, 'float32', [B, c.vocabSize]);
-  g.output(newKeyValues, GRAPH_OUTPUTS.newKeyValues, 'float32', [B, c.numLayers * 2 * c.numKvHeads, T, c.headDim]);
+  g.output(logits, GRAPH_OUTPUTS.logits, 'float32', [mixed ? 'logits_rows' : B, c.vocabSize]);
+  g.output(newKeyValues, GRAPH_OUTPUTS.newKeyValues, 'float32', [cacheRows, c.numLayers * 2 * c.numKvHeads, T, c.headDim]);
   return g;
 }

@@ -35,8 +35,8 @@ export interface CompiledModel {
   timings: Record<string, number>;
 }
 
-/** Both serving graphs read the entry's one weight file (EXTERNAL_DATA_FILE). */
-const MODEL_FILES: Record<ServingGraph, string> = { adapters: 'adapters.onnx', base: 'base.onnx' };
+/** The serving graphs read the entry's one weight file (EXTERNAL_DATA_FILE). */
+const MODEL_FILES: Record<ServingGraph, string> = { adapters: 'adapters.onnx', mixed: 'mixed.onnx', base: 'base.onnx' };
 const ROW_NORMS_FILE = 'row-norms.bin';
 const META_FILE = 'meta.json';
 

@@ -8,6 +8,7 @@ import { buildDecoderGraphs, type DecoderGraphs, GRAPH_INPUTS, GRAPH_OUTPUTS, SE
 import { LORA_INPUTS, LORA_SEGMENT_INPUTS } from '../graph/lora-delta.ts';
 import { EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
 import { PEFT_INPUTS, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type ProbeSite } from '../graph/peft-blocks.ts';
+import { PREFILL_NEW_KEY_VALUES, TOKEN_GROUP_INPUTS } from '../graph/token-groups.ts';
 import type { Adapter } from '../adapters/adapter.ts';
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { AdapterSegments } from './adapter-segments.ts';
@@ -44,6 +45,13 @@ export interface RunnerOptions {
   threadSpinning?: boolean;
   /** Sequences needing more cache positions than this decode in the long lane (see `lanes`); default 1024. */
   longSequencePositions?: number;
+  /**
+   * Whether a session of the mixed graph runs LoRA passes and a lane's decode rows with a prompt chunk in one pass
+   * (default true). Off saves that session's memory and start-up (its own pre-packed weights: about 0.75 GiB and
+   * 0.6 s on SmolLM2-135M's shape in float32); LoRA passes then run on the adapter graph, and a step's prompt chunk
+   * in a pass after its decode pass.
+   */
+  mixedPasses?: boolean;
 }
 
 /** Default boundary of the long lane; below about 500 positions the extra pass costs more than it saves. */
@@ -65,6 +73,29 @@ export interface StepRow {
   position: number;
   /** Adapter slot (0 = base model). */
   slot: number;
+}
+
+/** Contiguous rows of a lane and what each feeds this pass. */
+export interface RowRange {
+  firstRow: number;
+  rows: StepRow[];
+}
+
+/** The logits of a mixed pass's decode rows and prefill rows, `[rows, vocab]` each. */
+export interface MixedLogits {
+  decode: Float32Array;
+  prefill: Float32Array;
+}
+
+/** A session of each serving graph; the mixed graph's only when RunnerOptions.mixedPasses is not off. */
+type ServingSessions = Record<Exclude<ServingGraph, 'mixed'>, ort.InferenceSession> & { mixed?: ort.InferenceSession };
+
+/** The input names of one group's cache view and mask (the decode group's are the other graphs' own). */
+interface CacheInputNames {
+  attentionMask: string;
+  attentionSplit: string;
+  pastKey(layer: number): string;
+  pastValue(layer: number): string;
 }
 
 const MASKED = Number.NEGATIVE_INFINITY;
@@ -112,8 +143,8 @@ export class ModelRunner {
   private readonly probeRow: { adapters: AdapterSegments; families: RowFamilyWeights };
 
   private constructor(
-    /** `base` runs passes whose rows all use the base model; `adapters` every other pass and DoRA's probes. */
-    private readonly sessions: Record<ServingGraph, ort.InferenceSession>,
+    /** `base` runs passes whose rows all use the base model, `mixed` (when there) LoRA rows, `adapters` the rest. */
+    private readonly sessions: ServingSessions,
     config: LlamaConfig,
     options: RunnerOptions,
     /** Squared row norms of the base projections, for DoRA (see dora-scales.ts). */
@@ -162,7 +193,7 @@ export class ModelRunner {
     };
     const sessions: Partial<Record<ServingGraph, ort.InferenceSession>> = {};
     try {
-      for (const kind of SERVING_GRAPHS) {
+      for (const kind of SERVING_GRAPHS.filter((kind) => kind !== 'mixed' || options.mixedPasses !== false)) {
         // A file (a compiled-model cache entry) has its weights beside it, which onnxruntime reads itself; graphs in
         // memory share one weight buffer.
         sessions[kind] =
@@ -180,7 +211,7 @@ export class ModelRunner {
       }
       throw error;
     }
-    return new ModelRunner(sessions as Record<ServingGraph, ort.InferenceSession>, config, options, rowNorms);
+    return new ModelRunner(sessions as ServingSessions, config, options, rowNorms);
   }
 
   /** Completes what an adapter needs from the base before it can take a slot (DoRA's row scales). */
@@ -208,21 +239,23 @@ export class ModelRunner {
    * 8-row decode step on SmolLM2-135M's shape), more than the adapter graph's own cost for base rows.
    */
   async forward(firstRow: number, rows: StepRow[], lane = 0, onAdapterGraph = false): Promise<Float32Array> {
+    if (rows.some((r) => r.tokens.length === 0)) throw new Error('every row of a step must feed at least one token');
+    const graph = this.graphFor(rows, onAdapterGraph);
+    if (graph === 'mixed') {
+      const none = { firstRow, rows: [] };
+      if (rows.every((row) => row.tokens.length === 1)) return (await this.runMixed(lane, { firstRow, rows }, none)).decode;
+      return (await this.runMixed(lane, none, { firstRow, rows })).prefill;
+    }
     const c = this.config;
     const { cache, adapters, families } = this.lanes[lane];
     const batch = rows.length;
     const tokens = Math.max(...rows.map((r) => r.tokens.length));
-    if (rows.some((r) => r.tokens.length === 0)) throw new Error('every row of a step must feed at least one token');
     cache.ensure(firstRow + batch, Math.max(...rows.map((r) => r.position + r.tokens.length)));
-    const width = cache.width;
-    const groupSize = c.numHeads / c.numKvHeads;
 
     const inputIds = new BigInt64Array(batch * tokens);
     const ropeStride = this.rope.tokenStride;
     const cos = new Float32Array(batch * tokens * ropeStride);
     const sin = new Float32Array(batch * tokens * ropeStride);
-    const attended = width + tokens;
-    const mask = new Float32Array(batch * groupSize * tokens * attended);
     const logitsPosition = new BigInt64Array(batch * c.hiddenSize);
     rows.forEach((row, b) => {
       // Padding (token 0) follows a shorter row's real tokens: causal masking keeps it out of their attention,
@@ -232,6 +265,142 @@ export class ModelRunner {
         this.rope.fill(cos, sin, b * tokens + t, row.position + t);
       }
       logitsPosition.fill(BigInt(row.tokens.length - 1), b * c.hiddenSize, (b + 1) * c.hiddenSize);
+    });
+
+    const feeds: Record<string, ort.Tensor> = {
+      ...this.tokenFeeds(inputIds, cos, sin, [batch, tokens]),
+      ...this.cacheFeeds(cache, { firstRow, rows }, tokens, GRAPH_INPUTS),
+      [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', logitsPosition, [batch, 1, c.hiddenSize]),
+    };
+    if (graph === 'adapters') {
+      Object.assign(feeds, this.softPrompts(rows, tokens), this.noProbes);
+      this.feedAdapters(feeds, { adapters, families }, firstRow, rows.map((r) => r.slot), tokens);
+    }
+
+    const result = await this.sessions[graph].run(feeds);
+    const newKeyValues = result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array;
+    cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position), rows.map((r) => r.tokens.length));
+    return result[GRAPH_OUTPUTS.logits].data as Float32Array;
+  }
+
+  /**
+   * Whether rows can share a mixed pass: each is on the base model or a LoRA adapter (with or without a prefix,
+   * which lives in the cache). Soft prompts and the families with per-row scales or bottleneck layers run on the
+   * adapter graph.
+   */
+  canMix(rows: StepRow[]): boolean {
+    return this.sessions.mixed !== undefined && rows.every(({ slot }) => slot === 0 || !(this.slots.usesFixedInputs(slot) || this.slots.bottleneckWidthOf(slot) > 0 || this.slots.promptOf(slot).softPrompt));
+  }
+
+  /**
+   * The graph a pass runs on: base rows alone on `base` (unless told otherwise), LoRA on `mixed` (when there), the
+   * rest on `adapters`.
+   */
+  private graphFor(rows: StepRow[], onAdapterGraph: boolean): ServingGraph {
+    if (!onAdapterGraph && rows.every((row) => row.slot === 0)) return 'base';
+    return this.canMix(rows) ? 'mixed' : 'adapters';
+  }
+
+  /**
+   * One pass of a lane's decode rows (one token each) and prefill rows (a prompt chunk each) together, on the mixed
+   * graph (every row must pass `canMix`): the projections run once over all their tokens, and each group attends
+   * as a pass of its own would (src/graph/token-groups.ts), so its logits and keys and values are those of the two
+   * passes run one after the other. Either group may be empty.
+   */
+  forwardMixed(lane: number, decode: RowRange, prefill: RowRange): Promise<MixedLogits> {
+    return this.runMixed(lane, decode, prefill);
+  }
+
+  /** forwardMixed, which `forward` also runs for a pass of one group (so that each pass enters the runner once). */
+  private async runMixed(lane: number, decode: RowRange, prefill: RowRange): Promise<MixedLogits> {
+    const c = this.config;
+    const { cache, adapters } = this.lanes[lane];
+    const all = [...decode.rows, ...prefill.rows];
+    if (all.some((r) => r.tokens.length === 0)) throw new Error('every row of a step must feed at least one token');
+    if (decode.rows.some((r) => r.tokens.length !== 1)) throw new Error('decode rows feed one token each');
+    const rowsUsed = (range: RowRange) => (range.rows.length > 0 ? range.firstRow + range.rows.length : 0);
+    cache.ensure(Math.max(rowsUsed(decode), rowsUsed(prefill)), Math.max(...all.map((r) => r.position + r.tokens.length)));
+    const decodeRows = decode.rows.length;
+    const prefillRows = prefill.rows.length;
+    const width = Math.max(1, ...prefill.rows.map((r) => r.tokens.length));
+    const tokens = decodeRows + prefillRows * width;
+
+    // Flat tokens: each decode row's, then each prefill row's `width` (padding after a shorter prompt's end).
+    const inputIds = new BigInt64Array(tokens);
+    const cos = new Float32Array(tokens * this.rope.tokenStride);
+    const sin = new Float32Array(tokens * this.rope.tokenStride);
+    const tokenSlots = new Array<number>(tokens);
+    const logitsTokens = new BigInt64Array(decodeRows + prefillRows);
+    const place = (index: number, row: StepRow, t: number) => {
+      inputIds[index] = BigInt(row.tokens[t] ?? 0);
+      this.rope.fill(cos, sin, index, row.position + t);
+      tokenSlots[index] = row.slot;
+    };
+    decode.rows.forEach((row, b) => {
+      place(b, row, 0);
+      logitsTokens[b] = BigInt(b);
+    });
+    prefill.rows.forEach((row, b) => {
+      const first = decodeRows + b * width;
+      for (let t = 0; t < width; t++) place(first + t, row, t);
+      logitsTokens[decodeRows + b] = BigInt(first + row.tokens.length - 1);
+    });
+
+    const prefillInputs = {
+      attentionMask: TOKEN_GROUP_INPUTS.prefillMask,
+      attentionSplit: TOKEN_GROUP_INPUTS.prefillSplit,
+      pastKey: TOKEN_GROUP_INPUTS.prefillPastKey,
+      pastValue: TOKEN_GROUP_INPUTS.prefillPastValue,
+    };
+    const feeds: Record<string, ort.Tensor> = {
+      ...this.tokenFeeds(inputIds, cos, sin, [tokens, 1]),
+      ...this.cacheFeeds(cache, decode, 1, GRAPH_INPUTS),
+      ...this.cacheFeeds(cache, prefill, width, prefillInputs),
+      [TOKEN_GROUP_INPUTS.groupTokens]: new ort.Tensor('int64', BigInt64Array.of(BigInt(decodeRows), BigInt(prefillRows * width)), [2]),
+      [TOKEN_GROUP_INPUTS.prefillShape]: new ort.Tensor('int64', BigInt64Array.of(BigInt(prefillRows), BigInt(width)), [2]),
+      [TOKEN_GROUP_INPUTS.logitsTokens]: new ort.Tensor('int64', logitsTokens, [logitsTokens.length]),
+    };
+    // A pass starting at the lane's first row covers every row of the lane that decodes.
+    this.feedLora(feeds, adapters, tokenSlots, 1, (decodeRows > 0 ? decode.firstRow : prefill.firstRow) === 0);
+
+    const result = await this.sessions.mixed!.run(feeds);
+    const positions = (range: RowRange) => range.rows.map((r) => r.position);
+    if (decodeRows > 0) cache.writeStep(result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array, decode.firstRow, decodeRows, 1, positions(decode), decode.rows.map(() => 1));
+    if (prefillRows > 0) {
+      cache.writeStep(result[PREFILL_NEW_KEY_VALUES].data as Float32Array, prefill.firstRow, prefillRows, width, positions(prefill), prefill.rows.map((r) => r.tokens.length));
+    }
+    const logits = result[GRAPH_OUTPUTS.logits].data as Float32Array;
+    return { decode: logits.subarray(0, decodeRows * c.vocabSize), prefill: logits.subarray(decodeRows * c.vocabSize) };
+  }
+
+  /** Token ids `[shape]` and their RoPE tables `[shape, fused_heads, head_dim]`. */
+  private tokenFeeds(inputIds: BigInt64Array, cos: Float32Array, sin: Float32Array, shape: [number, number]): Record<string, ort.Tensor> {
+    const c = this.config;
+    const tables = [...shape, c.numHeads + 2 * c.numKvHeads, c.headDim];
+    return {
+      [GRAPH_INPUTS.inputIds]: new ort.Tensor('int64', inputIds, shape),
+      [GRAPH_INPUTS.ropeCos]: new ort.Tensor('float32', cos, tables),
+      [GRAPH_INPUTS.ropeSin]: new ort.Tensor('float32', sin, tables),
+    };
+  }
+
+  /**
+   * A group of rows' view of the cache (zero-copy, their rows of every layer) and its attention mask, for `tokens`
+   * tokens per row, under the input names of that group.
+   */
+  private cacheFeeds(
+    cache: KvCache,
+    { firstRow, rows }: RowRange,
+    tokens: number,
+    names: CacheInputNames,
+  ): Record<string, ort.Tensor> {
+    const c = this.config;
+    const { width, rowStride: stride } = cache;
+    const batch = rows.length;
+    const groupSize = c.numHeads / c.numKvHeads;
+    const attended = width + tokens;
+    const mask = new Float32Array(batch * groupSize * tokens * attended);
+    rows.forEach((row, b) => {
       // Per grouped query: the cache positions past the row's length, then the step's later tokens.
       for (let gq = 0; gq < groupSize * tokens; gq++) {
         const start = (b * groupSize * tokens + gq) * attended;
@@ -239,33 +408,16 @@ export class ModelRunner {
         mask.fill(MASKED, start + width + (gq % tokens) + 1, start + attended);
       }
     });
-
-    const fusedHeads = c.numHeads + 2 * c.numKvHeads;
     const feeds: Record<string, ort.Tensor> = {
-      [GRAPH_INPUTS.inputIds]: new ort.Tensor('int64', inputIds, [batch, tokens]),
-      [GRAPH_INPUTS.ropeCos]: new ort.Tensor('float32', cos, [batch, tokens, fusedHeads, c.headDim]),
-      [GRAPH_INPUTS.ropeSin]: new ort.Tensor('float32', sin, [batch, tokens, fusedHeads, c.headDim]),
-      [GRAPH_INPUTS.attentionMask]: new ort.Tensor('float32', mask, [batch, 1, groupSize * tokens, attended]),
-      [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(BigInt(width), BigInt(tokens)), [2]),
-      [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', logitsPosition, [batch, 1, c.hiddenSize]),
+      [names.attentionMask]: new ort.Tensor('float32', mask, [batch, 1, groupSize * tokens, attended]),
+      [names.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(BigInt(width), BigInt(tokens)), [2]),
     };
-    const stride = cache.rowStride;
+    const range = [firstRow * stride, (firstRow + batch) * stride] as const;
     for (let l = 0; l < c.numLayers; l++) {
-      const range = [firstRow * stride, (firstRow + batch) * stride] as const;
-      feeds[GRAPH_INPUTS.pastKey(l)] = new ort.Tensor('float32', cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
-      feeds[GRAPH_INPUTS.pastValue(l)] = new ort.Tensor('float32', cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
+      feeds[names.pastKey(l)] = new ort.Tensor('float32', cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
+      feeds[names.pastValue(l)] = new ort.Tensor('float32', cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
     }
-    // Every family, soft prompts included, comes from a slot: a pass with no slot can run the base graph.
-    const withAdapters = onAdapterGraph || rows.some((row) => row.slot !== 0);
-    if (withAdapters) {
-      Object.assign(feeds, this.softPrompts(rows, tokens), this.noProbes);
-      this.feedAdapters(feeds, { adapters, families }, firstRow, rows.map((r) => r.slot), tokens);
-    }
-
-    const result = await this.sessions[withAdapters ? 'adapters' : 'base'].run(feeds);
-    const newKeyValues = result[GRAPH_OUTPUTS.newKeyValues].data as Float32Array;
-    cache.writeStep(newKeyValues, firstRow, batch, tokens, rows.map((r) => r.position), rows.map((r) => r.tokens.length));
-    return result[GRAPH_OUTPUTS.logits].data as Float32Array;
+    return feeds;
   }
 
   /** Soft prompts' inputs: their virtual tokens are the sequence's first positions, fed as embeddings. */
@@ -303,21 +455,8 @@ export class ModelRunner {
     slots: number[],
     tokens: number,
   ): void {
-    const c = this.config;
     const batch = slots.length;
-    const plan = adapters.prepare(slots, tokens, firstRow === 0);
-    feeds[LORA_SEGMENT_INPUTS.segmentRows] = new ort.Tensor('int64', plan.rows, [plan.adapters, plan.segmentRows]);
-    feeds[LORA_SEGMENT_INPUTS.resultIndex] = new ort.Tensor('int64', plan.resultIndex, [batch, tokens]);
-    feeds[LORA_SEGMENT_INPUTS.rowMask] = new ort.Tensor('float32', plan.rowMask, [batch, 1, 1]);
-    if (plan.rank === 0) Object.assign(feeds, this.rankZeroLora);
-    else {
-      for (let l = 0; l < c.numLayers; l++) {
-        for (const nameOf of Object.values(LORA_INPUTS)) {
-          const { data, shape, size } = adapters.buffers.get(nameOf(l))!;
-          feeds[nameOf(l)] = new ort.Tensor('float32', data.subarray(0, plan.adapters * size), [plan.adapters, ...shape]);
-        }
-      }
-    }
+    this.feedLora(feeds, adapters, slots, tokens, firstRow === 0);
     const layout = families.prepare(firstRow, slots);
     const rowsOf = (name: string) => {
       const { data, shape, size } = families.buffers.get(name)!;
@@ -331,6 +470,24 @@ export class ModelRunner {
         feeds[name] = identity ? new ort.Tensor('float32', identity.data, identity.dims) : rowsOf(name);
       } else {
         feeds[name] = layout.bottleneckWidth > 0 ? rowsOf(name) : new ort.Tensor('float32', EMPTY, [batch, ...families.shapeAt(name, 0)]);
+      }
+    }
+  }
+
+  /** Feeds LoRA for a pass whose rows use `slots` with `tokens` tokens each: the stacked adapters and segments. */
+  private feedLora(feeds: Record<string, ort.Tensor>, adapters: AdapterSegments, slots: number[], tokens: number, mayShrink: boolean): void {
+    const batch = slots.length;
+    const plan = adapters.prepare(slots, tokens, mayShrink);
+    feeds[LORA_SEGMENT_INPUTS.segmentRows] = new ort.Tensor('int64', plan.rows, [plan.adapters, plan.segmentRows]);
+    feeds[LORA_SEGMENT_INPUTS.resultIndex] = new ort.Tensor('int64', plan.resultIndex, [batch, tokens]);
+    feeds[LORA_SEGMENT_INPUTS.rowMask] = new ort.Tensor('float32', plan.rowMask, [batch, 1, 1]);
+    if (plan.rank === 0) Object.assign(feeds, this.rankZeroLora);
+    else {
+      for (let l = 0; l < this.config.numLayers; l++) {
+        for (const nameOf of Object.values(LORA_INPUTS)) {
+          const { data, shape, size } = adapters.buffers.get(nameOf(l))!;
+          feeds[nameOf(l)] = new ort.Tensor('float32', data.subarray(0, plan.adapters * size), [plan.adapters, ...shape]);
+        }
       }
     }
   }
@@ -395,6 +552,6 @@ export class ModelRunner {
   }
 
   async close(): Promise<void> {
-    await Promise.all(SERVING_GRAPHS.map((kind) => this.sessions[kind].release()));
+    await Promise.all(Object.values(this.sessions).map((session) => session.release()));
   }
 }
