@@ -416,11 +416,13 @@ export class Scheduler {
    * `except`, whose decoding rows go with its prefill chunk.
    */
   private async decode(except = -1): Promise<void> {
-    for (let lane = 0; lane < this.batch.laneCount; lane++) {
-      const decoding = this.batch.decoding(lane);
-      if (lane === except || decoding.length === 0) continue;
-      this.acceptDecoded(decoding, await this.runner.forward(0, decodeRows(decoding), lane, this.adaptersInUse));
-    }
+    for (let lane = 0; lane < this.batch.laneCount; lane++) if (lane !== except) await this.decodeLane(lane);
+  }
+
+  /** The lane's decoding rows, if any, in a pass of their own. */
+  private async decodeLane(lane: number): Promise<void> {
+    const decoding = this.batch.decoding(lane);
+    if (decoding.length > 0) this.acceptDecoded(decoding, await this.runner.forward(0, decodeRows(decoding), lane, this.adaptersInUse));
   }
 
   /** The decoding sequences advance one position and sample from their rows of `logits`. */
@@ -474,7 +476,7 @@ export class Scheduler {
       this.acceptDecoded(decoding, mixed.decode);
       logits = mixed.prefill;
     } else {
-      if (decoding.length > 0) this.acceptDecoded(decoding, await this.runner.forward(0, decode.rows, lane, this.adaptersInUse));
+      await this.decodeLane(lane);
       logits = await this.runner.forward(prefill.firstRow, prefill.rows, lane, this.adaptersInUse);
     }
     let completed = 0;

@@ -25,10 +25,12 @@
  *   on SmolLM2-135M's shape).
  * - The other PEFT families have per-row inputs (peft-blocks.ts): soft prompts at the embedding, IA3 and DoRA
  *   scales around the projections, bottleneck adapters on the residual stream, and DoRA's base probes.
- * - Two graphs serve (`buildDecoderGraphs`): one with every family's nodes, for passes with adapter rows, and one
- *   with the base layers alone, for passes without, both reading one copy of the weights. Profiled at one row,
- *   the families' nodes (about 80 of a layer's 115, fed empty stand-ins) took longer than a quantized base's
- *   matmuls, and their inputs (about 270) cost the binding a few microseconds each per run.
+ * - Three graphs serve (`buildDecoderGraphs`): one with every family's nodes, for passes with a row on a family
+ *   beside LoRA; one with LoRA over flat tokens, whose attention splits them into decode rows and prefill rows
+ *   (token-groups.ts), so that a step's decode rows and prompt chunk share a pass; and one with the base layers
+ *   alone, for passes without adapters; all reading one copy of the weights. Profiled at one row, the families'
+ *   nodes (about 80 of a layer's 115, fed empty stand-ins) took longer than a quantized base's matmuls, and their
+ *   inputs (about 270) cost the binding a few microseconds each per run.
  */
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { baseProjection, CONTRIB_DOMAIN, CONTRIB_OPSET, quantizedMatMul } from './base-projection.ts';

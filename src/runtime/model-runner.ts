@@ -98,6 +98,14 @@ interface CacheInputNames {
   pastValue(layer: number): string;
 }
 
+/** The mixed graph's prefill group's cache view and mask. */
+const PREFILL_CACHE_INPUTS: CacheInputNames = {
+  attentionMask: TOKEN_GROUP_INPUTS.prefillMask,
+  attentionSplit: TOKEN_GROUP_INPUTS.prefillSplit,
+  pastKey: TOKEN_GROUP_INPUTS.prefillPastKey,
+  pastValue: TOKEN_GROUP_INPUTS.prefillPastValue,
+};
+
 const MASKED = Number.NEGATIVE_INFINITY;
 /** One broadcast element standing for a whole per-row input that no row of the step uses. */
 const BROADCAST_IDENTITY = { 0: new Float32Array([0]), 1: new Float32Array([1]) } as const;
@@ -233,10 +241,10 @@ export class ModelRunner {
   /**
    * One forward pass over rows [firstRow, firstRow + rows.length) of a lane. Returns the last position's
    * logits, `[rows, vocab]`, and leaves the new keys/values in the lane's cache. A pass with a row on an adapter
-   * runs the adapter graph, any other the base graph unless `onAdapterGraph` (base rows get the same bits in
-   * both): each graph has its own session and thread pool, and a pass that follows one on the other session
-   * shares the cores with that session's threads still spinning (about 25 ms more for a 16-token prefill or an
-   * 8-row decode step on SmolLM2-135M's shape), more than the adapter graph's own cost for base rows.
+   * runs a graph with adapters (`graphFor`), any other the base graph unless `onAdapterGraph` (base rows get the
+   * same bits in each): each graph has its own session and thread pool, and a pass that follows one on another
+   * session shares the cores with that session's threads still spinning (about 25 ms more for a 16-token prefill
+   * or an 8-row decode step on SmolLM2-135M's shape), more than a graph with adapters costs base rows.
    */
   async forward(firstRow: number, rows: StepRow[], lane = 0, onAdapterGraph = false): Promise<Float32Array> {
     if (rows.some((r) => r.tokens.length === 0)) throw new Error('every row of a step must feed at least one token');
@@ -346,16 +354,10 @@ export class ModelRunner {
       logitsTokens[decodeRows + b] = BigInt(first + row.tokens.length - 1);
     });
 
-    const prefillInputs = {
-      attentionMask: TOKEN_GROUP_INPUTS.prefillMask,
-      attentionSplit: TOKEN_GROUP_INPUTS.prefillSplit,
-      pastKey: TOKEN_GROUP_INPUTS.prefillPastKey,
-      pastValue: TOKEN_GROUP_INPUTS.prefillPastValue,
-    };
     const feeds: Record<string, ort.Tensor> = {
       ...this.tokenFeeds(inputIds, cos, sin, [tokens, 1]),
       ...this.cacheFeeds(cache, decode, 1, GRAPH_INPUTS),
-      ...this.cacheFeeds(cache, prefill, width, prefillInputs),
+      ...this.cacheFeeds(cache, prefill, width, PREFILL_CACHE_INPUTS),
       [TOKEN_GROUP_INPUTS.groupTokens]: new ort.Tensor('int64', BigInt64Array.of(BigInt(decodeRows), BigInt(prefillRows * width)), [2]),
       [TOKEN_GROUP_INPUTS.prefillShape]: new ort.Tensor('int64', BigInt64Array.of(BigInt(prefillRows), BigInt(width)), [2]),
       [TOKEN_GROUP_INPUTS.logitsTokens]: new ort.Tensor('int64', logitsTokens, [logitsTokens.length]),
