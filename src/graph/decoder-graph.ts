@@ -37,7 +37,7 @@ import { baseProjection, CONTRIB_DOMAIN, CONTRIB_OPSET, quantizedMatMul } from '
 import { LORA_INPUTS, LoraDelta } from './lora-delta.ts';
 import { OnnxGraphBuilder, SharedInitializers } from './onnx-builder.ts';
 import { PEFT_INPUTS, peftBlocks, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type BottleneckSite, type ProbeSite } from './peft-blocks.ts';
-import { PREFILL_NEW_KEY_VALUES, TOKEN_GROUP_INPUTS, TokenGroups, type CacheView } from './token-groups.ts';
+import { DECODE_ROWS, PREFILL_NEW_KEY_VALUES, PREFILL_ROWS, PREFILL_WIDTH, TOKEN_GROUP_INPUTS, TokenGroups, type CacheView } from './token-groups.ts';
 
 export const GRAPH_INPUTS = {
   inputIds: 'input_ids',
@@ -231,7 +231,7 @@ function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder)
 
   // The mixed graph's batch axis is flat tokens (one a row); its decode group's rows are the cache's.
   const mixed = kind === 'mixed';
-  const cacheRows = mixed ? 'decode_rows' : B;
+  const cacheRows = mixed ? DECODE_ROWS : B;
   const inputIds = g.input(GRAPH_INPUTS.inputIds, 'int64', [B, T]);
   const ropeCos = g.input(GRAPH_INPUTS.ropeCos, 'float32', [B, T, fusedHeads, c.headDim]);
   const ropeSin = g.input(GRAPH_INPUTS.ropeSin, 'float32', [B, T, fusedHeads, c.headDim]);
@@ -343,7 +343,7 @@ function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder)
   function mixedPass(): string[] {
     const groups = new TokenGroups(g, c);
     const { hidden } = layers(mixedLayers(new LoraDelta(g), groups), tokenEmbeddings);
-    g.output(joined(groups.prefillKeyValues), PREFILL_NEW_KEY_VALUES, 'float32', ['prefill_rows', c.numLayers * 2 * c.numKvHeads, 'prefill_tokens', c.headDim]);
+    g.output(joined(groups.prefillKeyValues), PREFILL_NEW_KEY_VALUES, 'float32', [PREFILL_ROWS, c.numLayers * 2 * c.numKvHeads, PREFILL_WIDTH, c.headDim]);
     return [hidden, joined(groups.decodeKeyValues)];
   }
 

@@ -16,7 +16,7 @@
  * 240 small MatMuls a step; the 7/4/3/2 mix stays at 2.5–3.4×, and without its padding (4 segments of 4 rows)
  * only 13–16 % less: the same fixed cost weighs against a quarter of the bytes.
  */
-import type { OnnxGraphBuilder } from './onnx-builder.ts';
+import type { Dim, OnnxGraphBuilder } from './onnx-builder.ts';
 
 /** Per layer: the stacked A and B inputs of each group of projections that read the same activation. */
 export const LORA_INPUTS = {
@@ -40,9 +40,14 @@ export const LORA_SEGMENT_INPUTS = {
   rowMask: 'lora_row_mask',
 } as const;
 
-/** Symbolic axes: distinct adapters of the pass and the rank they are laid out at. */
+/**
+ * Symbolic axes: distinct adapters of the pass, the rank they are laid out at, the tokens of a segment (M·T) and
+ * of all segments (N·M·T).
+ */
 const N = 'lora_adapters';
 const R = 'lora_rank';
+const SEGMENT_TOKENS = 'lora_segment_tokens';
+const SEGMENT_RESULTS = 'lora_segment_results';
 
 /** One group of projections sharing an activation: A blocks `[in, R]`, B blocks `[R, width]`. */
 export interface LoraGroup {
@@ -76,13 +81,15 @@ export class LoraDelta {
     const g = this.g;
     const a = g.input(group.a, 'float32', [N, group.aBlocks, group.inDim, R]);
     const b = g.input(group.b, 'float32', [N, group.bBlocks, R, group.width]);
+    // Shapes declared: inference cannot name the axis of Reshape's -1 (see declareShape).
+    const shaped = (value: string, ...dims: Dim[]) => g.declareShape(value, 'float32', dims);
     // [N, M, T, in] → [N, 1, M·T, in]: each segment's tokens as the rows of one matmul per A block.
-    const segmentX = g.op('Reshape', [g.op('Gather', [x, this.segmentRows], { axis: 0 }), this.constant([0, 1, -1, group.inDim])]);
-    let u = g.op('MatMul', [segmentX, a]); // [N, aBlocks, M·T, R]
-    if (group.blockSources) u = g.op('Gather', [u, this.constant(group.blockSources)], { axis: 1 });
-    let delta = g.op('MatMul', [u, b]); // [N, bBlocks, M·T, width]
-    if (group.bBlocks > 1) delta = g.op('Transpose', [delta], { perm: [0, 2, 1, 3] });
-    const results = g.op('Reshape', [delta, this.constant([-1, group.bBlocks * group.width])]);
+    const segmentX = shaped(g.op('Reshape', [g.op('Gather', [x, this.segmentRows], { axis: 0 }), this.constant([0, 1, -1, group.inDim])]), N, 1, SEGMENT_TOKENS, group.inDim);
+    let u = shaped(g.op('MatMul', [segmentX, a]), N, group.aBlocks, SEGMENT_TOKENS, R);
+    if (group.blockSources) u = shaped(g.op('Gather', [u, this.constant(group.blockSources)], { axis: 1 }), N, group.bBlocks, SEGMENT_TOKENS, R);
+    let delta = shaped(g.op('MatMul', [u, b]), N, group.bBlocks, SEGMENT_TOKENS, group.width);
+    if (group.bBlocks > 1) delta = shaped(g.op('Transpose', [delta], { perm: [0, 2, 1, 3] }), N, SEGMENT_TOKENS, group.bBlocks, group.width);
+    const results = shaped(g.op('Reshape', [delta, this.constant([-1, group.bBlocks * group.width])]), SEGMENT_RESULTS, group.bBlocks * group.width);
     return g.op('Mul', [g.op('Gather', [results, this.resultIndex], { axis: 0 }), this.rowMask]);
   }
 

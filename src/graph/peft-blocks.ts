@@ -12,7 +12,7 @@
  *   from the weights the graph itself uses (empty at ordinary steps).
  */
 import type { LlamaConfig } from '../model/types.ts';
-import type { OnnxGraphBuilder } from './onnx-builder.ts';
+import type { Dim, OnnxGraphBuilder } from './onnx-builder.ts';
 
 export type ScaledInput = 'o' | 'down';
 export type ScaledOutput = 'qkv' | 'o' | 'gate_up' | 'down';
@@ -76,13 +76,16 @@ export function probeSiteWidths(c: LlamaConfig): Record<ProbeSite, { in: number;
 /** [layers·P, out] per site: every layer's probe rows through its base weights. */
 export const PROBE_OUTPUT = (site: ProbeSite) => `probe_out_${site}`;
 
+/** The widths of the activations the scales multiply: a projection group's input (`inWidth`) or output. */
+function scaledWidths(c: LlamaConfig): { inWidth: Record<ScaledInput, number>; outWidth: Record<ScaledOutput, number> } {
+  const widths = probeSiteWidths(c);
+  return { inWidth: { o: widths.o.in, down: widths.down.in }, outWidth: { qkv: widths.qkv.out, o: widths.o.out, gate_up: widths.gate_up.out, down: widths.down.out } };
+}
+
 /** Per-row widths of the fixed-width family inputs (one batch row's block, without the batch axis). */
 export function peftInputShapes(c: LlamaConfig): Map<string, { shape: number[]; identity: 0 | 1 }> {
-  const qDim = c.numHeads * c.headDim;
-  const kvDim = c.numKvHeads * c.headDim;
   const shapes = new Map<string, { shape: number[]; identity: 0 | 1 }>();
-  const outWidth: Record<ScaledOutput, number> = { qkv: qDim + 2 * kvDim, o: c.hiddenSize, gate_up: 2 * c.intermediateSize, down: c.hiddenSize };
-  const inWidth: Record<ScaledInput, number> = { o: qDim, down: c.intermediateSize };
+  const { inWidth, outWidth } = scaledWidths(c);
   for (let l = 0; l < c.numLayers; l++) {
     for (const site of SCALED_INPUTS) shapes.set(PEFT_INPUTS.scaleIn(site, l), { shape: [1, inWidth[site]], identity: 1 });
     for (const site of SCALED_OUTPUTS) shapes.set(PEFT_INPUTS.scaleOut(site, l), { shape: [1, outWidth[site]], identity: 1 });
@@ -110,6 +113,11 @@ export function bottleneckInputShapes(c: LlamaConfig, rank: number): Map<string,
   return shapes;
 }
 
+/** The decoder graph's batch and token axes (decoder-graph.ts), which the family blocks' results keep. */
+const ROW_AXES = ['batch', 'tokens'];
+/** The symbolic width of every bottleneck input of a pass (the widest bottleneck among its rows). */
+const BOTTLENECK_WIDTH = 'bottleneck_width';
+
 /** The graph pieces, bound to one builder. */
 export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig) {
   /** A per-row input that may also be fed as one broadcast element: every axis symbolic. */
@@ -126,6 +134,13 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig) {
     return shared.get(input)![layer ?? 0];
   };
   const probeWidths = probeSiteWidths(c);
+  const { inWidth, outWidth } = scaledWidths(c);
+  /**
+   * Declares `[batch, tokens, ...last]` as the shape of a value that broadcasts an activation against a family
+   * input: inference cannot name its axes, as the input's are symbolic so that one element may stand in for it (see
+   * declareShape; on SmolLM2-135M's shape the adapter graph's memory plan took about 2.3 s more without).
+   */
+  const rowsOf = (value: string, ...last: Dim[]) => g.declareShape(value, 'float32', [...ROW_AXES, ...last]);
   const unsqueezeBlend = g.constInt64([2], 'bn_blend_axis');
   const flatten = g.constInt64([0, 0, c.hiddenSize], 'bn_flat_shape');
 
@@ -133,27 +148,27 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig) {
     /** Token embeddings with virtual tokens' embeddings in their place (exact: one of the two terms is zero). */
     embed(tokenEmbeddings: string): string {
       const kept = broadcastable(PEFT_INPUTS.tokenEmbeddingKept, 3);
-      return g.op('Add', [g.op('Mul', [tokenEmbeddings, kept]), broadcastable(PEFT_INPUTS.softPrompt, 3)]);
+      return rowsOf(g.op('Add', [rowsOf(g.op('Mul', [tokenEmbeddings, kept]), c.hiddenSize), broadcastable(PEFT_INPUTS.softPrompt, 3)]), c.hiddenSize);
     },
 
     scaleInput(x: string, site: ScaledInput, layer: number): string {
-      return g.op('Mul', [x, sharedInput(PEFT_INPUTS.scaleIn(site, layer), 3)]);
+      return rowsOf(g.op('Mul', [x, sharedInput(PEFT_INPUTS.scaleIn(site, layer), 3)]), inWidth[site]);
     },
 
     scaleOutput(y: string, site: ScaledOutput, layer: number): string {
-      return g.op('Mul', [y, sharedInput(PEFT_INPUTS.scaleOut(site, layer), 3)]);
+      return rowsOf(g.op('Mul', [y, sharedInput(PEFT_INPUTS.scaleOut(site, layer), 3)]), outWidth[site]);
     },
 
     /** What joins the residual stream `x` after a sub-layer whose output is `h`: `h` and the row's bottleneck adapter there. */
     bottleneckResidualTerm(x: string, h: string, site: BottleneckSite, layer: number): string {
       const input = g.op('Add', [
-        g.op('Mul', [h, sharedInput(PEFT_INPUTS.bnFromSublayer, 3)]),
-        g.op('Mul', [x, sharedInput(PEFT_INPUTS.bnFromResidual, 3)]),
+        rowsOf(g.op('Mul', [h, sharedInput(PEFT_INPUTS.bnFromSublayer, 3)]), c.hiddenSize),
+        rowsOf(g.op('Mul', [x, sharedInput(PEFT_INPUTS.bnFromResidual, 3)]), c.hiddenSize),
       ]);
       const down = sharedInput(PEFT_INPUTS.bnDown(site, layer), 3);
       const downBias = sharedInput(PEFT_INPUTS.bnDownBias(site, layer), 3);
       // [B, T, 1, R]: each non-linearity of the bottleneck, stacked on axis 2, blended by the row's one-hot choice.
-      const z = g.op('Unsqueeze', [g.op('Add', [g.op('MatMul', [input, down]), downBias]), unsqueezeBlend]);
+      const z = g.op('Unsqueeze', [rowsOf(g.op('Add', [rowsOf(g.op('MatMul', [input, down]), BOTTLENECK_WIDTH), downBias]), BOTTLENECK_WIDTH), unsqueezeBlend]);
       const activations = [
         g.op('Relu', [z]),
         g.op('Gelu', [z]),
@@ -161,12 +176,12 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig) {
         g.op('Mul', [z, g.op('Sigmoid', [z])]),
         g.op('Tanh', [z]),
       ];
-      const blended = g.op('MatMul', [sharedInput(PEFT_INPUTS.bnActivation, 4), g.op('Concat', activations, { axis: 2 })]);
+      const blended = rowsOf(g.op('MatMul', [sharedInput(PEFT_INPUTS.bnActivation, 4), g.op('Concat', activations, { axis: 2 })]), 1, BOTTLENECK_WIDTH);
       const up = sharedInput(PEFT_INPUTS.bnUp(site, layer), 4);
-      const delta = g.op('Add', [
-        g.op('Reshape', [g.op('MatMul', [blended, up]), flatten]),
-        sharedInput(PEFT_INPUTS.bnUpBias(site, layer), 3),
-      ]);
+      const delta = rowsOf(
+        g.op('Add', [g.op('Reshape', [rowsOf(g.op('MatMul', [blended, up]), 1, c.hiddenSize), flatten]), sharedInput(PEFT_INPUTS.bnUpBias(site, layer), 3)]),
+        c.hiddenSize,
+      );
       return g.op('Add', [h, delta]);
     },
 

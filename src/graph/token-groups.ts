@@ -8,7 +8,7 @@
  * once). Either group may be empty.
  */
 import type { LlamaConfig } from '../model/types.ts';
-import type { OnnxGraphBuilder } from './onnx-builder.ts';
+import type { Dim, OnnxGraphBuilder } from './onnx-builder.ts';
 
 export const TOKEN_GROUP_INPUTS = {
   /** `[2]` int64: tokens of the decode group (its rows) and of the prefill group (rows × width). */
@@ -22,6 +22,17 @@ export const TOKEN_GROUP_INPUTS = {
   /** `[R]` int64: the flat tokens whose logits the pass returns (each decode row's, each prefill row's last real one). */
   logitsTokens: 'logits_tokens',
 } as const;
+
+/**
+ * Symbolic axes: the pass's flat tokens (the mixed graph's batch axis), the decode group's rows (its cache rows),
+ * the prefill group's rows, the tokens each is fed (its width), their product, and the grouped queries' width.
+ */
+const FLAT_TOKENS = 'batch';
+export const DECODE_ROWS = 'decode_rows';
+export const PREFILL_ROWS = 'prefill_rows';
+export const PREFILL_WIDTH = 'prefill_tokens';
+const PREFILL_FLAT = 'prefill_flat_tokens';
+const PREFILL_GROUP_TOKENS = 'prefill_group_tokens';
 
 /** `[prefill rows, layers·2·kv_heads, width, head_dim]`: the prefill group's new keys and values. */
 export const PREFILL_NEW_KEY_VALUES = 'prefill_new_key_values';
@@ -52,7 +63,7 @@ export class TokenGroups {
     const group = c.numHeads / c.numKvHeads;
     this.groupTokens = g.input(TOKEN_GROUP_INPUTS.groupTokens, 'int64', [2]);
     const prefillShape = g.input(TOKEN_GROUP_INPUTS.prefillShape, 'int64', [2]);
-    this.prefillMask = g.input(TOKEN_GROUP_INPUTS.prefillMask, 'float32', ['prefill_rows', 1, 'prefill_group_tokens', 'prefill_attended']);
+    this.prefillMask = g.input(TOKEN_GROUP_INPUTS.prefillMask, 'float32', [PREFILL_ROWS, 1, PREFILL_GROUP_TOKENS, 'prefill_attended']);
     this.prefillSplit = g.input(TOKEN_GROUP_INPUTS.prefillSplit, 'int64', [2]);
     // The prefill group's shapes, from its rows and width (computed once a pass, shared by every layer). Reshape's
     // 0 copies the input's dimension, which an empty group's is too.
@@ -75,27 +86,39 @@ export class TokenGroups {
    */
   attend(layer: number, queries: string, keys: string, values: string, decodeCache: CacheView, attendOverCache: AttendOverCache): string {
     const { g, c } = this;
-    const split = (x: string) => g.opMulti('Split', [x, this.groupTokens], 2, { axis: 0 });
-    const [decodeQueries, prefillQueries] = split(queries);
-    const [decodeKeys, prefillTokenKeys] = split(keys);
-    const [decodeValues, prefillTokenValues] = split(values);
+    const group = c.numHeads / c.numKvHeads;
+    // Shapes declared: inference cannot name the axes of a Split by sizes fed or a Reshape to a computed shape (see
+    // declareShape).
+    const shaped = (value: string, ...dims: Dim[]) => g.declareShape(value, 'float32', dims);
+    const split = (x: string, perToken: number) => {
+      const [decode, prefill] = g.opMulti('Split', [x, this.groupTokens], 2, { axis: 0 });
+      return [shaped(decode, DECODE_ROWS, c.numKvHeads, perToken, c.headDim), shaped(prefill, PREFILL_FLAT, c.numKvHeads, perToken, c.headDim)];
+    };
+    const [decodeQueries, prefillQueries] = split(queries, group);
+    const [decodeKeys, prefillTokenKeys] = split(keys, 1);
+    const [decodeValues, prefillTokenValues] = split(values, 1);
     this.decodeKeyValues.push(decodeKeys, decodeValues);
     const decodeContext = attendOverCache(decodeQueries, decodeKeys, decodeValues, decodeCache);
 
     // [rows·width, kv_heads, group, head_dim] → [rows, kv_heads, group·width, head_dim], grouped as a pass of its own.
-    const groupedQueries = g.op('Reshape', [g.op('Transpose', [g.op('Reshape', [prefillQueries, this.shapes.queries])], { perm: [0, 2, 3, 1, 4] }), this.shapes.queriesGrouped]);
-    const byRow = (x: string) => g.op('Transpose', [g.op('Reshape', [x, this.shapes.keys])], { perm: [0, 2, 1, 3] });
+    const rowQueries = shaped(g.op('Reshape', [prefillQueries, this.shapes.queries]), PREFILL_ROWS, PREFILL_WIDTH, c.numKvHeads, group, c.headDim);
+    const groupedQueries = shaped(
+      g.op('Reshape', [g.op('Transpose', [rowQueries], { perm: [0, 2, 3, 1, 4] }), this.shapes.queriesGrouped]),
+      PREFILL_ROWS, c.numKvHeads, PREFILL_GROUP_TOKENS, c.headDim,
+    );
+    const byRow = (x: string) => g.op('Transpose', [shaped(g.op('Reshape', [x, this.shapes.keys]), PREFILL_ROWS, PREFILL_WIDTH, c.numKvHeads, c.headDim)], { perm: [0, 2, 1, 3] });
     const [prefillKeys, prefillValues] = [byRow(prefillTokenKeys), byRow(prefillTokenValues)];
     this.prefillKeyValues.push(prefillKeys, prefillValues);
     const prefillCache: CacheView = {
-      pastKeyT: g.input(TOKEN_GROUP_INPUTS.prefillPastKey(layer), 'float32', ['prefill_rows', c.numKvHeads, c.headDim, 'cache_len']),
-      pastValue: g.input(TOKEN_GROUP_INPUTS.prefillPastValue(layer), 'float32', ['prefill_rows', c.numKvHeads, 'cache_len', c.headDim]),
+      pastKeyT: g.input(TOKEN_GROUP_INPUTS.prefillPastKey(layer), 'float32', [PREFILL_ROWS, c.numKvHeads, c.headDim, 'cache_len']),
+      pastValue: g.input(TOKEN_GROUP_INPUTS.prefillPastValue(layer), 'float32', [PREFILL_ROWS, c.numKvHeads, 'cache_len', c.headDim]),
       mask: this.prefillMask,
       split: this.prefillSplit,
     };
     const prefillContext = attendOverCache(groupedQueries, prefillKeys, prefillValues, prefillCache);
     // And back: [rows, kv_heads, group·width, head_dim] → [rows·width, kv_heads, group, head_dim].
-    const flatContext = g.op('Reshape', [g.op('Transpose', [g.op('Reshape', [prefillContext, this.shapes.context])], { perm: [0, 3, 1, 2, 4] }), this.shapes.contextFlat]);
-    return g.op('Concat', [decodeContext, flatContext], { axis: 0 });
+    const contextByRow = shaped(g.op('Reshape', [prefillContext, this.shapes.context]), PREFILL_ROWS, c.numKvHeads, group, PREFILL_WIDTH, c.headDim);
+    const flatContext = shaped(g.op('Reshape', [g.op('Transpose', [contextByRow], { perm: [0, 3, 1, 2, 4] }), this.shapes.contextFlat]), PREFILL_FLAT, c.numKvHeads, group, c.headDim);
+    return shaped(g.op('Concat', [decodeContext, flatContext], { axis: 0 }), FLAT_TOKENS, c.numKvHeads, group, c.headDim);
   }
 }
