@@ -5,18 +5,17 @@
  */
 import * as ort from 'onnxruntime-node';
 import { buildDecoderGraphs, type DecoderGraphs, GRAPH_INPUTS, GRAPH_OUTPUTS, SERVING_GRAPHS, type ServingGraph } from '../graph/decoder-graph.ts';
-import { LORA_INPUTS, LORA_SEGMENT_INPUTS } from '../graph/lora-delta.ts';
 import { EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
-import { PEFT_INPUTS, PROBE_OUTPUT, PROBE_SITES, probeSiteWidths, type ProbeSite } from '../graph/peft-blocks.ts';
+import { PEFT_INPUTS, PROBE_OUTPUT, PROBE_SITES, type ProbeSite } from '../graph/peft-blocks.ts';
 import { PREFILL_NEW_KEY_VALUES, TOKEN_GROUP_INPUTS } from '../graph/token-groups.ts';
 import type { Adapter } from '../adapters/adapter.ts';
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { AdapterSegments } from './adapter-segments.ts';
 import { AdapterSlots } from './adapter-slots.ts';
-import { loraInputShapes } from './slot-layout.ts';
 import { completeDoraLayout, type SlotReadyAdapter } from './slot-ready-adapter.ts';
 import { baseRowNorms, withDoraScales, type BaseRowNorms } from './dora-scales.ts';
 import { KvCache } from './kv-cache.ts';
+import { MASKED, PassFeeds, PREFILL_CACHE_INPUTS } from './pass-feeds.ts';
 import { RopeTables } from './rope.ts';
 import { RowFamilyWeights } from './row-family-weights.ts';
 
@@ -90,33 +89,11 @@ export interface MixedLogits {
 /** A session of each serving graph; the mixed graph's only when RunnerOptions.mixedPasses is not off. */
 type ServingSessions = Record<Exclude<ServingGraph, 'mixed'>, ort.InferenceSession> & { mixed?: ort.InferenceSession };
 
-/** The input names of one group's cache view and mask (the decode group's are the other graphs' own). */
-interface CacheInputNames {
-  attentionMask: string;
-  attentionSplit: string;
-  pastKey(layer: number): string;
-  pastValue(layer: number): string;
-}
-
-/** The mixed graph's prefill group's cache view and mask. */
-const PREFILL_CACHE_INPUTS: CacheInputNames = {
-  attentionMask: TOKEN_GROUP_INPUTS.prefillMask,
-  attentionSplit: TOKEN_GROUP_INPUTS.prefillSplit,
-  pastKey: TOKEN_GROUP_INPUTS.prefillPastKey,
-  pastValue: TOKEN_GROUP_INPUTS.prefillPastValue,
-};
-
-const MASKED = Number.NEGATIVE_INFINITY;
-/** One broadcast element standing for a whole per-row input that no row of the step uses. */
-const BROADCAST_IDENTITY = { 0: new Float32Array([0]), 1: new Float32Array([1]) } as const;
-
 /** Rows pushed through each layer's base projections (probeBase), per site: [layers·rows, in] row-major. */
 export interface BaseProbe {
   rows: number;
   inputs: Record<ProbeSite, Float32Array>;
 }
-const EMPTY = new Float32Array(0);
-
 export class ModelRunner {
   /**
    * Lane 0 holds sequences of up to `longSequencePositions` positions, lane 1 (when the context is longer) the
@@ -132,21 +109,8 @@ export class ModelRunner {
   readonly maxBatch: number;
   private readonly longSequencePositions: number;
   private readonly rope: RopeTables;
-  /**
-   * Rank-0 stand-ins fed to the adapter graph when no row of its pass uses LoRA (other families only, or the probe
-   * pass), so the LoRA nodes cost almost nothing; made once, since every input fed costs the binding a few
-   * microseconds of its own.
-   */
-  private readonly rankZeroLora: Record<string, ort.Tensor> = {};
-  /** Soft-prompt inputs of a pass with no virtual token: one broadcast identity element each. */
-  private readonly noSoftPrompts = {
-    [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', BROADCAST_IDENTITY[0], [1, 1, 1]),
-    [PEFT_INPUTS.tokenEmbeddingKept]: new ort.Tensor('float32', BROADCAST_IDENTITY[1], [1, 1, 1]),
-  };
-  /** Probe inputs with no rows: ordinary passes push nothing through the base projections. */
-  private readonly noProbes: Record<string, ort.Tensor>;
-  /** Input width of each probe site. */
-  private readonly probeWidths: Record<ProbeSite, number>;
+  /** Builds the inputs of each pass beside its tokens' positions. */
+  private readonly passFeeds: PassFeeds;
   /** The probe pass's one row, on no adapter. */
   private readonly probeRow: { adapters: AdapterSegments; families: RowFamilyWeights };
 
@@ -162,6 +126,7 @@ export class ModelRunner {
     this.maxBatch = options.maxBatch;
     this.rope = new RopeTables(config);
     this.slots = new AdapterSlots(config, options.adapterSlots, options.maxLoraRank);
+    this.passFeeds = new PassFeeds(config, this.slots);
     const maxPositions = options.maxPositions ?? config.maxPositions;
     this.longSequencePositions = Math.min(options.longSequencePositions ?? LONG_SEQUENCE_POSITIONS, maxPositions);
     const laneLimits = maxPositions > this.longSequencePositions ? [this.longSequencePositions, maxPositions] : [maxPositions];
@@ -170,15 +135,6 @@ export class ModelRunner {
       adapters: new AdapterSegments(this.slots, Math.min(options.maxBatch, options.adapterSlots)),
       families: new RowFamilyWeights(this.slots, options.maxBatch),
     }));
-    const rankZeroShapes = loraInputShapes(config, 0);
-    for (let l = 0; l < config.numLayers; l++) {
-      for (const [key, nameOf] of Object.entries(LORA_INPUTS) as [keyof typeof LORA_INPUTS, (l: number) => string][]) {
-        this.rankZeroLora[nameOf(l)] = new ort.Tensor('float32', EMPTY, [1, ...rankZeroShapes[key]]);
-      }
-    }
-    this.probeWidths = Object.fromEntries(PROBE_SITES.map((site) => [site, probeSiteWidths(config)[site].in])) as Record<ProbeSite, number>;
-    this.noProbes = { [PEFT_INPUTS.probing]: new ort.Tensor('bool', [false], [1]) };
-    for (const site of PROBE_SITES) this.noProbes[PEFT_INPUTS.probe(site)] = new ort.Tensor('float32', EMPTY, [0, this.probeWidths[site]]);
     this.probeRow = { adapters: new AdapterSegments(this.slots, 1), families: new RowFamilyWeights(this.slots, 1) };
   }
 
@@ -276,13 +232,13 @@ export class ModelRunner {
     });
 
     const feeds: Record<string, ort.Tensor> = {
-      ...this.tokenFeeds(inputIds, cos, sin, [batch, tokens]),
-      ...this.cacheFeeds(cache, { firstRow, rows }, tokens, GRAPH_INPUTS),
+      ...this.passFeeds.tokens(inputIds, cos, sin, [batch, tokens]),
+      ...this.passFeeds.cache(cache, { firstRow, rows }, tokens, GRAPH_INPUTS),
       [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', logitsPosition, [batch, 1, c.hiddenSize]),
     };
     if (graph === 'adapters') {
-      Object.assign(feeds, this.softPrompts(rows, tokens), this.noProbes);
-      this.feedAdapters(feeds, { adapters, families }, firstRow, rows.map((r) => r.slot), tokens);
+      Object.assign(feeds, this.passFeeds.softPrompts(rows, tokens), this.passFeeds.noProbes);
+      this.passFeeds.adapters(feeds, { adapters, families }, firstRow, rows.map((r) => r.slot), tokens);
     }
 
     const result = await this.sessions[graph].run(feeds);
@@ -355,15 +311,15 @@ export class ModelRunner {
     });
 
     const feeds: Record<string, ort.Tensor> = {
-      ...this.tokenFeeds(inputIds, cos, sin, [tokens, 1]),
-      ...this.cacheFeeds(cache, decode, 1, GRAPH_INPUTS),
-      ...this.cacheFeeds(cache, prefill, width, PREFILL_CACHE_INPUTS),
+      ...this.passFeeds.tokens(inputIds, cos, sin, [tokens, 1]),
+      ...this.passFeeds.cache(cache, decode, 1, GRAPH_INPUTS),
+      ...this.passFeeds.cache(cache, prefill, width, PREFILL_CACHE_INPUTS),
       [TOKEN_GROUP_INPUTS.groupTokens]: new ort.Tensor('int64', BigInt64Array.of(BigInt(decodeRows), BigInt(prefillRows * width)), [2]),
       [TOKEN_GROUP_INPUTS.prefillShape]: new ort.Tensor('int64', BigInt64Array.of(BigInt(prefillRows), BigInt(width)), [2]),
       [TOKEN_GROUP_INPUTS.logitsTokens]: new ort.Tensor('int64', logitsTokens, [logitsTokens.length]),
     };
     // A pass starting at the lane's first row covers every row of the lane that decodes.
-    this.feedLora(feeds, adapters, tokenSlots, 1, (decodeRows > 0 ? decode.firstRow : prefill.firstRow) === 0);
+    this.passFeeds.lora(feeds, adapters, tokenSlots, 1, (decodeRows > 0 ? decode.firstRow : prefill.firstRow) === 0);
 
     const result = await this.sessions.mixed!.run(feeds);
     const positions = (range: RowRange) => range.rows.map((r) => r.position);
@@ -373,125 +329,6 @@ export class ModelRunner {
     }
     const logits = result[GRAPH_OUTPUTS.logits].data as Float32Array;
     return { decode: logits.subarray(0, decodeRows * c.vocabSize), prefill: logits.subarray(decodeRows * c.vocabSize) };
-  }
-
-  /** Token ids `[shape]` and their RoPE tables `[shape, fused_heads, head_dim]`. */
-  private tokenFeeds(inputIds: BigInt64Array, cos: Float32Array, sin: Float32Array, shape: [number, number]): Record<string, ort.Tensor> {
-    const c = this.config;
-    const tables = [...shape, c.numHeads + 2 * c.numKvHeads, c.headDim];
-    return {
-      [GRAPH_INPUTS.inputIds]: new ort.Tensor('int64', inputIds, shape),
-      [GRAPH_INPUTS.ropeCos]: new ort.Tensor('float32', cos, tables),
-      [GRAPH_INPUTS.ropeSin]: new ort.Tensor('float32', sin, tables),
-    };
-  }
-
-  /**
-   * A group of rows' view of the cache (zero-copy, their rows of every layer) and its attention mask, for `tokens`
-   * tokens per row, under the input names of that group.
-   */
-  private cacheFeeds(
-    cache: KvCache,
-    { firstRow, rows }: RowRange,
-    tokens: number,
-    names: CacheInputNames,
-  ): Record<string, ort.Tensor> {
-    const c = this.config;
-    const { width, rowStride: stride } = cache;
-    const batch = rows.length;
-    const groupSize = c.numHeads / c.numKvHeads;
-    const attended = width + tokens;
-    const mask = new Float32Array(batch * groupSize * tokens * attended);
-    rows.forEach((row, b) => {
-      // Per grouped query: the cache positions past the row's length, then the step's later tokens.
-      for (let gq = 0; gq < groupSize * tokens; gq++) {
-        const start = (b * groupSize * tokens + gq) * attended;
-        mask.fill(MASKED, start + row.position, start + width);
-        mask.fill(MASKED, start + width + (gq % tokens) + 1, start + attended);
-      }
-    });
-    const feeds: Record<string, ort.Tensor> = {
-      [names.attentionMask]: new ort.Tensor('float32', mask, [batch, 1, groupSize * tokens, attended]),
-      [names.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(BigInt(width), BigInt(tokens)), [2]),
-    };
-    const range = [firstRow * stride, (firstRow + batch) * stride] as const;
-    for (let l = 0; l < c.numLayers; l++) {
-      feeds[names.pastKey(l)] = new ort.Tensor('float32', cache.keys[l].subarray(...range), [batch, c.numKvHeads, c.headDim, width]);
-      feeds[names.pastValue(l)] = new ort.Tensor('float32', cache.values[l].subarray(...range), [batch, c.numKvHeads, width, c.headDim]);
-    }
-    return feeds;
-  }
-
-  /** Soft prompts' inputs: their virtual tokens are the sequence's first positions, fed as embeddings. */
-  private softPrompts(rows: StepRow[], tokens: number): Record<string, ort.Tensor> {
-    const c = this.config;
-    const batch = rows.length;
-    const prompts = rows.map((row) => this.slots.promptOf(row.slot));
-    if (!rows.some((row, b) => prompts[b].softPrompt && row.position < prompts[b].virtualTokens)) return this.noSoftPrompts;
-    const softPrompt = new Float32Array(batch * tokens * c.hiddenSize);
-    const tokenEmbeddingKept = new Float32Array(batch * tokens).fill(1);
-    rows.forEach((row, b) => {
-      const { softPrompt: embeddings, virtualTokens } = prompts[b];
-      if (!embeddings) return;
-      for (let t = 0; t < row.tokens.length && row.position + t < virtualTokens; t++) {
-        const from = (row.position + t) * c.hiddenSize;
-        softPrompt.set(embeddings.subarray(from, from + c.hiddenSize), (b * tokens + t) * c.hiddenSize);
-        tokenEmbeddingKept[b * tokens + t] = 0;
-      }
-    });
-    return {
-      [PEFT_INPUTS.softPrompt]: new ort.Tensor('float32', softPrompt, [batch, tokens, c.hiddenSize]),
-      [PEFT_INPUTS.tokenEmbeddingKept]: new ort.Tensor('float32', tokenEmbeddingKept, [batch, tokens, 1]),
-    };
-  }
-
-  /**
-   * Feeds every adapter input for rows [firstRow, firstRow + slots.length): LoRA by segment, the other families
-   * per row, each with a stand-in that costs almost nothing when no row of the pass uses it (rank 0 for LoRA and
-   * bottleneck matrices, one identity element for scales and biases).
-   */
-  private feedAdapters(
-    feeds: Record<string, ort.Tensor>,
-    { adapters, families }: { adapters: AdapterSegments; families: RowFamilyWeights },
-    firstRow: number,
-    slots: number[],
-    tokens: number,
-  ): void {
-    const batch = slots.length;
-    this.feedLora(feeds, adapters, slots, tokens, firstRow === 0);
-    const layout = families.prepare(firstRow, slots);
-    const rowsOf = (name: string) => {
-      const { data, shape, size } = families.buffers.get(name)!;
-      return new ort.Tensor('float32', data.subarray(firstRow * size, (firstRow + batch) * size), [batch, ...shape]);
-    };
-    for (const [name, { group }] of families.inputs) {
-      if (group === 'fixed') {
-        // The activation choice is contracted by a MatMul, which does not broadcast its contracted axis.
-        const whole = layout.fixed || name === PEFT_INPUTS.bnActivation;
-        const identity = whole ? undefined : families.broadcastIdentity(name);
-        feeds[name] = identity ? new ort.Tensor('float32', identity.data, identity.dims) : rowsOf(name);
-      } else {
-        feeds[name] = layout.bottleneckWidth > 0 ? rowsOf(name) : new ort.Tensor('float32', EMPTY, [batch, ...families.shapeAt(name, 0)]);
-      }
-    }
-  }
-
-  /** Feeds LoRA for a pass whose rows use `slots` with `tokens` tokens each: the stacked adapters and segments. */
-  private feedLora(feeds: Record<string, ort.Tensor>, adapters: AdapterSegments, slots: number[], tokens: number, mayShrink: boolean): void {
-    const batch = slots.length;
-    const plan = adapters.prepare(slots, tokens, mayShrink);
-    feeds[LORA_SEGMENT_INPUTS.segmentRows] = new ort.Tensor('int64', plan.rows, [plan.adapters, plan.segmentRows]);
-    feeds[LORA_SEGMENT_INPUTS.resultIndex] = new ort.Tensor('int64', plan.resultIndex, [batch, tokens]);
-    feeds[LORA_SEGMENT_INPUTS.rowMask] = new ort.Tensor('float32', plan.rowMask, [batch, 1, 1]);
-    if (plan.rank === 0) Object.assign(feeds, this.rankZeroLora);
-    else {
-      for (let l = 0; l < this.config.numLayers; l++) {
-        for (const nameOf of Object.values(LORA_INPUTS)) {
-          const { data, shape, size } = adapters.buffers.get(nameOf(l))!;
-          feeds[nameOf(l)] = new ort.Tensor('float32', data.subarray(0, plan.adapters * size), [plan.adapters, ...shape]);
-        }
-      }
-    }
   }
 
   /**
@@ -514,7 +351,7 @@ export class ModelRunner {
       [GRAPH_INPUTS.attentionMask]: new ort.Tensor('float32', Float32Array.from({ length: 2 * group }, (_, i) => (i % 2 === 0 ? MASKED : 0)), [1, 1, group, 2]),
       [GRAPH_INPUTS.attentionSplit]: new ort.Tensor('int64', BigInt64Array.of(1n, 1n), [2]),
       [GRAPH_INPUTS.logitsPosition]: new ort.Tensor('int64', new BigInt64Array(c.hiddenSize), [1, 1, c.hiddenSize]),
-      ...this.noSoftPrompts,
+      ...this.passFeeds.noSoftPrompts,
     };
     const emptyCache = new Float32Array(c.numKvHeads * c.headDim);
     for (let l = 0; l < c.numLayers; l++) {
@@ -523,9 +360,9 @@ export class ModelRunner {
     }
     feeds[PEFT_INPUTS.probing] = new ort.Tensor('bool', [true], [1]);
     for (const site of PROBE_SITES) {
-      feeds[PEFT_INPUTS.probe(site)] = new ort.Tensor('float32', probe.inputs[site], [c.numLayers * probe.rows, this.probeWidths[site]]);
+      feeds[PEFT_INPUTS.probe(site)] = new ort.Tensor('float32', probe.inputs[site], [c.numLayers * probe.rows, this.passFeeds.probeWidths[site]]);
     }
-    this.feedAdapters(feeds, this.probeRow, 0, [0], 1);
+    this.passFeeds.adapters(feeds, this.probeRow, 0, [0], 1);
     const result = await this.sessions.adapters.run(feeds);
     return Object.fromEntries(PROBE_SITES.map((site) => [site, result[PROBE_OUTPUT(site)].data as Float32Array])) as Record<ProbeSite, Float32Array>;
   }
