@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRng } from '../../src/engine/random.ts';
 import { configFromHuggingFace } from '../../src/model/config.ts';
+import { median } from '../../src/statistics.ts';
 import { parseScrape, type Scrape } from '../../tests/support/exposition.ts';
 import { zipfSampler } from '../zipf.ts';
 import { AdapterCatalog } from './adapter-catalog.ts';
@@ -374,9 +375,8 @@ async function checkGreedyOutputs(options: SoakOptions, dir: string, catalog: Ad
 }
 
 function rssDrift(samples: { progress: number; bytes: number }[]): SoakReport['rss'] {
-  const median = (values: number[]) => values.sort((a, b) => a - b)[Math.floor(values.length / 2)] ?? 0;
-  const warm = median(samples.filter((s) => s.progress >= WARM_UP && s.progress < WARM_UP + 0.1).map((s) => s.bytes));
-  const final = median(samples.filter((s) => s.progress >= 0.9).map((s) => s.bytes));
+  const warm = median(samples.filter((s) => s.progress >= WARM_UP && s.progress < WARM_UP + 0.1).map((s) => s.bytes)) ?? 0;
+  const final = median(samples.filter((s) => s.progress >= 0.9).map((s) => s.bytes)) ?? 0;
   const mib = (bytes: number) => round(bytes / 2 ** 20);
   return { warmMiB: mib(warm), finalMiB: mib(final), drift: warm > 0 ? round((final - warm) / warm, 3) : 0, samples: samples.length };
 }

@@ -18,6 +18,7 @@ import { BatchRows } from './batch-rows.ts';
 import { HostAdapterCache } from './host-adapter-cache.ts';
 import { LOAD_TURN_MS, LoadTurns } from './load-turns.ts';
 import { planPrefillPass } from './prefill-plan.ts';
+import { loadTurnBudget, StepTimes } from './step-times.ts';
 import type {
   AdapterCacheEvent,
   AdapterLoadEvent,
@@ -114,6 +115,8 @@ export class Scheduler {
   private readonly batch: BatchRows<Sequence>;
   private readonly hostCache: HostAdapterCache;
   private readonly loads: LoadTurns;
+  /** The recent steps' durations, which bound a step's load turn (step-times.ts). */
+  private readonly stepTimes = new StepTimes();
   private report: Omit<StepReport, 'stats'> = { started: [], tokens: [], finished: [], adapterCache: [] };
   private looping = false;
   private wake: (() => void) | null = null;
@@ -300,22 +303,24 @@ export class Scheduler {
    * load does not wait behind prompts that arrived after it, nor they behind loads asked for after them).
    */
   private async step(): Promise<void> {
+    const started = performance.now();
     try {
       this.batch.promote();
       const lane = this.nextPrefillLane();
       const prefillSince = lane < 0 ? Infinity : this.batch.prefilling(lane)[0].submittedAt;
       if (this.loads.waiting > 0 && this.loads.nextAskedAt <= prefillSince) {
-        // A load's turn may run as long as the decode passes took, times the loads waiting: a lone load adds about
-        // one decode pass to a step, and a burst of loads drains faster, with longer steps while it lasts.
         const decodeStarted = performance.now();
         await this.decode();
-        await this.loads.takeTurn((performance.now() - decodeStarted) * this.loads.waiting);
+        const now = performance.now();
+        await this.loads.takeTurn(loadTurnBudget(now - decodeStarted, this.loads.waiting, now - started, this.stepTimes.typical()));
       } else if (lane >= 0) {
         await this.decode(lane);
         await this.prefillChunk(lane);
       } else await this.decode();
     } catch (error) {
       this.failRunning(error as Error);
+    } finally {
+      this.stepTimes.record(performance.now() - started);
     }
   }
 
