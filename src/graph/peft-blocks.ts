@@ -138,7 +138,7 @@ export function peftBlocks(g: OnnxGraphBuilder, c: LlamaConfig) {
   /**
    * Declares `[batch, tokens, ...last]` as the shape of a value that broadcasts an activation against a family
    * input: inference cannot name its axes, as the input's are symbolic so that one element may stand in for it (see
-   * declareShape; on SmolLM2-135M's shape the adapter graph's memory plan took about 2.3 s more without).
+   * declareShape; on SmolLM2-135M's shape the adapter graph's memory plan took about 1.7 s more without).
    */
   const rowsOf = (value: string, ...last: Dim[]) => g.declareShape(value, 'float32', [...ROW_AXES, ...last]);
   const unsqueezeBlend = g.constInt64([2], 'bn_blend_axis');
