@@ -15,9 +15,9 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import OpenAI, { toFile } from 'openai';
 import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
-import { median } from '../statistics.ts';
 import { startGateway } from '../gateway/server.ts';
 import { superviseTrainer } from '../training/service/trainer-child.ts';
+import { median } from './bench-stats.ts';
 
 const log = (message: string) => process.stderr.write(`${message}\n`);
 const FINISHED = new Set(['succeeded', 'failed', 'cancelled']);

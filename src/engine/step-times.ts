@@ -11,7 +11,8 @@ const REMEMBERED_STEPS = 64;
 /**
  * The longest a step carrying a load turn may take, in recent median steps. Measured with `npm run -s
  * bench:stall -- --trials 3 --json` (src/engine/README.md): turns bounded only by the loads waiting gave a cold
- * burst's longest gap 3.4–5.0 times the undisturbed one, bounded at 2.5 steps 2.6–3.4, at 2 steps 2.6–3.3.
+ * burst's longest gap 3.4–5.0 times the undisturbed one, bounded at 2.5 steps 2.6–3.4, at 2 steps 2.2–3.4 (over nine
+ * trials; seven of them within 3).
  */
 export const STEP_GAP_LIMIT = 2;
 
