@@ -37,9 +37,15 @@ function adapterFiles(rank = 8, weights = 'weights-v1'): Map<string, Uint8Array>
   ]);
 }
 
+/** The stores a test opened, stopped before its directory is removed: a running store may be saving its catalog. */
+const openedStores = new WeakMap<TestContext, AdapterStore<TestSummary>[]>();
+
 async function tempRoot(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'adapter-store-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  t.after(async () => {
+    await Promise.all((openedStores.get(t) ?? []).map((store) => store.stop()));
+    await rm(dir, { recursive: true, force: true });
+  });
   return join(dir, 'adapters');
 }
 
@@ -49,7 +55,7 @@ function openStore(
   options: Partial<AdapterStoreOptions<TestSummary>> = {},
 ): AdapterStore<TestSummary> {
   const store = new AdapterStore<TestSummary>({ root, validate: checkAdapterDir, ...options });
-  t.after(() => store.stop());
+  openedStores.set(t, [...(openedStores.get(t) ?? []), store]);
   return store;
 }
 

@@ -24,9 +24,15 @@ before(async () => {
   base = configFromHuggingFace(JSON.parse(await readFile(join(STORIES_HF_DIR, 'config.json'), 'utf8')));
 });
 
+/** The stores a test opened, stopped before its directory is removed: a running store may be saving its catalog. */
+const openedStores = new WeakMap<TestContext, AdapterStore<AdapterSummary>[]>();
+
 async function tempRoot(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'store-startup-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  t.after(async () => {
+    await Promise.all((openedStores.get(t) ?? []).map((store) => store.stop()));
+    await rm(dir, { recursive: true, force: true });
+  });
   return join(dir, 'adapters');
 }
 
@@ -42,7 +48,7 @@ function gatewayStore(t: TestContext, root: string) {
     },
     readSummary: (value) => readAdapterSummary(value, { maxLoraRank: MAX_LORA_RANK, maxPositions: base.maxPositions }),
   });
-  t.after(() => store.stop());
+  openedStores.set(t, [...(openedStores.get(t) ?? []), store]);
   return { store, counts };
 }
 
@@ -144,4 +150,105 @@ test('a rescan reads a known version again only when the stats of its manifest o
   await store.refresh();
   assert.equal(store.resolve('acme', 'bot')?.publishedAt, movedOn, 'a new mtime: read again');
   assert.equal(counts.validated, validatedByPublish, 'from the manifest, still without the validator');
+});
+
+function seededFiles(seed: number) {
+  return loraAdapterFiles(randomLoraAdapter(base, { rank: 4, targetModules: ['q_proj'], seed, std: 0.2 }));
+}
+
+function recordChanges(store: AdapterStore<AdapterSummary>): string[] {
+  const changes: string[] = [];
+  store.on('added', (record) => changes.push(`added ${record.id}`));
+  store.on('removed', (ref) => changes.push(`removed ${ref.id}`));
+  return changes;
+}
+
+test('a start lists from the catalog snapshot the last scan saved; its background scan brings that in line with the disk', async (t) => {
+  const root = await tempRoot(t);
+  const first = gatewayStore(t, root).store;
+  await first.start();
+  await first.publish('acme', 'bot', seededFiles(4));
+  const second = await first.publish('acme', 'bot', seededFiles(5));
+  await first.setPublic('acme', 'bot', true);
+  const secondManifest = join(second.path, 'manifest.json');
+  await pinMtime(secondManifest);
+  await first.refresh();
+  await first.stop();
+
+  // While no gateway runs, another process deletes version 1 and publishes version 3, and version 2's manifest is
+  // overwritten in place keeping its stat identity: a start that read it would find it unreadable.
+  const offline = gatewayStore(t, root).store;
+  await offline.remove('acme', 'bot', '1');
+  await offline.publish('acme', 'bot', seededFiles(6));
+  const manifestLength = (await readFile(secondManifest)).byteLength;
+  await writeFile(secondManifest, ' '.repeat(manifestLength));
+  await pinMtime(secondManifest);
+
+  const { store, counts } = gatewayStore(t, root);
+  const changes = recordChanges(store);
+  await store.start();
+  await store.refresh();
+  assert.equal(counts.validated, 0);
+  assert.deepEqual(store.listInvalid(), []);
+  assert.deepEqual(
+    store.list().map((record) => [record.id, record.public]),
+    [
+      ['acme/bot@2', true],
+      ['acme/bot@3', true],
+    ],
+  );
+  assert.equal(store.resolve('acme', 'bot', '2')?.filesTag, second.filesTag, 'version 2 as the snapshot recorded it');
+  // Versions 1 and 2 were listed from the snapshot, until the scan found version 1 gone and version 3 new.
+  assert.deepEqual(changes, ['added acme/bot@1', 'added acme/bot@2', 'added acme/bot@3', 'removed acme/bot@1']);
+});
+
+test('without a usable catalog snapshot a start scans in full and saves one; entries naming paths are never restored', async (t) => {
+  const root = await tempRoot(t);
+  const first = gatewayStore(t, root).store;
+  await first.start();
+  await first.publish('acme', 'bot', seededFiles(7));
+  await first.refresh();
+  await first.stop();
+  const snapshotPath = join(root, '.catalog.json');
+  const saved = JSON.parse(await readFile(snapshotPath, 'utf8'));
+  assert.deepEqual(
+    saved.adapters.map((entry: { tenant: string; adapter: string; versions: { version: string }[] }) => [entry.tenant, entry.adapter, entry.versions.map((v) => v.version)]),
+    [['acme', 'bot', ['1']]],
+  );
+
+  // Cut short, as by a crash on a file system that does not keep a renamed file's data: the start scans in full.
+  await writeFile(snapshotPath, JSON.stringify(saved).slice(0, 40));
+  const rescanned = gatewayStore(t, root).store;
+  await rescanned.start();
+  assert.deepEqual(rescanned.list().map((record) => record.id), ['acme/bot@1'], 'listed before start resolves, by the scan it waited for');
+  await rescanned.stop();
+  assert.deepEqual(JSON.parse(await readFile(snapshotPath, 'utf8')), saved, 'the scan saved the snapshot again');
+
+  // Entries whose names would lead out of ADAPTERS_DIR are skipped: never listed, so never added or removed.
+  const [entry] = saved.adapters;
+  saved.adapters.push({ ...entry, tenant: '..', adapter: 'etc' }, { ...entry, versions: [{ ...entry.versions[0], version: '../../escape' }] });
+  await writeFile(snapshotPath, JSON.stringify(saved));
+  const { store } = gatewayStore(t, root);
+  const changes = recordChanges(store);
+  await store.start();
+  await store.refresh();
+  assert.deepEqual(store.list().map((record) => record.path), [join(root, 'acme', 'bot', '1')]);
+  assert.deepEqual(changes, ['added acme/bot@1']);
+});
+
+test('a version published again under its number with other files is looked at anew when its old files fail to load', async (t) => {
+  const root = await tempRoot(t);
+  const { store } = gatewayStore(t, root);
+  await store.start();
+  const listed = await store.publish('acme', 'bot', seededFiles(8));
+  const offline = gatewayStore(t, root).store;
+  await offline.remove('acme', 'bot', '1');
+  const republished = await offline.publish('acme', 'bot', seededFiles(9), { version: '1' });
+
+  // The loader read the new files against the record it was given: a mismatch, but not an altered file.
+  await assert.rejects(loadVerifiedAdapter(loaderRef(listed), base, new Map()), AlteredFileError);
+  await store.recheck('acme', 'bot', '1');
+  assert.deepEqual(store.listInvalid(), []);
+  assert.equal(store.resolve('acme', 'bot', '1')?.filesTag, republished.filesTag);
+  assert.notEqual(republished.filesTag, listed.filesTag);
 });

@@ -2,9 +2,13 @@
  * The start-up section of `npm run bench` (and `npm run bench:startup`): how long the engine takes to be ready on
  * the benchmark model with an empty compiled-model cache (cold) and with the entry the cold start wrote (warm), with
  * the parts of each; and how much a store of 10,000 real adapter versions adds to the adapter store's start against
- * an empty store. The cases run interleaved in this run; the figures are differences and ratios of them.
+ * an empty store, listed from the catalog snapshot the last scan saved (as every start after the first) and by a
+ * full scan (the first start, or one whose snapshot is unusable). The cases run interleaved in this run; the
+ * figures are differences and ratios of them. `dropCaches` empties the page cache before each store start, as after
+ * a reboot.
  */
 import { existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -15,6 +19,7 @@ import { adapterValidator } from '../gateway/adapter-validator.ts';
 import { readAdapterSummary } from '../gateway/model-resolver.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { AdapterStore } from '../registry/adapter-store.ts';
+import { CATALOG_SNAPSHOT_FILE } from '../registry/catalog-snapshot.ts';
 import { serializeManifest, type FileDigest } from '../registry/manifest.ts';
 import { median, round } from './bench-stats.ts';
 
@@ -28,6 +33,8 @@ export interface StartupBenchOptions {
   log: (message: string) => void;
   /** Only the adapter store's part, without the engine's starts: a short run that fits a quiet window. */
   storeOnly?: boolean;
+  /** Empty the page cache before each store start (needs root: it writes /proc/sys/vm/drop_caches). */
+  dropCaches?: boolean;
 }
 
 /**
@@ -67,8 +74,27 @@ async function writeVersionFiles(dir: string, files: Map<string, Uint8Array>): P
   for (const [name, bytes] of files) await writeFile(join(dir, name), bytes);
 }
 
-/** Seconds until the store has listed `root`, as the gateway configures it; the validator must never run. */
-async function storeStartSeconds(root: string, expected: number): Promise<number> {
+/** Writes dirty pages out and empties the page cache, dentries and inodes, so the next reads go to the disk. */
+async function dropPageCache(): Promise<void> {
+  execFileSync('sync');
+  try {
+    await writeFile('/proc/sys/vm/drop_caches', '3');
+  } catch (err) {
+    throw new Error(`--drop-caches needs to write /proc/sys/vm/drop_caches (run as root): ${(err as Error).message}`);
+  }
+}
+
+interface StoreStart {
+  /** Until `start()` resolved: the gateway serves the listing from then on. */
+  startSeconds: number;
+  /** Until the scan that checks the listing against the disk ended (the same scan, when start waited for it). */
+  scannedSeconds: number;
+}
+
+/** How long the store takes to list `root`, as the gateway configures it; the validator must never run. */
+async function storeStart(root: string, expected: number, from: 'snapshot' | 'scan', dropCaches: boolean): Promise<StoreStart> {
+  if (from === 'scan') await rm(join(root, CATALOG_SNAPSHOT_FILE), { force: true });
+  if (dropCaches) await dropPageCache();
   const store = new AdapterStore({
     root,
     validate: async () => {
@@ -78,11 +104,13 @@ async function storeStartSeconds(root: string, expected: number): Promise<number
   });
   const started = performance.now();
   await store.start();
-  const seconds = (performance.now() - started) / 1000;
+  const startSeconds = (performance.now() - started) / 1000;
+  if (store.list().length !== expected) throw new Error(`the benchmark store's start listed ${store.list().length} versions, expected ${expected}`);
   await store.stop();
+  const scannedSeconds = (performance.now() - started) / 1000;
   if (store.listInvalid().length > 0) throw new Error(`the benchmark store has invalid versions: ${store.listInvalid()[0].error}`);
   if (store.list().length !== expected) throw new Error(`the benchmark store listed ${store.list().length} versions, expected ${expected}`);
-  return seconds;
+  return { startSeconds, scannedSeconds };
 }
 
 interface EngineStart {
@@ -111,11 +139,15 @@ export async function measureStartup(options: StartupBenchOptions) {
   log(`start-up: ${engine}listing ${STORED_ADAPTERS} stored adapters against none, interleaved ...`);
   const cold: EngineStart[] = [];
   const warm: EngineStart[] = [];
-  const emptyStore: number[] = [];
-  const largeStore: number[] = [];
+  const emptyStore: StoreStart[] = [];
+  const scanned: StoreStart[] = [];
+  const restored: StoreStart[] = [];
+  const dropCaches = options.dropCaches ?? false;
   for (let i = 0; i < trials; i++) {
-    emptyStore.push(await storeStartSeconds(empty, 0));
-    largeStore.push(await storeStartSeconds(large, STORED_ADAPTERS));
+    emptyStore.push(await storeStart(empty, 0, 'scan', dropCaches));
+    // The full scan saves the snapshot the start after it restores.
+    scanned.push(await storeStart(large, STORED_ADAPTERS, 'scan', dropCaches));
+    restored.push(await storeStart(large, STORED_ADAPTERS, 'snapshot', dropCaches));
     if (options.storeOnly) continue;
     const cacheDir = await mkdtemp(join(benchDir, 'model-cache-'));
     try {
@@ -126,13 +158,19 @@ export async function measureStartup(options: StartupBenchOptions) {
     }
     if (cold.at(-1)!.cached || !warm.at(-1)!.cached) throw new Error('the cold start must compile and the warm start must read the cache');
   }
-  const added = largeStore.map((seconds, i) => seconds - emptyStore[i]);
+  const added = (starts: StoreStart[]) => starts.map((start, i) => start.startSeconds - emptyStore[i].startSeconds);
+  const seconds = (values: number[], digits = 2) => values.map((s) => round(s, digits));
   const store = {
     stored_adapters: STORED_ADAPTERS,
-    store_start_s_empty_runs: emptyStore.map((s) => round(s, 3)),
-    store_start_s_with_stored_adapters_runs: largeStore.map((s) => round(s, 2)),
-    startup_added_by_stored_adapters_s: round(median(added), 2),
-    startup_added_by_stored_adapters_s_runs: added.map((s) => round(s, 2)),
+    page_cache: dropCaches ? 'dropped before each start' : 'warm',
+    store_start_s_empty_runs: seconds(emptyStore.map((s) => s.startSeconds), 3),
+    // What a start adds: from the snapshot (every start after the first) and by the full scan.
+    startup_added_by_stored_adapters_s: round(median(added(restored)), 2),
+    startup_added_by_stored_adapters_s_runs: seconds(added(restored)),
+    startup_added_without_snapshot_s: round(median(added(scanned)), 2),
+    startup_added_without_snapshot_s_runs: seconds(added(scanned)),
+    // Until the background scan after a start from the snapshot had checked every version.
+    store_snapshot_checked_s_runs: seconds(restored.map((s) => s.scannedSeconds)),
   };
   if (options.storeOnly) return store;
   const ratios = warm.map((w, i) => w.seconds / cold[i].seconds);

@@ -94,6 +94,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
   const metrics = createGatewayMetrics({ maxLora: Math.max(1, settings.engine.adapterSlots), modelName, engineAlive: () => engine.alive });
   engine.on('stats', (stats) => metrics.setSchedulerState(stats));
   engine.on('adapter-cache', (event) => metrics.recordAdapterCache(event));
+  store.on('scanFailed', (error) => logger.warn('the adapter store could not read or save part of ADAPTERS_DIR', { error: error.message }));
   store.on('invalid', (entry) => {
     if (entry.alteredFile === undefined) return;
     logger.warn('a stored adapter file changed after publishing; the version is not served', { adapter: entry.id, file: entry.alteredFile });

@@ -73,6 +73,8 @@ export interface AdapterState<Summary> {
 
 export class AdapterCatalog<Summary> {
   private readonly adapters = new Map<string, AdapterState<Summary>>();
+  /** Counts changes to what is known, so a saved copy of the catalog (catalog-snapshot.ts) is rewritten only after one. */
+  revision = 0;
 
   constructor(private readonly events: EventEmitter<AdapterStoreEvents<Summary>>) {}
 
@@ -129,6 +131,16 @@ export class AdapterCatalog<Summary> {
     return found ? { entry: found.entry, public: state.isPublic } : null;
   }
 
+  /** Every adapter the catalog knows. */
+  states(): IterableIterator<AdapterState<Summary>> {
+    return this.adapters.values();
+  }
+
+  /** Records a change made to an adapter's state in place (its visibility). */
+  noteChange(): void {
+    this.revision++;
+  }
+
   /** The state of one adapter, when the catalog knows it. */
   find(tenant: string, adapter: string): AdapterState<Summary> | undefined {
     return this.adapters.get(adapterKey(tenant, adapter));
@@ -149,6 +161,7 @@ export class AdapterCatalog<Summary> {
   apply(state: AdapterState<Summary>, version: string, next: VersionState<Summary>): void {
     const previous = state.versions.get(version);
     state.versions.set(version, next);
+    this.revision++;
     const unchanged =
       previous?.kind === 'servable' && next.kind === 'servable' && sameFiles(previous.record.files, next.record.files);
     if (previous?.kind === 'servable' && !unchanged) this.events.emit('removed', versionRef(previous.record));
@@ -162,6 +175,7 @@ export class AdapterCatalog<Summary> {
   forget(state: AdapterState<Summary>, version: string): void {
     const previous = state.versions.get(version);
     state.versions.delete(version);
+    this.revision++;
     if (previous?.kind === 'servable') this.events.emit('removed', versionRef(previous.record));
   }
 
@@ -173,7 +187,7 @@ export class AdapterCatalog<Summary> {
     for (const name of [...state.versions.keys()]) {
       if (version === undefined || name === version) this.forget(state, name);
     }
-    if (version === undefined) this.adapters.delete(key);
+    if (version === undefined && this.adapters.delete(key)) this.revision++;
   }
 
   /** Forgets every adapter a complete listing of the store did not find. */
@@ -182,6 +196,7 @@ export class AdapterCatalog<Summary> {
       if (seen.has(key)) continue;
       for (const version of [...state.versions.keys()]) this.forget(state, version);
       this.adapters.delete(key);
+      this.revision++;
     }
   }
 }

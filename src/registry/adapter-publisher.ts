@@ -117,7 +117,7 @@ export class AdapterPublisher<Summary> {
         );
       }
       await writeVisibility(adapterDir, isPublic, layout.stagingDir);
-      readVisibility(catalog.adapterState(tenant, adapter), adapterDir);
+      if (readVisibility(catalog.adapterState(tenant, adapter), adapterDir)) catalog.noteChange();
     });
   }
 

@@ -17,10 +17,11 @@ import {
   type InvalidAdapterVersion,
 } from './adapter-catalog.ts';
 import { AdapterPublisher } from './adapter-publisher.ts';
+import { CatalogSnapshot } from './catalog-snapshot.ts';
 import { StoreLayout } from './store-layout.ts';
 import { StoreScanner } from './store-scanner.ts';
 import { MANIFEST_FILE, MAX_MANIFEST_BYTES, parseManifest, sameFiles, type FileDigest } from './manifest.ts';
-import { asError, readdirIfPresent, readSmallFile } from './store-files.ts';
+import { asError, errorMessage, readdirIfPresent, readSmallFile } from './store-files.ts';
 import { VersionVerifier } from './version-verifier.ts';
 
 export { StoreError } from './adapter-names.ts';
@@ -60,6 +61,7 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
   private readonly catalog: AdapterCatalog<Summary>;
   private readonly scanner: StoreScanner<Summary>;
   private readonly publisher: AdapterPublisher<Summary>;
+  private readonly snapshot: CatalogSnapshot<Summary>;
 
   /** Serialises scans and every change to the catalog, so a scan never acts on a listing older than a change. */
   private tail: Promise<unknown> = Promise.resolve();
@@ -74,12 +76,14 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
     this.root = layout.root;
     this.rescanIntervalMs = options.rescanIntervalMs ?? 2000;
     this.catalog = new AdapterCatalog(this);
+    const readSummary = options.readSummary ?? (() => undefined);
+    this.snapshot = new CatalogSnapshot(layout, this.catalog, readSummary);
     // Staging directories of publishes in progress here, which the sweep must not delete whatever their age.
     const activeStaging = new Set<string>();
     this.scanner = new StoreScanner({
       layout,
       catalog: this.catalog,
-      verifier: new VersionVerifier(layout, options.validate, options.readSummary ?? (() => undefined)),
+      verifier: new VersionVerifier(layout, options.validate, readSummary),
       events: this,
       activeStaging,
       stagingMaxAgeMs: options.stagingMaxAgeMs ?? 60 * 60 * 1000,
@@ -93,10 +97,24 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
     });
   }
 
-  /** Scans once (removing stale staging leftovers), then rescans every `rescanIntervalMs` until `stop()`. */
+  /**
+   * Lists the store, then rescans every `rescanIntervalMs` until `stop()`. The listing comes from the catalog
+   * snapshot the last scan saved when there is one (catalog-snapshot.ts), and a full scan that checks it against the
+   * disk (and sweeps stale staging leftovers) starts at once in the background; without a snapshot, start waits for
+   * that scan. `refresh()` resolves once a scan has checked everything.
+   */
   async start(): Promise<void> {
     if (this.running) return;
-    await this.refresh();
+    const restored = await this.exclusive(async () => {
+      await this.layout.prepare();
+      return this.snapshot.restore().catch((err) => {
+        this.emit('scanFailed', new Error(`the catalog snapshot could not be read, so the store is scanned in full: ${errorMessage(err)}`));
+        return null;
+      });
+    });
+    const scanned = this.refresh();
+    if (restored) scanned.catch((err) => this.emit('scanFailed', asError(err)));
+    else await scanned;
     this.running = true;
     this.scheduleRescan();
   }
@@ -117,6 +135,9 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
     this.queuedScan ??= this.exclusive(async () => {
       this.queuedScan = undefined;
       await this.scanner.scan();
+      await this.snapshot.save().catch((err) => {
+        this.emit('scanFailed', new Error(`the catalog snapshot could not be saved (the next start scans in full): ${errorMessage(err)}`));
+      });
     });
     return this.queuedScan;
   }

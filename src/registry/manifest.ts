@@ -40,7 +40,11 @@ export function serializeManifest(manifest: Manifest): string {
 }
 
 export function parseManifest(text: string, version: string): Manifest {
-  const value = parseJson(text);
+  return manifestFromJson(parseJson(text), version);
+}
+
+/** A manifest's fields checked, from JSON already parsed (a manifest file's, or a catalog snapshot's entry). */
+export function manifestFromJson(value: Record<string, unknown> | null, version: string): Manifest {
   const fix = 'publish the version again, or delete the file to have the directory checked and adopted as it is';
   if (!value) throw new StoreError('invalid_file', `${MANIFEST_FILE} is not a JSON object; ${fix}`);
   if (value.version !== version) {

@@ -92,7 +92,7 @@ export class StoreScanner<Summary> {
     const adapterDir = layout.pathInside(tenant, adapter);
     const state = catalog.adapterState(tenant, adapter);
     const entries = readdirIfPresent(adapterDir);
-    readVisibility(state, adapterDir, entries.some((entry) => entry.name === VISIBILITY_FILE));
+    if (readVisibility(state, adapterDir, entries.some((entry) => entry.name === VISIBILITY_FILE))) catalog.noteChange();
     const present = new Set<string>();
     for (const entry of entries) {
       const version = entry.name;
@@ -188,6 +188,13 @@ export class StoreScanner<Summary> {
     const known = state?.versions.get(version);
     if (!state || known?.kind !== 'servable') return;
     const { path, files } = known.record;
+    const served = servedFiles(files);
+    if (joinFingerprint(statFiles(path, served), served) !== known.fingerprint) {
+      // The files changed since the version was listed (it was listed from a catalog snapshot older than the disk,
+      // or a scan has not come by since): look at them as a scan would, rather than call them altered.
+      if (!(await this.examineVersion(state, version, path))) catalog.forget(state, version);
+      return;
+    }
     const fingerprint = fingerprintVersion(path);
     if (!fingerprint) return;
     try {

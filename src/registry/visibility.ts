@@ -9,13 +9,14 @@ import { MAX_MANIFEST_BYTES } from './manifest.ts';
 import { lstatIfPresent, parseJson, readSmallFile, statFingerprint } from './store-files.ts';
 
 /**
- * Reads the file into the adapter's state, unless it is unchanged since last read. `listed` false says a listing
- * of the adapter's directory just found no such file, which spares the scan a system call per adapter.
+ * Reads the file into the adapter's state, unless it is unchanged since last read; true when it read it. `listed`
+ * false says a listing of the adapter's directory just found no such file, which spares the scan a system call per
+ * adapter.
  */
-export function readVisibility(state: AdapterState<unknown>, adapterDir: string, listed = true): void {
+export function readVisibility(state: AdapterState<unknown>, adapterDir: string, listed = true): boolean {
   const path = join(adapterDir, VISIBILITY_FILE);
   const fingerprint = statFingerprint(listed ? lstatIfPresent(path) : null);
-  if (fingerprint === state.visibilityFingerprint) return;
+  if (fingerprint === state.visibilityFingerprint) return false;
   let text: string | null = null;
   try {
     // No file (most adapters have none): nothing to read.
@@ -26,6 +27,7 @@ export function readVisibility(state: AdapterState<unknown>, adapterDir: string,
   // Anything but a well-formed `{"public": true}` keeps the adapter private: the safe reading of a damaged file.
   state.isPublic = text !== null && parseJson(text)?.public === true;
   state.visibilityFingerprint = fingerprint;
+  return true;
 }
 
 export async function writeVisibility(adapterDir: string, isPublic: boolean, stagingDir: string): Promise<void> {
