@@ -177,9 +177,12 @@ test('a start lists from the catalog snapshot the last scan saved; its backgroun
 
   // While no gateway runs, another process deletes version 1 and publishes version 3, and version 2's manifest is
   // overwritten in place keeping its stat identity: a start that read it would find it unreadable.
+  const snapshotPath = join(root, '.catalog.json');
+  const saved = await readFile(snapshotPath, 'utf8');
   const offline = gatewayStore(t, root).store;
   await offline.remove('acme', 'bot', '1');
   await offline.publish('acme', 'bot', seededFiles(6));
+  assert.equal(await readFile(snapshotPath, 'utf8'), saved, 'a store that was never started knows only its own versions: it never saves');
   const manifestLength = (await readFile(secondManifest)).byteLength;
   await writeFile(secondManifest, ' '.repeat(manifestLength));
   await pinMtime(secondManifest);

@@ -6,7 +6,7 @@
  * gets, so names never leak; a tenant writing into another tenant's namespace gets 403 whatever exists there.
  * Responses never carry filesystem paths.
  */
-import type { Context, Hono } from 'hono';
+import type { Context, Hono, MiddlewareHandler } from 'hono';
 import { AdapterError } from '../adapters/adapter-error.ts';
 import { ADAPTER_WEIGHTS_FILES } from '../adapters/adapter.ts';
 import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
@@ -30,6 +30,13 @@ const GENERIC_FILE_FIELDS = new Set(['file', 'file[]', 'files', 'files[]']);
 
 export function registerAdapterRoutes(app: Hono<GatewayEnv>, services: GatewayServices): void {
   const { store, models } = services;
+
+  // Listings show every version on disk, including those a start from the catalog snapshot has not checked yet.
+  const fullyListed: MiddlewareHandler<GatewayEnv> = async (_c, next) => {
+    await store.fullyListed();
+    await next();
+  };
+  for (const path of ['/v1/adapters', '/v1/adapters/*', '/admin/adapters', '/admin/adapters/*']) app.use(path, fullyListed);
 
   const versionView = (record: VersionRecord) => ({
     object: 'adapter.version' as const,

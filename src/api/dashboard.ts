@@ -55,6 +55,7 @@ export function registerDashboardRoutes(app: Hono<GatewayEnv>, services: Gateway
   app.get('/dashboard/dashboard.js', asset('dashboard.js', 'text/javascript; charset=utf-8'));
   app.get('/dashboard/dashboard.css', asset('dashboard.css', 'text/css; charset=utf-8'));
   app.get('/dashboard/data', async (c) => {
+    await services.store.fullyListed();
     const snapshot = await liveSnapshot({
       registry: services.metrics.registry,
       model: services.models.baseName,

@@ -42,9 +42,9 @@ export function registerModelRoutes(app: Hono<GatewayEnv>, services: GatewayServ
     adapter_family: record.summary.family,
   });
 
-  app.get('/v1/models', (c) => {
+  app.get('/v1/models', async (c) => {
     const principal: Principal = c.get('principal');
-    const adapters = models.visibleAdapters(principal).map((record) => adapterCard(record, models.modelId(record)));
+    const adapters = (await models.visibleAdapters(principal)).map((record) => adapterCard(record, models.modelId(record)));
     return c.json({ object: 'list', data: [baseCard(), ...adapters] });
   });
 

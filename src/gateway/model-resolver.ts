@@ -76,7 +76,8 @@ export class ModelResolver {
   }
 
   /** The latest version of every adapter the caller may use. */
-  visibleAdapters(principal: Principal): AdapterRecord<AdapterSummary>[] {
+  async visibleAdapters(principal: Principal): Promise<AdapterRecord<AdapterSummary>[]> {
+    await this.store.fullyListed();
     const latest = new Map<string, AdapterRecord<AdapterSummary>>();
     for (const record of this.store.list()) {
       if (!this.canUse(principal, record)) continue;

@@ -66,6 +66,8 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
   /** Serialises scans and every change to the catalog, so a scan never acts on a listing older than a change. */
   private tail: Promise<unknown> = Promise.resolve();
   private queuedScan?: Promise<void>;
+  /** The first full scan since start(): what `fullyListed()` waits for. */
+  private firstScan: Promise<void> = Promise.resolve();
   private timer?: NodeJS.Timeout;
   private running = false;
 
@@ -105,17 +107,24 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
    */
   async start(): Promise<void> {
     if (this.running) return;
-    const restored = await this.exclusive(async () => {
-      await this.layout.prepare();
-      return this.snapshot.restore().catch((err) => {
-        this.emit('scanFailed', new Error(`the catalog snapshot could not be read, so the store is scanned in full: ${errorMessage(err)}`));
-        return null;
-      });
-    });
-    const scanned = this.refresh();
-    if (restored) scanned.catch((err) => this.emit('scanFailed', asError(err)));
-    else await scanned;
     this.running = true;
+    try {
+      const restored = await this.exclusive(async () => {
+        await this.layout.prepare();
+        return this.snapshot.restore().catch((err) => {
+          this.emit('scanFailed', new Error(`the catalog snapshot could not be read, so the store is scanned in full: ${errorMessage(err)}`));
+          return null;
+        });
+      });
+      const scanned = this.refresh();
+      this.firstScan = scanned.catch((err) => {
+        this.emit('scanFailed', asError(err));
+      });
+      if (!restored) await scanned;
+    } catch (err) {
+      this.running = false;
+      throw err;
+    }
     this.scheduleRescan();
   }
 
@@ -135,11 +144,33 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
     this.queuedScan ??= this.exclusive(async () => {
       this.queuedScan = undefined;
       await this.scanner.scan();
-      await this.snapshot.save().catch((err) => {
-        this.emit('scanFailed', new Error(`the catalog snapshot could not be saved (the next start scans in full): ${errorMessage(err)}`));
-      });
+      await this.saveSnapshot();
     });
     return this.queuedScan;
+  }
+
+  /**
+   * Saves the catalog snapshot after a change this process made, before the change is acknowledged, so a restart
+   * lists every version this gateway accepted. Only a started store saves: one that only publishes (a trainer
+   * sidecar's) knows just its own versions, and its snapshot would hide the rest.
+   */
+  private async saveAfterChange(): Promise<void> {
+    if (this.running) await this.exclusive(() => this.saveSnapshot());
+  }
+
+  private async saveSnapshot(): Promise<void> {
+    await this.snapshot.save().catch((err) => {
+      this.emit('scanFailed', new Error(`the catalog snapshot could not be saved (the next start scans in full): ${errorMessage(err)}`));
+    });
+  }
+
+  /**
+   * Resolves once the listing reflects a full scan since `start()`. A start from the catalog snapshot lists before
+   * that scan has ended, and the snapshot may lack versions another process renamed into place just before a
+   * crash, or while no gateway ran: listings that must show every version on disk wait for this first.
+   */
+  fullyListed(): Promise<void> {
+    return this.firstScan;
   }
 
   /** Servable versions, of one tenant or of all, ordered by tenant, adapter, then from oldest to latest. */
@@ -186,7 +217,9 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
     options: { version?: string } = {},
   ): Promise<AdapterRecord<Summary>> {
     checkAdapterRef({ tenant, adapter, version: options.version });
-    return this.publisher.publish(tenant, adapter, files, options.version);
+    const record = await this.publisher.publish(tenant, adapter, files, options.version);
+    await this.saveAfterChange();
+    return record;
   }
 
   /**
@@ -213,12 +246,14 @@ export class AdapterStore<Summary = unknown> extends EventEmitter<AdapterStoreEv
   async remove(tenant: string, adapter: string, version?: string): Promise<void> {
     checkAdapterRef({ tenant, adapter, version });
     await this.publisher.remove(tenant, adapter, version);
+    await this.saveAfterChange();
   }
 
   /** Records whether other tenants may use the adapter; survives restarts. */
   async setPublic(tenant: string, adapter: string, isPublic: boolean): Promise<void> {
     checkAdapterRef({ tenant, adapter });
     await this.publisher.setPublic(tenant, adapter, isPublic);
+    await this.saveAfterChange();
   }
 
   private exclusive<T>(work: () => Promise<T>): Promise<T> {
