@@ -10,7 +10,11 @@ FROM ${BASE_IMAGE}
 # download CUDA libraries. `cuda12` downloads the CUDA execution provider instead.
 ARG ONNXRUNTIME_NODE_INSTALL=skip
 
+# GLIBC_TUNABLES: malloc asks for transparent huge pages (where the kernel's THP mode is `madvise`), so the ~2 GB that
+# onnxruntime's sessions fill at start (each session's pre-packed weights) costs far fewer page faults; npm start
+# sets the same. README.md, "Start-up".
 ENV NODE_ENV=production \
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     HOST=0.0.0.0 \
     PORT=8000 \
     ADAPTERS_DIR=/data/adapters
