@@ -3,10 +3,10 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, readdir, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, readdir, rename, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { formatAdapterId, parseAdapterId } from '../src/registry/adapter-names.ts';
+import { stopAfterTest, tempStoreRoot } from './support/store-dirs.ts';
 import {
   AdapterStore,
   StoreError,
@@ -37,16 +37,8 @@ function adapterFiles(rank = 8, weights = 'weights-v1'): Map<string, Uint8Array>
   ]);
 }
 
-/** The stores a test opened, stopped before its directory is removed: a running store may be saving its catalog. */
-const openedStores = new WeakMap<TestContext, AdapterStore<TestSummary>[]>();
-
-async function tempRoot(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'adapter-store-'));
-  t.after(async () => {
-    await Promise.all((openedStores.get(t) ?? []).map((store) => store.stop()));
-    await rm(dir, { recursive: true, force: true });
-  });
-  return join(dir, 'adapters');
+function tempRoot(t: TestContext): Promise<string> {
+  return tempStoreRoot(t, 'adapter-store-');
 }
 
 function openStore(
@@ -55,7 +47,7 @@ function openStore(
   options: Partial<AdapterStoreOptions<TestSummary>> = {},
 ): AdapterStore<TestSummary> {
   const store = new AdapterStore<TestSummary>({ root, validate: checkAdapterDir, ...options });
-  openedStores.set(t, [...(openedStores.get(t) ?? []), store]);
+  stopAfterTest(t, store);
   return store;
 }
 

@@ -5,8 +5,7 @@
  */
 import { before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, utimes, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { loadVerifiedAdapter } from '../src/engine/adapter-loader.ts';
@@ -16,6 +15,7 @@ import { configFromHuggingFace } from '../src/model/config.ts';
 import type { LlamaConfig } from '../src/model/types.ts';
 import { AdapterStore, AlteredFileError, type AdapterRecord } from '../src/registry/adapter-store.ts';
 import { STORIES_HF_DIR } from './support/models.ts';
+import { stopAfterTest, tempStoreRoot } from './support/store-dirs.ts';
 
 const MAX_LORA_RANK = 16;
 let base: LlamaConfig;
@@ -24,16 +24,8 @@ before(async () => {
   base = configFromHuggingFace(JSON.parse(await readFile(join(STORIES_HF_DIR, 'config.json'), 'utf8')));
 });
 
-/** The stores a test opened, stopped before its directory is removed: a running store may be saving its catalog. */
-const openedStores = new WeakMap<TestContext, AdapterStore<AdapterSummary>[]>();
-
-async function tempRoot(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'store-startup-'));
-  t.after(async () => {
-    await Promise.all((openedStores.get(t) ?? []).map((store) => store.stop()));
-    await rm(dir, { recursive: true, force: true });
-  });
-  return join(dir, 'adapters');
+function tempRoot(t: TestContext): Promise<string> {
+  return tempStoreRoot(t, 'store-startup-');
 }
 
 /** A store configured as the gateway configures it, counting the validator's runs (each one reads weights). */
@@ -48,7 +40,7 @@ function gatewayStore(t: TestContext, root: string) {
     },
     readSummary: (value) => readAdapterSummary(value, { maxLoraRank: MAX_LORA_RANK, maxPositions: base.maxPositions }),
   });
-  openedStores.set(t, [...(openedStores.get(t) ?? []), store]);
+  stopAfterTest(t, store);
   return { store, counts };
 }
 
