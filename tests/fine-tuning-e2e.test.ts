@@ -14,7 +14,7 @@ import { loadChatFormatter, loadTokenizer } from '../src/tokenizer/load.ts';
 import { parseTrainingJsonl } from '../src/training/data/jsonl-examples.ts';
 import { tokenizeExamples, type TokenizedSequence } from '../src/training/data/tokenize-examples.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
-import { asJsonl, MADE_UP_WORD, madeUpWordStories, startTestTrainer, waitForJob, type TestTrainer } from './support/fine-tuning.ts';
+import { asJsonl, jobFinished, MADE_UP_WORD, madeUpWordStories, startTestTrainer, waitForJob, type TestTrainer } from './support/fine-tuning.ts';
 import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
 
 let gateway: TestGateway;
@@ -74,7 +74,7 @@ test('a tenant fine-tunes with the openai client and chats with the result as so
   const statuses = new Set<string>();
   const finished = await waitForJob(client, created.id, (job) => {
     statuses.add(job.status);
-    return ['succeeded', 'failed', 'cancelled'].includes(job.status);
+    return jobFinished(job);
   });
   assert.equal(finished.status, 'succeeded', JSON.stringify(finished.error));
   const model = finished.fine_tuned_model!;

@@ -17,7 +17,7 @@ import { JobStore } from '../src/training/jobs/job-store.ts';
 import { TrainingDir } from '../src/training/jobs/training-dir.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
 import { startGatewayProcess } from '../loadtest/gateway-process.ts';
-import { asJsonl, madeUpWordStories, startTestTrainer, trainerTestEnv, waitForJob } from './support/fine-tuning.ts';
+import { asJsonl, jobFinished as finished, madeUpWordStories, startTestTrainer, trainerTestEnv, waitForJob } from './support/fine-tuning.ts';
 import { REPO_ROOT, STORIES_HF_DIR } from './support/models.ts';
 
 let gateway: TestGateway;
@@ -41,7 +41,6 @@ const longJob = (extra: Record<string, unknown> = {}) =>
     ...extra,
   } as never);
 
-const finished = (job: { status: string }) => ['succeeded', 'failed', 'cancelled'].includes(job.status);
 const stepsOf = async (id: string) => {
   const events = await client.fineTuning.jobs.listEvents(id, { limit: 1000 });
   return events.data.filter((e) => e.type === 'metrics').map((e) => (e.data as { step: number }).step);
@@ -111,8 +110,15 @@ test('a file that passes upload but not tokenisation fails the job, naming the l
   }
 });
 
+interface TrainerProcess {
+  child: ChildProcess;
+  exited: Promise<number | null>;
+  /** Throws, with what the process wrote to stderr, once it has exited without being told to. */
+  assertRunning(): void;
+}
+
 /** `npm run trainer` as its own process; with `ipc`, linked as `npm start` links its child sidecar. */
-function trainerProcess(env: Record<string, string>, ipc = false): { child: ChildProcess; exited: Promise<number | null> } {
+function trainerProcess(env: Record<string, string>, ipc = false): TrainerProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'src/trainer-main.ts')], {
     cwd: REPO_ROOT,
     env: {
@@ -122,14 +128,28 @@ function trainerProcess(env: Record<string, string>, ipc = false): { child: Chil
       LOG_LEVEL: 'warn',
       ...env,
     },
-    stdio: ['ignore', 'ignore', 'ignore', ...(ipc ? (['ipc'] as const) : [])],
+    stdio: ['ignore', 'ignore', 'pipe', ...(ipc ? (['ipc'] as const) : [])],
   });
-  return { child, exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))) };
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  return {
+    child,
+    exited: new Promise((resolve) => child.once('exit', (code) => resolve(code))),
+    assertRunning() {
+      if (child.exitCode !== null || child.signalCode !== null) {
+        throw new Error(`the trainer exited (${child.exitCode ?? child.signalCode}) on its own:\n${stderr}`);
+      }
+    },
+  };
 }
 
+/** Runs the job in a trainer process checkpointing every 2 steps, and kills it with SIGKILL after the first checkpoint. */
 async function killAfterCheckpoint(id: string): Promise<void> {
   const trainer = trainerProcess({ TRAINER_CHECKPOINT_STEPS: '2' });
-  await waitForJob(client, id, async () => (await client.fineTuning.jobs.checkpoints.list(id)).data.length > 0);
+  await waitForJob(client, id, async () => {
+    trainer.assertRunning();
+    return (await client.fineTuning.jobs.checkpoints.list(id)).data.length > 0;
+  });
   trainer.child.kill('SIGKILL');
   await trainer.exited;
 }
@@ -143,7 +163,10 @@ test('a trainer killed with SIGKILL resumes the job from its last checkpoint; a 
   const stored = (await jobs.get('acme', damaged.id))!;
   await writeFile(jobs.jobPath(stored, 'state.safetensors'), 'not a checkpoint');
   let restarted = trainerProcess({ TRAINER_CHECKPOINT_STEPS: '2' });
-  const failed = await waitForJob(client, damaged.id, finished);
+  const failed = await waitForJob(client, damaged.id, (job) => {
+    restarted.assertRunning();
+    return finished(job);
+  });
   assert.equal(failed.status, 'failed');
   assert.equal(failed.error?.code, 'checkpoint_unreadable');
   assert.match(failed.error!.message, /last checkpoint is damaged .* so it cannot resume/);
@@ -152,17 +175,26 @@ test('a trainer killed with SIGKILL resumes the job from its last checkpoint; a 
 
   const resumed = await longJob({ suffix: 'resumed' });
   await killAfterCheckpoint(resumed.id);
-  const checkpoint = (await client.fineTuning.jobs.checkpoints.list(resumed.id)).data[0].step_number;
+  const listed = (await client.fineTuning.jobs.checkpoints.list(resumed.id)).data[0].step_number;
   restarted = trainerProcess({ TRAINER_CHECKPOINT_STEPS: '1000' });
   try {
-    const resumeMessage = `The trainer restarted: resuming from the checkpoint at step ${checkpoint}`;
-    const eventsAfterResume = async () => {
+    const resumeMessage = /^The trainer restarted: resuming from the checkpoint at step (\d+)$/;
+    const afterResume = async () => {
       const events = (await client.fineTuning.jobs.listEvents(resumed.id, { limit: 1000 })).data.reverse();
-      const at = events.findIndex((e) => e.message === resumeMessage);
-      return at < 0 ? [] : events.slice(at + 1).filter((e) => e.type === 'metrics');
+      const at = events.findIndex((e) => resumeMessage.test(e.message));
+      if (at < 0) return undefined;
+      const steps = events.slice(at + 1).filter((e) => e.type === 'metrics').map((e) => (e.data as { step: number }).step);
+      return { from: Number(resumeMessage.exec(events[at].message)![1]), steps };
     };
-    await waitForJob(client, resumed.id, async () => (await eventsAfterResume()).length > 0);
-    assert.equal(((await eventsAfterResume())[0].data as { step: number }).step, checkpoint + 1, 'training continues after the checkpoint');
+    await waitForJob(client, resumed.id, async () => {
+      restarted.assertRunning();
+      return ((await afterResume())?.steps.length ?? 0) > 0;
+    });
+    const { from, steps } = (await afterResume())!;
+    // The resume state is written before the checkpoint is listed, so a kill between the two resumes from the
+    // next checkpoint, one not yet listed: never from an older one.
+    assert.ok(from === listed || from === listed + 2, `resumed from step ${from}; the newest listed checkpoint is at step ${listed}`);
+    assert.equal(steps[0], from + 1, 'training continues after the checkpoint');
     await client.fineTuning.jobs.cancel(resumed.id);
     assert.equal((await waitForJob(client, resumed.id, finished)).status, 'cancelled');
   } finally {
@@ -191,9 +223,10 @@ test('a trainer killed between publishing the adapter and recording success publ
   // The sidecar announces the published version to its gateway and waits for the answer before saying
   // `succeeded`: killed while it waits, the version is in the store and the job is not finished.
   const first = trainerProcess({}, true);
-  const announced = await new Promise<AdapterPublishedMessage>((resolve) =>
-    first.child.on('message', (message: AdapterPublishedMessage) => message.type === 'adapter-published' && resolve(message)),
-  );
+  const announced = await new Promise<AdapterPublishedMessage>((resolve, reject) => {
+    first.child.on('message', (message: AdapterPublishedMessage) => message.type === 'adapter-published' && resolve(message));
+    void first.exited.then(() => reject(new Error('the trainer exited before announcing the adapter')));
+  });
   first.child.kill('SIGKILL');
   await first.exited;
   assert.deepEqual([announced.tenant, announced.adapter], ['acme', 'once']);

@@ -16,11 +16,11 @@ import { parseArgs } from 'node:util';
 import OpenAI, { toFile } from 'openai';
 import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
 import { startGateway } from '../gateway/server.ts';
+import { FINISHED_STATUSES } from '../training/jobs/job-store.ts';
 import { superviseTrainer } from '../training/service/trainer-child.ts';
 import { median } from './bench-stats.ts';
 
 const log = (message: string) => process.stderr.write(`${message}\n`);
-const FINISHED = new Set(['succeeded', 'failed', 'cancelled']);
 
 const { values } = parseArgs({
   options: {
@@ -85,7 +85,7 @@ try {
     await waitFor(job.id, async (j) => j.status === 'running' && (await client.fineTuning.jobs.listEvents(j.id)).data.some((e) => e.type === 'metrics'), 20);
     const busy = await serve();
     await client.fineTuning.jobs.cancel(job.id);
-    await waitFor(job.id, (j) => FINISHED.has(j.status), 20);
+    await waitFor(job.id, (j) => FINISHED_STATUSES.has(j.status), 20);
     idleRates.push(idle);
     busyRates.push(busy);
     ratios.push(busy / idle);
@@ -97,7 +97,7 @@ try {
   const coldChats: number[] = [];
   for (let trial = 0; trial < trials; trial++) {
     const job = await createJob(1);
-    const done = await waitFor(job.id, (j) => FINISHED.has(j.status), 5);
+    const done = await waitFor(job.id, (j) => FINISHED_STATUSES.has(j.status), 5);
     if (done.status !== 'succeeded') throw new Error(`job ${job.id} ended ${done.status}: ${JSON.stringify(done.error)}`);
     const chat = async (model: string) => {
       const started = performance.now();

@@ -1,6 +1,7 @@
 /** Shared pieces of the fine-tuning tests: a dataset that teaches a made-up word, and the trainer beside a gateway. */
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
 import type OpenAI from 'openai';
+import { FINISHED_STATUSES, type JobStatus } from '../../src/training/jobs/job-store.ts';
 import { startTrainer, type RunningTrainer, type TrainerServiceOptions } from '../../src/training/service/trainer-service.ts';
 import { loadTrainerSettings } from '../../src/training/service/trainer-settings.ts';
 import type { TestGateway } from './gateway.ts';
@@ -70,7 +71,13 @@ export async function startTestTrainer(
   return { ...trainer, spans, logs };
 }
 
-/** Polls the job through the API until `done` holds for it (each poll has the trainer look at the directory first). */
+/** Whether the job has ended: succeeded, failed or cancelled. */
+export const jobFinished = (job: { status: string }) => FINISHED_STATUSES.has(job.status as JobStatus);
+
+/**
+ * Polls the job through the API until `done` holds for it (each poll has the trainer look at the directory first).
+ * A job that finishes without `done` holding fails the wait with its status and error instead of polling forever.
+ */
 export async function waitForJob(
   client: OpenAI,
   id: string,
@@ -81,6 +88,7 @@ export async function waitForJob(
     await trainer?.poll();
     const job = await client.fineTuning.jobs.retrieve(id);
     if (await done(job)) return job;
+    if (jobFinished(job)) throw new Error(`job ${id} ended ${job.status} before the awaited state: ${JSON.stringify(job.error)}`);
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
 }

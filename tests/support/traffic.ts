@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { toFile } from 'openai';
 import { loraAdapterFiles, randomLoraAdapter } from '../../src/adapters/lora-writer.ts';
-import { asJsonl, madeUpWordStories, waitForJob, type TestTrainer } from './fine-tuning.ts';
+import { asJsonl, jobFinished, madeUpWordStories, waitForJob, type TestTrainer } from './fine-tuning.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './gateway.ts';
 import { REFERENCE } from './models.ts';
 
@@ -98,7 +98,7 @@ export async function runSmallFineTuningJob(gateway: TestGateway, trainer: TestT
     seed: 1,
     method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 1, batch_size: 4 } } },
   });
-  const finished = await waitForJob(client, created.id, (job) => ['succeeded', 'failed', 'cancelled'].includes(job.status), trainer);
+  const finished = await waitForJob(client, created.id, jobFinished, trainer);
   assert.equal(finished.status, 'succeeded', JSON.stringify(finished.error));
   // The job may have finished after the trainer's last look; one more, begun now, counts it among the succeeded.
   await trainer.poll();
