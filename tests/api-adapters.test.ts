@@ -11,6 +11,7 @@ import { filesTag } from '../src/registry/manifest.ts';
 import type { LlamaConfig } from '../src/model/types.ts';
 import { stepUntilStreaming } from './support/engine-steps.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
+import { layoutPrepared } from './support/layouts.ts';
 
 let gateway: TestGateway;
 let base: LlamaConfig;
@@ -146,6 +147,22 @@ test('an uploaded adapter is published as version 1 and serves at once, differen
   const adapted = await complete(`${BASE_MODEL}+acme/story`);
   assert.notEqual(adapted, await complete(BASE_MODEL));
   assert.equal(await complete(`${BASE_MODEL}+acme/story@1`), adapted);
+});
+
+test('an upload has its slot layout made before the first request, which reads it and answers as a gateway without layouts', async () => {
+  assert.equal((await upload('/v1/adapters/acme/prepared', partsOf(await adapterFiles(adapterSpec(77))))).status, 201);
+  await layoutPrepared(gateway, 'acme', 'prepared');
+  const model = `${BASE_MODEL}+acme/prepared`;
+  const served = await complete(model);
+
+  const plain = await startTestGateway({}, { ADAPTERS_DIR: gateway.adaptersDir, LAYOUT_CACHE_BYTES: '0' });
+  try {
+    assert.equal(plain.services.settings.engine.adapterLayoutCache, undefined);
+    const completion = await plain.client().completions.create({ model, prompt: PROMPT, max_tokens: 12, temperature: 0 });
+    assert.equal(served, completion.choices[0].text);
+  } finally {
+    await plain.stop();
+  }
 });
 
 test('a second upload becomes the latest version while the first stays addressable', async () => {

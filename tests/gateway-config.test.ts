@@ -69,6 +69,7 @@ test('an empty environment gives the documented defaults and the development key
     mixedPasses: true,
     executionProvider: 'cpu',
     compiledModelCacheDir: 'model-cache',
+    adapterLayoutCache: { dir: join('model-cache', 'adapter-layouts'), maxBytes: 4 * 1024 ** 3 },
   });
   assert.equal(settings.otlpEndpoint, undefined);
   assert.equal(settings.logLevel, 'info');
@@ -80,6 +81,15 @@ test('an empty environment gives the documented defaults and the development key
   assert.deepEqual(settings.tenants[0].limits, { ...BUILT_IN_TENANT_LIMITS, maxConcurrentRequests: 16 });
   assert.deepEqual(settings.tenants[0].keyDigests.map((d) => d.toString('hex')), [sha256Hex('sk-local-dev')]);
   assert.deepEqual(settings.adminKeyDigests.map((d) => d.toString('hex')), [sha256Hex('sk-admin-dev')]);
+});
+
+test('MODEL_CACHE_DIR=off or LAYOUT_CACHE_BYTES=0 keeps no adapter layouts on disk', async () => {
+  const off = await loadGatewaySettings({ MODEL_CACHE_DIR: 'off' });
+  assert.equal(off.engine.compiledModelCacheDir, undefined);
+  assert.equal(off.engine.adapterLayoutCache, undefined);
+  const none = await loadGatewaySettings({ LAYOUT_CACHE_BYTES: '0' });
+  assert.equal(none.engine.compiledModelCacheDir, 'model-cache');
+  assert.equal(none.engine.adapterLayoutCache, undefined);
 });
 
 test('every variable is read, byte sizes accept binary units, and empty values count as unset', async () => {
@@ -103,6 +113,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
     EXECUTION_PROVIDER: 'cuda',
     QUANTIZE: 'q4',
     MODEL_CACHE_DIR: '/var/cache/gateway-models',
+    LAYOUT_CACHE_BYTES: '2GiB',
     OTEL_EXPORTER_OTLP_ENDPOINT: 'http://collector:4318',
     LOG_LEVEL: 'debug',
     GATEWAY_API_KEY: 'sk-tenant-secret-1',
@@ -129,6 +140,7 @@ test('every variable is read, byte sizes accept binary units, and empty values c
     executionProvider: 'cuda',
     quantize: 'q4',
     compiledModelCacheDir: '/var/cache/gateway-models',
+    adapterLayoutCache: { dir: '/var/cache/gateway-models/adapter-layouts', maxBytes: 2 * 1024 ** 3 },
   });
   assert.equal(settings.otlpEndpoint, 'http://collector:4318');
   assert.equal(settings.logLevel, 'debug');

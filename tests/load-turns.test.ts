@@ -1,7 +1,7 @@
 /**
  * The turns adapter loads take between the engine's passes (load-turns.ts): nothing runs until a turn, one phase
- * runs a turn, loads go in the order asked for, a failure fails only its own load, and a phase that outlasts its
- * turn lets its load run on without holding back the next. Loads here are phases the test ends itself and a turn's
+ * runs a turn unless the turn has time for more, loads go in the order asked for, a failure fails only its own
+ * load, and a phase that outlasts its turn lets its load run on without holding back the next. Loads here are phases the test ends itself and a turn's
  * time runs out when the test says so, so nothing depends on how fast the machine is.
  */
 import { test } from 'node:test';
@@ -69,18 +69,26 @@ test('nothing loads until a turn; each turn runs one phase of the first load ask
   assert.deepEqual(log.length, 6, 'a turn with nothing waiting does nothing');
 });
 
-test('a turn with time to spare runs further phases of its load, never the next load', async () => {
+test('a turn with time to spare runs further phases of its load, and the next load after one that was whole in a phase', async () => {
   const log: string[] = [];
-  const turns = new LoadTurns(phasedLoads(log), () => {}, 150, manualTimer().timer);
-  const results = ['a', 'b'].map((key) => turns.load(ref(key)));
-  // A budget no phase here comes near: the whole of the first load, and nothing of the second.
+  // `ready-*` loads are whole in one phase, as a layout read back from disk is; the others take three.
+  const loads: LoadAdapter = async (r, between) => {
+    if (!r.key.startsWith('ready')) return phasedLoads(log)(r, between);
+    log.push(`${r.key}:1`);
+    return laidOut(r.key);
+  };
+  const turns = new LoadTurns(loads, () => {}, 150, manualTimer().timer);
+  const results = ['ready-a', 'ready-b', 'c', 'd'].map((key) => turns.load(ref(key)));
+  // A budget no phase here comes near: both one-phase loads, then the whole of c, which ends the turn.
   await turns.takeTurn(60_000);
-  assert.deepEqual(log, ['a:1', 'a:2', 'a:3']);
-  assert.equal((await results[0]).byteSize, 1);
+  assert.deepEqual(log, ['ready-a:1', 'ready-b:1', 'c:1', 'c:2', 'c:3']);
+  assert.deepEqual((await Promise.all(results.slice(0, 3))).map((adapter) => adapter.byteSize), ['ready-a', 'ready-b', 'c'].map((key) => key.length));
   assert.equal(turns.waiting, 1);
-  await turns.takeTurn(60_000);
-  assert.deepEqual(log.slice(3), ['b:1', 'b:2', 'b:3']);
-  await results[1];
+  // No time to spare: one phase.
+  await turns.takeTurn(0);
+  assert.deepEqual(log.slice(5), ['d:1']);
+  for (let i = 0; i < 2; i++) await turns.takeTurn(0);
+  await results[3];
 });
 
 test('a failed load fails alone, and the next turn goes to the load behind it', async () => {

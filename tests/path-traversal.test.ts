@@ -15,6 +15,7 @@ import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer
 import { ConfigError, loadGatewaySettings } from '../src/gateway/config.ts';
 import { asJsonl, madeUpWordStories } from './support/fine-tuning.ts';
 import { BASE_MODEL, KEYS, startTestGateway, type TestGateway } from './support/gateway.ts';
+import { layoutPrepared } from './support/layouts.ts';
 import { REPO_ROOT } from './support/models.ts';
 
 /** Every hostile name carries this, so anything it created would be found by name. */
@@ -133,6 +134,7 @@ before(async () => {
   root = dirname(gateway.adaptersDir);
   const published = await send('POST', '/v1/adapters/acme/story', KEYS.acme, await multipart(adapterForm()));
   assert.equal(published.status, 201, published.body);
+  await layoutPrepared(gateway, 'acme', 'story');
   before_ = await tree(root);
 });
 

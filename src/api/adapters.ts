@@ -12,7 +12,7 @@ import { ADAPTER_WEIGHTS_FILES } from '../adapters/adapter.ts';
 import { ADAPTER_CONFIG_FILE } from '../adapters/peft-config.ts';
 import type { Principal } from '../gateway/auth.ts';
 import { ApiError, invalidRequest, notFound, permissionDenied } from '../gateway/errors.ts';
-import type { AdapterSummary } from '../gateway/model-resolver.ts';
+import { engineRef, type AdapterSummary } from '../gateway/model-resolver.ts';
 import type { GatewayEnv, GatewayServices } from '../gateway/services.ts';
 import { checkAdapterRef, formatAdapterId, StoreError, type AdapterRef, type StoreErrorCode } from '../registry/adapter-names.ts';
 import { ADAPTER_README_FILE, type AdapterRecord, type InvalidAdapterVersion } from '../registry/adapter-store.ts';
@@ -29,7 +29,7 @@ const UPLOAD_HELP =
 const GENERIC_FILE_FIELDS = new Set(['file', 'file[]', 'files', 'files[]']);
 
 export function registerAdapterRoutes(app: Hono<GatewayEnv>, services: GatewayServices): void {
-  const { store, models } = services;
+  const { store, models, engine, settings } = services;
 
   // Listings show every version on disk, including those a start from the catalog snapshot has not checked yet.
   const fullyListed: MiddlewareHandler<GatewayEnv> = async (_c, next) => {
@@ -108,6 +108,9 @@ export function registerAdapterRoutes(app: Hono<GatewayEnv>, services: GatewaySe
     requireWriteAccess(c.get('principal'), ref);
     const { files, version } = await readUpload(c);
     const record = await callStore(() => store.publish(ref.tenant, ref.adapter, files, { version }), ref, store.root);
+    // Its first request then reads a slot layout made now (layout-cache.ts). DoRA's layout needs the base model's
+    // session, so it is made at first use and never kept on disk.
+    if (settings.engine.adapterLayoutCache && record.summary.family !== 'dora') engine.prepareLayout(engineRef(record));
     return c.json(versionView(record), 201);
   });
 

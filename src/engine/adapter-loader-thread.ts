@@ -9,12 +9,15 @@ import { Worker } from 'node:worker_threads';
 import type { LlamaConfig } from '../model/types.ts';
 import type { SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
 import { AdapterLoadError, type AdapterLoadErrorCode, type LoadAdapter, type PhaseGate } from './adapter-loader.ts';
+import type { LayoutCacheOptions } from './layout-cache.ts';
 import type { AdapterRef } from './protocol.ts';
 import { workerEntry } from './worker-entry.ts';
 
 export interface LoaderThreadOptions {
   config: LlamaConfig;
   slotRank: number;
+  /** Where slot layouts are kept between loads and starts; absent: none are kept. */
+  layoutCache?: LayoutCacheOptions;
 }
 
 /** A load to start (pausing between its phases when `phased`), or a paused load to go on with. */

@@ -11,10 +11,11 @@ import { LORA_TARGET_MODULES } from '../model/types.ts';
 import { layOutForSlot, transferList } from '../runtime/slot-ready-adapter.ts';
 import { adapterLoaderFor, loadErrorCode } from './adapter-loader.ts';
 import type { LoaderReply, LoaderRequest, LoaderThreadOptions } from './adapter-loader-thread.ts';
+import { LayoutCache } from './layout-cache.ts';
 
-const { config, slotRank } = workerData as LoaderThreadOptions;
+const { config, slotRank, layoutCache } = workerData as LoaderThreadOptions;
 const port = parentPort!;
-const load = adapterLoaderFor(config, slotRank);
+const load = adapterLoaderFor(config, slotRank, layoutCache && new LayoutCache(layoutCache, config, slotRank));
 /** The rank of the adapter the thread warms up on: enough for every loop to run hot, however large the slots. */
 const WARM_UP_RANK = 16;
 

@@ -2,15 +2,18 @@
  * Reading an adapter version to serve it. The store lists versions without reading weights, so the first load is
  * where an altered file is caught: the files are verified against their manifest's checksums (remembered by stat
  * identity, so a reload of unchanged files does not hash them again), then parsed and validated against the base
- * model, and laid out for a runtime slot. The engine runs this on its loader thread (adapter-loader-thread.ts).
+ * model, and laid out for a runtime slot; the layout is kept on disk (layout-cache.ts), so a later load of the same
+ * unchanged files, in this process or after a restart, reads it back instead. The engine runs this on its loader
+ * thread (adapter-loader-thread.ts).
  */
 import { lstat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { AdapterError } from '../adapters/adapter-error.ts';
 import { loadAdapter, type Adapter } from '../adapters/adapter.ts';
 import { layOutForSlot, type SlotReadyAdapter } from '../runtime/slot-ready-adapter.ts';
 import type { LlamaConfig } from '../model/types.ts';
 import { AlteredFileError, readVersionFiles } from '../registry/version-verifier.ts';
+import type { LayoutCache } from './layout-cache.ts';
 import type { AdapterRef } from './protocol.ts';
 
 /** Why a load failed, as the engine reports it: the adapter is invalid, altered on disk, or could not be read. */
@@ -47,9 +50,15 @@ export type LoadAdapter = (ref: AdapterRef, between?: PhaseGate) => Promise<Slot
  * the very bytes whose checksums matched, read once. `verified` remembers, per version, the stat identity of the
  * files whose checksums were checked; a version read again with unchanged files is parsed from disk unhashed.
  */
-export async function loadVerifiedAdapter(ref: AdapterRef, config: LlamaConfig, verified: Map<string, string>, between?: PhaseGate): Promise<Adapter> {
+export async function loadVerifiedAdapter(
+  ref: AdapterRef,
+  config: LlamaConfig,
+  verified: Map<string, string>,
+  between?: PhaseGate,
+  identity?: string,
+): Promise<Adapter> {
   if (ref.files) {
-    const identity = await statIdentity(ref.path, Object.keys(ref.files));
+    identity ??= await statIdentity(ref.path, Object.keys(ref.files));
     if (verified.get(ref.key) !== identity) {
       const read = await readVersionFiles(ref.path, ref.files);
       verified.set(ref.key, identity);
@@ -60,13 +69,23 @@ export async function loadVerifiedAdapter(ref: AdapterRef, config: LlamaConfig, 
   return loadAdapter(ref.path, config);
 }
 
-/** A LoadAdapter running on this thread for one base model and slot rank, remembering which versions it verified. */
-export function adapterLoaderFor(config: LlamaConfig, slotRank: number): LoadAdapter {
+/**
+ * A LoadAdapter running on this thread for one base model and slot rank, remembering which versions it verified.
+ * With a layout cache, a version whose files are as they were when an earlier load verified and laid them out is
+ * read back from it in one phase; any other version with a manifest is loaded in full and its layout kept there.
+ */
+export function adapterLoaderFor(config: LlamaConfig, slotRank: number, layouts?: LayoutCache): LoadAdapter {
   const verified = new Map<string, string>();
   return async (ref, between) => {
-    const adapter = await loadVerifiedAdapter(ref, config, verified, between);
+    const identity = ref.files && (await statIdentity(ref.path, Object.keys(ref.files)));
+    const label = layouts && identity ? layouts.label({ key: ref.key, path: resolve(ref.path), files: ref.files, identity }) : undefined;
+    const cached = label ? await layouts!.read(label) : undefined;
+    if (cached) return cached;
+    const adapter = await loadVerifiedAdapter(ref, config, verified, between, identity);
     await between?.();
-    return layOutForSlot(config, slotRank, adapter);
+    const ready = layOutForSlot(config, slotRank, adapter);
+    if (label) layouts!.write(label, ready);
+    return ready;
   };
 }
 

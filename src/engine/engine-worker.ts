@@ -36,7 +36,7 @@ async function start(options: EngineWorkerData): Promise<void> {
   const stepGate = new Int32Array(options.stepGate);
   const model = await compileBaseModel(options.modelPath, { quantize: options.quantize, cacheDir: options.compiledModelCacheDir });
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
-  const loader = new AdapterLoaderThread({ config: model.config, slotRank: options.maxLoraRank });
+  const loader = new AdapterLoaderThread({ config: model.config, slotRank: options.maxLoraRank, layoutCache: options.adapterLayoutCache });
   const sessionStarted = performance.now();
   const runner = await ModelRunner.fromGraphs(model.graphs, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, model.rowNorms);
   const startup = { cached: model.cached, ms: { ...model.timings, session: Math.round(performance.now() - sessionStarted) } };
@@ -70,6 +70,8 @@ async function start(options: EngineWorkerData): Promise<void> {
           () => post({ type: 'adapter-preloaded', id: message.id }),
           (error: Error) => post({ type: 'adapter-preloaded', id: message.id, error: error.message }),
         );
+      case 'prepare-layout':
+        return scheduler.prepareLayout(message.ref);
       case 'shutdown':
         await loader.close();
         await runner.close();

@@ -177,6 +177,15 @@ export class Engine extends EventEmitter<EngineEvents> {
   }
 
   /**
+   * Has the loader make an adapter version's slot layout and keep it on disk (layout-cache.ts), in load turns like
+   * any load but without caching it in memory, so its first request reads the layout back ready instead of making
+   * it (a version just uploaded). Nothing is reported: a version that cannot be loaded fails its first request.
+   */
+  prepareLayout(ref: AdapterRef): void {
+    if (!this.failure && !this.closed) this.post({ type: 'prepare-layout', ref });
+  }
+
+  /**
    * Stops the engine thread at its next step boundary, after it has reported that step, until step() or
    * resume(): nothing is sampled, cancelled or admitted meanwhile. It makes what the engine has done at a given
    * moment exact, independent of the machine's speed (tests and debugging rely on this).

@@ -1,9 +1,10 @@
 /**
  * When cold adapters load: in turns the engine gives them between its passes, instead of beside the passes. A load
  * has up to three phases (verifying the files when their checksums are not yet checked, parsing and validating
- * them, laying them out: adapter-loader.ts); a turn runs the next phase of the first load waiting, and further
- * phases of the same load while it stays within the time it was given (the scheduler gives as long as the step's
- * decode pass took, times the loads waiting, within a bound on the whole step: step-times.ts).
+ * them, laying them out: adapter-loader.ts; a layout kept on disk is read back in one), and a turn runs the next
+ * phase of the first load waiting, then further phases, of that load and of the loads behind it, while it stays
+ * within the time it was given (the scheduler gives as long as the step's decode pass took, times the loads
+ * waiting, within a bound on the whole step: step-times.ts).
  *
  * Why: a load is CPU work (about 50 ms alone for an r=16 adapter of SmolLM2-135M's shape, 65–105 ms inside the
  * serving process) on a machine whose two cores onnxruntime's two threads already fill. Run beside a pass, it
@@ -13,7 +14,9 @@
  * carries load phases or a prefill chunk, never both, whichever belongs to the request asked for first
  * (scheduler.ts). Turns of one phase, or of one decode pass's time, made a burst of cold requests wait for their
  * loads one phase a step: the load test's opening burst of 16 cold requests got its last first tokens after about
- * 5 s instead of 3–4.
+ * 5 s instead of 3–4. Turns that stopped at the end of their load kept that burst at about 4.4 s even once every
+ * load was a read of a few milliseconds (layout-cache.ts): each load still took a step of its own; going on to the
+ * loads behind it, a turn drains such a burst in a step or two (src/engine/README.md, "Layouts kept on disk").
  *
  * A phase still running when its turn ends (LOAD_TURN_MS: a read hanging on storage, an adapter many times
  * larger) lets its load go on beside the passes without pausing again, as every load did before, so neither a
@@ -42,13 +45,14 @@ interface QueuedLoad {
   askedAt: number;
   resolve: (adapter: SlotReadyAdapter) => void;
   reject: (error: Error) => void;
-  started: boolean;
   /** Set while the load waits between two phases: runs its next phase. */
   resume?: () => void;
   /** Ends the current turn's wait: the phase it gave ended. */
   phaseEnded?: () => void;
   /** It outlasted a turn and runs on without pausing. */
   freed: boolean;
+  /** Phases started so far. */
+  phases: number;
 }
 
 export class LoadTurns {
@@ -67,7 +71,7 @@ export class LoadTurns {
   /** A LoadAdapter whose phases run at turns; the result comes as soon as the last phase ends. */
   readonly load: LoadAdapter = (ref) =>
     new Promise<SlotReadyAdapter>((resolve, reject) => {
-      this.queued.push({ ref, askedAt: performance.now(), resolve, reject, started: false, freed: false });
+      this.queued.push({ ref, askedAt: performance.now(), resolve, reject, freed: false, phases: 0 });
       this.onQueued();
     });
 
@@ -82,17 +86,18 @@ export class LoadTurns {
   }
 
   /**
-   * Runs the next phase of the first load waiting, if any, and further phases of the same load while the turn,
-   * judged by its last phase, stays within `budgetMs`. Resolves once the last phase it ran has ended or its time
-   * is up, whichever comes first; at once when no load waits.
+   * Runs the next phase of the first load waiting, if any, and further phases while the turn, judged by its last
+   * phase, stays within `budgetMs`: of the same load, and after a load that was whole in one phase (read back
+   * ready, layout-cache.ts), of the load behind it. A load made in several phases ends the turn: the next one's
+   * first phase may be a checksum of tens of milliseconds that one short phase does not predict. Resolves once the
+   * last phase it ran has ended or its time is up, whichever comes first; at once when no load waits.
    */
   async takeTurn(budgetMs = 0): Promise<void> {
-    const load = this.queued[0];
-    if (!load) return;
     const started = performance.now();
-    for (;;) {
+    for (let load = this.queued[0]; load; load = this.queued[0]) {
       const phaseStarted = performance.now();
-      if (!(await this.runPhase(load)) || this.queued[0] !== load) return;
+      if (!(await this.runPhase(load))) return;
+      if (this.queued[0] !== load && load.phases > 1) return;
       const now = performance.now();
       if (now - started + (now - phaseStarted) >= budgetMs) return;
     }
@@ -101,14 +106,11 @@ export class LoadTurns {
   /** Runs the load's next phase; false when the phase outlasted its time and the load was freed. */
   private async runPhase(load: QueuedLoad): Promise<boolean> {
     const phaseEnded = new Promise<void>((end) => (load.phaseEnded = end));
-    if (load.started) {
+    if (load.phases++ > 0) {
       const resume = load.resume!;
       load.resume = undefined;
       resume();
-    } else {
-      load.started = true;
-      void this.run(load);
-    }
+    } else void this.run(load);
     const inTime = await Promise.race([phaseEnded.then(() => true), this.timer(this.turnMs).then(() => false)]);
     if (inTime) return true;
     // The phase outlasted its time: the load runs on by itself, and the next turn goes to the load behind it.

@@ -2,6 +2,7 @@
  * Messages between the engine facade (HTTP thread) and the engine worker thread. Everything here is
  * structured-clone friendly: plain objects, arrays and typed arrays.
  */
+import type { LayoutCacheOptions } from './layout-cache.ts';
 import type { ExecutionProvider } from '../runtime/model-runner.ts';
 import type { LlamaConfig, LoadQuantization } from '../model/types.ts';
 import type { SamplingParams } from './sampling.ts';
@@ -46,6 +47,8 @@ export interface EngineOptions {
   longSequencePositions?: number;
   /** Where the compiled base model is cached between starts (runtime/compiled-model-cache.ts); absent: no cache. */
   compiledModelCacheDir?: string;
+  /** Where adapters' slot layouts are kept between loads and starts (layout-cache.ts); absent: no cache. */
+  adapterLayoutCache?: LayoutCacheOptions;
 }
 
 /** An adapter version as the engine sees it: a stable cache key and the directory holding its PEFT files. */
@@ -153,6 +156,7 @@ export type ToWorker =
   | { type: 'cancel'; id: number }
   | { type: 'evict-adapter'; version: string }
   | { type: 'preload-adapter'; id: number; ref: AdapterRef }
+  | { type: 'prepare-layout'; ref: AdapterRef }
   | { type: 'shutdown' };
 
 export type FromWorker =

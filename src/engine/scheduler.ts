@@ -7,8 +7,8 @@
  *
  * A sequence on an adapter takes a row only once its adapter sits in a runtime slot; its load is asked for when the
  * sequence is submitted and runs in turns between passes (load-turns.ts): a step carries either a prefill chunk
- * or, after its decode passes, phases of one adapter load, whichever belongs to the older request, so neither adds
- * to the other and neither runs beside a pass.
+ * or, after its decode passes, adapter load phases (the oldest load's first), whichever belongs to the older
+ * request, so neither adds to the other and neither runs beside a pass.
  */
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { ModelRunner, StepRow } from '../runtime/model-runner.ts';
@@ -191,6 +191,12 @@ export class Scheduler {
     this.kick();
   }
 
+  /** Loads an adapter version in turns and drops it: the load leaves its layout on disk (Engine.prepareLayout). */
+  prepareLayout(ref: AdapterRef): void {
+    if (this.runner.slots.residentAdapters.includes(ref.key) || this.hostCache.has(ref.key)) return;
+    void this.loads.load(ref).catch(() => undefined);
+  }
+
   /**
    * Reads, verifies and parses an adapter into the host cache before any request needs it (a version just
    * published), so its first request pays only for taking a slot. Runs beside the steps like any other load.
@@ -298,9 +304,10 @@ export class Scheduler {
 
   /**
    * One engine step: every decoding row advances one token, and the step's turn goes to at most one prefill budget
-   * of prompt tokens, fed in the same pass as its lane's decoding rows, or to phases of one adapter load after the
-   * decode passes, whichever belongs to the request submitted first (first come, first served: a cold request's
-   * load does not wait behind prompts that arrived after it, nor they behind loads asked for after them).
+   * of prompt tokens, fed in the same pass as its lane's decoding rows, or to adapter load phases after the decode
+   * passes, whichever belongs to the request submitted first (first come, first served: a cold request's load does
+   * not wait behind prompts that arrived after it). A load turn goes on to the loads behind its first while it stays
+   * within its bounded time, so a prompt waits at most that one turn behind loads asked for after it.
    */
   private async step(): Promise<void> {
     const started = performance.now();

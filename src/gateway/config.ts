@@ -8,8 +8,10 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
+import { join as joinPath } from 'node:path';
 import { LineCounter, parse as parseYaml, YAMLError } from 'yaml';
 import { DEFAULT_PREFILL_TOKEN_BUDGET } from '../engine/protocol.ts';
+import type { LayoutCacheOptions } from '../engine/layout-cache.ts';
 import { checkTenantName, StoreError } from '../registry/adapter-names.ts';
 import { isJsonObject } from '../storage/json-files.ts';
 import type { LoadQuantization } from '../model/types.ts';
@@ -53,6 +55,8 @@ export interface EngineSettings {
   quantize?: LoadQuantization;
   /** Where the compiled base model is cached between starts (MODEL_CACHE_DIR); absent when set to `off`. */
   compiledModelCacheDir?: string;
+  /** Adapters' slot layouts kept on disk, in MODEL_CACHE_DIR (LAYOUT_CACHE_BYTES); absent when either is off. */
+  adapterLayoutCache?: LayoutCacheOptions;
 }
 
 /** Fine-tuning: where files and jobs live, per-tenant limits, and whether `npm start` runs the trainer sidecar. */
@@ -418,10 +422,15 @@ function tenantsFromEnvironment(env: NodeJS.ProcessEnv, maxBatchSize: number): {
   };
 }
 
-/** MODEL_CACHE_DIR: a directory (default `model-cache`), or `off` to compile the base model at every start. */
-function envModelCacheDir(env: NodeJS.ProcessEnv): { compiledModelCacheDir?: string } {
+/**
+ * MODEL_CACHE_DIR: a directory (default `model-cache`), or `off` to compile the base model at every start. Adapters'
+ * slot layouts are kept in its `adapter-layouts` directory, up to LAYOUT_CACHE_BYTES (`0` keeps none).
+ */
+function envModelCacheDirs(env: NodeJS.ProcessEnv): Pick<EngineSettings, 'compiledModelCacheDir' | 'adapterLayoutCache'> {
   const dir = envString(env, 'MODEL_CACHE_DIR') ?? 'model-cache';
-  return dir === 'off' ? {} : { compiledModelCacheDir: dir };
+  const layoutBytes = envBytes(env, 'LAYOUT_CACHE_BYTES', 4 * GIB, 0, 1024 * GIB);
+  if (dir === 'off') return {};
+  return { compiledModelCacheDir: dir, ...(layoutBytes > 0 ? { adapterLayoutCache: { dir: joinPath(dir, 'adapter-layouts'), maxBytes: layoutBytes } } : {}) };
 }
 
 export function localTenantLimits(maxBatchSize: number): TenantLimits {
@@ -464,7 +473,7 @@ export async function loadGatewaySettings(env: NodeJS.ProcessEnv): Promise<Gatew
       mixedPasses: envChoice(env, 'ENGINE_MIXED_PASSES', ['on', 'off'] as const, 'on') === 'on',
       executionProvider: envChoice(env, 'EXECUTION_PROVIDER', ['cpu', 'cuda'] as const, 'cpu'),
       ...envQuantization(env),
-      ...envModelCacheDir(env),
+      ...envModelCacheDirs(env),
     },
     training: {
       dir: envString(env, 'TRAINING_DIR') ?? 'training',

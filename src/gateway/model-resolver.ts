@@ -60,6 +60,11 @@ export function adapterCacheKey(record: Pick<AdapterRecord<unknown>, 'id' | 'fil
   return `${record.id}${CACHE_KEY_TAG}${record.filesTag}`;
 }
 
+/** A stored version as the engine reads it: its cache key, its directory and its manifest's files. */
+export function engineRef(record: AdapterRecord<unknown>): AdapterRef {
+  return { key: adapterCacheKey(record), path: record.path, files: record.files };
+}
+
 /** A rescan of the store before answering "not found" at most this often, so unknown names cannot force scans. */
 const REFRESH_INTERVAL_MS = 1000;
 
@@ -118,7 +123,7 @@ export class ModelResolver {
     }
     // `servedAs`: routers match vllm:lora_requests_info against the `model` field of requests, so running adapters
     // are reported by the id this request used (pinned to a version or not), not by the store's versioned id.
-    return { id: model, adapter: record, ref: { key: adapterCacheKey(record), path: record.path, servedAs: model, files: record.files } };
+    return { id: model, adapter: record, ref: { ...engineRef(record), servedAs: model } };
   }
 
   private lookup(principal: Principal, tenant: string, adapter: string, version?: string) {

@@ -18,7 +18,7 @@ import { createApp } from './app.ts';
 import { createAuthenticator } from './auth.ts';
 import { loadGatewaySettings } from './config.ts';
 import { DEFAULT_MODEL, defaultModelPath } from './default-model.ts';
-import { adapterCacheKey, ModelResolver, readAdapterSummary, type AdapterSummary } from './model-resolver.ts';
+import { engineRef, ModelResolver, readAdapterSummary, type AdapterSummary } from './model-resolver.ts';
 import type { GatewayServices } from './services.ts';
 import { createLogger } from './logger.ts';
 import { createTenantLimiters } from './tenant-limits.ts';
@@ -75,6 +75,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     executionProvider: settings.engine.executionProvider,
     quantize: settings.engine.quantize,
     compiledModelCacheDir: settings.engine.compiledModelCacheDir,
+    adapterLayoutCache: settings.engine.adapterLayoutCache,
   });
   logger.info('engine ready', { compiledModelCached: engine.info.startup.cached, ...engine.info.startup.ms });
   const config = engine.info.config;
@@ -162,7 +163,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     if (store.resolve(tenant, adapter, version) === null) await store.refresh();
     const record = store.resolve(tenant, adapter, version);
     if (record === null) throw new Error(`adapter ${tenant}/${adapter}@${version} is not servable`);
-    await engine.preloadAdapter({ key: adapterCacheKey(record), path: record.path, files: record.files });
+    await engine.preloadAdapter(engineRef(record));
   };
   return { url, modelPath, services, preloadAdapter, close };
 }

@@ -12,16 +12,16 @@
  * compiled again. The cache directory may be deleted at any time (it is then rebuilt on the next start).
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import { buildDecoderGraphs, type DecoderGraphs, SERVING_GRAPHS, type ServingGraph } from '../graph/decoder-graph.ts';
 import { EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
 import { loadBaseModel, type LoadOptions } from '../model/load.ts';
 import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { baseRowNorms, type BaseRowNorms } from './dora-scales.ts';
 import type { ServingGraphs } from './model-runner.ts';
+import { sourceDigest } from './source-digest.ts';
 
 export interface CompiledModel {
   config: LlamaConfig;
@@ -107,17 +107,7 @@ let compilerHash: string | undefined;
 
 /** A hash of the source that turns model files into the session's graph and weights. */
 function compilerVersion(): string {
-  if (compilerHash) return compilerHash;
-  const src = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-  const hash = createHash('sha256');
-  for (const dir of ['graph', 'model', 'formats']) {
-    for (const name of readdirSync(join(src, dir)).filter((n) => n.endsWith('.ts')).sort()) {
-      hash.update(`${dir}/${name}\n`).update(readFileSync(join(src, dir, name)));
-    }
-  }
-  hash.update(readFileSync(fileURLToPath(import.meta.url)));
-  hash.update(readFileSync(join(src, 'runtime', 'dora-scales.ts')));
-  compilerHash = hash.digest('hex');
+  compilerHash ??= sourceDigest(['graph', 'model', 'formats', 'runtime/compiled-model-cache.ts', 'runtime/dora-scales.ts']);
   return compilerHash;
 }
 

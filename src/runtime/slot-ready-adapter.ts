@@ -3,8 +3,8 @@
  * transposed into its group, B transposed with the scale folded in, rank padded to the slot rank; the other
  * families' inputs as slot-writer.ts lays them out), plus what the runner reads from a slot beside them. Placing
  * it in a slot is then one copy per graph input. It is built away from the engine's step loop (on the adapter
- * loader thread) and kept in this form by the host cache; every array owns its buffer, so it moves between
- * threads without a copy.
+ * loader thread) and kept in this form by the host cache; its arrays' buffers belong to it alone (one buffer for
+ * them all when it was read back from disk: slot-layout-file.ts), so it moves between threads without a copy.
  */
 import { virtualTokensOf, type Adapter, type AdapterFamily } from '../adapters/adapter.ts';
 import type { LoraAdapter } from '../adapters/lora.ts';
