@@ -121,7 +121,12 @@ export class LayoutCache {
       if (info?.isFile()) found.push({ name, size: info.size, used: info.mtimeMs });
     }
     found.sort((a, b) => a.used - b.used);
-    for (const { name, size } of found) if (!this.entries.has(name)) this.touch(name, size);
+    // Entries read or written while the directory was being listed are the most recent: they go last.
+    const meanwhile = [...this.entries];
+    this.entries.clear();
+    this.totalBytes = 0;
+    for (const { name, size } of found) this.touch(name, size);
+    for (const [name, size] of meanwhile) this.touch(name, size);
   }
 
   private touch(name: string, size: number): void {
