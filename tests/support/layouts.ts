@@ -1,4 +1,4 @@
-/** The slot layouts a test gateway keeps on disk (src/engine/layout-cache.ts), read back by what they were made from. */
+/** The slot layouts a test gateway keeps on disk (src/engine/layout-cache.ts), found by what they were made from. */
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseSafetensors } from '../../src/formats/safetensors.ts';
