@@ -134,3 +134,23 @@ test('a phase that outlasts its turn lets its load run on without pausing, and t
   for (let i = 0; i < 2; i++) await turns.takeTurn();
   assert.equal((await next).byteSize, 'next'.length);
 });
+
+test('a load no request waits for goes behind every load a request waits for, and a turn given to those stops before it', async () => {
+  const log: string[] = [];
+  const wholeInOnePhase: LoadAdapter = async (r) => {
+    log.push(r.key);
+    return laidOut(r.key);
+  };
+  const turns = new LoadTurns(wholeInOnePhase, () => {}, 150, manualTimer().timer);
+  const prepared = turns.prepare(ref('uploaded'));
+  assert.equal(turns.nextAskedAt, Infinity, 'alone, it yields to any prompt chunk');
+  const asked = [turns.load(ref('requested-1')), turns.load(ref('requested-2'))];
+  assert.ok(turns.nextAskedAt < Infinity);
+  await turns.takeTurn(60_000);
+  assert.deepEqual(log, ['requested-1', 'requested-2']);
+  await Promise.all(asked);
+  assert.equal(turns.waiting, 1);
+  await turns.takeTurn(60_000);
+  assert.deepEqual(log, ['requested-1', 'requested-2', 'uploaded']);
+  assert.equal((await prepared).byteSize, 'uploaded'.length);
+});

@@ -209,10 +209,11 @@ test('a sequence whose adapter is loading waits without a row while every step g
   assert.notDeepEqual(adapterTokens, REFERENCE.greedyIds.slice(0, 8));
 });
 
-test('a step gives its turn to a prefill chunk or to one phase of an adapter load, never both, first come first served', async () => {
-  const alone = await createScheduler().run(request(REFERENCE.promptIds, 8, { ...adapter, key: 't/a@alone' }));
-
-  /** What happened from the arrivals on, in order: each pass's start and end and each load phase's start and end. */
+/**
+ * Records, in order, each pass's start and end and each load phase's start and end, with the runner's passes and
+ * a loader wrapped to log them; `restore` puts the runner's own passes back.
+ */
+function recordTurns() {
   const events: string[] = [];
   const { forward, forwardMixed } = runner;
   const logged = async <T>(kinds: string[], run: () => Promise<T>): Promise<T> => {
@@ -237,6 +238,25 @@ test('a step gives its turn to a prefill chunk or to one phase of an adapter loa
     events.push('phase-end', 'load-done');
     return adapter;
   };
+  return { events, loggedLoad, restore: () => Object.assign(runner, { forward, forwardMixed }) };
+}
+
+/**
+ * Each step starts with its decode pass; after it, its turn went to a prefill chunk (P), load phases (L, one per
+ * phase), or nothing (-).
+ */
+function turnsOfSteps(events: string[]): string[] {
+  return events
+    .join(' ')
+    .split('decode-start')
+    .slice(1)
+    .map((step) => (step.includes('prefill-start') ? 'P' : '') + 'L'.repeat(step.split('phase-start').length - 1) || '-');
+}
+
+test('a step gives its turn to a prefill chunk or to one phase of an adapter load, never both, first come first served', async () => {
+  const alone = await createScheduler().run(request(REFERENCE.promptIds, 8, { ...adapter, key: 't/a@alone' }));
+
+  const { events, loggedLoad, restore } = recordTurns();
   // While a stream decodes, a request arrives on an adapter whose load (its files checked against their checksums,
   // as a published version's are) has three phases, then a 40-token prompt, which a budget of 8 prefills over five
   // steps, then a second request on that adapter's files under another key.
@@ -263,7 +283,7 @@ test('a step gives its turn to a prefill chunk or to one phase of an adapter loa
     assert.deepEqual(firstTokens, alone);
     assert.deepEqual(secondTokens, alone);
   } finally {
-    Object.assign(runner, { forward, forwardMixed });
+    restore();
   }
 
   // No pass runs while a load phase does.
@@ -273,20 +293,44 @@ test('a step gives its turn to a prefill chunk or to one phase of an adapter loa
     if (event === 'phase-end') inPhase = false;
     if (event.endsWith('-start') && event !== 'phase-start') assert.ok(!inPhase, 'a pass started during a load phase');
   }
-  // Each step starts with its decode pass; after it, its turn went to a prefill chunk (P), load phases (L), or
-  // nothing. In order of arrival: the first load; the long prompt's five chunks (it took its row while the load
-  // ran, so it prefills ahead of the first request) and the first request's prompt, both older than the second
-  // load; that load; the second request's prompt.
-  const turns = events
-    .join(' ')
-    .split('decode-start')
-    .slice(1)
-    .map((step) => (step.includes('prefill-start') ? 'P' : '') + 'L'.repeat(step.split('phase-start').length - 1) || '-');
+  // In order of arrival: the first load; the long prompt's five chunks (it took its row while the load ran, so it
+  // prefills ahead of the first request) and the first request's prompt, both older than the second load; that
+  // load; the second request's prompt.
+  const turns = turnsOfSteps(events);
   // A turn runs further phases of its load while the step stays within about twice its decode pass, so how many
   // of the three each step ran depends on the machine; what is run, and in which order, does not.
   assert.match(turns.join(' '), /^(L+ )+(P ){6}(L+ )+P/);
   const [firstLoad, secondLoad] = turns.join('').split(/P+/).filter(Boolean);
   assert.deepEqual([firstLoad, secondLoad], ['LLL', 'LLL'], 'each load ran its three phases');
+});
+
+test('a layout made ahead of use takes load turns only where no prompt chunk waits, even asked for first', async () => {
+  const { events, loggedLoad, restore } = recordTurns();
+  const files: Record<string, FileDigest> = {};
+  for (const name of [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]) files[name] = (await digestFile(join(adapter.path, name)))!;
+  // While a stream decodes, a just-uploaded version's layout is asked for, then a 40-token prompt arrives.
+  const streaming = request(REFERENCE.promptIds, 30);
+  const long = request(LONG_PROMPT, 4);
+  let arrived: Promise<number[]> | undefined;
+  const { scheduler, run } = createScheduler(
+    (report) => {
+      if (arrived !== undefined || !report.tokens.some((t) => t.id === streaming.id)) return;
+      events.length = 0;
+      scheduler.prepareLayout({ ...adapter, key: 't/a@prepared', files });
+      arrived = run(long);
+    },
+    loggedLoad,
+    600_000,
+  );
+  try {
+    await run(streaming);
+    await arrived;
+  } finally {
+    restore();
+  }
+  // The prompt's five chunks first, then the load's three phases, in the steps that follow.
+  assert.match(turnsOfSteps(events).join(' '), /^(P ){5}(- )*L/);
+  assert.equal(events.filter((event) => event === 'load-done').length, 1);
 });
 
 test('while a request on an adapter is in the engine every pass runs a graph with adapters, base rows unchanged', async () => {

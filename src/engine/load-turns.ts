@@ -41,7 +41,7 @@ const REAL_TIMER: TurnTimer = (ms) => sleep(ms, undefined, { ref: false });
 
 interface QueuedLoad {
   ref: AdapterRef;
-  /** When it was asked for (performance.now()). */
+  /** When it was asked for (performance.now()); Infinity for a load no request waits for (LoadTurns.prepare). */
   askedAt: number;
   resolve: (adapter: SlotReadyAdapter) => void;
   reject: (error: Error) => void;
@@ -56,7 +56,10 @@ interface QueuedLoad {
 }
 
 export class LoadTurns {
-  /** Loads asked for and not finished, in the order asked for; the first one gets the next turn. */
+  /**
+   * Loads asked for and not finished: those requests wait for in the order asked for, then those none waits for;
+   * the first one gets the next turn.
+   */
   private readonly queued: QueuedLoad[] = [];
 
   constructor(
@@ -69,11 +72,26 @@ export class LoadTurns {
   ) {}
 
   /** A LoadAdapter whose phases run at turns; the result comes as soon as the last phase ends. */
-  readonly load: LoadAdapter = (ref) =>
-    new Promise<SlotReadyAdapter>((resolve, reject) => {
-      this.queued.push({ ref, askedAt: performance.now(), resolve, reject, freed: false, phases: 0 });
+  readonly load: LoadAdapter = (ref) => this.enqueue(ref, performance.now());
+
+  /**
+   * A load no request waits for (a layout made ahead of use: Engine.prepareLayout). It goes behind every load a
+   * request waits for, even one asked for later, and its turns come only where no prompt chunk waits (its asked-for
+   * time is later than any prompt's), so a burst of uploads never delays a request.
+   */
+  prepare(ref: AdapterRef): Promise<SlotReadyAdapter> {
+    return this.enqueue(ref, Infinity);
+  }
+
+  private enqueue(ref: AdapterRef, askedAt: number): Promise<SlotReadyAdapter> {
+    return new Promise<SlotReadyAdapter>((resolve, reject) => {
+      const load: QueuedLoad = { ref, askedAt, resolve, reject, freed: false, phases: 0 };
+      const firstUnwaited = this.queued.findIndex((queued) => queued.askedAt === Infinity);
+      if (askedAt === Infinity || firstUnwaited < 0) this.queued.push(load);
+      else this.queued.splice(firstUnwaited, 0, load);
       this.onQueued();
     });
+  }
 
   /** Loads waiting for a turn (not started, or paused between phases). */
   get waiting(): number {
@@ -89,12 +107,14 @@ export class LoadTurns {
    * Runs the next phase of the first load waiting, if any, and further phases while the turn, judged by its last
    * phase, stays within `budgetMs`: of the same load, and after a load that was whole in one phase (read back
    * ready, layout-cache.ts), of the load behind it. A load made in several phases ends the turn: the next one's
-   * first phase may be a checksum of tens of milliseconds that one short phase does not predict. Resolves once the
-   * last phase it ran has ended or its time is up, whichever comes first; at once when no load waits.
+   * first phase may be a checksum of tens of milliseconds that one short phase does not predict; so does reaching
+   * a load no request waits for, in a turn a request's load was given. Resolves once the last phase it ran has
+   * ended or its time is up, whichever comes first; at once when no load waits.
    */
   async takeTurn(budgetMs = 0): Promise<void> {
     const started = performance.now();
-    for (let load = this.queued[0]; load; load = this.queued[0]) {
+    const forRequests = this.nextAskedAt < Infinity;
+    for (let load = this.queued[0]; load && (load.askedAt < Infinity || !forRequests); load = this.queued[0]) {
       const phaseStarted = performance.now();
       if (!(await this.runPhase(load))) return;
       if (this.queued[0] !== load && load.phases > 1) return;

@@ -191,10 +191,13 @@ export class Scheduler {
     this.kick();
   }
 
-  /** Loads an adapter version in turns and drops it: the load leaves its layout on disk (Engine.prepareLayout). */
+  /**
+   * Loads an adapter version in turns nothing else wants, and drops it: the load leaves its layout on disk
+   * (Engine.prepareLayout).
+   */
   prepareLayout(ref: AdapterRef): void {
     if (this.runner.slots.residentAdapters.includes(ref.key) || this.hostCache.has(ref.key)) return;
-    void this.loads.load(ref).catch(() => undefined);
+    void this.loads.prepare(ref).catch(() => undefined);
   }
 
   /**
