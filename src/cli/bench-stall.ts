@@ -1,12 +1,17 @@
 /**
  * The stall-free section of `npm run bench`: what newcomers do to streams already decoding, how much later a
- * never-used adapter gives its first token than a resident one. Every figure is a ratio or a difference between
- * cases run interleaved in this run. (Start-up is measured by bench-startup.ts.)
+ * never-used adapter gives its first token than a resident one, and what a layout kept on disk saves a cold load.
+ * Every figure is a ratio or a difference between cases run interleaved in this run. (Start-up is measured by
+ * bench-startup.ts.)
  */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ADAPTER_CONFIG_FILE } from '../adapters/adapter-files.ts';
 import { ADAPTER_WEIGHTS_FILE } from '../adapters/lora.ts';
+import { adapterLoaderFor } from '../engine/adapter-loader.ts';
 import { Engine } from '../engine/engine.ts';
+import { LayoutCache } from '../engine/layout-cache.ts';
 import { DEFAULT_PREFILL_TOKEN_BUDGET, type AdapterRef, type EngineOptions } from '../engine/protocol.ts';
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { digestFile, type FileDigest } from '../registry/store-files.ts';
@@ -127,6 +132,7 @@ export async function measureStalls(options: StallBenchOptions) {
   const adapters = await withChecksums(options.adapters);
   log(`stalls: ${RUNNING} streams decoding while ${ARRIVING} requests arrive (cold adapters / 128-token prompts), interleaved ...`);
   const engine = await Engine.start(options.engineOptions);
+  let stalls;
   try {
     const cold = [];
     const long = [];
@@ -144,7 +150,7 @@ export async function measureStalls(options: StallBenchOptions) {
     const typical = (runs: { medianDuringOverMedian: number }[]) => runs.map((r) => round(r.medianDuringOverMedian, 2));
     const inGaps = (runs: { ttftMs: number[]; undisturbedGapMs: number }[]) => round(median(runs.flatMap((r) => r.ttftMs.map((t) => t / r.undisturbedGapMs))), 1);
     const coldPenalty = coldTtft.map((c, i) => c - residentTtft[i]);
-    return {
+    stalls = {
       prefill_token_budget: options.engineOptions.prefillTokenBudget ?? DEFAULT_PREFILL_TOKEN_BUDGET,
       thread_spinning: options.engineOptions.threadSpinning ?? true,
       stall_cold_adapters_max_gap_over_median: round(median(cold.map((r) => r.maxOverMedian)), 2),
@@ -164,4 +170,37 @@ export async function measureStalls(options: StallBenchOptions) {
   } finally {
     await engine.close();
   }
+  log('cold loads: made in full against read back from the layout cache, interleaved ...');
+  return { ...stalls, ...(await layoutReadBack(adapters, options.engineOptions.maxLoraRank)) };
+}
+
+/**
+ * What a layout kept on disk (layout-cache.ts) saves each cold load: a load made in full (checksums, parsing,
+ * validation, slot layout) against the same version read back from the cache, adapter by adapter, on this thread.
+ */
+async function layoutReadBack(adapters: AdapterRef[], slotRank: number) {
+  const dir = await mkdtemp(join(tmpdir(), 'bench-layouts-'));
+  const cache = new LayoutCache({ dir, maxBytes: 2 ** 40 }, SMOLLM2_135M_SHAPE, slotRank);
+  const full: number[] = [];
+  const readBack: number[] = [];
+  try {
+    for (const ref of adapters) {
+      const started = performance.now();
+      await adapterLoaderFor(SMOLLM2_135M_SHAPE, slotRank)(ref);
+      full.push(performance.now() - started);
+      // A loader with the cache makes the layout and keeps it; the next one reads it back.
+      await adapterLoaderFor(SMOLLM2_135M_SHAPE, slotRank, cache)(ref);
+      await cache.settled();
+      const again = performance.now();
+      await adapterLoaderFor(SMOLLM2_135M_SHAPE, slotRank, cache)(ref);
+      readBack.push(performance.now() - again);
+    }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  return {
+    cold_load_in_full_ms: round(median(full), 1),
+    cold_load_read_back_ms: round(median(readBack), 1),
+    cold_load_read_back_over_in_full: round(median(readBack) / median(full), 3),
+  };
 }
