@@ -29,7 +29,7 @@ const UPLOAD_HELP =
 const GENERIC_FILE_FIELDS = new Set(['file', 'file[]', 'files', 'files[]']);
 
 export function registerAdapterRoutes(app: Hono<GatewayEnv>, services: GatewayServices): void {
-  const { store, models, engine, settings } = services;
+  const { store, models, engine } = services;
 
   // Listings show every version on disk, including those a start from the catalog snapshot has not checked yet.
   const fullyListed: MiddlewareHandler<GatewayEnv> = async (_c, next) => {
@@ -110,7 +110,7 @@ export function registerAdapterRoutes(app: Hono<GatewayEnv>, services: GatewaySe
     const record = await callStore(() => store.publish(ref.tenant, ref.adapter, files, { version }), ref, store.root);
     // Its first request then reads a slot layout made now (layout-cache.ts). DoRA's layout needs the base model's
     // session, so it is made at first use and never kept on disk.
-    if (settings.engine.adapterLayoutCache && record.summary.family !== 'dora') engine.prepareLayout(engineRef(record));
+    if (record.summary.family !== 'dora') engine.prepareLayout(engineRef(record));
     return c.json(versionView(record), 201);
   });
 

@@ -180,10 +180,10 @@ export class Engine extends EventEmitter<EngineEvents> {
    * Has the loader make an adapter version's slot layout and keep it on disk (layout-cache.ts), in load turns no
    * request's load or prompt wants (LoadTurns.prepare), without caching it in memory, so its first request reads
    * the layout back ready instead of making it (a version just uploaded). Nothing is reported: a version that
-   * cannot be loaded fails its first request.
+   * cannot be loaded fails its first request. Without a layout cache there is nothing to keep, so nothing is done.
    */
   prepareLayout(ref: AdapterRef): void {
-    if (!this.failure && !this.closed) this.post({ type: 'prepare-layout', ref });
+    if (this.options.adapterLayoutCache && !this.failure && !this.closed) this.post({ type: 'prepare-layout', ref });
   }
 
   /**

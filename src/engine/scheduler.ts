@@ -191,13 +191,17 @@ export class Scheduler {
     this.kick();
   }
 
+  /** Whether the adapter sits in a runtime slot or in the host cache. */
+  private isLoaded(key: string): boolean {
+    return this.runner.slots.residentAdapters.includes(key) || this.hostCache.has(key);
+  }
+
   /**
    * Loads an adapter version in turns nothing else wants, and drops it: the load leaves its layout on disk
    * (Engine.prepareLayout).
    */
   prepareLayout(ref: AdapterRef): void {
-    if (this.runner.slots.residentAdapters.includes(ref.key) || this.hostCache.has(ref.key)) return;
-    void this.loads.prepare(ref).catch(() => undefined);
+    if (!this.isLoaded(ref.key)) void this.loads.prepare(ref).catch(() => undefined);
   }
 
   /**
@@ -205,11 +209,9 @@ export class Scheduler {
    * published), so its first request pays only for taking a slot. Runs beside the steps like any other load.
    */
   async preloadAdapter(ref: AdapterRef): Promise<void> {
-    if (this.runner.slots.residentAdapters.includes(ref.key) || this.hostCache.has(ref.key)) return;
-    await this.hostCache.load(ref);
+    if (!this.isLoaded(ref.key)) await this.hostCache.load(ref);
   }
 
-  /** Drops a cached adapter (deleted or replaced); its slot is reused once no running sequence holds it. */
   /** Drops the cache keys of one adapter version (each content it had under that id) from both tiers. */
   evictAdapter(version: string): void {
     const ofVersion = (key: string) => versionOfCacheKey(key) === version;

@@ -6,6 +6,7 @@
 import type { EventEmitter } from 'node:events';
 import { formatAdapterId } from './adapter-names.ts';
 import { filesTag, sameFiles, type FileDigest, type Manifest } from './manifest.ts';
+import { readVisibility } from './visibility.ts';
 
 export interface AdapterVersionRef {
   /** `tenant/adapter@version` */
@@ -136,9 +137,12 @@ export class AdapterCatalog<Summary> {
     return this.adapters.values();
   }
 
-  /** Records a change made to an adapter's state in place (its visibility). */
-  noteChange(): void {
-    this.revision++;
+  /**
+   * Reads the adapter's visibility file into its state (visibility.ts) when it changed since last read, counting
+   * that as a change to what is known. `listed` false: a listing of its directory just found no such file.
+   */
+  readVisibility(state: AdapterState<Summary>, adapterDir: string, listed = true): void {
+    if (readVisibility(state, adapterDir, listed)) this.revision++;
   }
 
   /** The state of one adapter, when the catalog knows it. */

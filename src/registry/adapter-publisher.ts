@@ -29,7 +29,7 @@ import {
 } from './manifest.ts';
 import { digestBytes, errorCode, ignoreMissing, pathExists, readdirIfPresent, type FileDigest } from './store-files.ts';
 import type { StoreLayout } from './store-layout.ts';
-import { readVisibility, writeVisibility } from './visibility.ts';
+import { writeVisibility } from './visibility.ts';
 
 const PICKLED_WEIGHTS = /\.(bin|pt|pth|pkl|pickle|ckpt)$/i;
 
@@ -117,7 +117,7 @@ export class AdapterPublisher<Summary> {
         );
       }
       await writeVisibility(adapterDir, isPublic, layout.stagingDir);
-      if (readVisibility(catalog.adapterState(tenant, adapter), adapterDir)) catalog.noteChange();
+      catalog.readVisibility(catalog.adapterState(tenant, adapter), adapterDir);
     });
   }
 
@@ -162,7 +162,7 @@ export class AdapterPublisher<Summary> {
       await syncDirectory(adapterDir);
 
       const state = catalog.adapterState(tenant, adapter);
-      readVisibility(state, adapterDir);
+      catalog.readVisibility(state, adapterDir);
       const published = servableVersion(state, version, target, manifest, job.summary);
       const served = servedFiles(manifest.files);
       published.fingerprint = joinFingerprint(statFiles(target, served), served);

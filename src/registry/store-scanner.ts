@@ -20,7 +20,6 @@ import { ADAPTER_FILES, fingerprintVersion, joinFingerprint, MANIFEST_FILE, serv
 import { asError, errorMessage, newestMtime, readdirIfPresent, statFingerprint } from './store-files.ts';
 import type { StoreLayout } from './store-layout.ts';
 import { AlteredFileError, checkVersionFiles, type VersionVerifier } from './version-verifier.ts';
-import { readVisibility } from './visibility.ts';
 
 export interface StoreScannerOptions<Summary> {
   layout: StoreLayout;
@@ -92,7 +91,7 @@ export class StoreScanner<Summary> {
     const adapterDir = layout.pathInside(tenant, adapter);
     const state = catalog.adapterState(tenant, adapter);
     const entries = readdirIfPresent(adapterDir);
-    if (readVisibility(state, adapterDir, entries.some((entry) => entry.name === VISIBILITY_FILE))) catalog.noteChange();
+    catalog.readVisibility(state, adapterDir, entries.some((entry) => entry.name === VISIBILITY_FILE));
     const present = new Set<string>();
     for (const entry of entries) {
       const version = entry.name;
