@@ -86,3 +86,22 @@ test('a slot reused for another adapter is copied again; stacks follow the highe
   assert.deepEqual(stackedAt(stacks, 0), slotAt(slots, reused, 8));
   assert.equal(stacks.prepare([0, 0], 3, true).rank, 0, 'a pass on the base model alone feeds rank 0');
 });
+
+test('every layout rank lies in the same memory, and faulting it in ahead leaves stacked weights as they are', () => {
+  const slots = new AdapterSlots(config, 2, 8);
+  const low = slots.place('low', adapter(1, 4))!;
+  const high = slots.place('high', adapter(2, 8))!;
+  const stacks = new AdapterSegments(slots, 2);
+  stacks.prepare([low], 1, true);
+  const memory = stacks.buffers.get(INPUT)!.data.buffer;
+  // A page at a time, around the adapter already stacked there.
+  assert.equal(stacks.prefault(4096), true, 'more pages are left after the first one');
+  while (stacks.prefault(4096));
+  assert.equal(stacks.prefault(0), false, 'nothing is left to fault in');
+  assert.deepEqual(stackedAt(stacks, 0), slotAt(slots, low, 4));
+  assert.equal(stacks.prepare([low, high], 1, true).rank, 8);
+  assert.equal(stacks.buffers.get(INPUT)!.data.buffer, memory, 'the rank-8 layout reuses the memory of the rank-4 one');
+  assert.deepEqual(stackedAt(stacks, 0), slotAt(slots, low, 8));
+  assert.deepEqual(stackedAt(stacks, 1), slotAt(slots, high, 8));
+  assert.equal(memory.byteLength, [...slots.loraInputs.keys()].reduce((bytes, name) => bytes + 2 * elementCount(slots.shapeAt(name, 8)) * 4, 0), 'two adapters of every input at the slot rank');
+});

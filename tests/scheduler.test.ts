@@ -6,6 +6,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ADAPTER_CONFIG_FILE } from '../src/adapters/adapter-files.ts';
@@ -44,6 +45,8 @@ let runner: ModelRunner;
 let dir: string;
 let adapter: AdapterRef;
 const passes: Pass[] = [];
+/** Whether a forward pass has started and not yet returned. */
+let passInFlight = false;
 let loaderThread: AdapterLoaderThread;
 /** The engine's own loader thread: verifies, reads, validates and lays out adapter files. */
 const load: LoadAdapter = (ref, between) => loaderThread.load(ref, between);
@@ -62,7 +65,8 @@ before(async () => {
     const shape = (r: StepRow) => ({ tokens: r.tokens.length, position: r.position });
     const pass: Pass = { firstRow, rows: rows.map(shape), beside: beside.map(shape), cache: { rows: cache.rows, width: cache.width }, grewCache: false };
     passes.push(pass);
-    const result = await run();
+    passInFlight = true;
+    const result = await run().finally(() => (passInFlight = false));
     pass.grewCache = cache.rows !== pass.cache.rows || cache.width !== pass.cache.width;
     return result;
   }
@@ -416,4 +420,34 @@ test('a stream crossing a bucket edge finds the cache grown ahead, a few layers 
   assert.ok(observed.slice(firstWide).some((p) => needs(p) > CACHE_BUCKET), 'the stream crossed the edge');
   const arrival = observed.findIndex((p) => p.rows.some((r) => r.tokens === REFERENCE.promptIds.length));
   assert.ok(arrival > 0 && arrival < firstWide, 'the newcomer arrived while the growth was migrating');
+});
+
+test('an idle scheduler faults in its memory a piece per turn, never while a pass runs, and goes on once idle again', async () => {
+  const prefault = runner.prefault.bind(runner);
+  // The runner is shared: with its memory all faulted in, earlier tests' schedulers end their idle work.
+  while (prefault(2 ** 20));
+  for (let turn = 0; turn < 3; turn++) await nextTurn();
+  // Calls, each with whether a pass was running then; pieces are reported left for as long as the test wants.
+  const calls: boolean[] = [];
+  let piecesLeft = true;
+  runner.prefault = (maxBytes: number) => {
+    calls.push(passInFlight);
+    prefault(maxBytes);
+    return piecesLeft;
+  };
+  try {
+    const { run } = createScheduler();
+    for (let turn = 0; turn < 5; turn++) await nextTurn();
+    const idle = calls.length;
+    assert.ok(idle >= 3, `pieces are faulted in while nothing runs (${idle} calls in 5 turns)`);
+    await run(request(LONG_PROMPT, 6));
+    const busy = calls.slice(idle);
+    assert.ok(!busy.includes(true), 'no piece while a pass was running');
+    const afterRun = calls.length;
+    for (let turn = 0; turn < 5; turn++) await nextTurn();
+    assert.ok(calls.length > afterRun, `pieces go on once the scheduler is idle again (${idle}, ${afterRun}, ${calls.length})`);
+  } finally {
+    piecesLeft = false;
+    runner.prefault = prefault;
+  }
 });

@@ -16,8 +16,9 @@ import { DEFAULT_PREFILL_TOKEN_BUDGET, type AdapterRef, type EngineOptions } fro
 import { SMOLLM2_135M_SHAPE } from '../model/random-model.ts';
 import { digestFile, type FileDigest } from '../registry/store-files.ts';
 import { median, round } from './bench-stats.ts';
+import { measureFirstBursts } from './bench-first-burst.ts';
+import { GREEDY, prompt } from './bench-workloads.ts';
 
-const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
 const RUNNING = 8;
 const ARRIVING = 8;
 
@@ -27,10 +28,6 @@ export interface StallBenchOptions {
   adapters: AdapterRef[];
   trials: number;
   log: (message: string) => void;
-}
-
-function prompt(length: number, seed: number): number[] {
-  return Array.from({ length }, (_, i) => 1 + ((seed * 7919 + i * 104729) % (SMOLLM2_135M_SHAPE.vocabSize - 1)));
 }
 
 let freshKeys = 0;
@@ -171,7 +168,8 @@ export async function measureStalls(options: StallBenchOptions) {
     await engine.close();
   }
   log('cold loads: made in full against read back from the layout cache, interleaved ...');
-  return { ...stalls, ...(await layoutReadBack(adapters, options.engineOptions.maxLoraRank)) };
+  const readBack = await layoutReadBack(adapters, options.engineOptions.maxLoraRank);
+  return { ...stalls, ...readBack, ...(await measureFirstBursts(options.engineOptions, adapters, trials, log)) };
 }
 
 /**

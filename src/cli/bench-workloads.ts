@@ -16,7 +16,7 @@ import { median } from './bench-stats.ts';
 export const BENCH_DIR = resolve('.bench');
 export const STREAMS = 16;
 export const LORA_RANK = 16;
-const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
+export const GREEDY = { temperature: 0, topP: 1, topK: 0, presencePenalty: 0, frequencyPenalty: 0 };
 
 export const log = (message: string) => process.stderr.write(`${message}\n`);
 
@@ -70,7 +70,8 @@ export async function ensureAdapters(): Promise<AdapterRef[]> {
   return refs;
 }
 
-function prompt(length: number, seed: number): number[] {
+/** A prompt of `length` token ids of the benchmark model's vocabulary, different for each seed. */
+export function prompt(length: number, seed: number): number[] {
   return Array.from({ length }, (_, i) => 1 + ((seed * 7919 + i * 104729) % (SMOLLM2_135M_SHAPE.vocabSize - 1)));
 }
 

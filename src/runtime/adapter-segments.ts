@@ -6,9 +6,12 @@
  *
  * The stacks are laid out for the highest adapter rank among them, not for the slot rank: a pass reads every
  * stacked adapter, so adapters of rank 8 in rank-64 slots would otherwise read eight times the bytes they need.
+ * Every layout lies in one memory block sized for the slot rank, so a change of rank reuses pages already faulted
+ * in, and the block can be faulted in before the first passes (prefault.ts).
  */
 import { elementCount } from '../formats/tensor-shape.ts';
 import type { AdapterSlots, LoraBuffer } from './adapter-slots.ts';
+import { Prefault } from './prefault.ts';
 
 interface StackedAdapter {
   slot: number;
@@ -39,6 +42,9 @@ export class AdapterSegments {
   /** The rank the stacks are laid out for (0 before any adapter). */
   rank = 0;
   private readonly stacked: StackedAdapter[];
+  /** The memory every layout's stacks lie in (stackMemory), allocated at the first layout or prefault. */
+  private memory: ArrayBuffer | null = null;
+  private pagesFaulted: Prefault | null = null;
 
   constructor(
     private readonly slots: AdapterSlots,
@@ -46,6 +52,23 @@ export class AdapterSegments {
     readonly capacity: number,
   ) {
     this.stacked = new Array<StackedAdapter>(capacity).fill(EMPTY);
+  }
+
+  /**
+   * Faults in the next `maxBytes` of the stacks' memory (allocating it first), so that stacking adapters later
+   * writes to pages already there; false once all of it is (prefault.ts).
+   */
+  prefault(maxBytes: number): boolean {
+    this.pagesFaulted ??= new Prefault(new Uint8Array(this.stackMemory()));
+    return this.pagesFaulted.step(maxBytes);
+  }
+
+  /** The stacks' memory: `capacity` adapters of every graph input at the slot rank, the most any layout needs. */
+  private stackMemory(): ArrayBuffer {
+    if (this.memory) return this.memory;
+    let floats = 0;
+    for (const name of this.slots.loraInputs.keys()) floats += this.capacity * elementCount(this.slots.shapeAt(name, this.slots.rank));
+    return (this.memory = new ArrayBuffer(floats * Float32Array.BYTES_PER_ELEMENT));
   }
 
   /**
@@ -75,12 +98,16 @@ export class AdapterSegments {
     return { rank: distinct.length ? this.rank : 0, adapters, segmentRows, rows, resultIndex, rowMask };
   }
 
+  /** Lays the stacks out for `rank`: each graph input's region of the memory holds `capacity` adapters at the slot rank. */
   private layOut(rank: number): void {
     this.rank = rank;
+    const memory = this.stackMemory();
+    let offset = 0;
     for (const name of this.slots.loraInputs.keys()) {
       const shape = this.slots.shapeAt(name, rank);
       const size = elementCount(shape);
-      this.buffers.set(name, { data: new Float32Array(this.capacity * size), shape, size });
+      this.buffers.set(name, { data: new Float32Array(memory, offset, this.capacity * size), shape, size });
+      offset += this.capacity * elementCount(this.slots.shapeAt(name, this.slots.rank)) * Float32Array.BYTES_PER_ELEMENT;
     }
     this.stacked.fill(EMPTY);
   }

@@ -189,6 +189,14 @@ export class ModelRunner {
     return completeDoraLayout(this.config, ready, await withDoraScales(ready.doraPending, this, this.baseRowNorms));
   }
 
+  /**
+   * Faults in the next `maxBytes` of the memory a burst of adapter requests first writes, the short lane's adapter
+   * stacks (19.5 MB per r=16 adapter of the 135M shape); false once all of it is (prefault.ts).
+   */
+  prefault(maxBytes: number): boolean {
+    return this.lanes[0].adapters.prefault(maxBytes);
+  }
+
   /** The lane for a sequence that needs `positions` cache positions. */
   laneFor(positions: number): number {
     return positions > this.longSequencePositions && this.lanes.length > 1 ? 1 : 0;
