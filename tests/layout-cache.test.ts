@@ -12,7 +12,7 @@ import { bottleneckAdapterFiles, randomBottleneckAdapter } from '../src/adapters
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { ia3AdapterFiles, promptLearningAdapterFiles, randomIa3Adapter, randomPromptLearningAdapter } from '../src/adapters/peft-writers.ts';
 import { adapterLoaderFor } from '../src/engine/adapter-loader.ts';
-import { LayoutCache } from '../src/engine/layout-cache.ts';
+import { ENTRY_SUFFIX, LayoutCache } from '../src/engine/layout-cache.ts';
 import { adapterValidator } from '../src/gateway/adapter-validator.ts';
 import { adapterCacheKey, readAdapterSummary, type AdapterSummary } from '../src/gateway/model-resolver.ts';
 import { configFromHuggingFace } from '../src/model/config.ts';
@@ -70,7 +70,7 @@ function assertSameLayout(actual: SlotReadyAdapter, expected: SlotReadyAdapter):
   for (const [name, data] of expectedBlocks) assert.deepEqual(blocks.get(name), data, name);
 }
 
-const entries = async (dir: string) => (await readdir(dir)).filter((name) => name.endsWith('.layout.safetensors'));
+const entries = async (dir: string) => (await readdir(dir)).filter((name) => name.endsWith(ENTRY_SUFFIX));
 
 test('every family is read back in one phase, equal to its layout made afresh, by a later loader too', async (t) => {
   const { store, cacheDir } = await storeAndCacheDir(t);
@@ -168,7 +168,7 @@ test('the cache keeps within its bytes, dropping the least recently used entries
   assert.equal((await loadCounting(restarted, records[1])).pauses, 2, 'bot-1 was dropped');
   const left = await readdir(cacheDir);
   assert.equal(left.length, 2, left.join());
-  assert.ok(left.every((name) => name.endsWith('.layout.safetensors')));
+  assert.ok(left.every((name) => name.endsWith(ENTRY_SUFFIX)));
 });
 
 /** The entry with its first tensor one value short, everything else (its label too) as it was. */

@@ -1,8 +1,9 @@
 /**
  * The turns adapter loads take between the engine's passes (load-turns.ts): nothing runs until a turn, one phase
  * runs a turn unless the turn has time for more, loads go in the order asked for, a failure fails only its own
- * load, and a phase that outlasts its turn lets its load run on without holding back the next. Loads here are phases the test ends itself and a turn's
- * time runs out when the test says so, so nothing depends on how fast the machine is.
+ * load, and a phase that outlasts its turn lets its load run on without holding back the next. Loads here are
+ * phases the test ends itself and a turn's time runs out when the test says so, so nothing depends on how fast
+ * the machine is.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -26,7 +26,8 @@ export interface LayoutCacheOptions {
   maxBytes: number;
 }
 
-const ENTRY_SUFFIX = '.layout.safetensors';
+/** How an entry's file name ends (the rest is a hash of its label). */
+export const ENTRY_SUFFIX = '.layout.safetensors';
 
 let layoutCodeHash: string | undefined;
 

@@ -3,8 +3,8 @@
  * has up to three phases (verifying the files when their checksums are not yet checked, parsing and validating
  * them, laying them out: adapter-loader.ts; a layout kept on disk is read back in one), and a turn runs the next
  * phase of the first load waiting, then further phases of that load, and of the loads behind it when it was read
- * back whole, while it stays within the time it was given (the scheduler gives as long as the step's decode pass took, times the loads
- * waiting, within a bound on the whole step: step-times.ts).
+ * back whole, while it stays within the time it was given (the scheduler gives as long as the step's decode pass
+ * took, times the loads waiting, within a bound on the whole step: step-times.ts).
  *
  * Why: a load is CPU work (about 50 ms alone for an r=16 adapter of SmolLM2-135M's shape, 65–105 ms inside the
  * serving process) on a machine whose two cores onnxruntime's two threads already fill. Run beside a pass, it

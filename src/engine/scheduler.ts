@@ -181,7 +181,7 @@ export class Scheduler {
   /** Starts reading a cold adapter as soon as its sequence is accepted, not when a batch row frees up. */
   private prefetch(sequence: Sequence): void {
     const key = sequence.request.adapter?.key;
-    if (key === undefined || this.runner.slots.residentAdapters.includes(key) || this.hostCache.has(key)) return;
+    if (key === undefined || this.isLoaded(key)) return;
     this.report.adapterCache.push({ tier: 'host', event: 'miss' });
     this.startLoad(sequence);
   }

@@ -2,6 +2,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseSafetensors } from '../../src/formats/safetensors.ts';
+import { ENTRY_SUFFIX } from '../../src/engine/layout-cache.ts';
 import { adapterCacheKey } from '../../src/gateway/model-resolver.ts';
 import type { TestGateway } from './gateway.ts';
 
@@ -9,7 +10,7 @@ import type { TestGateway } from './gateway.ts';
 export async function layoutKeys(dir: string): Promise<string[]> {
   const names = await readdir(dir).catch(() => [] as string[]);
   const keys: string[] = [];
-  for (const name of names.filter((n) => n.endsWith('.layout.safetensors'))) {
+  for (const name of names.filter((n) => n.endsWith(ENTRY_SUFFIX))) {
     const { metadata } = parseSafetensors(new Uint8Array(await readFile(join(dir, name))));
     keys.push((JSON.parse(metadata.label) as { key: string }).key);
   }
