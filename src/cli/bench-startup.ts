@@ -1,7 +1,7 @@
 /**
  * The start-up section of `npm run bench` (and `npm run bench:startup`): how long the engine takes to be ready on
- * the benchmark model with an empty compiled-model cache (cold) and with the entry the cold start wrote (warm), with
- * the parts of each; and how much a store of 10,000 real adapter versions adds to the adapter store's start against
+ * the benchmark model with an empty compiled-model cache (cold) and with the entry the cold start wrote (warm: the
+ * compiled model and its sessions' saved optimized form), with the parts of each; and how much a store of 10,000 real adapter versions adds to the adapter store's start against
  * an empty store, listed from the catalog snapshot the last scan saved (as every start after the first) and by a
  * full scan (the first start, or one whose snapshot is unusable). The cases run interleaved in this run; the
  * figures are differences and ratios of them. `dropCaches` empties the page cache before each store start, as after
@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { loraAdapterFiles } from '../adapters/lora-writer.ts';
 import { Engine } from '../engine/engine.ts';
+import type { SessionSource } from '../runtime/saved-sessions.ts';
 import type { EngineOptions } from '../engine/protocol.ts';
 import { adapterValidator } from '../gateway/adapter-validator.ts';
 import { readAdapterSummary } from '../gateway/model-resolver.ts';
@@ -153,6 +154,7 @@ async function gatewayReadySeconds(env: Record<string, string>): Promise<number>
 interface EngineStart {
   seconds: number;
   cached: boolean;
+  sessions: SessionSource;
   parts: Record<string, number>;
 }
 
@@ -160,9 +162,9 @@ async function engineStart(engineOptions: EngineOptions): Promise<EngineStart> {
   const started = performance.now();
   const engine = await Engine.start(engineOptions);
   const seconds = (performance.now() - started) / 1000;
-  const { cached, ms } = engine.info.startup;
+  const { cached, sessions, ms } = engine.info.startup;
   await engine.close();
-  return { seconds, cached, parts: ms };
+  return { seconds, cached, sessions, parts: ms };
 }
 
 export async function measureStartup(options: StartupBenchOptions) {
@@ -205,6 +207,7 @@ export async function measureStartup(options: StartupBenchOptions) {
       await rm(cacheDir, { recursive: true, force: true });
     }
     if (cold.at(-1)!.cached || !warm.at(-1)!.cached) throw new Error('the cold start must compile and the warm start must read the cache');
+    if (warm.at(-1)!.sessions !== 'saved') throw new Error(`the warm start's sessions must open from their saved form, not ${warm.at(-1)!.sessions}`);
     // As `npm start` runs it (GLIBC_TUNABLES asks malloc for transparent huge pages), and with that setting emptied.
     gateway.withHugePages.push(await gatewayReadySeconds(gatewayEnv));
     gateway.without.push(await gatewayReadySeconds({ ...gatewayEnv, GLIBC_TUNABLES: '' }));

@@ -39,7 +39,7 @@ async function start(options: EngineWorkerData): Promise<void> {
   const loader = new AdapterLoaderThread({ config: model.config, slotRank: options.maxLoraRank, layoutCache: options.adapterLayoutCache });
   const sessionStarted = performance.now();
   const runner = await ModelRunner.fromGraphs(model.graphs, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, model.rowNorms);
-  const startup = { cached: model.cached, ms: { ...model.timings, session: Math.round(performance.now() - sessionStarted) } };
+  const startup = { cached: model.cached, sessions: runner.sessionSource, ms: { ...model.timings, session: Math.round(performance.now() - sessionStarted) } };
   const scheduler = new Scheduler(
     runner,
     {

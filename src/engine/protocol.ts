@@ -4,6 +4,7 @@
  */
 import type { LayoutCacheOptions } from './layout-cache.ts';
 import type { ExecutionProvider } from '../runtime/model-runner.ts';
+import type { SessionSource } from '../runtime/saved-sessions.ts';
 import type { LlamaConfig, LoadQuantization } from '../model/types.ts';
 import type { SamplingParams } from './sampling.ts';
 
@@ -147,8 +148,11 @@ export interface ModelInfo {
   format: 'gguf' | 'hf';
   path: string;
   maxPositions: number;
-  /** Whether the compiled model came from the cache, and the milliseconds of each part of the engine's start. */
-  startup: { cached: boolean; ms: Record<string, number> };
+  /**
+   * Whether the compiled model came from the cache, where the sessions came from (saved-sessions.ts), and the
+   * milliseconds of each part of the engine's start.
+   */
+  startup: { cached: boolean; sessions: SessionSource; ms: Record<string, number> };
 }
 
 export type ToWorker =

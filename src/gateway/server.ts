@@ -77,7 +77,7 @@ export async function startGateway(env: NodeJS.ProcessEnv, options: GatewayStart
     compiledModelCacheDir: settings.engine.compiledModelCacheDir,
     adapterLayoutCache: settings.engine.adapterLayoutCache,
   });
-  logger.info('engine ready', { compiledModelCached: engine.info.startup.cached, ...engine.info.startup.ms });
+  logger.info('engine ready', { compiledModelCached: engine.info.startup.cached, sessions: engine.info.startup.sessions, ...engine.info.startup.ms });
   const config = engine.info.config;
   const tokenizer = await loadTokenizer(modelPath, config.eosTokenIds);
   const formatChat = await loadChatFormatter(modelPath);

@@ -352,16 +352,20 @@ function servingGraph(model: BaseModel, kind: ServingGraph, g: OnnxGraphBuilder)
     const peft = peftBlocks(g, c);
     const { hidden, keyValues } = layers(adapterLayers(new LoraDelta(g), peft), peft.embed(tokenEmbeddings));
     // DoRA's probe rows go through every layer's base projections in a pass of their own (once per adapter); other
-    // passes take the empty branch, so the probes' matmuls (4 per layer) cost no step anything.
+    // passes take the empty branch, so the probes' matmuls (4 per layer) cost no step anything. The empty results
+    // take their row count from the (empty) probe inputs rather than from constants: onnxruntime folds a constant
+    // branch into initializers it then cannot load back from its saved optimized form (saved-sessions.ts).
     const probeWidths = probeSiteWidths(c);
-    const noProbeRows = PROBE_SITES.map((site) => g.initializer(`no_probe_rows.${site}`, new Float32Array(0), [0, probeWidths[site].out]));
     const probeResults = g.ifElse(
       g.input(PEFT_INPUTS.probing, 'bool', [1]),
       () => peft.probeResults((site, l, rows) => {
         const [fused, modules] = PROJECTION_GROUPS[site];
         return base(rows, l, fused, modules, 2);
       }),
-      () => noProbeRows.map((empty) => g.op('Identity', [empty])),
+      () => PROBE_SITES.map((site) => {
+        const rows = g.op('Slice', [g.op('Shape', [PEFT_INPUTS.probe(site)]), g.constInt64([0]), g.constInt64([1])]);
+        return g.op('ConstantOfShape', [g.op('Concat', [rows, g.constInt64([probeWidths[site].out])], { axis: 0 })]);
+      }),
     );
     PROBE_SITES.forEach((site, i) => g.output(probeResults[i], PROBE_OUTPUT(site), 'float32', ['probe_out_rows', probeWidths[site].out]));
     return [hidden, joined(keyValues)];

@@ -1,8 +1,8 @@
 /**
  * The base model compiled for onnxruntime, cached on disk so that a restart skips reading and converting the
  * weights, hashing them, generating the graph and computing DoRA's row norms. On the SmolLM2-135M shape in float32
- * those took about half of start-up (the rest is onnxruntime's own session initialisation, which no cache of ours
- * can skip).
+ * those took about half of start-up; the rest, onnxruntime's own session initialisation, is cut by the optimized
+ * form of the sessions saved in the entry beside the graphs (saved-sessions.ts).
  *
  * An entry is keyed by the model files' stat identity (path, inode, size, modification and change times of every
  * file in the model's directory, or of the GGUF file), the load options and the code that compiles (the source of
@@ -77,8 +77,10 @@ export async function compileBaseModel(modelPath: string, options: LoadOptions &
   model.weights.clear();
   model.quantized?.clear();
   if (entry) {
-    await writeEntry(entry, compiled, graphs);
+    const written = await writeEntry(entry, compiled, graphs);
     lap('cache_write');
+    // Sessions open from the entry's files, so that their optimized form is saved beside them at this start.
+    if (written) return { ...compiled, graphs: entryGraphs(entry), cached: false, timings };
   }
   return { ...compiled, graphs, cached: false, timings };
 }
@@ -133,7 +135,8 @@ async function readEntry(entry: string): Promise<Omit<CompiledModel, 'graphs' | 
   return { config: meta.config, checksum: meta.checksum, source: meta.source, rowNorms };
 }
 
-async function writeEntry(entry: string, compiled: Omit<CompiledModel, 'graphs' | 'cached' | 'timings'>, graphs: DecoderGraphs): Promise<void> {
+/** Whether the entry was written. */
+async function writeEntry(entry: string, compiled: Omit<CompiledModel, 'graphs' | 'cached' | 'timings'>, graphs: DecoderGraphs): Promise<boolean> {
   const partial = `${entry}.partial-${randomUUID()}`;
   try {
     await mkdir(partial, { recursive: true });
@@ -161,8 +164,10 @@ async function writeEntry(entry: string, compiled: Omit<CompiledModel, 'graphs' 
     await writeFile(join(partial, META_FILE), JSON.stringify(meta));
     await rm(entry, { recursive: true, force: true });
     await rename(partial, entry);
+    return true;
   } catch {
     // A cache that cannot be written only costs the next start its time.
     await rm(partial, { recursive: true, force: true }).catch(() => undefined);
+    return false;
   }
 }

@@ -18,6 +18,7 @@ import { KvCache } from './kv-cache.ts';
 import { MASKED, PassFeeds, PREFILL_CACHE_INPUTS } from './pass-feeds.ts';
 import { RopeTables } from './rope.ts';
 import { RowFamilyWeights } from './row-family-weights.ts';
+import { createSessions, openServingSessions, type SessionSource } from './saved-sessions.ts';
 
 export type ExecutionProvider = 'cpu' | 'cuda';
 
@@ -121,6 +122,8 @@ export class ModelRunner {
     options: RunnerOptions,
     /** Squared row norms of the base projections, for DoRA (see dora-scales.ts). */
     private readonly baseRowNorms: BaseRowNorms,
+    /** Whether the sessions opened from onnxruntime's saved optimized form (saved-sessions.ts) or were built. */
+    readonly sessionSource: SessionSource,
   ) {
     this.config = config;
     this.maxBatch = options.maxBatch;
@@ -155,18 +158,18 @@ export class ModelRunner {
       interOpNumThreads: 1,
       ...(options.threadSpinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
     };
-    const sessions: Partial<Record<ServingGraph, ort.InferenceSession>> = {};
+    const kinds = SERVING_GRAPHS.filter((kind) => kind !== 'mixed' || options.mixedPasses !== false);
     try {
-      for (const kind of SERVING_GRAPHS.filter((kind) => kind !== 'mixed' || options.mixedPasses !== false)) {
-        // A file (a compiled-model cache entry) has its weights beside it, which onnxruntime reads itself; graphs in
-        // memory share one weight buffer.
-        sessions[kind] =
-          'models' in graphs
-            ? await ort.InferenceSession.create(graphs.models[kind], { ...sessionOptions, externalData: [{ path: EXTERNAL_DATA_FILE, data: graphs.weights }] })
-            : await ort.InferenceSession.create(graphs[kind], sessionOptions);
-      }
+      // Graphs in memory share one weight buffer. Files (a compiled-model cache entry) have their weights beside
+      // them, and on the CPU their sessions open from onnxruntime's optimized form saved with them.
+      const opened =
+        'models' in graphs
+          ? { sessions: await createSessions(kinds, (kind) => graphs.models[kind], { ...sessionOptions, externalData: [{ path: EXTERNAL_DATA_FILE, data: graphs.weights }] }), source: 'built' as const }
+          : provider === 'cpu'
+            ? await openServingSessions(graphs, kinds, sessionOptions)
+            : { sessions: await createSessions(kinds, (kind) => graphs[kind], sessionOptions), source: 'built' as const };
+      return new ModelRunner(opened.sessions as ServingSessions, config, options, rowNorms, opened.source);
     } catch (error) {
-      await Promise.all(Object.values(sessions).map((session) => session.release()));
       if (provider === 'cuda') {
         throw new Error(
           `the CUDA execution provider is not available here (${(error as Error).message}); ` +
@@ -175,7 +178,6 @@ export class ModelRunner {
       }
       throw error;
     }
-    return new ModelRunner(sessions as ServingSessions, config, options, rowNorms);
   }
 
   /** Completes what an adapter needs from the base before it can take a slot (DoRA's row scales). */
