@@ -13,9 +13,11 @@ import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer
 import { ia3AdapterFiles, promptLearningAdapterFiles, randomIa3Adapter, randomPromptLearningAdapter } from '../src/adapters/peft-writers.ts';
 import { adapterLoaderFor } from '../src/engine/adapter-loader.ts';
 import { ENTRY_SUFFIX, LayoutCache } from '../src/engine/layout-cache.ts';
+import { ReadBuffers } from '../src/engine/read-buffers.ts';
 import { adapterValidator } from '../src/gateway/adapter-validator.ts';
 import { adapterCacheKey, readAdapterSummary, type AdapterSummary } from '../src/gateway/model-resolver.ts';
 import { configFromHuggingFace } from '../src/model/config.ts';
+import { LORA_TARGET_MODULES } from '../src/model/types.ts';
 import type { LlamaConfig } from '../src/model/types.ts';
 import { AdapterStore, AlteredFileError, type AdapterRecord } from '../src/registry/adapter-store.ts';
 import { entryToFloat32, parseSafetensors, serializeSafetensors, type SafetensorsTensorInput } from '../src/formats/safetensors.ts';
@@ -181,3 +183,40 @@ function withFirstTensorShort(file: Uint8Array): Uint8Array {
   });
   return serializeSafetensors(inputs, metadata);
 }
+
+test('a layout of every LoRA module is read back into a buffer faulted in ahead, equal to its layout made afresh', async (t) => {
+  const { store, cacheDir } = await storeAndCacheDir(t);
+  const full = await store.publish('acme', 'full', loraAdapterFiles(randomLoraAdapter(base, { rank: 4, targetModules: [...LORA_TARGET_MODULES], seed: 11, std: 0.2 })));
+  const partial = await store.publish('acme', 'partial', loraAdapterFiles(randomLoraAdapter(base, { rank: 4, targetModules: ['q_proj'], seed: 12, std: 0.2 })));
+  const expected = { full: await freshLayout(full), partial: await freshLayout(partial) };
+  const options = { dir: cacheDir, maxBytes: 1 << 30 };
+  for (const record of [full, partial]) await loadCounting(new LayoutCache(options, base, SLOT_RANK), record);
+
+  const buffers = new ReadBuffers(1, expected.full.byteSize);
+  let pieces = 0;
+  while (buffers.prefault(64 * 1024)) pieces++;
+  assert.equal(buffers.available, 1);
+  assert.ok(pieces >= Math.floor(buffers.size / (64 * 1024)), `faulted in a piece at a time (${pieces} pieces)`);
+  const bufferOf = (ready: SlotReadyAdapter) => [...ready.blocks.values()][0].buffer;
+  const readBack = (record: AdapterRecord<unknown>) => loadCounting(new LayoutCache(options, base, SLOT_RANK, (bytes) => buffers.take(bytes)), record);
+
+  // A smaller layout would leave most of the buffer unused: it gets one of its own size.
+  const small = await readBack(partial);
+  assert.equal(small.pauses, 0);
+  assertSameLayout(small.ready, expected.partial);
+  assert.equal(buffers.available, 1);
+  assert.ok(bufferOf(small.ready).byteLength < buffers.size / 2);
+
+  const pooled = await readBack(full);
+  assert.equal(pooled.pauses, 0);
+  assertSameLayout(pooled.ready, expected.full);
+  assert.equal(bufferOf(pooled.ready).byteLength, buffers.size, 'read into the buffer faulted in ahead');
+  assert.equal(buffers.available, 0);
+
+  // With the pool empty, a read takes a buffer of its own again, until the pool is filled again.
+  const fresh = await readBack(full);
+  assertSameLayout(fresh.ready, expected.full);
+  assert.ok(bufferOf(fresh.ready).byteLength < buffers.size);
+  while (buffers.prefault(1 << 20));
+  assert.equal(buffers.available, 1);
+});

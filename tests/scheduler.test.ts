@@ -16,7 +16,7 @@ import type { LoadAdapter } from '../src/engine/adapter-loader.ts';
 import { AdapterLoaderThread } from '../src/engine/adapter-loader-thread.ts';
 import { planPrefillPass } from '../src/engine/prefill-plan.ts';
 import type { AdapterRef, SequenceRequest } from '../src/engine/protocol.ts';
-import { Scheduler, type StepReport } from '../src/engine/scheduler.ts';
+import { Scheduler, type SchedulerOptions, type StepReport } from '../src/engine/scheduler.ts';
 import { loadBaseModel } from '../src/model/load.ts';
 import { LORA_TARGET_MODULES } from '../src/model/types.ts';
 import { CACHE_BUCKET } from '../src/runtime/kv-cache.ts';
@@ -89,12 +89,17 @@ function request(promptIds: number[], maxTokens: number, onAdapter: AdapterRef |
 }
 
 /** A scheduler whose steps go to `onStep`; resolves each sequence's tokens when it finishes. */
-function createScheduler(onStep: (report: StepReport) => void = () => {}, loadAdapter: LoadAdapter = load, loadTurnMs?: number) {
+function createScheduler(
+  onStep: (report: StepReport) => void = () => {},
+  loadAdapter: LoadAdapter = load,
+  loadTurnMs?: number,
+  prefaultLoader?: SchedulerOptions['prefaultLoader'],
+) {
   const tokens = new Map<number, number[]>();
   const finished = new Map<number, () => void>();
   const scheduler: Scheduler = new Scheduler(
     runner,
-    { maxQueue: 8, maxPositions: 256, prefillTokenBudget: BUDGET, hostCacheBytes: 1 << 20, loadAdapter, loadTurnMs },
+    { maxQueue: 8, maxPositions: 256, prefillTokenBudget: BUDGET, hostCacheBytes: 1 << 20, loadAdapter, loadTurnMs, prefaultLoader },
     {
       step(report) {
         for (const t of report.tokens) tokens.set(t.id, [...(tokens.get(t.id) ?? []), t.token]);
@@ -448,6 +453,39 @@ test('an idle scheduler faults in its memory a piece per turn, never while a pas
     assert.ok(calls.length > afterRun, `pieces go on once the scheduler is idle again (${idle}, ${afterRun}, ${calls.length})`);
   } finally {
     piecesLeft = false;
+    runner.prefault = prefault;
+  }
+});
+
+test("the loader's memory is faulted in after the runner's, while idle, never while a pass runs", async () => {
+  const prefault = runner.prefault.bind(runner);
+  while (prefault(2 ** 20));
+  for (let turn = 0; turn < 3; turn++) await nextTurn();
+  // Which memory each piece was asked of, and whether a pass was running then.
+  const calls: { of: 'runner' | 'loader'; passInFlight: boolean }[] = [];
+  let runnerPieces = 3;
+  let loaderPiecesLeft = true;
+  runner.prefault = () => {
+    calls.push({ of: 'runner', passInFlight });
+    return --runnerPieces > 0;
+  };
+  try {
+    const { run } = createScheduler(undefined, load, undefined, async () => {
+      calls.push({ of: 'loader', passInFlight });
+      return loaderPiecesLeft;
+    });
+    for (let turn = 0; turn < 8; turn++) await nextTurn();
+    const order = calls.map((call) => call.of);
+    assert.deepEqual(order.slice(0, 3), ['runner', 'runner', 'runner'], "the runner's pieces come first");
+    assert.ok(order.length > 4 && order.slice(3).every((of) => of === 'loader'), `then the loader's (${order.join(' ')})`);
+    const idle = calls.length;
+    await run(request(LONG_PROMPT, 6));
+    assert.ok(!calls.slice(idle).some((call) => call.passInFlight), 'no piece while a pass was running');
+    const afterRun = calls.length;
+    for (let turn = 0; turn < 8; turn++) await nextTurn();
+    assert.ok(calls.slice(afterRun).some((call) => call.of === 'loader'), "the loader's pieces go on once the scheduler is idle again");
+  } finally {
+    loaderPiecesLeft = false;
     runner.prefault = prefault;
   }
 });

@@ -18,16 +18,25 @@ export interface LoaderThreadOptions {
   slotRank: number;
   /** Where slot layouts are kept between loads and starts; absent: none are kept. */
   layoutCache?: LayoutCacheOptions;
+  /** How many buffers for layouts read back from the layout cache are faulted in ahead (read-buffers.ts); 0 if absent. */
+  readBuffers?: number;
 }
 
-/** A load to start (pausing between its phases when `phased`), or a paused load to go on with. */
-export type LoaderRequest = { type: 'load'; id: number; ref: AdapterRef; phased: boolean } | { type: 'continue'; id: number };
+/**
+ * A load to start (pausing between its phases when `phased`), a paused load to go on with, or the next piece of
+ * the read buffers to fault in.
+ */
+export type LoaderRequest =
+  | { type: 'load'; id: number; ref: AdapterRef; phased: boolean }
+  | { type: 'continue'; id: number }
+  | { type: 'prefault'; id: number; maxBytes: number };
 
-/** A load's result or failure, or word that it paused between two phases. */
+/** A load's result or failure, word that it paused between two phases, or whether read buffers are left to fault in. */
 export type LoaderReply =
   | { id: number; adapter: SlotReadyAdapter }
   | { id: number; message: string; code: AdapterLoadErrorCode }
-  | { id: number; paused: true };
+  | { id: number; paused: true }
+  | { id: number; more: boolean };
 
 interface PendingLoad {
   resolve: (adapter: SlotReadyAdapter) => void;
@@ -38,6 +47,8 @@ interface PendingLoad {
 export class AdapterLoaderThread {
   private worker: Worker | null = null;
   private readonly pending = new Map<number, PendingLoad>();
+  /** Prefault pieces asked for: each resolves with whether more are left. */
+  private readonly prefaults = new Map<number, (more: boolean) => void>();
   private nextId = 1;
   private closed = false;
 
@@ -56,6 +67,20 @@ export class AdapterLoaderThread {
     });
   };
 
+  /**
+   * Faults in the next `maxBytes` of the loader's read buffers (read-buffers.ts); false once they are all ready,
+   * or when the thread is not running (a thread started again fills its own while the engine is next idle).
+   */
+  readonly prefault = (maxBytes: number): Promise<boolean> => {
+    const worker = this.worker;
+    if (this.closed || !worker) return Promise.resolve(false);
+    const id = this.nextId++;
+    return new Promise<boolean>((resolve) => {
+      this.prefaults.set(id, resolve);
+      worker.postMessage({ type: 'prefault', id, maxBytes } satisfies LoaderRequest);
+    });
+  };
+
   async close(): Promise<void> {
     this.closed = true;
     const worker = this.worker;
@@ -69,6 +94,11 @@ export class AdapterLoaderThread {
     // Loads in flight never keep the engine thread alive on their own.
     worker.unref();
     worker.on('message', (reply: LoaderReply) => {
+      if ('more' in reply) {
+        this.prefaults.get(reply.id)?.(reply.more);
+        this.prefaults.delete(reply.id);
+        return;
+      }
       const load = this.pending.get(reply.id);
       if (!load) return;
       if ('paused' in reply) {
@@ -94,5 +124,7 @@ export class AdapterLoaderThread {
   private failAll(message: string): void {
     for (const load of this.pending.values()) load.reject(new AdapterLoadError(message, 'adapter_unavailable'));
     this.pending.clear();
+    for (const done of this.prefaults.values()) done(false);
+    this.prefaults.clear();
   }
 }

@@ -12,10 +12,13 @@ import { layOutForSlot, transferList } from '../runtime/slot-ready-adapter.ts';
 import { adapterLoaderFor, loadErrorCode } from './adapter-loader.ts';
 import type { LoaderReply, LoaderRequest, LoaderThreadOptions } from './adapter-loader-thread.ts';
 import { LayoutCache } from './layout-cache.ts';
+import { ReadBuffers } from './read-buffers.ts';
 
-const { config, slotRank, layoutCache } = workerData as LoaderThreadOptions;
+const { config, slotRank, layoutCache, readBuffers: readBufferCount = 0 } = workerData as LoaderThreadOptions;
 const port = parentPort!;
-const load = adapterLoaderFor(config, slotRank, layoutCache && new LayoutCache(layoutCache, config, slotRank));
+/** Set once the warm-up knows how large a layout of every LoRA module is. */
+let readBuffers: ReadBuffers | undefined;
+const load = adapterLoaderFor(config, slotRank, layoutCache && new LayoutCache(layoutCache, config, slotRank, (bytes) => readBuffers?.take(bytes)));
 /** The rank of the adapter the thread warms up on: enough for every loop to run hot, however large the slots. */
 const WARM_UP_RANK = 16;
 
@@ -28,15 +31,21 @@ const WARM_UP_RANK = 16;
 async function warmUp(): Promise<void> {
   const generated = loraAdapterFiles(randomLoraAdapter(config, { rank: Math.min(slotRank, WARM_UP_RANK), targetModules: [...LORA_TARGET_MODULES], seed: 1 }));
   const files = new Map([...generated].map(([name, bytes]) => [name, Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)]));
-  layOutForSlot(config, slotRank, await loadAdapter('generated warm-up adapter', config, files));
+  const ready = layOutForSlot(config, slotRank, await loadAdapter('generated warm-up adapter', config, files));
+  // Its layout has every LoRA module, padded to the slot rank as every layout is: the largest a load reads back.
+  if (layoutCache && readBufferCount > 0) readBuffers = new ReadBuffers(readBufferCount, ready.byteSize);
 }
 // A warm-up that fails costs only the speed it is for; real loads report their own errors.
-void warmUp().catch(() => undefined);
+const warmedUp = warmUp().catch(() => undefined);
 
 /** Loads paused between two phases: each goes on when the engine says so. */
 const paused = new Map<number, () => void>();
 
 port.on('message', (request: LoaderRequest) => {
+  if (request.type === 'prefault') {
+    void warmedUp.then(() => port.postMessage({ id: request.id, more: readBuffers?.prefault(request.maxBytes) ?? false } satisfies LoaderReply));
+    return;
+  }
   if (request.type === 'continue') {
     paused.get(request.id)?.();
     paused.delete(request.id);

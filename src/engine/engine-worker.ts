@@ -36,7 +36,13 @@ async function start(options: EngineWorkerData): Promise<void> {
   const stepGate = new Int32Array(options.stepGate);
   const model = await compileBaseModel(options.modelPath, { quantize: options.quantize, cacheDir: options.compiledModelCacheDir });
   const maxPositions = Math.min(options.maxPositions ?? model.config.maxPositions, model.config.maxPositions);
-  const loader = new AdapterLoaderThread({ config: model.config, slotRank: options.maxLoraRank, layoutCache: options.adapterLayoutCache });
+  // Read buffers for a batch's worth of distinct cold adapters: a burst on a fresh engine reads no more at once.
+  const loader = new AdapterLoaderThread({
+    config: model.config,
+    slotRank: options.maxLoraRank,
+    layoutCache: options.adapterLayoutCache,
+    readBuffers: Math.min(options.adapterSlots, options.maxBatch),
+  });
   const sessionStarted = performance.now();
   const runner = await ModelRunner.fromGraphs(model.graphs, model.config, { ...options, maxBatch: options.maxBatch, maxPositions }, model.rowNorms);
   const startup = { cached: model.cached, sessions: runner.sessionSource, ms: { ...model.timings, session: Math.round(performance.now() - sessionStarted) } };
@@ -48,6 +54,7 @@ async function start(options: EngineWorkerData): Promise<void> {
       prefillTokenBudget: options.prefillTokenBudget ?? DEFAULT_PREFILL_TOKEN_BUDGET,
       hostCacheBytes: options.hostCacheBytes,
       loadAdapter: loader.load,
+      prefaultLoader: loader.prefault,
     },
     {
       step: (report) => {

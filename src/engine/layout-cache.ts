@@ -57,6 +57,8 @@ export class LayoutCache {
     private readonly options: LayoutCacheOptions,
     private readonly config: LlamaConfig,
     private readonly slotRank: number,
+    /** A buffer faulted in ahead for a file of this many bytes, when there is one (read-buffers.ts). */
+    private readonly takeBuffer?: (bytes: number) => Uint8Array | undefined,
   ) {
     this.listed = this.list().catch(() => undefined);
   }
@@ -72,7 +74,7 @@ export class LayoutCache {
     const path = join(this.options.dir, name);
     let bytes: Uint8Array;
     try {
-      bytes = await readWhole(path);
+      bytes = await readWhole(path, this.takeBuffer);
     } catch {
       return undefined;
     }
@@ -155,15 +157,15 @@ export class LayoutCache {
 const entryName = (label: string) => `${createHash('sha256').update(label).digest('hex').slice(0, 40)}${ENTRY_SUFFIX}`;
 
 /**
- * The file's bytes in a buffer of their own (the layout's arrays become views of it, and it moves to the engine
- * thread with them), read in as few reads as the kernel allows: readFile's 512 KiB chunks, each a trip through the
- * thread pool, took twice as long for an 18.7 MiB layout.
+ * The file's bytes at the start of a buffer of their own (the layout's arrays become views of it, and it moves to
+ * the engine thread with them), read in as few reads as the kernel allows: readFile's 512 KiB chunks, each a trip
+ * through the thread pool, took twice as long for an 18.7 MiB layout.
  */
-async function readWhole(path: string): Promise<Uint8Array> {
+async function readWhole(path: string, takeBuffer?: (bytes: number) => Uint8Array | undefined): Promise<Uint8Array> {
   const handle = await open(path, 'r');
   try {
     const { size } = await handle.stat();
-    const bytes = new Uint8Array(size);
+    const bytes = takeBuffer?.(size) ?? new Uint8Array(size);
     for (let offset = 0; offset < size; ) {
       const { bytesRead } = await handle.read(bytes, offset, size - offset, offset);
       if (bytesRead === 0) throw new Error('the file ended early');

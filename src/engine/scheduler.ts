@@ -49,6 +49,11 @@ export interface SchedulerOptions {
   loadAdapter?: LoadAdapter;
   /** How long a step waits for the adapter load phase it gives a turn (default LOAD_TURN_MS). */
   loadTurnMs?: number;
+  /**
+   * Faults in the next `maxBytes` of the loader's memory ahead of use (its read buffers: read-buffers.ts); false once
+   * there is none left. Asked while idle, after the runner's own.
+   */
+  prefaultLoader?: (maxBytes: number) => Promise<boolean>;
 }
 
 /** What one scheduler iteration produced, delivered in one message to keep cross-thread traffic per step. */
@@ -259,14 +264,16 @@ export class Scheduler {
   }
 
   /**
-   * Faults in the runner's memory ahead of use (prefault.ts), a piece per turn of the event loop while the
-   * scheduler has nothing to do; its loop takes over as soon as it has.
+   * Faults in the runner's memory ahead of use (prefault.ts), then the loader's, a piece per turn of the event
+   * loop while the scheduler has nothing to do; its loop takes over as soon as it has.
    */
   private async prefaultWhileIdle(): Promise<void> {
     if (this.prefaulting) return;
     this.prefaulting = true;
     try {
       while (!this.looping && this.runner.prefault(PREFAULT_PIECE_BYTES)) await nextTurn();
+      const loader = this.options.prefaultLoader;
+      while (loader && !this.looping && (await loader(PREFAULT_PIECE_BYTES))) await nextTurn();
     } finally {
       this.prefaulting = false;
     }

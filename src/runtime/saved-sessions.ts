@@ -21,7 +21,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { arch, cpus } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import onnxProto, { type onnx as OnnxTypes } from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import type { ServingGraph } from '../graph/decoder-graph.ts';
@@ -68,6 +68,8 @@ export async function openServingSessions(
   if (meta?.unusable !== undefined) return { sessions: await built(), source: 'built' };
   const saving = !meta;
   if (saving) {
+    // Whatever lies there is damaged (sizes that do not match) or a partial copy.
+    await rm(set, { recursive: true, force: true });
     meta = await saveSet(files, kinds, options, set);
     if (!meta) return { sessions: await built(), source: 'built' };
   }
@@ -162,9 +164,18 @@ async function saveSet(files: Record<ServingGraph, string>, kinds: readonly Serv
     const meta: SetMeta = { sizes: Object.fromEntries(await Promise.all(names.map(async (name) => [name, (await stat(join(partial, name))).size]))) };
     // Written last: a set without it is never opened.
     await writeFile(join(partial, META_FILE), JSON.stringify(meta));
-    const entry = dirname(set);
-    for (const other of await readdir(entry)) if (other.startsWith(SET_PREFIX) && !other.startsWith(`${set.slice(entry.length + 1)}.partial`)) await rm(join(entry, other), { recursive: true, force: true });
-    await rename(partial, set);
+    // Sets for other CPUs or versions go; this set, or a partial one, may be another process's doing.
+    const [entry, name] = [dirname(set), basename(set)];
+    for (const other of await readdir(entry)) if (other.startsWith(SET_PREFIX) && !other.startsWith(name)) await rm(join(entry, other), { recursive: true, force: true });
+    try {
+      await rename(partial, set);
+    } catch (error) {
+      // Another process saved the same set first (renaming onto its directory fails): use that one.
+      await rm(partial, { recursive: true, force: true });
+      const theirs = await readMeta(set);
+      if (!theirs) throw error;
+      return theirs;
+    }
     return meta;
   } catch {
     // A set that cannot be written only costs the next start its time.

@@ -38,11 +38,12 @@ export function serializeSlotLayout(ready: SlotReadyAdapter, label: string): Uin
 
 /**
  * The layout in `bytes`, checked against this model and slot rank and against `label`; throws, saying why, when
- * the file is not such a layout. `bytes` must own its whole buffer: the blocks become views of it, and the buffer
- * moves to the engine thread with them.
+ * the file is not such a layout. `bytes` must start a buffer of their own, which they may not fill (a buffer read
+ * into ahead of time, read-buffers.ts): the blocks become views of it, and the buffer moves to the engine thread
+ * with them.
  */
 export function readSlotLayout(bytes: Uint8Array, label: string, c: LlamaConfig, slotRank: number): SlotReadyAdapter {
-  if (bytes.byteOffset !== 0 || bytes.byteLength !== bytes.buffer.byteLength) throw new Error('the bytes must own their buffer');
+  if (bytes.byteOffset !== 0) throw new Error('the bytes must start their buffer');
   const file = parseSafetensors(bytes, 'slot layout');
   const meta = file.metadata;
   if (meta.format !== FORMAT) throw new Error(`not a ${FORMAT} file (format ${JSON.stringify(meta.format)})`);
