@@ -4,20 +4,11 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { cp, mkdtemp, readdir, readFile, rename, rm, truncate, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, rename, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { compileBaseModel, type CompiledModel } from '../src/runtime/compiled-model-cache.ts';
 import { ModelRunner } from '../src/runtime/model-runner.ts';
-import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
-
-async function workDir(t: { after: (fn: () => Promise<void>) => void }): Promise<{ model: string; cache: string }> {
-  const dir = await mkdtemp(join(tmpdir(), 'compiled-cache-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const model = join(dir, 'model');
-  await cp(STORIES_HF_DIR, model, { recursive: true });
-  return { model, cache: join(dir, 'cache') };
-}
+import { REFERENCE, storiesCopyWithCache } from './support/models.ts';
 
 /** The logits of the reference prompt's last position, computed by a session built from `compiled`. */
 async function lastLogits(compiled: CompiledModel): Promise<Float32Array> {
@@ -30,7 +21,7 @@ async function lastLogits(compiled: CompiledModel): Promise<Float32Array> {
 }
 
 test('a second start serves the same model from the cache', async (t) => {
-  const { model, cache } = await workDir(t);
+  const { model, cache } = await storiesCopyWithCache(t, 'compiled-cache-');
   const uncached = await compileBaseModel(model, {});
   const first = await compileBaseModel(model, { cacheDir: cache });
   const second = await compileBaseModel(model, { cacheDir: cache });
@@ -45,7 +36,7 @@ test('a second start serves the same model from the cache', async (t) => {
 });
 
 test('changed weights are compiled again, never served from the old entry', async (t) => {
-  const { model, cache } = await workDir(t);
+  const { model, cache } = await storiesCopyWithCache(t, 'compiled-cache-');
   const before = await compileBaseModel(model, { cacheDir: cache });
   const weightsPath = join(model, 'model.safetensors');
   const weights = await readFile(weightsPath);
@@ -59,7 +50,7 @@ test('changed weights are compiled again, never served from the old entry', asyn
 });
 
 test('a damaged entry is compiled again', async (t) => {
-  const { model, cache } = await workDir(t);
+  const { model, cache } = await storiesCopyWithCache(t, 'compiled-cache-');
   const good = await compileBaseModel(model, { cacheDir: cache });
   const [entry] = (await readdir(cache)).filter((name) => !name.includes('.partial-'));
   await truncate(join(cache, entry, 'weights.bin'), 100);
@@ -70,7 +61,7 @@ test('a damaged entry is compiled again', async (t) => {
 });
 
 test('an entry laid out by an earlier version (one graph file) is compiled again, and the model still serves', async (t) => {
-  const { model, cache } = await workDir(t);
+  const { model, cache } = await storiesCopyWithCache(t, 'compiled-cache-');
   const good = await compileBaseModel(model, { cacheDir: cache });
   const [entry] = (await readdir(cache)).filter((name) => !name.includes('.partial-'));
   // An entry as the version with one graph wrote it: model.onnx beside the weights, listed in meta.json.

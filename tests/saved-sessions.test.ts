@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { cp, mkdir, mkdtemp, open, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import onnxProto from 'onnx-proto';
@@ -15,19 +15,11 @@ import { SERVING_GRAPHS } from '../src/graph/decoder-graph.ts';
 import { compileBaseModel, type CompiledModel } from '../src/runtime/compiled-model-cache.ts';
 import { ModelRunner, type RunnerOptions } from '../src/runtime/model-runner.ts';
 import type { SessionSource } from '../src/runtime/saved-sessions.ts';
-import { REFERENCE, STORIES_HF_DIR } from './support/models.ts';
+import { REFERENCE, storiesCopyWithCache } from './support/models.ts';
 import { greedy } from './support/greedy.ts';
 
 const { onnx } = onnxProto;
 const OPTIONS: RunnerOptions = { maxBatch: 2, adapterSlots: 2, maxLoraRank: 4, threads: 1 };
-
-async function workDir(t: { after: (fn: () => Promise<void>) => void }): Promise<{ model: string; cache: string }> {
-  const dir = await mkdtemp(join(tmpdir(), 'saved-sessions-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const model = join(dir, 'model');
-  await cp(STORIES_HF_DIR, model, { recursive: true });
-  return { model, cache: join(dir, 'cache') };
-}
 
 /** The compiled-model cache entry the graphs were read from. */
 function entryOf(compiled: CompiledModel): string {
@@ -81,7 +73,7 @@ async function outputs(compiled: CompiledModel, expected: SessionSource): Promis
 }
 
 test('sessions opened from their saved form compute the same bits as sessions built from the graphs', async (t) => {
-  const { model, cache } = await workDir(t);
+  const { model, cache } = await storiesCopyWithCache(t, 'saved-sessions-');
   const built = await outputs(await compileBaseModel(model, {}), 'built');
   assert.deepEqual(built.greedyIds, REFERENCE.greedyIds.slice(0, 8));
   // The first start compiles the model, saves the sessions' form and opens them from it; the next opens it only.
@@ -94,7 +86,7 @@ test('sessions opened from their saved form compute the same bits as sessions bu
 });
 
 test('the saved set keeps every blob once, in one data file that all saved graphs read', async (t) => {
-  const { model, cache } = await workDir(t);
+  const { model, cache } = await storiesCopyWithCache(t, 'saved-sessions-');
   const compiled = await compileBaseModel(model, { cacheDir: cache });
   // A set saved for another CPU or onnxruntime: writing this machine's set removes it.
   const entry = entryOf(compiled);
@@ -125,7 +117,7 @@ test('the saved set keeps every blob once, in one data file that all saved graph
 });
 
 test('a damaged set is saved again, and a set onnxruntime cannot open is marked and the sessions built instead', async (t) => {
-  const { model, cache } = await workDir(t);
+  const { model, cache } = await storiesCopyWithCache(t, 'saved-sessions-');
   const reference = await outputs(await compileBaseModel(model, {}), 'built');
   const compiled = await compileBaseModel(model, { cacheDir: cache });
   await outputs(compiled, 'saved-now');

@@ -1,5 +1,7 @@
+import { cp, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 
 /** Repository root, so tests find `../shared/models` wherever they are started from. */
 export const REPO_ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
@@ -23,3 +25,15 @@ export const REFERENCE = {
 
 /** stories260K quantized by llama.cpp, with llama.cpp's reference outputs (see the models README). */
 export const STORIES_QUANT_DIR = resolve(MODELS_DIR, 'stories260K-quant');
+
+/**
+ * A copy of the Hugging Face form of stories260K in a temporary directory removed after the test (its files'
+ * identity is then the test's own, to change at will), and a compiled-model cache directory beside it.
+ */
+export async function storiesCopyWithCache(t: { after: (fn: () => Promise<void>) => void }, prefix: string): Promise<{ model: string; cache: string }> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const model = join(dir, 'model');
+  await cp(STORIES_HF_DIR, model, { recursive: true });
+  return { model, cache: join(dir, 'cache') };
+}
