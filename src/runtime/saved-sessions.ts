@@ -82,16 +82,19 @@ export async function openServingSessions(
   }
 }
 
-/** Creates the sessions one after another (each pre-packs while it loads); on failure releases those made. */
+/**
+ * Creates the sessions one after another from each graph's file or bytes (each pre-packs while it loads, unless
+ * opened from a saved form); on failure releases those made.
+ */
 export async function createSessions(
   kinds: readonly ServingGraph[],
-  path: (kind: ServingGraph) => string | Uint8Array,
+  model: (kind: ServingGraph) => string | Uint8Array,
   options: ort.InferenceSession.SessionOptions,
 ): Promise<ServingSessions> {
   const sessions: ServingSessions = {};
   try {
     for (const kind of kinds) {
-      const source = path(kind);
+      const source = model(kind);
       sessions[kind] = typeof source === 'string' ? await ort.InferenceSession.create(source, options) : await ort.InferenceSession.create(source, options);
     }
     return sessions;
