@@ -10,9 +10,9 @@ FROM ${BASE_IMAGE}
 # download CUDA libraries. `cuda12` downloads the CUDA execution provider instead.
 ARG ONNXRUNTIME_NODE_INSTALL=skip
 
-# GLIBC_TUNABLES: malloc asks for transparent huge pages (where the kernel's THP mode is `madvise`), so the ~2 GB that
-# onnxruntime's sessions fill at start (each session's pre-packed weights) costs far fewer page faults; npm start
-# sets the same. README.md, "Start-up".
+# GLIBC_TUNABLES: malloc asks for transparent huge pages (where the kernel's THP mode is `madvise`), so the memory
+# onnxruntime's sessions fill at start (each session's pre-packed weights, ~2 GB on the first start, before their
+# saved form is in MODEL_CACHE_DIR) costs far fewer page faults; npm start sets the same. README.md, "Start-up".
 ENV NODE_ENV=production \
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     HOST=0.0.0.0 \
