@@ -66,9 +66,14 @@ export class AdapterSegments {
   /** The stacks' memory: `capacity` adapters of every graph input at the slot rank, the most any layout needs. */
   private stackMemory(): ArrayBuffer {
     if (this.memory) return this.memory;
-    let floats = 0;
-    for (const name of this.slots.loraInputs.keys()) floats += this.capacity * elementCount(this.slots.shapeAt(name, this.slots.rank));
-    return (this.memory = new ArrayBuffer(floats * Float32Array.BYTES_PER_ELEMENT));
+    let bytes = 0;
+    for (const name of this.slots.loraInputs.keys()) bytes += this.regionBytes(name);
+    return (this.memory = new ArrayBuffer(bytes));
+  }
+
+  /** Bytes of a graph input's region of the stacks' memory: `capacity` adapters at the slot rank. */
+  private regionBytes(name: string): number {
+    return this.capacity * elementCount(this.slots.shapeAt(name, this.slots.rank)) * Float32Array.BYTES_PER_ELEMENT;
   }
 
   /**
@@ -107,7 +112,7 @@ export class AdapterSegments {
       const shape = this.slots.shapeAt(name, rank);
       const size = elementCount(shape);
       this.buffers.set(name, { data: new Float32Array(memory, offset, this.capacity * size), shape, size });
-      offset += this.capacity * elementCount(this.slots.shapeAt(name, this.slots.rank)) * Float32Array.BYTES_PER_ELEMENT;
+      offset += this.regionBytes(name);
     }
     this.stacked.fill(EMPTY);
   }

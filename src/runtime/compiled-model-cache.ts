@@ -13,7 +13,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { buildDecoderGraphs, type DecoderGraphs, SERVING_GRAPHS, type ServingGraph } from '../graph/decoder-graph.ts';
 import { EXTERNAL_DATA_FILE } from '../graph/onnx-builder.ts';
@@ -22,6 +22,7 @@ import type { BaseModel, LlamaConfig } from '../model/types.ts';
 import { baseRowNorms, type BaseRowNorms } from './dora-scales.ts';
 import type { ServingGraphs } from './model-runner.ts';
 import { sourceDigest } from './source-digest.ts';
+import { filesHaveSizes } from '../storage/durable-files.ts';
 
 export interface CompiledModel {
   config: LlamaConfig;
@@ -120,7 +121,7 @@ async function readEntry(entry: string): Promise<Omit<CompiledModel, 'graphs' | 
   try {
     meta = JSON.parse(await readFile(join(entry, META_FILE), 'utf8')) as EntryMeta;
     if (!Object.values(MODEL_FILES).every((name) => name in meta.sizes)) return null;
-    for (const [name, size] of Object.entries(meta.sizes)) if ((await stat(join(entry, name))).size !== size) return null;
+    if (!(await filesHaveSizes(entry, meta.sizes))) return null;
   } catch {
     return null;
   }

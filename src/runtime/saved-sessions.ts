@@ -26,6 +26,7 @@ import onnxProto, { type onnx as OnnxTypes } from 'onnx-proto';
 import * as ort from 'onnxruntime-node';
 import type { ServingGraph } from '../graph/decoder-graph.ts';
 import { sourceDigest } from './source-digest.ts';
+import { filesHaveSizes } from '../storage/durable-files.ts';
 
 const { onnx } = onnxProto;
 
@@ -64,18 +65,16 @@ export async function openServingSessions(
   const entry = dirname(files[kinds[0]]);
   const set = join(entry, SET_PREFIX + setKey(kinds));
   const built = () => createSessions(kinds, (kind) => files[kind], options);
-  let meta = await readMeta(set);
-  if (meta?.unusable !== undefined) return { sessions: await built(), source: 'built' };
-  const saving = !meta;
-  if (saving) {
+  const found = await readMeta(set);
+  if (found?.unusable !== undefined) return { sessions: await built(), source: 'built' };
+  if (!found) {
     // Whatever lies there is damaged (sizes that do not match) or a partial copy.
     await rm(set, { recursive: true, force: true });
-    meta = await saveSet(files, kinds, options, set);
-    if (!meta) return { sessions: await built(), source: 'built' };
+    if (!(await saveSet(files, kinds, options, set))) return { sessions: await built(), source: 'built' };
   }
   try {
     const sessions = await createSessions(kinds, (kind) => join(set, modelFile(kind)), { ...options, graphOptimizationLevel: 'disabled' });
-    return { sessions, source: saving ? 'saved-now' : 'saved' };
+    return { sessions, source: found ? 'saved' : 'saved-now' };
   } catch (error) {
     await markUnusable(set, (error as Error).message);
     return { sessions: await built(), source: 'built' };
@@ -128,8 +127,7 @@ async function readMeta(set: string): Promise<SetMeta | null> {
   try {
     const meta = JSON.parse(await readFile(join(set, META_FILE), 'utf8')) as SetMeta;
     if (meta.unusable !== undefined) return meta;
-    for (const [name, size] of Object.entries(meta.sizes ?? {})) if ((await stat(join(set, name))).size !== size) return null;
-    return meta.sizes ? meta : null;
+    return meta.sizes && (await filesHaveSizes(set, meta.sizes)) ? meta : null;
   } catch {
     return null;
   }

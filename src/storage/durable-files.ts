@@ -3,7 +3,7 @@
  * reader (or a restart) sees either the old file or the complete new one, never a partial write.
  */
 import { randomBytes } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
+import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /** Writes a file and flushes it to disk, so a rename that follows can never expose a partly written file. */
@@ -41,4 +41,16 @@ export async function writeFileAtomically(path: string, data: Uint8Array | strin
     throw error;
   }
   await syncDirectory(dirname(path));
+}
+
+/**
+ * Whether every file named in `sizes` lies in `dir` with that many bytes: how a cache entry renamed into place
+ * complete, its sizes recorded, is told from one cut short or missing a file since.
+ */
+export async function filesHaveSizes(dir: string, sizes: Record<string, number>): Promise<boolean> {
+  for (const [name, size] of Object.entries(sizes)) {
+    const info = await stat(join(dir, name)).catch(() => null);
+    if (info?.size !== size) return false;
+  }
+  return true;
 }
