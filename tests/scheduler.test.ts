@@ -71,8 +71,7 @@ before(async () => {
     return result;
   }
   const forward = runner.forward.bind(runner);
-  runner.forward = (firstRow: number, rows: StepRow[], lane = 0, onAdapterGraph?: boolean) =>
-    recorded(lane, { firstRow, rows }, [], () => forward(firstRow, rows, lane, onAdapterGraph));
+  runner.forward = (firstRow: number, rows: StepRow[], lane = 0) => recorded(lane, { firstRow, rows }, [], () => forward(firstRow, rows, lane));
   const forwardMixed = runner.forwardMixed.bind(runner);
   runner.forwardMixed = (lane: number, decode: RowRange, prefill: RowRange) => recorded(lane, prefill, decode.rows, () => forwardMixed(lane, decode, prefill));
 });
@@ -233,8 +232,7 @@ function recordTurns() {
       events.push(...kinds.map((kind) => `${kind}-end`));
     }
   };
-  runner.forward = (firstRow, rows, lane, onAdapterGraph) =>
-    logged([rows.some((r) => r.tokens.length > 1) ? 'prefill' : 'decode'], () => forward(firstRow, rows, lane, onAdapterGraph));
+  runner.forward = (firstRow, rows, lane) => logged([rows.some((r) => r.tokens.length > 1) ? 'prefill' : 'decode'], () => forward(firstRow, rows, lane));
   // A mixed pass is the step's decode pass and its prefill chunk in one.
   runner.forwardMixed = (lane, decode, prefill) => logged(['decode', 'prefill'], () => forwardMixed(lane, decode, prefill));
   const loggedLoad: LoadAdapter = async (ref, between) => {
@@ -340,54 +338,6 @@ test('a layout made ahead of use takes load turns only where no prompt chunk wai
   // The prompt's five chunks first, then the load's three phases, in the steps that follow.
   assert.match(turnsOfSteps(events).join(' '), /^(P ){5}(- )*L/);
   assert.equal(events.filter((event) => event === 'load-done').length, 1);
-});
-
-test('while a request on an adapter is in the engine every pass runs a graph with adapters, base rows unchanged', async () => {
-  /** Per pass: whether it ran a graph with adapters, and whether any of its rows is on an adapter. */
-  const graphs: { adapterGraph: boolean; adapterRow: boolean }[] = [];
-  const { forward, forwardMixed } = runner;
-  runner.forward = (firstRow, rows, lane, onAdapterGraph) => {
-    const adapterRow = rows.some((r) => r.slot !== 0);
-    graphs.push({ adapterGraph: adapterRow || onAdapterGraph === true, adapterRow });
-    return forward(firstRow, rows, lane, onAdapterGraph);
-  };
-  // A mixed pass always runs the mixed graph, which carries LoRA.
-  runner.forwardMixed = (lane, decode, prefill) => {
-    graphs.push({ adapterGraph: true, adapterRow: [...decode.rows, ...prefill.rows].some((r) => r.slot !== 0) });
-    return forwardMixed(lane, decode, prefill);
-  };
-  // A base-model stream runs until the test cancels it: a request on an adapter arrives once it decodes, and the
-  // stream goes on for a few steps after that request has finished, however long its load takes.
-  const streaming = request(REFERENCE.promptIds, 200);
-  const onAdapter = request(REFERENCE.promptIds, 4, { ...adapter, key: 't/a@graphs' });
-  let submittedAt = -1;
-  let adapterDone = -1;
-  let streamed = 0;
-  let adapterTokens!: Promise<number[]>;
-  const { scheduler, run } = createScheduler((report) => {
-    streamed += report.tokens.filter((t) => t.id === streaming.id).length;
-    if (report.finished.some((f) => f.id === onAdapter.id)) adapterDone = graphs.length;
-    if (adapterDone >= 0 && graphs.length >= adapterDone + 4 && streamed >= REFERENCE.greedyIds.length) scheduler.cancel(streaming.id);
-    if (submittedAt >= 0 || !report.tokens.some((t) => t.id === streaming.id)) return;
-    submittedAt = graphs.length;
-    adapterTokens = run(onAdapter);
-  });
-  try {
-    const tokens = await run(streaming);
-    // The base stream generates exactly the reference, whichever graph its passes ran.
-    assert.deepEqual(tokens.slice(0, REFERENCE.greedyIds.length), REFERENCE.greedyIds);
-    await adapterTokens;
-  } finally {
-    Object.assign(runner, { forward, forwardMixed });
-  }
-  assert.ok(submittedAt > 0 && adapterDone > submittedAt);
-  assert.ok(graphs.slice(0, submittedAt).every((g) => !g.adapterGraph), 'before the request on an adapter: the base graph');
-  const during = graphs.slice(submittedAt, adapterDone - 1);
-  assert.ok(during.every((g) => g.adapterGraph), 'while it loads, prefills and decodes: a graph with adapters for every pass');
-  assert.ok(during.some((g) => !g.adapterRow), 'including passes without a row on an adapter');
-  // Its finish is reported after the step that follows its last token, whose pass already ran without it.
-  const after = graphs.slice(adapterDone);
-  assert.ok(after.length >= 3 && after.every((g) => !g.adapterGraph), 'after it finished: the base graph again');
 });
 
 test('a stream crossing a bucket edge finds the cache grown ahead, a few layers a step, and generates what it does alone', async () => {

@@ -466,7 +466,7 @@ export class Scheduler {
   /** The lane's decoding rows, if any, in a pass of their own. */
   private async decodeLane(lane: number): Promise<void> {
     const decoding = this.batch.decoding(lane);
-    if (decoding.length > 0) this.acceptDecoded(decoding, await this.runner.forward(0, decodeRows(decoding), lane, this.adaptersInUse));
+    if (decoding.length > 0) this.acceptDecoded(decoding, await this.runner.forward(0, decodeRows(decoding), lane));
   }
 
   /** The decoding sequences advance one position and sample from their rows of `logits`. */
@@ -475,16 +475,6 @@ export class Scheduler {
       sequence.position++;
       if (!sequence.finish) this.accept(sequence, this.rowLogits(logits, row));
     });
-  }
-
-  /**
-   * Whether any sequence in the engine, or any load, is on an adapter: then every pass runs a graph with adapters
-   * (the mixed graph while every row is on LoRA or the base model), so a burst of adapter requests beside
-   * base-model streams never switches sessions from one pass to the next (ModelRunner.forward says what a switch
-   * costs).
-   */
-  private get adaptersInUse(): boolean {
-    return this.loads.waiting > 0 || this.running.some((s) => s.request.adapter) || this.waiting.some((s) => s.request.adapter);
   }
 
   /** The lane whose first prefilling sequence arrived earliest, or -1 when no sequence is prefilling. */
@@ -521,7 +511,7 @@ export class Scheduler {
       logits = mixed.prefill;
     } else {
       await this.decodeLane(lane);
-      logits = await this.runner.forward(prefill.firstRow, prefill.rows, lane, this.adaptersInUse);
+      logits = await this.runner.forward(prefill.firstRow, prefill.rows, lane);
     }
     let completed = 0;
     fed.forEach((sequence, row) => {

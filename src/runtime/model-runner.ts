@@ -156,7 +156,11 @@ export class ModelRunner {
       graphOptimizationLevel: 'all',
       ...(options.threads ? { intraOpNumThreads: options.threads } : {}),
       interOpNumThreads: 1,
-      ...(options.threadSpinning === false ? { extra: { session: { intra_op: { allow_spinning: '0' } } } } : {}),
+      // Threads spin between a pass's operators but stop as soon as the pass returns: left spinning (onnxruntime's
+      // default), they held a core for tens of milliseconds after every pass, so the adapter loads run between
+      // passes and the next pass on another session's threads ran on what was left (src/engine/README.md,
+      // "Threads stop spinning when a pass returns").
+      extra: { session: { force_spinning_stop: '1', ...(options.threadSpinning === false ? { intra_op: { allow_spinning: '0' } } : {}) } },
     };
     const kinds = SERVING_GRAPHS.filter((kind) => kind !== 'mixed' || options.mixedPasses !== false);
     try {
@@ -207,14 +211,13 @@ export class ModelRunner {
   /**
    * One forward pass over rows [firstRow, firstRow + rows.length) of a lane. Returns the last position's
    * logits, `[rows, vocab]`, and leaves the new keys/values in the lane's cache. A pass with a row on an adapter
-   * runs a graph with adapters (`graphFor`), any other the base graph unless `onAdapterGraph` (base rows get the
-   * same bits in each): each graph has its own session and thread pool, and a pass that follows one on another
-   * session shares the cores with that session's threads still spinning (about 25 ms more for a 16-token prefill
-   * or an 8-row decode step on SmolLM2-135M's shape), more than a graph with adapters costs base rows.
+   * runs a graph with adapters (`graphFor`), any other the base graph. Each graph has its own session and thread
+   * pool; since the threads stop spinning when a pass returns, a pass after one on another session costs what it
+   * costs after one on its own (src/engine/README.md, "Threads stop spinning when a pass returns").
    */
-  async forward(firstRow: number, rows: StepRow[], lane = 0, onAdapterGraph = false): Promise<Float32Array> {
+  async forward(firstRow: number, rows: StepRow[], lane = 0): Promise<Float32Array> {
     if (rows.some((r) => r.tokens.length === 0)) throw new Error('every row of a step must feed at least one token');
-    const graph = this.graphFor(rows, onAdapterGraph);
+    const graph = this.graphFor(rows);
     if (graph === 'mixed') {
       const none = { firstRow, rows: [] };
       if (rows.every((row) => row.tokens.length === 1)) return (await this.runMixed(lane, { firstRow, rows }, none)).decode;
@@ -266,12 +269,9 @@ export class ModelRunner {
     return this.sessions.mixed !== undefined && rows.every(({ slot }) => slot === 0 || !(this.slots.usesFixedInputs(slot) || this.slots.bottleneckWidthOf(slot) > 0 || this.slots.promptOf(slot).softPrompt));
   }
 
-  /**
-   * The graph a pass runs on: base rows alone on `base` (unless told otherwise), LoRA on `mixed` (when there), the
-   * rest on `adapters`.
-   */
-  private graphFor(rows: StepRow[], onAdapterGraph: boolean): ServingGraph {
-    if (!onAdapterGraph && rows.every((row) => row.slot === 0)) return 'base';
+  /** The graph a pass runs on: base rows alone on `base`, LoRA on `mixed` (when there), the rest on `adapters`. */
+  private graphFor(rows: StepRow[]): ServingGraph {
+    if (rows.every((row) => row.slot === 0)) return 'base';
     return this.canMix(rows) ? 'mixed' : 'adapters';
   }
 
