@@ -12,6 +12,7 @@ import { bottleneckAdapterFiles, randomBottleneckAdapter } from '../src/adapters
 import { loraAdapterFiles, randomLoraAdapter } from '../src/adapters/lora-writer.ts';
 import { ia3AdapterFiles, promptLearningAdapterFiles, randomIa3Adapter, randomPromptLearningAdapter } from '../src/adapters/peft-writers.ts';
 import { adapterLoaderFor } from '../src/engine/adapter-loader.ts';
+import { AdapterLoaderThread } from '../src/engine/adapter-loader-thread.ts';
 import { ENTRY_SUFFIX, LayoutCache } from '../src/engine/layout-cache.ts';
 import { ReadBuffers } from '../src/engine/read-buffers.ts';
 import { adapterValidator } from '../src/gateway/adapter-validator.ts';
@@ -219,4 +220,23 @@ test('a layout of every LoRA module is read back into a buffer faulted in ahead,
   assert.ok(bufferOf(fresh.ready).byteLength < buffers.size);
   while (buffers.prefault(1 << 20));
   assert.equal(buffers.available, 1);
+});
+
+test("the loader thread warms up on an adapter generated in memory, fills its read buffers, and reads a full layout back into one", async (t) => {
+  const { store, cacheDir } = await storeAndCacheDir(t);
+  const full = await store.publish('acme', 'full', loraAdapterFiles(randomLoraAdapter(base, { rank: 4, targetModules: [...LORA_TARGET_MODULES], seed: 13, std: 0.2 })));
+  const expected = await freshLayout(full);
+  const loader = new AdapterLoaderThread({ config: base, slotRank: SLOT_RANK, layoutCache: { dir: cacheDir, maxBytes: 1 << 30 }, readBuffers: 1 });
+  t.after(() => loader.close());
+  // The first load makes the layout and keeps it on disk, off the load.
+  assertSameLayout(await loader.load(refOf(full)), expected);
+  while (!(await readdir(cacheDir).catch(() => [])).some((name) => name.endsWith(ENTRY_SUFFIX))) await new Promise((resolve) => setTimeout(resolve, 10));
+  // Its pool exists only once the warm-up has laid out a full layout: without it, there is nothing to fill.
+  let pieces = 0;
+  while (await loader.prefault(64 * 1024)) pieces++;
+  assert.ok(pieces > 0, 'the read buffers were faulted in');
+  const readBack = await loader.load(refOf(full));
+  assertSameLayout(readBack, expected);
+  const pooledSize = new ReadBuffers(1, expected.byteSize).size;
+  assert.equal([...readBack.blocks.values()][0].buffer.byteLength, pooledSize, 'read back into the buffer faulted in ahead');
 });

@@ -407,7 +407,7 @@ test('an idle scheduler faults in its memory a piece per turn, never while a pas
   }
 });
 
-test("the loader's memory is faulted in after the runner's, while idle, never while a pass runs", async () => {
+test("the loader's memory is faulted in beside the runner's, while idle, never while a pass runs", async () => {
   const prefault = runner.prefault.bind(runner);
   while (prefault(2 ** 20));
   for (let turn = 0; turn < 3; turn++) await nextTurn();
@@ -426,8 +426,10 @@ test("the loader's memory is faulted in after the runner's, while idle, never wh
     });
     for (let turn = 0; turn < 8; turn++) await nextTurn();
     const order = calls.map((call) => call.of);
-    assert.deepEqual(order.slice(0, 3), ['runner', 'runner', 'runner'], "the runner's pieces come first");
-    assert.ok(order.length > 4 && order.slice(3).every((of) => of === 'loader'), `then the loader's (${order.join(' ')})`);
+    // The loader faults in its pieces on its own thread, so they are asked for while the runner's are under way.
+    assert.ok(order.indexOf('loader') < order.lastIndexOf('runner'), `the loader's pieces beside the runner's (${order.join(' ')})`);
+    assert.equal(order.filter((of) => of === 'runner').length, 3);
+    assert.ok(order.slice(order.lastIndexOf('runner') + 1).includes('loader'), `and on after the runner's are done (${order.join(' ')})`);
     const idle = calls.length;
     await run(request(LONG_PROMPT, 6));
     assert.ok(!calls.slice(idle).some((call) => call.passInFlight), 'no piece while a pass was running');

@@ -48,13 +48,16 @@ export async function readAdapterDirectory(
   anyWeightsFile: string,
   read: ReadFiles = new Map(),
 ): Promise<{ json: unknown; weights: SafetensorsFile }> {
-  const files = await listAdapterFiles(dir, anyWeightsFile);
-  if (!files.includes(ADAPTER_CONFIG_FILE)) {
+  // The directory is listed (and refused if it holds a pickle) only when a file must come from it: files already
+  // read need no directory at all (the loader thread's warm-up parses an adapter generated in memory).
+  let listed: Promise<string[]> | undefined;
+  const present = async (name: string) => read.has(name) || (await (listed ??= listAdapterFiles(dir, anyWeightsFile))).includes(name);
+  if (!(await present(ADAPTER_CONFIG_FILE))) {
     throw new AdapterError('missing_file', `${ADAPTER_CONFIG_FILE} is missing; an adapter needs ${ADAPTER_CONFIG_FILE} and its weights (${anyWeightsFile})`);
   }
   const json = parseJsonFile(read.get(ADAPTER_CONFIG_FILE) ?? (await readFile(join(dir, ADAPTER_CONFIG_FILE))), ADAPTER_CONFIG_FILE);
   const { file, kind } = weightsFor(json);
-  if (!files.includes(file)) throw new AdapterError('missing_file', `${file} is missing; ${kind} needs ${ADAPTER_CONFIG_FILE} and ${file}`);
+  if (!(await present(file))) throw new AdapterError('missing_file', `${file} is missing; ${kind} needs ${ADAPTER_CONFIG_FILE} and ${file}`);
   return { json, weights: parseSafetensorsFile(read.get(file) ?? (await readFile(join(dir, file))), file) };
 }
 

@@ -51,7 +51,7 @@ export interface SchedulerOptions {
   loadTurnMs?: number;
   /**
    * Faults in the next `maxBytes` of the loader's memory ahead of use (its read buffers: read-buffers.ts); false once
-   * there is none left. Asked while idle, after the runner's own.
+   * there is none left. Asked while idle, beside the runner's own.
    */
   prefaultLoader?: (maxBytes: number) => Promise<boolean>;
 }
@@ -264,16 +264,21 @@ export class Scheduler {
   }
 
   /**
-   * Faults in the runner's memory ahead of use (prefault.ts), then the loader's, a piece per turn of the event
-   * loop while the scheduler has nothing to do; its loop takes over as soon as it has.
+   * Faults in the runner's memory ahead of use (prefault.ts) and, at the same time on the loader's own thread, the
+   * loader's, a piece per turn of the event loop while the scheduler has nothing to do; its loop takes over as soon
+   * as it has. One after the other, the loader's buffers were still empty when a load test's first burst came about
+   * two seconds after start, and every load of that burst read into fresh memory.
    */
   private async prefaultWhileIdle(): Promise<void> {
     if (this.prefaulting) return;
     this.prefaulting = true;
     try {
-      while (!this.looping && this.runner.prefault(PREFAULT_PIECE_BYTES)) await nextTurn();
       const loader = this.options.prefaultLoader;
-      while (loader && !this.looping && (await loader(PREFAULT_PIECE_BYTES))) await nextTurn();
+      const loaderFaulted = (async () => {
+        while (loader && !this.looping && (await loader(PREFAULT_PIECE_BYTES))) await nextTurn();
+      })();
+      while (!this.looping && this.runner.prefault(PREFAULT_PIECE_BYTES)) await nextTurn();
+      await loaderFaulted;
     } finally {
       this.prefaulting = false;
     }
