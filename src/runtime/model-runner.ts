@@ -157,9 +157,9 @@ export class ModelRunner {
       ...(options.threads ? { intraOpNumThreads: options.threads } : {}),
       interOpNumThreads: 1,
       // Threads spin between a pass's operators but stop as soon as the pass returns: left spinning (onnxruntime's
-      // default), they held a core for tens of milliseconds after every pass, so the adapter loads run between
-      // passes and the next pass on another session's threads ran on what was left (src/engine/README.md,
-      // "Threads stop spinning when a pass returns").
+      // default), they held a core for tens of milliseconds after every pass, leaving an adapter load phase run
+      // between passes, or the next pass on another session, one core (src/engine/README.md, "Threads stop spinning
+      // when a pass returns").
       extra: { session: { force_spinning_stop: '1', ...(options.threadSpinning === false ? { intra_op: { allow_spinning: '0' } } : {}) } },
     };
     const kinds = SERVING_GRAPHS.filter((kind) => kind !== 'mixed' || options.mixedPasses !== false);
